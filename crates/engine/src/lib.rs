@@ -1,15 +1,41 @@
-//! tokenfab's inference engine, usable without HTTP.
+//! tokenfab's inference engine, usable without HTTP (a benchmark or another server can
+//! embed it).
 //!
 //! # Layout
+//! Data flows top to bottom:
 //! - [`gguf`]: the model container (metadata, tensor directory, mapped bytes).
-//! - [`tokenizer`]: text ↔ token ids, built from the GGUF vocabulary.
-//! - [`quant`]: quantized block formats and the dot-product kernels over them.
-//! - [`model`]: the transformer forward pass (llama, qwen2) over a caller-owned KV cache.
+//! - [`loader`]: a GGUF file becomes a [`loader::LoadedModel`]: weights, tokenizer, template.
+//! - [`template`]: a conversation becomes prompt text (the model's own Jinja template).
+//! - [`tokenizer`]: prompt text becomes token ids; generated ids become bytes.
+//! - [`scheduler`]: the engine thread; jobs arrive over a channel, every running sequence
+//!   is stepped in one batch, and tokens go back over each job's channel.
+//! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned KV caches,
+//!   built on [`quant`], the quantized block formats and their kernels.
+//! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
+//!   characters; [`stop`] cuts the text at stop strings.
 
+pub mod detok;
 pub mod error;
 pub mod gguf;
+pub mod loader;
 pub mod model;
 pub mod quant;
+pub mod sampler;
+pub mod scheduler;
+pub mod stop;
+pub mod template;
 pub mod tokenizer;
 
 pub use error::EngineError;
+
+/// Where the tokenizer vectors and reference templates live (see scripts/fetch-test-assets.sh).
+#[cfg(test)]
+pub(crate) fn test_assets_dir() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TOKENFAB_TEST_ASSETS") {
+        return p.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("tokenfab/test-assets")
+}

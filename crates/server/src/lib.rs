@@ -1,1 +1,57 @@
-//! Server.
+//! tokenfab's HTTP server: the OpenAI-compatible API over the engine.
+//!
+//! # Layout
+//! A request flows: [`request_id`] (id + log span) → a handler in [`routes`] → [`job`]
+//! (validate, render the chat template, tokenize, check the context) → the model's engine
+//! handle (from [`state`]) → engine events → JSON or server-sent events. Every failure is an
+//! [`error::HttpError`] in the OpenAI shape.
+
+pub mod error;
+pub mod job;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+pub use state::{AppState, Limits, ServedModel};
+
+async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
+    error::HttpError::route_not_found(method.as_str(), uri.path())
+}
+
+/// The whole API as an axum router, so tests and embedders can serve it on any listener.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.limits.max_body_bytes;
+    let v1 = Router::new()
+        .route("/chat/completions", post(routes::chat::chat_completions))
+        .route("/models", get(routes::models::list));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(routes::models::health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|m: Method, u: Uri| async move {
+            error::HttpError::method_not_allowed(m.as_str(), u.path())
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "tokenfab is listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,1 +1,15 @@
-//! Wire types.
+//! OpenAI-compatible wire types for tokenfab: serde only, no HTTP, no engine.
+//!
+//! # Layout
+//! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
+//! - [`models`]: `GET /v1/models`.
+//! - [`error`]: the one error body every failing route returns.
+//!
+//! Requests keep every field optional and unknown fields ignored, as the OpenAI API does;
+//! validation of values (ranges, limits) belongs to the server, which knows the model.
+
+pub mod chat;
+pub mod error;
+pub mod models;
+
+pub use error::{ApiError, ErrorBody};

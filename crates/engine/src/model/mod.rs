@@ -1,1 +1,298 @@
-//! (being written)
+//! The transformer forward pass (llama and qwen2 architectures) over caller-owned KV caches.
+//!
+//! [`Model::load`] copies every weight out of the GGUF mapping into owned buffers, so a
+//! `Model` is `'static + Send + Sync`, independent of the file, and free to be repacked
+//! later. [`Model::forward`] runs one step for a batch of sequences; each sequence brings
+//! its own [`KvCache`], so one model serves many conversations.
+
+mod forward;
+mod kv;
+
+pub use forward::{Scratch, SeqInput};
+pub use kv::KvCache;
+
+use crate::error::EngineError;
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::quant;
+
+/// How rotary embeddings pair up dimensions. llama.cpp uses `Norm` (adjacent pairs) for
+/// llama, whose GGUF converter permutes Q/K rows to suit it, and `Neox` (first half with
+/// second half) for qwen2, whose weights are stored as Hugging Face has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Norm,
+    Neox,
+}
+
+/// Hyperparameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab_size: usize,
+    /// Longest sequence the model was trained for; longer requests are refused.
+    pub context_length: usize,
+    pub rope_theta: f32,
+    /// Dimensions of each head that get rotated (the rest pass through).
+    pub n_rot: usize,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+}
+
+/// A weight matrix of `rows` rows of `cols` weights, still in its ggml block format.
+pub(crate) struct Matrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+    pub data: Vec<u8>,
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub wo: Matrix,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Matrix,
+    pub up: Matrix,
+    pub down: Matrix,
+}
+
+/// A loaded model: configuration plus owned weights. Immutable during inference, so it can
+/// be shared across threads behind an `Arc`.
+pub struct Model {
+    pub config: ModelConfig,
+    pub(crate) tok_embd: Matrix,
+    pub(crate) output_norm: Vec<f32>,
+    /// `None` when the output projection is tied to the token embedding.
+    pub(crate) output: Option<Matrix>,
+    pub(crate) layers: Vec<Layer>,
+}
+
+struct Loader<'a> {
+    g: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl Loader<'_> {
+    fn meta(&self, key: &str) -> Result<usize, EngineError> {
+        let full = format!("{}.{key}", self.arch);
+        self.g.get_u64(&full).map(|v| v as usize).ok_or_else(|| {
+            EngineError::BadModel(format!("{}: metadata key {full} is missing", self.path()))
+        })
+    }
+
+    fn meta_f(&self, key: &str) -> Option<f32> {
+        self.g
+            .get_f64(&format!("{}.{key}", self.arch))
+            .map(|v| v as f32)
+    }
+
+    fn path(&self) -> String {
+        self.g.path.display().to_string()
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo, EngineError> {
+        self.g.tensor(name).ok_or_else(|| {
+            EngineError::BadModel(format!("{}: tensor {name} is missing", self.path()))
+        })
+    }
+
+    fn check_type(&self, t: &TensorInfo) -> Result<(), EngineError> {
+        if quant::is_supported(t.ty) {
+            return Ok(());
+        }
+        Err(EngineError::BadModel(format!(
+            "{}: tensor {} has type {:?}, which tokenfab does not support yet (supported: {}); \
+             pick a GGUF quantized as Q4_K_M, Q4_0, Q4_1 or Q8_0",
+            self.path(),
+            t.name,
+            t.ty,
+            quant::SUPPORTED_TYPES
+        )))
+    }
+
+    /// A matrix of `rows` × `cols` (ggml dims `[cols, rows]`).
+    fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Matrix, EngineError> {
+        let t = self.info(name)?;
+        self.check_type(t)?;
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let ok = match dims.as_slice() {
+            [c, r] => *c == cols && *r == rows,
+            [c, r, rest @ ..] => *c == cols && *r == rows && rest.iter().all(|&d| d == 1),
+            _ => false,
+        };
+        if !ok {
+            return Err(EngineError::BadModel(format!(
+                "{}: tensor {name} has shape {dims:?}, expected [{cols}, {rows}]",
+                self.path()
+            )));
+        }
+        let row_bytes = quant::row_bytes(t.ty, cols)
+            .map_err(|e| EngineError::BadModel(format!("{}: tensor {name}: {e}", self.path())))?;
+        let data = self.g.tensor_data(t)?.to_vec();
+        debug_assert_eq!(data.len(), row_bytes * rows);
+        Ok(Matrix {
+            ty: t.ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// A vector of `n` floats (norm weights, biases), converted to f32.
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, EngineError> {
+        let t = self.info(name)?;
+        self.check_type(t)?;
+        if t.n_elements() as usize != n {
+            return Err(EngineError::BadModel(format!(
+                "{}: tensor {name} has {} elements, expected {n}",
+                self.path(),
+                t.n_elements()
+            )));
+        }
+        let mut out = vec![0.0f32; n];
+        quant::dequantize_row(t.ty, self.g.tensor_data(t)?, &mut out);
+        Ok(out)
+    }
+
+    fn optional_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>, EngineError> {
+        match self.g.tensor(name) {
+            Some(_) => self.vector(name, n).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Model {
+    /// Reads the configuration and copies the weights out of `g`. Refuses architectures and
+    /// tensor types tokenfab cannot run, with a message naming them, rather than failing
+    /// (or producing garbage) at the first request.
+    pub fn load(g: &GgufFile) -> Result<Model, EngineError> {
+        let arch = g.architecture().unwrap_or("<none>");
+        let rope_style = match arch {
+            "llama" => RopeStyle::Norm,
+            "qwen2" => RopeStyle::Neox,
+            other => {
+                return Err(EngineError::BadModel(format!(
+                    "{}: architecture `{other}` is not supported; tokenfab runs llama and qwen2",
+                    g.path.display()
+                )));
+            }
+        };
+        let l = Loader { g, arch };
+        // Check every tensor's type first so the error names the first offender, whatever
+        // order the weights are loaded in.
+        for t in &g.tensors {
+            l.check_type(t)?;
+        }
+        let n_layer = l.meta("block_count")?;
+        let n_embd = l.meta("embedding_length")?;
+        let n_ff = l.meta("feed_forward_length")?;
+        let n_head = l.meta("attention.head_count")?;
+        let n_head_kv = l.meta("attention.head_count_kv").unwrap_or(n_head);
+        if n_head == 0 || n_head_kv == 0 || n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+            return Err(EngineError::BadModel(format!(
+                "{}: inconsistent head counts (embedding {n_embd}, heads {n_head}, kv heads {n_head_kv})",
+                l.path()
+            )));
+        }
+        let head_dim = n_embd / n_head;
+        let n_rot = l
+            .meta("rope.dimension_count")
+            .unwrap_or(head_dim)
+            .min(head_dim);
+        let context_length = l.meta("context_length")?;
+        let rope_theta = l.meta_f("rope.freq_base").unwrap_or(10000.0);
+        let rms_eps = l.meta_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
+        let embd_info = l.info("token_embd.weight")?;
+        let vocab_size = embd_info.dims.get(1).copied().unwrap_or(0) as usize;
+        let tok_embd = l.matrix("token_embd.weight", n_embd, vocab_size)?;
+        let output = match g.tensor("output.weight") {
+            Some(_) => Some(l.matrix("output.weight", n_embd, vocab_size)?),
+            None => None,
+        };
+        let output_norm = l.vector("output_norm.weight", n_embd)?;
+        let q_dim = n_head * head_dim;
+        let kv_dim = n_head_kv * head_dim;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: l.vector(&n("attn_norm.weight"), n_embd)?,
+                wq: l.matrix(&n("attn_q.weight"), n_embd, q_dim)?,
+                wk: l.matrix(&n("attn_k.weight"), n_embd, kv_dim)?,
+                wv: l.matrix(&n("attn_v.weight"), n_embd, kv_dim)?,
+                bq: l.optional_vector(&n("attn_q.bias"), q_dim)?,
+                bk: l.optional_vector(&n("attn_k.bias"), kv_dim)?,
+                bv: l.optional_vector(&n("attn_v.bias"), kv_dim)?,
+                wo: l.matrix(&n("attn_output.weight"), q_dim, n_embd)?,
+                ffn_norm: l.vector(&n("ffn_norm.weight"), n_embd)?,
+                gate: l.matrix(&n("ffn_gate.weight"), n_embd, n_ff)?,
+                up: l.matrix(&n("ffn_up.weight"), n_embd, n_ff)?,
+                down: l.matrix(&n("ffn_down.weight"), n_ff, n_embd)?,
+            });
+        }
+        let config = ModelConfig {
+            arch: arch.to_string(),
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff,
+            vocab_size,
+            context_length,
+            rope_theta,
+            n_rot,
+            rope_style,
+            rms_eps,
+        };
+        Ok(Model {
+            config,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+        })
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_kv_cache(&self) -> KvCache {
+        KvCache::new(
+            self.config.n_layer,
+            self.config.n_head_kv * self.config.head_dim,
+        )
+    }
+
+    /// Reusable working memory for [`Model::forward`]; keep one per engine thread so decode
+    /// steps do not allocate.
+    pub fn new_scratch(&self) -> Scratch {
+        Scratch::default()
+    }
+
+    /// Bytes of weights held, for logs and memory accounting.
+    pub fn weight_bytes(&self) -> usize {
+        let m = |m: &Matrix| m.data.len();
+        m(&self.tok_embd)
+            + self.output.as_ref().map_or(0, m)
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.gate) + m(&l.up) + m(&l.down)
+                })
+                .sum::<usize>()
+    }
+}

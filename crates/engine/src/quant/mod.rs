@@ -1,1 +1,465 @@
-//! (being written)
+//! Quantized block formats and the kernels over them.
+//!
+//! Weights stay in their ggml block format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, or F32/F16
+//! rows); activations are quantized once per matmul to [`BlockQ8`] (32 int8 values and a
+//! scale, like llama.cpp's Q8_0/Q8_1), so every dot product is an integer dot product with
+//! float scales applied per block. Each weight format is first decoded into one normalized
+//! form (see `blocks.rs`), which lets one kernel serve all of them.
+//!
+//! There is a portable kernel and an AVX2+FMA instantiation of it; [`dot_rows`],
+//! [`attend`] and [`dot_f32`] are the one place where the CPU's features decide which runs.
+
+mod blocks;
+mod kernel;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use crate::error::EngineError;
+use crate::gguf::GgmlType;
+use blocks::{Decoder, Group};
+use half::f16;
+
+/// Elements per activation block.
+pub const QK8: usize = 32;
+
+/// One block of 32 quantized activations. `s` caches `d * sum(qs)` so that formats with an
+/// offset (Q4_1, Q4_K) apply it with one multiply per block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK8],
+}
+
+impl Default for BlockQ8 {
+    fn default() -> Self {
+        BlockQ8 {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; QK8],
+        }
+    }
+}
+
+/// Whether tokenfab can compute with weights of this type; the loader refuses the others
+/// by name so users learn which model files to pick.
+pub fn is_supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
+    )
+}
+
+/// The names used in error messages listing what is supported.
+pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K";
+
+/// Whether matmuls with this weight type use Q8 activations (true) or float activations.
+pub fn uses_q8_activations(ty: GgmlType) -> bool {
+    is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16)
+}
+
+/// Bytes of one row of `n` weights, or an error when `n` does not fill whole blocks (a
+/// K-quant row must be a multiple of 256).
+pub fn row_bytes(ty: GgmlType, n: usize) -> Result<usize, EngineError> {
+    let (block, bytes) = ty
+        .block_layout()
+        .ok_or_else(|| EngineError::BadModel(format!("unknown tensor type {ty:?}")))?;
+    if !n.is_multiple_of(block) || !n.is_multiple_of(QK8) && uses_q8_activations(ty) {
+        return Err(EngineError::BadModel(format!(
+            "a row of {n} weights does not fill whole {ty:?} blocks of {block}"
+        )));
+    }
+    Ok(n / block * bytes)
+}
+
+/// Quantizes one activation row (length a multiple of 32) into `out` (length n/32).
+pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert_eq!(x.len(), out.len() * QK8);
+    for (xb, b) in x.chunks_exact(QK8).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xb) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        b.d = d;
+        b.s = d * sum as f32;
+    }
+}
+
+fn f16_row_at(data: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([data[2 * i], data[2 * i + 1]]).to_f32()
+}
+
+fn f32_row_at(data: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes(data[4 * i..4 * i + 4].try_into().unwrap())
+}
+
+fn dequantize_with<D: Decoder>(data: &[u8], out: &mut [f32]) {
+    let mut g = Group::default();
+    for gi in 0..out.len().div_ceil(256) {
+        D::decode_group(data, gi, &mut g);
+        let base = gi * 256;
+        for i in 0..g.n_sub * 32 {
+            out[base + i] = g.q[i] as f32 * g.sc16[i / 16] + g.min32[i / 32];
+        }
+    }
+}
+
+/// Scalar reference dequantization of one row (`out.len()` weights from `data`). Used for
+/// embedding lookups and as the oracle that the kernels are tested against.
+pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f32_row_at(data, i)),
+        GgmlType::F16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f16_row_at(data, i)),
+        GgmlType::Q4_0 => dequantize_with::<blocks::Q4_0>(data, out),
+        GgmlType::Q4_1 => dequantize_with::<blocks::Q4_1>(data, out),
+        GgmlType::Q5_0 => dequantize_with::<blocks::Q5_0>(data, out),
+        GgmlType::Q8_0 => dequantize_with::<blocks::Q8_0>(data, out),
+        GgmlType::Q4K => dequantize_with::<blocks::Q4K>(data, out),
+        GgmlType::Q6K => dequantize_with::<blocks::Q6K>(data, out),
+        other => panic!("dequantize_row: unsupported type {other:?} (the loader refuses it)"),
+    }
+}
+
+/// Activations for [`dot_rows`], in the form the weight type needs.
+#[derive(Clone, Copy)]
+pub enum Acts<'a> {
+    /// `n_tok` rows of `n_in / 32` blocks, for quantized weights.
+    Q8(&'a [BlockQ8]),
+    /// `n_tok` rows of `n_in` floats, for F32/F16 weights.
+    F32(&'a [f32]),
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+fn rows_q8_dispatch<D: Decoder>(
+    simd: bool,
+    rows: &[u8],
+    n_in: usize,
+    acts: &[BlockQ8],
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when `has_avx2()` confirmed avx2, fma and f16c at runtime.
+        unsafe { avx2::rows_q8::<D>(rows, n_in, acts, n_tok, out) };
+        return;
+    }
+    let _ = simd;
+    kernel::rows_q8::<D>(rows, n_in, acts, n_tok, out)
+}
+
+fn dot_rows_impl(
+    simd: bool,
+    ty: GgmlType,
+    rows: &[u8],
+    n_in: usize,
+    acts: Acts<'_>,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    match acts {
+        Acts::Q8(a) => {
+            debug_assert_eq!(a.len(), n_tok * n_in / QK8);
+            match ty {
+                GgmlType::Q4_0 => rows_q8_dispatch::<blocks::Q4_0>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q4_1 => rows_q8_dispatch::<blocks::Q4_1>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q5_0 => rows_q8_dispatch::<blocks::Q5_0>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q8_0 => rows_q8_dispatch::<blocks::Q8_0>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q4K => rows_q8_dispatch::<blocks::Q4K>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q6K => rows_q8_dispatch::<blocks::Q6K>(simd, rows, n_in, a, n_tok, out),
+                other => panic!("dot_rows: {other:?} weights need float activations"),
+            }
+        }
+        Acts::F32(x) => {
+            // Float weights are rare (none in the supported models' matrices); a plain
+            // loop over a dequantized row is enough. Works for every type, which makes it
+            // the float reference path too.
+            let rb = row_bytes(ty, n_in).expect("row size checked at load");
+            let mut w = vec![0.0f32; n_in];
+            for (r, o) in out.chunks_mut(n_tok).enumerate() {
+                dequantize_row(ty, &rows[r * rb..(r + 1) * rb], &mut w);
+                for (t, o) in o.iter_mut().enumerate() {
+                    *o = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
+                }
+            }
+        }
+    }
+}
+
+/// `out[r * n_tok + t] = dot(weight row r, activation row t)` for every row in `rows`
+/// (`out.len() / n_tok` rows of `n_in` weights of type `ty`). Callers split the rows of a
+/// matrix over threads; the result does not depend on how they split.
+pub fn dot_rows(
+    ty: GgmlType,
+    rows: &[u8],
+    n_in: usize,
+    acts: Acts<'_>,
+    n_tok: usize,
+    out: &mut [f32],
+) {
+    dot_rows_impl(has_avx2(), ty, rows, n_in, acts, n_tok, out)
+}
+
+/// Float dot product (attention scores, float weights).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: avx2 and fma were detected at runtime just above.
+        return unsafe { avx2::dot_f32(a, b) };
+    }
+    kernel::dot_f32(a, b)
+}
+
+/// Causal attention for one query head over the first `n_pos` cached positions with the
+/// softmax fused in. `k`/`v` hold rows of `stride` floats and this head's KV slice starts at
+/// `offset` in each row, so grouped-query heads share cache rows without copying.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    n_pos: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert!(n_pos == 0 || (n_pos - 1) * stride + offset + q.len() <= k.len().min(v.len()));
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: avx2 and fma were detected at runtime just above.
+        unsafe { avx2::attend(q, k, v, stride, offset, n_pos, scale, out) };
+        return;
+    }
+    kernel::attend(q, k, v, stride, offset, n_pos, scale, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small deterministic generator so the tests need no extra crates.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn byte(&mut self) -> u8 {
+            (self.next() >> 24) as u8
+        }
+        fn f(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// Random blocks with sane f16 scales (random bytes would give NaN/inf scales).
+    fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
+        let (block, bytes) = ty.block_layout().unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n / block {
+            let mut b: Vec<u8> = (0..bytes).map(|_| rng.byte()).collect();
+            let put = |b: &mut Vec<u8>, off: usize, v: f32| {
+                b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
+            };
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => put(&mut b, 0, rng.f() * 0.1),
+                GgmlType::Q4_1 => {
+                    put(&mut b, 0, rng.f() * 0.1);
+                    put(&mut b, 2, rng.f() * 0.5);
+                }
+                GgmlType::Q4K => {
+                    put(&mut b, 0, rng.f() * 0.01);
+                    put(&mut b, 2, rng.f() * 0.01);
+                }
+                GgmlType::Q6K => put(&mut b, 208, rng.f() * 0.01),
+                GgmlType::F16 => {
+                    for i in 0..block {
+                        put(&mut b, 2 * i, rng.f())
+                    }
+                }
+                GgmlType::F32 => b.copy_from_slice(&rng.f().to_le_bytes()),
+                _ => unreachable!(),
+            }
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    const TYPES: [GgmlType; 8] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ];
+
+    /// Known values: a Q4_0 block with scale 0.5 and nibbles 0..15 decodes to (n - 8) / 2.
+    #[test]
+    fn dequantize_q4_0_known_block() {
+        let mut b = f16::from_f32(0.5).to_le_bytes().to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut out = [0.0f32; 32];
+        dequantize_row(GgmlType::Q4_0, &b, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], (j as f32 - 8.0) * 0.5);
+            assert_eq!(out[j + 16], (15.0 - j as f32 - 8.0) * 0.5);
+        }
+    }
+
+    /// Q8_0 round trip: activations quantize to within half a step.
+    #[test]
+    fn q8_activation_roundtrip() {
+        let mut rng = Rng(7);
+        let x: Vec<f32> = (0..256).map(|_| rng.f() * 3.0).collect();
+        let mut q = vec![BlockQ8::default(); 8];
+        quantize_row_q8(&x, &mut q);
+        for (i, &v) in x.iter().enumerate() {
+            let b = &q[i / 32];
+            assert!((b.qs[i % 32] as f32 * b.d - v).abs() <= b.d * 0.5 + 1e-6);
+        }
+    }
+
+    /// Every kernel (portable and, where available, AVX2) agrees with the scalar reference
+    /// (dequantize both sides, float dot) on random blocks, for several token counts.
+    #[test]
+    fn kernels_match_reference() {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let n_in = 512 + 256;
+        let n_rows = 5;
+        for &ty in &TYPES {
+            for &n_tok in &[1usize, 3, 70] {
+                let rb = row_bytes(ty, n_in).unwrap();
+                let w: Vec<u8> = (0..n_rows)
+                    .flat_map(|_| random_row(&mut rng, ty, n_in))
+                    .collect();
+                let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.f()).collect();
+                let mut q8 = vec![BlockQ8::default(); n_tok * n_in / QK8];
+                for t in 0..n_tok {
+                    quantize_row_q8(
+                        &x[t * n_in..(t + 1) * n_in],
+                        &mut q8[t * n_in / QK8..(t + 1) * n_in / QK8],
+                    );
+                }
+                let acts = if uses_q8_activations(ty) {
+                    Acts::Q8(&q8)
+                } else {
+                    Acts::F32(&x)
+                };
+                let mut scalar = vec![0.0f32; n_rows * n_tok];
+                dot_rows_impl(false, ty, &w, n_in, acts, n_tok, &mut scalar);
+                let mut simd = vec![0.0f32; n_rows * n_tok];
+                dot_rows_impl(has_avx2(), ty, &w, n_in, acts, n_tok, &mut simd);
+                let mut wf = vec![0.0f32; n_in];
+                for r in 0..n_rows {
+                    dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wf);
+                    let wnorm = wf.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    for t in 0..n_tok {
+                        let xr = &x[t * n_in..(t + 1) * n_in];
+                        let reference: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
+                        let got = scalar[r * n_tok + t];
+                        // Q8 activations carry ~0.4% relative error per element.
+                        let tol = 1e-2 * wnorm * (n_in as f32).sqrt() / 10.0 + 1e-4;
+                        assert!(
+                            (got - reference).abs() <= tol,
+                            "{ty:?} n_tok {n_tok} row {r} tok {t}: {got} vs {reference} (tol {tol})"
+                        );
+                        let s = simd[r * n_tok + t];
+                        assert!(
+                            (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
+                            "{ty:?}: simd {s} vs scalar {got}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row of Qwen's width (896 = 3.5 super-blocks) exercises a partial last group.
+    #[test]
+    fn partial_group_rows() {
+        let mut rng = Rng(99);
+        let n_in = 896;
+        let w = random_row(&mut rng, GgmlType::Q5_0, n_in);
+        let x: Vec<f32> = (0..n_in).map(|_| rng.f()).collect();
+        let mut q8 = vec![BlockQ8::default(); n_in / QK8];
+        quantize_row_q8(&x, &mut q8);
+        let mut got = [0.0f32];
+        dot_rows(GgmlType::Q5_0, &w, n_in, Acts::Q8(&q8), 1, &mut got);
+        let mut wf = vec![0.0f32; n_in];
+        dequantize_row(GgmlType::Q5_0, &w, &mut wf);
+        let reference: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!(
+            (got[0] - reference).abs() < 0.05,
+            "{} vs {reference}",
+            got[0]
+        );
+    }
+
+    #[test]
+    fn attention_matches_naive_softmax() {
+        let mut rng = Rng(5);
+        let (hd, stride, offset, n_pos) = (64usize, 128usize, 64usize, 37usize);
+        let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
+        let k: Vec<f32> = (0..n_pos * stride).map(|_| rng.f() * 2.0).collect();
+        let v: Vec<f32> = (0..n_pos * stride).map(|_| rng.f()).collect();
+        let scale = 0.125;
+        let scores: Vec<f32> = (0..n_pos)
+            .map(|j| {
+                (0..hd)
+                    .map(|i| q[i] * k[j * stride + offset + i])
+                    .sum::<f32>()
+                    * scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f32 = e.iter().sum();
+        let mut out = vec![0.0f32; hd];
+        attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out);
+        let mut out_scalar = vec![0.0f32; hd];
+        kernel::attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out_scalar);
+        for i in 0..hd {
+            let want: f32 = (0..n_pos)
+                .map(|j| e[j] / z * v[j * stride + offset + i])
+                .sum();
+            assert!((out[i] - want).abs() < 1e-5, "{} vs {want}", out[i]);
+            assert!((out_scalar[i] - want).abs() < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Scalar decoders for each ggml block format into one normalized form.
+//!
+//! Every supported integer format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) is expressed as
+//! `value[i] = q[i] * sc16[i / 16] + min32[i / 32]` over a "group" of up to 256 weights. One
+//! kernel can then serve all formats: it multiplies the small integers `q` with Q8
+//! activations and applies the per-16 scales and per-32 offsets in float. Decoders are
+//! `#[inline(always)]` so that the AVX2-compiled kernel instantiates them with AVX2 too.
+
+use half::f16;
+
+/// Up to 256 decoded weights: 8 sub-blocks of 32, with one scale per 16 and one offset per 32.
+#[derive(Clone)]
+pub(crate) struct Group {
+    pub q: [i8; 256],
+    pub sc16: [f32; 16],
+    pub min32: [f32; 8],
+    /// Number of valid 32-element sub-blocks (8, except at the end of a row of a 32-block format).
+    pub n_sub: usize,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group {
+            q: [0; 256],
+            sc16: [0.0; 16],
+            min32: [0.0; 8],
+            n_sub: 0,
+        }
+    }
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], off: usize) -> f32 {
+    f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
+}
+
+/// One block format. `decode` fills `g` with group `gi` of a row (groups are 256 weights).
+pub(crate) trait Decoder {
+    /// Weights per block.
+    const BLOCK: usize;
+    /// Bytes per block.
+    const BYTES: usize;
+    /// Decodes one block (`blk` is exactly `BYTES` long) into `g` at sub-block `sub`
+    /// (32-element formats) or as the whole group (256-element formats).
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group);
+
+    #[inline(always)]
+    fn decode_group(row: &[u8], gi: usize, g: &mut Group) {
+        let n_blocks = row.len() / Self::BYTES;
+        if Self::BLOCK == 256 {
+            Self::decode_block(&row[gi * Self::BYTES..(gi + 1) * Self::BYTES], 0, g);
+            g.n_sub = 8;
+        } else {
+            let first = gi * 8;
+            let end = (first + 8).min(n_blocks);
+            for b in first..end {
+                Self::decode_block(&row[b * Self::BYTES..(b + 1) * Self::BYTES], b - first, g);
+            }
+            g.n_sub = end - first;
+        }
+    }
+}
+
+pub(crate) struct Q4_0;
+pub(crate) struct Q4_1;
+pub(crate) struct Q5_0;
+pub(crate) struct Q8_0;
+pub(crate) struct Q4K;
+pub(crate) struct Q6K;
+
+impl Decoder for Q4_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let qs: &[u8; 16] = blk[2..18].try_into().unwrap();
+        let q: &mut [i8; 32] = (&mut g.q[sub * 32..sub * 32 + 32]).try_into().unwrap();
+        for j in 0..16 {
+            q[j] = (qs[j] & 0x0F) as i8 - 8;
+            q[j + 16] = (qs[j] >> 4) as i8 - 8;
+        }
+        g.sc16[2 * sub] = d;
+        g.sc16[2 * sub + 1] = d;
+        g.min32[sub] = 0.0;
+    }
+}
+
+impl Decoder for Q4_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 20;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let m = f16_at(blk, 2);
+        let qs: &[u8; 16] = blk[4..20].try_into().unwrap();
+        let q: &mut [i8; 32] = (&mut g.q[sub * 32..sub * 32 + 32]).try_into().unwrap();
+        for j in 0..16 {
+            q[j] = (qs[j] & 0x0F) as i8;
+            q[j + 16] = (qs[j] >> 4) as i8;
+        }
+        g.sc16[2 * sub] = d;
+        g.sc16[2 * sub + 1] = d;
+        g.min32[sub] = m;
+    }
+}
+
+impl Decoder for Q5_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 22;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let qh = u32::from_le_bytes(blk[2..6].try_into().unwrap());
+        let qs: &[u8; 16] = blk[6..22].try_into().unwrap();
+        let q: &mut [i8; 32] = (&mut g.q[sub * 32..sub * 32 + 32]).try_into().unwrap();
+        for j in 0..16 {
+            let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+            let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+            q[j] = ((qs[j] & 0x0F) | xh0) as i8 - 16;
+            q[j + 16] = ((qs[j] >> 4) | xh1) as i8 - 16;
+        }
+        g.sc16[2 * sub] = d;
+        g.sc16[2 * sub + 1] = d;
+        g.min32[sub] = 0.0;
+    }
+}
+
+impl Decoder for Q8_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 34;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let qs: &[u8; 32] = blk[2..34].try_into().unwrap();
+        let q: &mut [i8; 32] = (&mut g.q[sub * 32..sub * 32 + 32]).try_into().unwrap();
+        for j in 0..32 {
+            q[j] = qs[j] as i8;
+        }
+        g.sc16[2 * sub] = d;
+        g.sc16[2 * sub + 1] = d;
+        g.min32[sub] = 0.0;
+    }
+}
+
+/// ggml's packing of Q4_K's eight 6-bit (scale, min) pairs into 12 bytes.
+#[inline(always)]
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+impl Decoder for Q4K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 144;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let dmin = f16_at(blk, 2);
+        let scales = &blk[4..16];
+        let qs: &[u8; 128] = blk[16..144].try_into().unwrap();
+        for k in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * k, scales);
+            let (sc1, m1) = scale_min_k4(2 * k + 1, scales);
+            let src: &[u8; 32] = qs[k * 32..k * 32 + 32].try_into().unwrap();
+            let dst: &mut [i8; 64] = (&mut g.q[k * 64..k * 64 + 64]).try_into().unwrap();
+            for l in 0..32 {
+                dst[l] = (src[l] & 0x0F) as i8;
+                dst[l + 32] = (src[l] >> 4) as i8;
+            }
+            let d0 = d * sc0 as f32;
+            let d1 = d * sc1 as f32;
+            g.sc16[4 * k] = d0;
+            g.sc16[4 * k + 1] = d0;
+            g.sc16[4 * k + 2] = d1;
+            g.sc16[4 * k + 3] = d1;
+            g.min32[2 * k] = -dmin * m0 as f32;
+            g.min32[2 * k + 1] = -dmin * m1 as f32;
+        }
+    }
+}
+
+impl Decoder for Q6K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let ql = &blk[0..128];
+        let qh = &blk[128..192];
+        let scales = &blk[192..208];
+        let d = f16_at(blk, 208);
+        for n in 0..2 {
+            let ql: &[u8; 64] = ql[n * 64..n * 64 + 64].try_into().unwrap();
+            let qh: &[u8; 32] = qh[n * 32..n * 32 + 32].try_into().unwrap();
+            let dst: &mut [i8; 128] = (&mut g.q[n * 128..n * 128 + 128]).try_into().unwrap();
+            for l in 0..32 {
+                dst[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+                dst[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                dst[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                dst[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+            }
+        }
+        for (sc, &raw) in g.sc16.iter_mut().zip(scales) {
+            *sc = d * (raw as i8) as f32;
+        }
+        g.min32 = [0.0; 8];
+    }
+}

@@ -1,0 +1,336 @@
+//! Turning a step's logits into the next token.
+//!
+//! The order of operations follows what vLLM and llama.cpp users expect: logit bias, then
+//! penalties, then (unless greedy) temperature, top-k, top-p, min-p, and a draw. Log
+//! probabilities reported to the client come from the model's own distribution (before any
+//! of this), as OpenAI and vLLM report them.
+//!
+//! The random generator is our own SplitMix64 rather than a crate's: a seeded request must
+//! produce the same tokens across tokenfab releases, and general-purpose RNG crates do not
+//! promise value stability across versions.
+
+use std::collections::HashMap;
+
+/// The sampling knobs of one request, already validated by the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// 1.0 means none; applied to every token seen in the prompt or the output (vLLM).
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    pub logit_bias: HashMap<u32, f32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            logit_bias: HashMap::new(),
+        }
+    }
+}
+
+/// SplitMix64: tiny, fast, and its output for a given seed never changes.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 bits of precision.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Per-sequence sampling state: the parameters, the generator, and the token counts the
+/// penalties need (kept incrementally so a step costs O(vocab), not O(history)).
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Occurrences of each token in the output so far.
+    output_counts: HashMap<u32, u32>,
+    /// Tokens seen in prompt or output, for the repetition penalty.
+    seen: HashMap<u32, ()>,
+    /// Reused buffer of (token, logit) candidates.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// `seed` is the effective seed: the request's, or a random one chosen by the caller.
+    pub fn new(params: SamplingParams, seed: u64, prompt: &[u32]) -> Self {
+        let mut seen = HashMap::new();
+        if params.repetition_penalty != 1.0 {
+            for &t in prompt {
+                seen.insert(t, ());
+            }
+        }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            output_counts: HashMap::new(),
+            seen,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// Picks the next token from `logits` (modified in place) and records it.
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        self.apply_bias_and_penalties(logits);
+        let token = if self.params.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        *self.output_counts.entry(token).or_insert(0) += 1;
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token, ());
+        }
+        token
+    }
+
+    fn apply_bias_and_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        for (&t, &b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            for &t in self.seen.keys() {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&t, &c) in &self.output_counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let c = &mut self.candidates;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        if c.is_empty() {
+            return argmax(logits);
+        }
+        // Sort descending by logit; ties by token id so the order is deterministic.
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.select_nth_unstable_by(p.top_k - 1, by_logit);
+            c.truncate(p.top_k);
+        }
+        c.sort_unstable_by(by_logit);
+        let max = c[0].1;
+        let mut sum = 0.0f64;
+        for x in c.iter_mut() {
+            x.1 = (x.1 - max).exp();
+            sum += x.1 as f64;
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0f64;
+            let mut keep = c.len();
+            for (i, x) in c.iter().enumerate() {
+                acc += x.1 as f64 / sum;
+                if acc >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep);
+        }
+        if p.min_p > 0.0 {
+            // Probabilities are relative to the top one, which has weight exp(0) = 1.
+            let keep = c.iter().take_while(|x| x.1 >= p.min_p).count().max(1);
+            c.truncate(keep);
+        }
+        let total: f64 = c.iter().map(|x| x.1 as f64).sum();
+        let mut r = self.rng.next_f64() * total;
+        for x in c.iter() {
+            r -= x.1 as f64;
+            if r < 0.0 {
+                return x.0;
+            }
+        }
+        c[c.len() - 1].0
+    }
+}
+
+/// Index of the largest logit; the lowest index wins ties so greedy output is stable.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Natural-log softmax of `logits` into `out` (same length).
+pub fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    out.clear();
+    out.extend(logits.iter().map(|&l| l - lse));
+}
+
+/// The `k` most likely tokens of a log-probability vector, most likely first.
+pub fn top_k_logprobs(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    idx.select_nth_unstable_by(k - 1, cmp);
+    idx.truncate(k);
+    idx.sort_unstable_by(cmp);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32) -> SamplingParams {
+        SamplingParams { temperature: t, ..Default::default() }
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_lowest_index_on_ties() {
+        let mut s = Sampler::new(params(0.0), 1, &[]);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, 1.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_different_seed_differs() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(params(1.0), seed, &[]);
+            (0..40).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut p = params(5.0);
+        p.top_k = 1;
+        let mut s = Sampler::new(p, 7, &[]);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut [1.0, 2.0, 0.5]), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let mut p = params(1.0);
+        p.top_p = 0.5;
+        let mut s = Sampler::new(p, 3, &[]);
+        // token 0 has ~0.84 of the mass: the nucleus at 0.5 is token 0 alone.
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [3.0, 1.0, 0.0, 0.0]), 0);
+        }
+    }
+
+    #[test]
+    fn min_p_cuts_unlikely_tokens() {
+        let mut p = params(1.0);
+        p.min_p = 0.5;
+        let mut s = Sampler::new(p, 9, &[]);
+        for _ in 0..50 {
+            let t = s.sample(&mut [2.0, 1.9, -5.0, -5.0]);
+            assert!(t == 0 || t == 1);
+        }
+    }
+
+    #[test]
+    fn penalties_change_the_choice() {
+        let mut p = params(0.0);
+        p.frequency_penalty = 2.0;
+        let mut s = Sampler::new(p, 0, &[]);
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
+        // token 0 now carries a penalty of 2.0: 1.0 - 2.0 < 0.5
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
+
+        let mut p = params(0.0);
+        p.repetition_penalty = 4.0;
+        let mut s = Sampler::new(p, 0, &[0]);
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
+
+        let mut p = params(0.0);
+        p.presence_penalty = 1.0;
+        let mut s = Sampler::new(p, 0, &[]);
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
+    }
+
+    #[test]
+    fn logit_bias_can_ban_a_token() {
+        let mut p = params(0.0);
+        p.logit_bias.insert(0, -100.0);
+        let mut s = Sampler::new(p, 0, &[]);
+        assert_eq!(s.sample(&mut [5.0, 1.0]), 1);
+    }
+
+    #[test]
+    fn log_softmax_and_top_k() {
+        let mut out = Vec::new();
+        log_softmax(&[0.0, 0.0_f32.ln_1p(), 2.0], &mut out);
+        let total: f32 = out.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        let top = top_k_logprobs(&out, 2);
+        assert_eq!(top[0].0, 2);
+        assert_eq!(top.len(), 2);
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let mut s = Sampler::new(params(1.0), 11, &[]);
+        let logits = [0.0f32, (3.0f32).ln()];
+        let ones = (0..4000).filter(|_| s.sample(&mut logits.clone()) == 1).count();
+        // expected 3000 of 4000
+        assert!((2800..3200).contains(&ones), "{ones}");
+    }
+}

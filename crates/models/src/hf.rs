@@ -1,0 +1,190 @@
+//! Hugging Face source. Files live in the standard Hugging Face cache, so a
+//! file fetched by `huggingface-cli`, Python or another Rust tool is reused,
+//! and a cached file resolves even in builds without the `hf` feature.
+//! Downloading needs the `hf` feature (an HTTP + TLS stack).
+
+use std::path::{Path, PathBuf};
+
+use crate::{ModelsError, home_dir, non_empty_env};
+
+/// The hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`,
+/// as the Python client resolves it.
+pub(crate) fn hub_cache_dir() -> PathBuf {
+    if let Some(dir) = non_empty_env("HF_HUB_CACHE") {
+        return dir.into();
+    }
+    let hf_home = non_empty_env("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            non_empty_env("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| home_dir().map(|h| h.join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("huggingface")
+        });
+    hf_home.join("hub")
+}
+
+/// The cached file, following the hub cache layout:
+/// `models--ORG--REPO/refs/<revision>` holds a commit hash and the file is
+/// `models--ORG--REPO/snapshots/<commit>/<file>`.
+pub(crate) fn cached_path(repo: &str, file: &str, revision: Option<&str>) -> Option<PathBuf> {
+    cached_path_in(&hub_cache_dir(), repo, file, revision)
+}
+
+fn cached_path_in(hub: &Path, repo: &str, file: &str, revision: Option<&str>) -> Option<PathBuf> {
+    let repo_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let revision = revision.unwrap_or("main");
+    let commit = if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        revision.to_owned()
+    } else {
+        std::fs::read_to_string(repo_dir.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_owned()
+    };
+    if commit.is_empty() {
+        return None;
+    }
+    let path = repo_dir.join("snapshots").join(commit).join(file);
+    path.is_file().then_some(path)
+}
+
+fn spec_string(repo: &str, file: &str, revision: Option<&str>) -> String {
+    match revision {
+        Some(rev) => format!("hf:{repo}/{file}@{rev}"),
+        None => format!("hf:{repo}/{file}"),
+    }
+}
+
+/// The local path of the file, from the hub cache or downloaded into it.
+pub(crate) fn resolve(
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf, ModelsError> {
+    if let Some(path) = cached_path(repo, file, revision) {
+        tracing::debug!(path = %path.display(), "using cached Hugging Face file");
+        return Ok(path);
+    }
+    let spec = spec_string(repo, file, revision);
+    download(&spec, repo, file, revision, progress)
+}
+
+#[cfg(not(feature = "hf"))]
+fn download(
+    spec: &str,
+    _repo: &str,
+    _file: &str,
+    _revision: Option<&str>,
+    _progress: bool,
+) -> Result<PathBuf, ModelsError> {
+    Err(ModelsError::HfUnsupported {
+        spec: spec.to_owned(),
+    })
+}
+
+#[cfg(feature = "hf")]
+fn download(
+    spec: &str,
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf, ModelsError> {
+    use std::io::IsTerminal;
+
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Cache, Repo, RepoType};
+
+    let hub = hub_cache_dir();
+    // HF_TOKEN first (CI, containers), then the token file `huggingface-cli login` writes.
+    let token = non_empty_env("HF_TOKEN")
+        .map(|t| t.to_string_lossy().into_owned())
+        .or_else(|| Cache::new(hub.clone()).token());
+    let api = ApiBuilder::from_env()
+        .with_cache_dir(hub)
+        .with_token(token)
+        .with_progress(progress && std::io::stderr().is_terminal())
+        .build()
+        .map_err(|e| map_error(spec, e))?;
+    let repo = match revision {
+        Some(rev) => Repo::with_revision(repo.to_owned(), RepoType::Model, rev.to_owned()),
+        None => Repo::model(repo.to_owned()),
+    };
+    tracing::info!(%spec, "downloading from Hugging Face");
+    api.repo(repo).get(file).map_err(|e| map_error(spec, e))
+}
+
+#[cfg(feature = "hf")]
+fn map_error(spec: &str, err: hf_hub::api::sync::ApiError) -> ModelsError {
+    use hf_hub::api::sync::ApiError;
+
+    let hf = |reason: String| ModelsError::Hf {
+        spec: spec.to_owned(),
+        reason,
+    };
+    match err {
+        ApiError::TooManyRetries(inner) => map_error(spec, *inner),
+        ApiError::RequestError(e) => match *e {
+            ureq::Error::Transport(t) => ModelsError::HfUnreachable {
+                spec: spec.to_owned(),
+                detail: t.to_string(),
+            },
+            ureq::Error::Status(code @ (401 | 403), _) => hf(format!(
+                "access denied (HTTP {code}); the repo is gated or private: accept its terms \
+                 on the hub and set HF_TOKEN, or pass a local path"
+            )),
+            ureq::Error::Status(404, _) => hf(
+                "not found (HTTP 404); check the repo id, the file name and the revision".into(),
+            ),
+            ureq::Error::Status(code, _) => hf(format!(
+                "the hub answered HTTP {code}; try again later or pass a local path"
+            )),
+        },
+        ApiError::LockAcquisition(path) => hf(format!(
+            "another process is downloading it (lock {}); wait for it to finish",
+            path.display()
+        )),
+        other => hf(format!(
+            "{other}; pass a local path with `--model /path/to/file.gguf`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_cache_layout() {
+        let hub = tempfile::tempdir().unwrap();
+        let repo_dir = hub.path().join("models--org--repo");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let snap = repo_dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(snap.join("sub")).unwrap();
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), format!("{commit}\n")).unwrap();
+        std::fs::write(snap.join("m.gguf"), b"x").unwrap();
+        std::fs::write(snap.join("sub/n.gguf"), b"x").unwrap();
+
+        let get = |file, rev| cached_path_in(hub.path(), "org/repo", file, rev);
+        assert_eq!(get("m.gguf", None), Some(snap.join("m.gguf")));
+        assert_eq!(get("sub/n.gguf", None), Some(snap.join("sub/n.gguf")));
+        assert_eq!(get("m.gguf", Some(commit)), Some(snap.join("m.gguf")));
+        assert_eq!(get("m.gguf", Some("v2")), None, "unknown ref");
+        assert_eq!(get("other.gguf", None), None);
+        assert_eq!(
+            cached_path_in(hub.path(), "org/other", "m.gguf", None),
+            None
+        );
+    }
+
+    #[test]
+    fn spec_strings() {
+        assert_eq!(spec_string("o/r", "f.gguf", None), "hf:o/r/f.gguf");
+        assert_eq!(spec_string("o/r", "f.gguf", Some("v1")), "hf:o/r/f.gguf@v1");
+    }
+}

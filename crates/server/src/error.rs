@@ -1,0 +1,88 @@
+//! Every failure a client can see, as an OpenAI-shaped error with the right status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokenfab_wire::{ApiError, ErrorBody};
+
+/// An error on its way to the client. Constructors name the HTTP meaning so handlers read
+/// as the contract does (`bad_request("temperature", ...)`).
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub body: ApiError,
+    pub retry_after: Option<u64>,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, kind: &str, code: Option<&str>, param: Option<&str>, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            body: ApiError {
+                message: message.into(),
+                kind: kind.into(),
+                param: param.map(str::to_owned),
+                code: code.map(str::to_owned),
+            },
+            retry_after: None,
+        }
+    }
+
+    /// 400 naming the offending request field.
+    pub fn bad_request(param: Option<&str>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("invalid_request"), param, message)
+    }
+
+    /// 400 for a prompt that does not fit the context window (OpenAI's code for it).
+    pub fn context_exceeded(param: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"), Some(param), message)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model"),
+            format!("The model `{model}` does not exist; GET /v1/models lists the served models"),
+        )
+    }
+
+    pub fn route_not_found(method: &str, path: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), None, format!("Unknown request URL: {method} {path}"))
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed"), None, format!("Method {method} is not allowed for {path}"))
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            None,
+            format!("The request body is larger than the server's limit of {limit} bytes"),
+        )
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("overloaded"), None, message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error"), None, message)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody { error: self.body }).unwrap_or_default();
+        let mut resp = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,48 @@
+//! What the server serves: the loaded models and the limits every request is held to.
+
+use std::sync::Arc;
+
+use tokenfab_engine::scheduler::EngineHandle;
+use tokenfab_engine::template::ChatTemplate;
+use tokenfab_engine::tokenizer::Tokenizer;
+
+/// One model behind the API: its engine plus what handlers need to build prompts.
+pub struct ServedModel {
+    /// The id clients send in `model`, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
+    pub id: String,
+    pub owned_by: String,
+    /// Unix time the model was loaded, reported by `/v1/models`.
+    pub created: u64,
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Option<ChatTemplate>,
+    pub context_length: usize,
+}
+
+/// Request limits that protect the server from oversized work.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest `n` (choices per request).
+    pub max_n: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 4 * 1024 * 1024, max_n: 8 }
+    }
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub models: Vec<Arc<ServedModel>>,
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// Looks a model up by id; ids compare case-insensitively, as users type them by hand.
+    pub fn model(&self, id: &str) -> Option<Arc<ServedModel>> {
+        self.models.iter().find(|m| m.id.eq_ignore_ascii_case(id)).cloned()
+    }
+}

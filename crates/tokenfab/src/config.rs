@@ -1,0 +1,109 @@
+//! Server configuration: a TOML file, overridden by flags and environment variables.
+//!
+//! ```toml
+//! host = "127.0.0.1"
+//! port = 8000
+//! threads = 2            # math threads per model (default: all cores)
+//! max_running = 16       # sequences stepped together
+//! max_waiting = 64       # queued requests before 503
+//! max_body_bytes = 4194304
+//! cache_dir = "/var/cache/tokenfab"
+//!
+//! [[models]]
+//! id = "HuggingFaceTB/SmolLM2-135M-Instruct"    # the id clients send
+//! source = "HuggingFaceTB/SmolLM2-135M-Instruct" # catalog id, local path, or hf:org/repo/file.gguf
+//! context_length = 8192                         # optional cap
+//! chat_template_file = "template.jinja"         # optional, replaces the GGUF's template
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The file's shape. Every field is optional; defaults give the quick start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub threads: Option<usize>,
+    pub max_running: Option<usize>,
+    pub max_waiting: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// One served model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id clients send; defaults to the source's id.
+    pub id: Option<String>,
+    pub source: String,
+    pub context_length: Option<usize>,
+    pub chat_template_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let cfg: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("the config file {} is not valid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg = cfg;
+        // Relative template paths are relative to the config file, not the working dir.
+        for m in &mut cfg.models {
+            if let Some(t) = &m.chat_template_file
+                && t.is_relative()
+            {
+                m.chat_template_file = Some(base.join(t));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for m in &cfg.models {
+            if let Some(id) = &m.id
+                && !ids.insert(id.to_ascii_lowercase())
+            {
+                bail!("the config file {} serves the model id `{id}` twice", path.display());
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_config_and_resolves_template_paths() {
+        let dir = std::env::temp_dir().join(format!("tokenfab-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("tokenfab.toml");
+        std::fs::write(
+            &p,
+            r#"port = 9000
+threads = 1
+[[models]]
+id = "a/b"
+source = "/models/x.gguf"
+chat_template_file = "t.jinja"
+"#,
+        )
+        .unwrap();
+        let c = FileConfig::load(&p).unwrap();
+        assert_eq!(c.port, Some(9000));
+        assert_eq!(c.models[0].chat_template_file.as_deref(), Some(dir.join("t.jinja").as_path()));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<FileConfig>("prot = 1").unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+    }
+}
