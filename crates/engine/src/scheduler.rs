@@ -11,6 +11,7 @@
 //! step, so generation stops at once and its KV cache is freed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -102,6 +103,7 @@ struct Job {
 pub struct EngineHandle {
     jobs: SyncSender<Job>,
     max_waiting: usize,
+    running: Arc<AtomicUsize>,
 }
 
 impl EngineHandle {
@@ -114,6 +116,12 @@ impl EngineHandle {
             Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded(self.max_waiting)),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
         }
+    }
+
+    /// Sequences being generated right now, for health checks and load balancers (and the
+    /// proof that a client's disconnect really stops its generation).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
     }
 }
 
@@ -131,11 +139,13 @@ pub fn start(
         .map_err(|e| EngineError::BadModel(format!("cannot start math threads: {e}")))?;
     let (jobs_tx, jobs_rx) = sync_channel(config.max_waiting.max(1));
     let max_waiting = config.max_waiting;
+    let running = Arc::new(AtomicUsize::new(0));
+    let gauge = running.clone();
     std::thread::Builder::new()
         .name("tokenfab-engine".into())
-        .spawn(move || Scheduler::new(model, tokenizer, config, pool).run(jobs_rx))
+        .spawn(move || Scheduler::new(model, tokenizer, config, pool).run(jobs_rx, &gauge))
         .map_err(|e| EngineError::BadModel(format!("cannot start the engine thread: {e}")))?;
-    Ok(EngineHandle { jobs: jobs_tx, max_waiting })
+    Ok(EngineHandle { jobs: jobs_tx, max_waiting, running })
 }
 
 struct Sequence {
@@ -168,8 +178,9 @@ impl Scheduler {
         Scheduler { model, tokenizer, config, pool, running: Vec::new(), scratch, logprob_buf: Vec::new() }
     }
 
-    fn run(mut self, jobs: Receiver<Job>) {
+    fn run(mut self, jobs: Receiver<Job>, gauge: &AtomicUsize) {
         loop {
+            gauge.store(self.running.len(), Ordering::Relaxed);
             if self.running.is_empty() {
                 // Idle: block until work arrives or every handle is gone.
                 match jobs.recv() {
@@ -186,6 +197,7 @@ impl Scheduler {
             }
             // Clients that went away stop here, before any more compute is spent on them.
             self.running.retain(|s| !s.events.is_closed());
+            gauge.store(self.running.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
                 self.step();
             }

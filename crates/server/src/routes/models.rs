@@ -40,6 +40,10 @@ pub async fn list(State(state): State<Arc<AppState>>, Query(filter): Query<Model
 
 /// For load balancers: 200 with the served models once the server accepts requests.
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let ids: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
-    Json(serde_json::json!({ "status": "ok", "models": ids }))
+    let models: Vec<_> = state
+        .models
+        .iter()
+        .map(|m| serde_json::json!({ "id": m.id, "running": m.engine.running() }))
+        .collect();
+    Json(serde_json::json!({ "status": "ok", "models": models }))
 }
