@@ -255,7 +255,9 @@ impl<'a> Cursor<'a> {
             8 => MetaValue::String(self.string()?),
             9 => {
                 if depth > 4 {
-                    return Err(EngineError::BadModel("GGUF arrays nested too deeply".into()));
+                    return Err(EngineError::BadModel(
+                        "GGUF arrays nested too deeply".into(),
+                    ));
                 }
                 let elem_ty = self.u32()?;
                 let n = self.len()?;
@@ -320,10 +322,18 @@ impl GgufFile {
                     "tensor {name} has {n_dims} dimensions"
                 )));
             }
-            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64())
+                .collect::<Result<Vec<_>, _>>()?;
             let ty = GgmlType::from_id(c.u32()?);
             let offset = c.u64()?;
-            tensors.push(TensorInfo { name, dims, ty, offset, size: None });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                size: None,
+            });
         }
         let alignment = metadata
             .get("general.alignment")
@@ -357,7 +367,13 @@ impl GgufFile {
                 t.size = Some(size);
             }
         }
-        Ok(GgufFile { path, version, metadata, tensors, mmap })
+        Ok(GgufFile {
+            path,
+            version,
+            metadata,
+            tensors,
+            mmap,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -388,10 +404,7 @@ impl GgufFile {
     /// The raw bytes of a tensor, or an error naming the tensor if its type is unknown.
     pub fn tensor_data(&self, t: &TensorInfo) -> Result<&[u8], EngineError> {
         let size = t.size.ok_or_else(|| {
-            EngineError::BadModel(format!(
-                "tensor {} has unsupported type {:?}",
-                t.name, t.ty
-            ))
+            EngineError::BadModel(format!("tensor {} has unsupported type {:?}", t.name, t.ty))
         })?;
         Ok(&self.mmap[t.offset as usize..(t.offset + size) as usize])
     }

@@ -24,17 +24,42 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads a GGUF file. `template_override` replaces the file's chat template;
     /// `max_context` caps the context window (memory grows with it).
-    pub fn load(path: &Path, template_override: Option<&str>, max_context: Option<usize>) -> Result<Self, EngineError> {
+    pub fn load(
+        path: &Path,
+        template_override: Option<&str>,
+        max_context: Option<usize>,
+    ) -> Result<Self, EngineError> {
         let gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let mut model = Model::load(&gguf)?;
-        let source = template_override.map(str::to_owned).or_else(|| gguf.get_str("tokenizer.chat_template").map(str::to_owned));
-        let token_str = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_owned();
+        let source = template_override
+            .map(str::to_owned)
+            .or_else(|| gguf.get_str("tokenizer.chat_template").map(str::to_owned));
+        let token_str = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_owned()
+        };
         let template = source
-            .map(|src| ChatTemplate::new(&src, &token_str(tokenizer.bos_id()), &token_str(tokenizer.eos_id())))
+            .map(|src| {
+                ChatTemplate::new(
+                    &src,
+                    &token_str(tokenizer.bos_id()),
+                    &token_str(tokenizer.eos_id()),
+                )
+            })
             .transpose()?;
-        let context_length = max_context.map_or(model.config.context_length, |m| m.min(model.config.context_length)).max(1);
+        let context_length = max_context
+            .map_or(model.config.context_length, |m| {
+                m.min(model.config.context_length)
+            })
+            .max(1);
         model.config.context_length = context_length;
-        Ok(LoadedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, context_length })
+        Ok(LoadedModel {
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            template,
+            context_length,
+        })
     }
 }

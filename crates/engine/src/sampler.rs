@@ -124,7 +124,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in self.seen.keys() {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -216,7 +220,11 @@ pub fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
 
 /// The `k` most likely tokens of a log-probability vector, most likely first.
 pub fn top_k_logprobs(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let mut idx: Vec<(u32, f32)> = logprobs
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
     let k = k.min(idx.len());
     if k == 0 {
         return Vec::new();
@@ -233,7 +241,10 @@ mod tests {
     use super::*;
 
     fn params(t: f32) -> SamplingParams {
-        SamplingParams { temperature: t, ..Default::default() }
+        SamplingParams {
+            temperature: t,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -247,7 +258,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = |seed| {
             let mut s = Sampler::new(params(1.0), seed, &[]);
-            (0..40).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -329,7 +342,9 @@ mod tests {
     fn sampling_follows_the_distribution() {
         let mut s = Sampler::new(params(1.0), 11, &[]);
         let logits = [0.0f32, (3.0f32).ln()];
-        let ones = (0..4000).filter(|_| s.sample(&mut logits.clone()) == 1).count();
+        let ones = (0..4000)
+            .filter(|_| s.sample(&mut logits.clone()) == 1)
+            .count();
         // expected 3000 of 4000
         assert!((2800..3200).contains(&ones), "{ones}");
     }

@@ -38,7 +38,12 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { threads: 2, max_running: 16, max_waiting: 64, prefill_chunk: 512 }
+        SchedulerConfig {
+            threads: 2,
+            max_running: 16,
+            max_waiting: 64,
+            prefill_chunk: 512,
+        }
     }
 }
 
@@ -77,10 +82,19 @@ pub struct TokenLogprob {
 pub enum Event {
     /// A generated token and the text it completed (possibly empty: a partial character
     /// or a possible stop string is being held back).
-    Token { id: u32, text: String, logprob: Option<TokenLogprob> },
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
     /// Text released at the end without a token of its own (held-back text).
     Text(String),
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        cached_tokens: usize,
+    },
     Failed(String),
 }
 
@@ -145,7 +159,11 @@ pub fn start(
         .name("tokenfab-engine".into())
         .spawn(move || Scheduler::new(model, tokenizer, config, pool).run(jobs_rx, &gauge))
         .map_err(|e| EngineError::BadModel(format!("cannot start the engine thread: {e}")))?;
-    Ok(EngineHandle { jobs: jobs_tx, max_waiting, running })
+    Ok(EngineHandle {
+        jobs: jobs_tx,
+        max_waiting,
+        running,
+    })
 }
 
 struct Sequence {
@@ -173,9 +191,22 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: SchedulerConfig, pool: rayon::ThreadPool) -> Self {
+    fn new(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        config: SchedulerConfig,
+        pool: rayon::ThreadPool,
+    ) -> Self {
         let scratch = model.new_scratch();
-        Scheduler { model, tokenizer, config, pool, running: Vec::new(), scratch, logprob_buf: Vec::new() }
+        Scheduler {
+            model,
+            tokenizer,
+            config,
+            pool,
+            running: Vec::new(),
+            scratch,
+            logprob_buf: Vec::new(),
+        }
     }
 
     fn run(mut self, jobs: Receiver<Job>, gauge: &AtomicUsize) {
@@ -236,7 +267,10 @@ impl Scheduler {
                 Some(ref t) => std::slice::from_ref(t),
                 None => &s.req.prompt[s.fed..(s.fed + chunk).min(s.req.prompt.len())],
             };
-            inputs.push(SeqInput { tokens, kv: &mut s.kv });
+            inputs.push(SeqInput {
+                tokens,
+                kv: &mut s.kv,
+            });
         }
         let model = &self.model;
         let scratch = &mut self.scratch;
@@ -260,7 +294,13 @@ impl Scheduler {
                     continue;
                 }
             }
-            if let Some(reason) = Self::advance(s, &mut logits[i], &self.tokenizer, &mut self.logprob_buf, self.model.config.context_length) {
+            if let Some(reason) = Self::advance(
+                s,
+                &mut logits[i],
+                &self.tokenizer,
+                &mut self.logprob_buf,
+                self.model.config.context_length,
+            ) {
                 let _ = s.events.send(Event::Finished {
                     reason,
                     prompt_tokens: s.req.prompt.len(),
@@ -303,7 +343,11 @@ impl Scheduler {
         }
         let text = s.utf8.push(tokenizer.token_bytes(token));
         let out = s.stop.push(&text);
-        let _ = s.events.send(Event::Token { id: token, text: out.text, logprob });
+        let _ = s.events.send(Event::Token {
+            id: token,
+            text: out.text,
+            logprob,
+        });
         if out.stopped {
             return Some(FinishReason::Stop);
         }

@@ -24,20 +24,33 @@ pub struct StopOutcome {
 impl StopMatcher {
     /// Empty strings are ignored (they would stop before the first token).
     pub fn new(stops: Vec<String>) -> Self {
-        StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
         if self.stops.is_empty() {
-            return StopOutcome { text: text.to_owned(), stopped: false };
+            return StopOutcome {
+                text: text.to_owned(),
+                stopped: false,
+            };
         }
         self.held.push_str(text);
         // Earliest complete match wins.
-        let hit = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(pos) = hit {
             let out = self.held[..pos].to_owned();
             self.held.clear();
-            return StopOutcome { text: out, stopped: true };
+            return StopOutcome {
+                text: out,
+                stopped: true,
+            };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let keep = self
@@ -49,7 +62,10 @@ impl StopMatcher {
         let cut = self.held.len() - keep;
         let out = self.held[..cut].to_owned();
         self.held.drain(..cut);
-        StopOutcome { text: out, stopped: false }
+        StopOutcome {
+            text: out,
+            stopped: false,
+        }
     }
 
     /// The sequence ended for another reason: release what was held back.
@@ -64,7 +80,12 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = text.len().min(stop.len().saturating_sub(1));
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.as_bytes().starts_with(&text.as_bytes()[text.len() - n..]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop
+                    .as_bytes()
+                    .starts_with(&text.as_bytes()[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 
@@ -88,12 +109,18 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_is_excluded() {
-        assert_eq!(run(&["User:"], &["Hi\n", "Us", "er:", " more"]), ("Hi\n".into(), true));
+        assert_eq!(
+            run(&["User:"], &["Hi\n", "Us", "er:", " more"]),
+            ("Hi\n".into(), true)
+        );
     }
 
     #[test]
     fn false_start_is_released() {
-        assert_eq!(run(&["User:"], &["Us", "ually", " fine"]), ("Usually fine".into(), false));
+        assert_eq!(
+            run(&["User:"], &["Us", "ually", " fine"]),
+            ("Usually fine".into(), false)
+        );
         assert_eq!(run(&["abc"], &["ab"]), ("ab".into(), false));
     }
 
@@ -104,7 +131,10 @@ mod tests {
 
     #[test]
     fn multibyte_stops() {
-        assert_eq!(run(&["名将"], &["传奇", "名", "将有"]), ("传奇".into(), true));
+        assert_eq!(
+            run(&["名将"], &["传奇", "名", "将有"]),
+            ("传奇".into(), true)
+        );
     }
 
     #[test]

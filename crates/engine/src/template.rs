@@ -56,8 +56,18 @@ fn strftime_now(format: String) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     const FULL: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let mut out = String::new();
     let mut chars = format.chars();
@@ -112,7 +122,9 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
-            .map_err(|e| EngineError::Template(format!("the chat template does not compile: {e}")))?;
+            .map_err(|e| {
+                EngineError::Template(format!("the chat template does not compile: {e}"))
+            })?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
@@ -132,8 +144,14 @@ impl ChatTemplate {
         for (k, v) in extra {
             ctx.insert(k.clone(), v.clone());
         }
-        ctx.insert("messages".into(), serde_json::to_value(messages).unwrap_or_default());
-        ctx.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
+        ctx.insert(
+            "messages".into(),
+            serde_json::to_value(messages).unwrap_or_default(),
+        );
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::Bool(add_generation_prompt),
+        );
         ctx.insert("bos_token".into(), Value::String(self.bos_token.clone()));
         ctx.insert("eos_token".into(), Value::String(self.eos_token.clone()));
         let tmpl = self
@@ -142,8 +160,13 @@ impl ChatTemplate {
             .map_err(|e| EngineError::Template(e.to_string()))?;
         tmpl.render(Serde(&ctx)).map_err(|e| {
             // raise_exception messages are the template author's words to the user.
-            let detail = e.detail().map(str::to_owned).unwrap_or_else(|| e.to_string());
-            EngineError::Template(format!("the chat template refused the conversation: {detail}"))
+            let detail = e
+                .detail()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
+            EngineError::Template(format!(
+                "the chat template refused the conversation: {detail}"
+            ))
         })
     }
 }
@@ -153,7 +176,11 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
-        TemplateMessage { role: role.into(), content: content.into(), extra: Map::new() }
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+            extra: Map::new(),
+        }
     }
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -162,7 +189,15 @@ mod tests {
     fn renders_chatml_multi_turn() {
         let t = ChatTemplate::new(CHATML, "<s>", "</s>").unwrap();
         let out = t
-            .render(&[msg("user", "hi"), msg("assistant", "yo"), msg("user", "继续")], true, &Map::new())
+            .render(
+                &[
+                    msg("user", "hi"),
+                    msg("assistant", "yo"),
+                    msg("user", "继续"),
+                ],
+                true,
+                &Map::new(),
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -176,20 +211,28 @@ mod tests {
         let t = ChatTemplate::new(src, "", "").unwrap();
         // As Jinja2 with trim_blocks + lstrip_blocks: the newline after each block tag goes,
         // the indentation before a `{{ }}` stays.
-        assert_eq!(t.render(&[msg("user", " abc ")], false, &Map::new()).unwrap(), "  ABC|A");
+        assert_eq!(
+            t.render(&[msg("user", " abc ")], false, &Map::new())
+                .unwrap(),
+            "  ABC|A"
+        );
     }
 
     #[test]
     fn raise_exception_becomes_a_template_error() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        let err = t.render(&[msg("system", "x")], true, &Map::new()).unwrap_err().to_string();
+        let err = t
+            .render(&[msg("system", "x")], true, &Map::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Conversation must start with user"), "{err}");
     }
 
     #[test]
     fn kwargs_reach_the_template() {
-        let src = "{% if enable_thinking is defined and not enable_thinking %}off{% else %}on{% endif %}";
+        let src =
+            "{% if enable_thinking is defined and not enable_thinking %}off{% else %}on{% endif %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let mut kw = Map::new();
         kw.insert("enable_thinking".into(), Value::Bool(false));
@@ -225,7 +268,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}; run scripts/fetch-test-assets.sh"));
             let t = ChatTemplate::new(&src, "<s>", "</s>").unwrap();
             let out = t
-                .render(&[msg("system", "S"), msg("user", "奥运会的传奇名将有哪些?")], true, &Map::new())
+                .render(
+                    &[msg("system", "S"), msg("user", "奥运会的传奇名将有哪些?")],
+                    true,
+                    &Map::new(),
+                )
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(out.contains("奥运会的传奇名将有哪些?"), "{name}: {out}");
         }

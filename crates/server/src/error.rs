@@ -14,7 +14,13 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, kind: &str, code: Option<&str>, param: Option<&str>, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &str,
+        code: Option<&str>,
+        param: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         HttpError {
             status,
             body: ApiError {
@@ -29,12 +35,24 @@ impl HttpError {
 
     /// 400 naming the offending request field.
     pub fn bad_request(param: Option<&str>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("invalid_request"), param, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("invalid_request"),
+            param,
+            message,
+        )
     }
 
     /// 400 for a prompt that does not fit the context window (OpenAI's code for it).
     pub fn context_exceeded(param: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"), Some(param), message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            Some(param),
+            message,
+        )
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -48,11 +66,23 @@ impl HttpError {
     }
 
     pub fn route_not_found(method: &str, path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), None, format!("Unknown request URL: {method} {path}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("unknown_url"),
+            None,
+            format!("Unknown request URL: {method} {path}"),
+        )
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed"), None, format!("Method {method} is not allowed for {path}"))
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            None,
+            format!("Method {method} is not allowed for {path}"),
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -66,22 +96,43 @@ impl HttpError {
     }
 
     pub fn overloaded(message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("overloaded"), None, message);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("overloaded"),
+            None,
+            message,
+        );
         e.retry_after = Some(1);
         e
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error"), None, message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            Some("internal_error"),
+            None,
+            message,
+        )
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&ErrorBody { error: self.body }).unwrap_or_default();
-        let mut resp = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

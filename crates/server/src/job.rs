@@ -37,9 +37,10 @@ fn bad(param: &str, msg: impl Into<String>) -> HttpError {
 
 fn check_range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), HttpError> {
     match v {
-        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
-            Err(bad(param, format!("`{param}` must be between {lo} and {hi}, got {x}")))
-        }
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(bad(
+            param,
+            format!("`{param}` must be between {lo} and {hi}, got {x}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -66,7 +67,10 @@ fn message_text(i: usize, m: &ChatMessage) -> Result<String, HttpError> {
                 if p.kind != "text" {
                     return Err(bad(
                         &format!("messages[{i}].content"),
-                        format!("content parts of type `{}` are not supported by this text model; send `text` parts", p.kind),
+                        format!(
+                            "content parts of type `{}` are not supported by this text model; send `text` parts",
+                            p.kind
+                        ),
                     ));
                 }
                 out.push_str(p.text.as_deref().unwrap_or(""));
@@ -95,20 +99,38 @@ fn template_messages(messages: &[ChatMessage]) -> Result<Vec<TemplateMessage>, H
                 extra.insert("tool_call_id".into(), Value::String(id.clone()));
             }
             if m.role == Role::User && m.content.is_none() {
-                return Err(bad(&format!("messages[{i}].content"), "a user message needs `content`"));
+                return Err(bad(
+                    &format!("messages[{i}].content"),
+                    "a user message needs `content`",
+                ));
             }
-            Ok(TemplateMessage { role: m.role.template_name().into(), content: message_text(i, m)?, extra })
+            Ok(TemplateMessage {
+                role: m.role.template_name().into(),
+                content: message_text(i, m)?,
+                extra,
+            })
         })
         .collect()
 }
 
 /// Validates `req` against the served models and limits and builds the engine jobs.
 pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, HttpError> {
-    let model_id = req.model.as_deref().ok_or_else(|| bad("model", "`model` is required"))?;
-    let model = state.model(model_id).ok_or_else(|| HttpError::model_not_found(model_id))?;
-    let messages = req.messages.as_ref().ok_or_else(|| bad("messages", "`messages` is required"))?;
+    let model_id = req
+        .model
+        .as_deref()
+        .ok_or_else(|| bad("model", "`model` is required"))?;
+    let model = state
+        .model(model_id)
+        .ok_or_else(|| HttpError::model_not_found(model_id))?;
+    let messages = req
+        .messages
+        .as_ref()
+        .ok_or_else(|| bad("messages", "`messages` is required"))?;
     if messages.is_empty() {
-        return Err(bad("messages", "`messages` must contain at least one message"));
+        return Err(bad(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
     }
 
     check_range("temperature", req.temperature, 0.0, 2.0)?;
@@ -123,39 +145,79 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
     let top_k = match req.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
-        Some(k) => return Err(bad("top_k", format!("`top_k` must be -1 (off) or positive, got {k}"))),
+        Some(k) => {
+            return Err(bad(
+                "top_k",
+                format!("`top_k` must be -1 (off) or positive, got {k}"),
+            ));
+        }
     };
     let n = req.n.unwrap_or(1);
     if n < 1 || n as usize > state.limits.max_n {
-        return Err(bad("n", format!("`n` must be between 1 and {}, got {n}", state.limits.max_n)));
+        return Err(bad(
+            "n",
+            format!("`n` must be between 1 and {}, got {n}", state.limits.max_n),
+        ));
     }
     let stop = req.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > MAX_STOP {
-        return Err(bad("stop", format!("`stop` takes at most {MAX_STOP} sequences, got {}", stop.len())));
+        return Err(bad(
+            "stop",
+            format!(
+                "`stop` takes at most {MAX_STOP} sequences, got {}",
+                stop.len()
+            ),
+        ));
     }
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match req.top_logprobs {
         None => 0,
-        Some(_) if !logprobs => return Err(bad("top_logprobs", "`top_logprobs` requires `logprobs: true`")),
+        Some(_) if !logprobs => {
+            return Err(bad(
+                "top_logprobs",
+                "`top_logprobs` requires `logprobs: true`",
+            ));
+        }
         Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => k as usize,
-        Some(k) => return Err(bad("top_logprobs", format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"))),
+        Some(k) => {
+            return Err(bad(
+                "top_logprobs",
+                format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+            ));
+        }
     };
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(bad("tools", "tool calling is not available for this model yet; send the request without `tools`"));
+        return Err(bad(
+            "tools",
+            "tool calling is not available for this model yet; send the request without `tools`",
+        ));
     }
     if let Some(rf) = &req.response_format {
         let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
         if kind != "text" {
-            return Err(bad("response_format", format!("`response_format` of type `{kind}` is not available yet; use `text`")));
+            return Err(bad(
+                "response_format",
+                format!("`response_format` of type `{kind}` is not available yet; use `text`"),
+            ));
         }
     }
     let mut logit_bias = HashMap::new();
     for (k, v) in req.logit_bias.iter().flatten() {
-        let id: u32 = k.parse().ok().filter(|&id: &u32| (id as usize) < model.tokenizer.vocab_size()).ok_or_else(|| {
-            bad("logit_bias", format!("`logit_bias` key `{k}` is not a token id of this model"))
-        })?;
+        let id: u32 = k
+            .parse()
+            .ok()
+            .filter(|&id: &u32| (id as usize) < model.tokenizer.vocab_size())
+            .ok_or_else(|| {
+                bad(
+                    "logit_bias",
+                    format!("`logit_bias` key `{k}` is not a token id of this model"),
+                )
+            })?;
         if !(-100.0..=100.0).contains(v) {
-            return Err(bad("logit_bias", format!("`logit_bias` values must be between -100 and 100, got {v}")));
+            return Err(bad(
+                "logit_bias",
+                format!("`logit_bias` values must be between -100 and 100, got {v}"),
+            ));
         }
         logit_bias.insert(id, *v);
     }
@@ -190,7 +252,12 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
     let room = ctx - prompt.len();
     let max_tokens = match max_tokens {
         None => room,
-        Some(m) if m < 1 => return Err(bad(max_param, format!("`{max_param}` must be at least 1, got {m}"))),
+        Some(m) if m < 1 => {
+            return Err(bad(
+                max_param,
+                format!("`{max_param}` must be at least 1, got {m}"),
+            ));
+        }
         Some(m) if m as usize > room => {
             return Err(HttpError::context_exceeded(
                 max_param,
@@ -203,6 +270,10 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         }
         Some(m) => m as usize,
     };
+    let max_tokens = state
+        .limits
+        .max_output_tokens
+        .map_or(max_tokens, |cap| max_tokens.min(cap.max(1)));
 
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
@@ -235,7 +306,11 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         prompt_tokens: prompt.len(),
         model,
         stream: req.stream.unwrap_or(false),
-        include_usage: req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: req
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         logprobs,
         choices,
     })

@@ -26,11 +26,18 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest `n` (choices per request).
     pub max_n: usize,
+    /// Operator's ceiling on generated tokens per choice (SiliconFlow caps at 16K). A request
+    /// asking for more, or for nothing, gets at most this many and `finish_reason: "length"`.
+    pub max_output_tokens: Option<usize>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 4 * 1024 * 1024, max_n: 8 }
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_n: 8,
+            max_output_tokens: None,
+        }
     }
 }
 
@@ -43,6 +50,9 @@ pub struct AppState {
 impl AppState {
     /// Looks a model up by id; ids compare case-insensitively, as users type them by hand.
     pub fn model(&self, id: &str) -> Option<Arc<ServedModel>> {
-        self.models.iter().find(|m| m.id.eq_ignore_ascii_case(id)).cloned()
+        self.models
+            .iter()
+            .find(|m| m.id.eq_ignore_ascii_case(id))
+            .cloned()
     }
 }

@@ -49,7 +49,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let spec: ModelSpec = args.model.parse()?;
-    let resolved = spec.resolve(&args.cache_dir.clone().unwrap_or_else(default_cache_dir), true)?;
+    let resolved = spec.resolve(
+        &args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        true,
+    )?;
     let loaded = LoadedModel::load(&resolved.path, None, None)?;
     let model = &loaded.model;
     anyhow::ensure!(
@@ -66,10 +69,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         prompt.extend(loaded.tokenizer.encode(text, false, false));
     }
     prompt.truncate(args.prompt);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads.max(1)).build().context("thread pool")?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.max(1))
+        .build()
+        .context("thread pool")?;
 
     println!("model: {} ({})", resolved.id, resolved.path.display());
-    println!("threads: {}, prompt: {} tokens, generate: {} tokens, runs: {}", args.threads, args.prompt, args.generate, args.runs);
+    println!(
+        "threads: {}, prompt: {} tokens, generate: {} tokens, runs: {}",
+        args.threads, args.prompt, args.generate, args.runs
+    );
     println!("load average before: {}", load_average());
     let mut pp = Vec::new();
     let mut tg = Vec::new();
@@ -77,20 +86,45 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..args.runs.max(1) {
         let mut kv = model.new_kv_cache();
         let t0 = Instant::now();
-        let logits = pool.install(|| model.forward(&mut [SeqInput { tokens: &prompt, kv: &mut kv }], &mut scratch))?;
+        let logits = pool.install(|| {
+            model.forward(
+                &mut [SeqInput {
+                    tokens: &prompt,
+                    kv: &mut kv,
+                }],
+                &mut scratch,
+            )
+        })?;
         pp.push(args.prompt as f64 / t0.elapsed().as_secs_f64());
         let mut next = argmax(&logits[0]);
         let t1 = Instant::now();
         for _ in 0..args.generate {
-            let logits = pool.install(|| model.forward(&mut [SeqInput { tokens: &[next], kv: &mut kv }], &mut scratch))?;
+            let logits = pool.install(|| {
+                model.forward(
+                    &mut [SeqInput {
+                        tokens: &[next],
+                        kv: &mut kv,
+                    }],
+                    &mut scratch,
+                )
+            })?;
             next = argmax(&logits[0]);
         }
         tg.push(args.generate as f64 / t1.elapsed().as_secs_f64());
     }
     println!("| figure | tokens/s |");
     println!("|---|---|");
-    println!("| prompt processing ({} tokens) | {:.1} |", args.prompt, median(pp));
-    println!("| decode after {} tokens ({} tokens) | {:.1} |", args.prompt, args.generate, median(tg));
+    println!(
+        "| prompt processing ({} tokens) | {:.1} |",
+        args.prompt,
+        median(pp)
+    );
+    println!(
+        "| decode after {} tokens ({} tokens) | {:.1} |",
+        args.prompt,
+        args.generate,
+        median(tg)
+    );
     println!("load average after: {}", load_average());
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! max_running = 16       # sequences stepped together
 //! max_waiting = 64       # queued requests before 503
 //! max_body_bytes = 4194304
+//! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
 //! cache_dir = "/var/cache/tokenfab"
 //!
 //! [[models]]
@@ -31,6 +32,7 @@ pub struct FileConfig {
     pub max_running: Option<usize>,
     pub max_waiting: Option<usize>,
     pub max_body_bytes: Option<usize>,
+    pub max_output_tokens: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -68,7 +70,10 @@ impl FileConfig {
             if let Some(id) = &m.id
                 && !ids.insert(id.to_ascii_lowercase())
             {
-                bail!("the config file {} serves the model id `{id}` twice", path.display());
+                bail!(
+                    "the config file {} serves the model id `{id}` twice",
+                    path.display()
+                );
             }
         }
         Ok(cfg)
@@ -97,13 +102,18 @@ chat_template_file = "t.jinja"
         .unwrap();
         let c = FileConfig::load(&p).unwrap();
         assert_eq!(c.port, Some(9000));
-        assert_eq!(c.models[0].chat_template_file.as_deref(), Some(dir.join("t.jinja").as_path()));
+        assert_eq!(
+            c.models[0].chat_template_file.as_deref(),
+            Some(dir.join("t.jinja").as_path())
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = toml::from_str::<FileConfig>("prot = 1").unwrap_err().to_string();
+        let e = toml::from_str::<FileConfig>("prot = 1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("prot"), "{e}");
     }
 }

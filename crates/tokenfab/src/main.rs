@@ -20,7 +20,11 @@ use tokenfab_server::{AppState, Limits, ServedModel};
 use crate::config::{FileConfig, ModelConfig};
 
 #[derive(Parser)]
-#[command(name = "tokenfab", version, about = "A self-hosted token factory: open models behind an OpenAI-compatible API")]
+#[command(
+    name = "tokenfab",
+    version,
+    about = "A self-hosted token factory: open models behind an OpenAI-compatible API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,6 +97,9 @@ struct ServeArgs {
     /// Cap on the context window.
     #[arg(long)]
     context_length: Option<usize>,
+    /// Ceiling on generated tokens per choice; larger requests are cut with "length".
+    #[arg(long, env = "TOKENFAB_MAX_OUTPUT_TOKENS")]
+    max_output_tokens: Option<usize>,
     /// A Jinja chat template file replacing the model's own.
     #[arg(long)]
     chat_template: Option<PathBuf>,
@@ -145,7 +152,9 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
             let entry = catalog()
                 .iter()
                 .find(|e| e.id.eq_ignore_ascii_case(id))
-                .with_context(|| format!("`{id}` is not in the catalog; `tokenfab models list` shows it"))?;
+                .with_context(|| {
+                    format!("`{id}` is not in the catalog; `tokenfab models list` shows it")
+                })?;
             let spec: ModelSpec = entry.id.parse()?;
             let r = spec.resolve(&cache.dir(), true)?;
             tokenfab_models::verify(&r.path, entry)?;
@@ -168,7 +177,10 @@ fn load_model(
     let template = m
         .chat_template_file
         .as_ref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read chat template {}", p.display())))
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read chat template {}", p.display()))
+        })
         .transpose()?;
     tracing::info!(%id, path = %path.display(), "loading model");
     let loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
@@ -207,17 +219,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let host = args.host.clone().or(file_cfg.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
+    let host = args
+        .host
+        .clone()
+        .or(file_cfg.host.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
     let port = args.port.or(file_cfg.port).unwrap_or(8000);
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .or_else(|_| format!("[{host}]:{port}").parse())
         .with_context(|| format!("`{host}` is not an IP address to listen on"))?;
-    let cache_dir = args.cache.cache_dir.clone().or(file_cfg.cache_dir.clone()).unwrap_or_else(default_cache_dir);
-    let threads = args
-        .threads
-        .or(file_cfg.threads)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let cache_dir = args
+        .cache
+        .cache_dir
+        .clone()
+        .or(file_cfg.cache_dir.clone())
+        .unwrap_or_else(default_cache_dir);
+    let threads = args.threads.or(file_cfg.threads).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
 
     let models = match &args.model {
         Some(source) => vec![ModelConfig {
@@ -241,7 +263,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let defaults = Limits::default();
     let state = Arc::new(AppState {
         models: served,
-        limits: Limits { max_body_bytes: file_cfg.max_body_bytes.unwrap_or(defaults.max_body_bytes), ..defaults },
+        limits: Limits {
+            max_body_bytes: file_cfg.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_output_tokens: args.max_output_tokens.or(file_cfg.max_output_tokens),
+            ..defaults
+        },
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -264,7 +290,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -176,12 +176,14 @@ pub struct Choice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// The assistant's answer; `reasoning_content` appears only for reasoning models.
+/// The assistant's answer. `reasoning_content` is always present (null for models that do
+/// not think), because clients written for reasoning APIs, the seed's among them, read it
+/// unconditionally and the `openai` package raises on a missing extra field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResponseMessage {
     pub role: String,
     pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reasoning_content: Option<String>,
 }
 
@@ -228,14 +230,16 @@ pub struct ChunkChoice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// The new text of one chunk. Absent fields are omitted, never sent as empty strings.
+/// The new text of one chunk. A field without text is omitted or null, never an empty
+/// string; `reasoning_content` is always present (null when there is none) for the same
+/// reason as in [`ResponseMessage`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reasoning_content: Option<String>,
 }
 
@@ -268,7 +272,13 @@ mod tests {
 
     #[test]
     fn delta_omits_absent_fields() {
-        let d = Delta { content: Some("hi".into()), ..Default::default() };
-        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"content":"hi"}"#);
+        let d = Delta {
+            content: Some("hi".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"content":"hi","reasoning_content":null}"#
+        );
     }
 }

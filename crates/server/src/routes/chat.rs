@@ -11,11 +11,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
-use tokenfab_engine::scheduler::{Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob};
+use tokenfab_engine::scheduler::{
+    Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
+};
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::chat::{
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs, ChunkChoice, Delta,
-    FinishReason, ResponseMessage, TokenLogprob, TopLogprob, Usage,
+    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
+    ChunkChoice, Delta, FinishReason, ResponseMessage, TokenLogprob, TopLogprob, Usage,
 };
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
@@ -45,7 +47,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
         if inner.is_syntax() || inner.is_eof() {
             HttpError::bad_request(None, format!("the request body is not valid JSON: {inner}"))
         } else if path == "." {
-            HttpError::bad_request(None, format!("the request body must be a JSON object: {inner}"))
+            HttpError::bad_request(
+                None,
+                format!("the request body must be a JSON object: {inner}"),
+            )
         } else {
             HttpError::bad_request(Some(&path), format!("invalid value for `{path}`: {inner}"))
         }
@@ -53,7 +58,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn finish_reason(r: EngineFinish) -> FinishReason {
@@ -79,7 +87,11 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
             .iter()
             .map(|&(t, l)| {
                 let (token, bytes) = token_string(tok, t);
-                TopLogprob { token, logprob: l, bytes }
+                TopLogprob {
+                    token,
+                    logprob: l,
+                    bytes,
+                }
             })
             .collect(),
     }
@@ -105,14 +117,23 @@ pub async fn chat_completions(
     }
 }
 
-async fn handle(state: Arc<AppState>, rid: RequestId, body: Result<Bytes, BytesRejection>) -> Result<Response, HttpError> {
+async fn handle(
+    state: Arc<AppState>,
+    rid: RequestId,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
     let req: ChatCompletionRequest = parse_json(body, state.limits.max_body_bytes)?;
     let job = job::build(req, &state)?;
     tracing::info!(model = %job.model.id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
     let mut receivers = Vec::with_capacity(job.choices.len());
     for r in job.choices.iter().cloned() {
         // On failure the receivers already taken are dropped, which cancels those jobs.
-        receivers.push(job.model.engine.submit(r).map_err(|e| HttpError::overloaded(e.to_string()))?);
+        receivers.push(
+            job.model
+                .engine
+                .submit(r)
+                .map_err(|e| HttpError::overloaded(e.to_string()))?,
+        );
     }
     let id = format!("chatcmpl-{}", rid.0);
     if job.stream {
@@ -136,24 +157,40 @@ async fn complete_response(
         let mut finish = None;
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Token { id, text: t, logprob } => {
+                Event::Token {
+                    id,
+                    text: t,
+                    logprob,
+                } => {
                     text.push_str(&t);
                     if let Some(lp) = logprob {
                         logprobs.content.push(wire_logprob(tok, id, &lp));
                     }
                 }
                 Event::Text(t) => text.push_str(&t),
-                Event::Finished { reason, completion_tokens, .. } => {
+                Event::Finished {
+                    reason,
+                    completion_tokens,
+                    ..
+                } => {
                     completion_total += completion_tokens;
                     finish = Some(finish_reason(reason));
                 }
-                Event::Failed(msg) => return Err(HttpError::internal(format!("generation failed: {msg}"))),
+                Event::Failed(msg) => {
+                    return Err(HttpError::internal(format!("generation failed: {msg}")));
+                }
             }
         }
-        let finish = finish.ok_or_else(|| HttpError::internal("the engine ended a generation without finishing it"))?;
+        let finish = finish.ok_or_else(|| {
+            HttpError::internal("the engine ended a generation without finishing it")
+        })?;
         choices.push(Choice {
             index: index as u32,
-            message: ResponseMessage { role: "assistant".into(), content: Some(text), reasoning_content: None },
+            message: ResponseMessage {
+                role: "assistant".into(),
+                content: Some(text),
+                reasoning_content: None,
+            },
             logprobs: job.logprobs.then_some(logprobs),
             finish_reason: Some(finish),
         });
@@ -191,8 +228,22 @@ impl ChunkWriter {
         sse(&serde_json::to_string(&c).unwrap_or_default())
     }
 
-    fn choice(&self, index: usize, delta: Delta, logprobs: Option<ChoiceLogprobs>, finish: Option<FinishReason>) -> Bytes {
-        self.chunk(vec![ChunkChoice { index: index as u32, delta, logprobs, finish_reason: finish }], None)
+    fn choice(
+        &self,
+        index: usize,
+        delta: Delta,
+        logprobs: Option<ChoiceLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> Bytes {
+        self.chunk(
+            vec![ChunkChoice {
+                index: index as u32,
+                delta,
+                logprobs,
+                finish_reason: finish,
+            }],
+            None,
+        )
     }
 }
 
@@ -202,7 +253,11 @@ fn sse(data: &str) -> Bytes {
 
 fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: String) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    let writer = ChunkWriter { id, created: unix_now(), model: job.model.id.clone() };
+    let writer = ChunkWriter {
+        id,
+        created: unix_now(),
+        model: job.model.id.clone(),
+    };
     tokio::spawn(async move {
         // Every choice's events, tagged with the choice index, in arrival order.
         let tagged: Vec<BoxStream<'static, (usize, Event)>> = receivers
@@ -218,7 +273,10 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
         let tok = job.model.tokenizer.clone();
         let n = job.choices.len();
         for i in 0..n {
-            let role = Delta { role: Some("assistant".into()), ..Default::default() };
+            let role = Delta {
+                role: Some("assistant".into()),
+                ..Default::default()
+            };
             if tx.send(writer.choice(i, role, None, None)).await.is_err() {
                 return;
             }
@@ -234,15 +292,32 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
             let Some((i, ev)) = next else { break };
             let bytes = match ev {
                 Event::Token { id, text, logprob } => {
-                    let lp = logprob.map(|lp| ChoiceLogprobs { content: vec![wire_logprob(&tok, id, &lp)] });
+                    let lp = logprob.map(|lp| ChoiceLogprobs {
+                        content: vec![wire_logprob(&tok, id, &lp)],
+                    });
                     if text.is_empty() && lp.is_none() {
                         continue;
                     }
-                    let delta = Delta { content: (!text.is_empty()).then_some(text), ..Default::default() };
+                    let delta = Delta {
+                        content: (!text.is_empty()).then_some(text),
+                        ..Default::default()
+                    };
                     writer.choice(i, delta, lp, None)
                 }
-                Event::Text(text) => writer.choice(i, Delta { content: Some(text), ..Default::default() }, None, None),
-                Event::Finished { reason, completion_tokens, .. } => {
+                Event::Text(text) => writer.choice(
+                    i,
+                    Delta {
+                        content: Some(text),
+                        ..Default::default()
+                    },
+                    None,
+                    None,
+                ),
+                Event::Finished {
+                    reason,
+                    completion_tokens,
+                    ..
+                } => {
                     completion_total += completion_tokens;
                     finished += 1;
                     writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
@@ -250,7 +325,9 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                 Event::Failed(msg) => {
                     tracing::error!(%msg, "generation failed mid-stream");
                     let err = HttpError::internal(format!("generation failed: {msg}"));
-                    let _ = tx.send(sse(&serde_json::json!({ "error": err.body }).to_string())).await;
+                    let _ = tx
+                        .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
+                        .await;
                     return;
                 }
             };
@@ -262,14 +339,21 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
             return;
         }
         if job.include_usage {
-            let _ = tx.send(writer.chunk(Vec::new(), Some(usage(job.prompt_tokens, completion_total)))).await;
+            let _ = tx
+                .send(writer.chunk(Vec::new(), Some(usage(job.prompt_tokens, completion_total))))
+                .await;
         }
         let _ = tx.send(sse("[DONE]")).await;
     });
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let body = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

@@ -17,7 +17,10 @@ pub struct ModelFilter {
     sub_type: Option<String>,
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, Query(filter): Query<ModelFilter>) -> Json<ModelList> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<ModelFilter>,
+) -> Json<ModelList> {
     const KIND: &str = "chat";
     let wanted = |f: &Option<String>| f.as_deref().is_none_or(|k| k.is_empty() || k == KIND);
     let data = if wanted(&filter.kind) && wanted(&filter.sub_type) {
@@ -35,7 +38,10 @@ pub async fn list(State(state): State<Arc<AppState>>, Query(filter): Query<Model
     } else {
         Vec::new()
     };
-    Json(ModelList { object: "list".into(), data })
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
 }
 
 /// For load balancers: 200 with the served models once the server accepts requests.

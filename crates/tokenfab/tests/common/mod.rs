@@ -24,7 +24,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -39,7 +43,10 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn tokenfab");
-        let mut server = Server { child, base: format!("http://127.0.0.1:{port}") };
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -51,7 +58,10 @@ impl Server {
             if healthy(port) {
                 return server;
             }
-            assert!(Instant::now() < deadline, "tokenfab did not become healthy in 120 s");
+            assert!(
+                Instant::now() < deadline,
+                "tokenfab did not become healthy in 120 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -64,9 +74,13 @@ impl Server {
 /// One plain HTTP/1.0 GET of /health; no client library needed before the server is up.
 fn healthy(port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = String::new();

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: fetches what the tests read (cached after the
+# first run), installs the Python `openai` package for the client tests in .venv, and runs
+# every test. Model-heavy tests run one at a time: two engines on two cores would only
+# measure contention.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== test assets (tokenizer vectors, reference templates)"
+scripts/fetch-test-assets.sh
+
+echo "== models (SmolLM2 is the default model; Qwen2.5-Coder-0.5B covers the qwen2 architecture)"
+cargo build --release --locked
+cargo run --release --locked -- models fetch HuggingFaceTB/SmolLM2-135M-Instruct
+cargo run --release --locked -- models fetch Qwen/Qwen2.5-Coder-0.5B-Instruct
+
+echo "== Python client for the seed programs"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+echo "== tests"
+cargo test --release --locked --workspace -- --test-threads=1
