@@ -410,50 +410,94 @@ impl GgufFile {
     }
 }
 
+/// Writes small GGUF files for tests (of this reader and of the model loader's refusals).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
+pub(crate) mod test_writer {
+    use std::path::PathBuf;
+
+    /// A metadata value to write: strings, u32s, or an i32 array.
+    pub enum Kv<'a> {
+        Str(&'a str),
+        U32(u32),
+        I32s(&'a [i32]),
+    }
 
     fn put_str(b: &mut Vec<u8>, s: &str) {
         b.extend_from_slice(&(s.len() as u64).to_le_bytes());
         b.extend_from_slice(s.as_bytes());
     }
 
-    /// A minimal GGUF with one F32 tensor of 4 elements; `data_len` bytes of tensor data.
-    fn tiny_gguf(data_len: usize) -> Vec<u8> {
+    /// GGUF v3 bytes: `kvs`, then tensors `(name, dims, ggml type id, data)` laid out one
+    /// after another with 32-byte alignment.
+    pub fn gguf_bytes(kvs: &[(&str, Kv)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(b"GGUF");
         b.extend_from_slice(&3u32.to_le_bytes());
-        b.extend_from_slice(&1u64.to_le_bytes());
-        b.extend_from_slice(&2u64.to_le_bytes());
-        put_str(&mut b, "general.architecture");
-        b.extend_from_slice(&8u32.to_le_bytes());
-        put_str(&mut b, "llama");
-        put_str(&mut b, "list");
-        b.extend_from_slice(&9u32.to_le_bytes());
-        b.extend_from_slice(&5u32.to_le_bytes());
-        b.extend_from_slice(&2u64.to_le_bytes());
-        b.extend_from_slice(&7i32.to_le_bytes());
-        b.extend_from_slice(&(-1i32).to_le_bytes());
-        put_str(&mut b, "w");
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&4u64.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&0u64.to_le_bytes());
-        while b.len() % 32 != 0 {
-            b.push(0);
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (k, v) in kvs {
+            put_str(&mut b, k);
+            match v {
+                Kv::Str(s) => {
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    put_str(&mut b, s);
+                }
+                Kv::U32(x) => {
+                    b.extend_from_slice(&4u32.to_le_bytes());
+                    b.extend_from_slice(&x.to_le_bytes());
+                }
+                Kv::I32s(xs) => {
+                    b.extend_from_slice(&9u32.to_le_bytes());
+                    b.extend_from_slice(&5u32.to_le_bytes());
+                    b.extend_from_slice(&(xs.len() as u64).to_le_bytes());
+                    for x in xs.iter() {
+                        b.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
         }
-        for i in 0..data_len / 4 {
-            b.extend_from_slice(&(i as f32).to_le_bytes());
+        let mut offset = 0u64;
+        for (name, dims, ty, data) in tensors {
+            put_str(&mut b, name);
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims.iter() {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        for (_, _, _, data) in tensors {
+            while b.len() % 32 != 0 {
+                b.push(0);
+            }
+            b.extend_from_slice(data);
         }
         b
     }
 
-    fn write_temp(bytes: &[u8], name: &str) -> PathBuf {
+    /// Writes bytes to a unique temporary file.
+    pub fn write_temp(bytes: &[u8], name: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("tokenfab-gguf-{}-{name}", std::process::id()));
-        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        std::fs::write(&p, bytes).unwrap();
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_writer::{Kv, gguf_bytes, write_temp};
+    use super::*;
+
+    /// One F32 tensor of 4 elements, of which only `data_len` bytes are present.
+    fn tiny_gguf(data_len: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..4).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let mut b = gguf_bytes(
+            &[("general.architecture", Kv::Str("llama")), ("list", Kv::I32s(&[7, -1]))],
+            &[("w", &[4], 0, data)],
+        );
+        b.truncate(b.len() - (16 - data_len));
+        b
     }
 
     #[test]

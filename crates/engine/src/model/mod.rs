@@ -296,3 +296,36 @@ impl Model {
                 .sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::test_writer::{Kv, gguf_bytes, write_temp};
+
+    fn load(arch: &str, ty: u32, bytes_per_block: usize, name: &str) -> String {
+        let data = vec![0u8; bytes_per_block];
+        let block = if ty == 0 { 1 } else { 256 };
+        let file = gguf_bytes(
+            &[("general.architecture", Kv::Str(arch)), ("llama.block_count", Kv::U32(1))],
+            &[("blk.0.attn_q.weight", &[block], ty, data)],
+        );
+        let p = write_temp(&file, name);
+        let g = GgufFile::open(&p).unwrap();
+        let err = Model::load(&g).err().expect("load must fail").to_string();
+        std::fs::remove_file(p).ok();
+        err
+    }
+
+    #[test]
+    fn unsupported_architecture_is_refused_by_name() {
+        let e = load("gemma3", 0, 4, "arch");
+        assert!(e.contains("architecture `gemma3` is not supported"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_tensor_type_is_refused_by_name() {
+        // Q3_K (type 11): 110 bytes per 256-element block.
+        let e = load("llama", 11, 110, "q3k");
+        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q3K"), "{e}");
+    }
+}
