@@ -493,7 +493,10 @@ mod tests {
     fn tiny_gguf(data_len: usize) -> Vec<u8> {
         let data: Vec<u8> = (0..4).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let mut b = gguf_bytes(
-            &[("general.architecture", Kv::Str("llama")), ("list", Kv::I32s(&[7, -1]))],
+            &[
+                ("general.architecture", Kv::Str("llama")),
+                ("list", Kv::I32s(&[7, -1])),
+            ],
             &[("w", &[4], 0, data)],
         );
         b.truncate(b.len() - (16 - data_len));

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tokenfab_engine::gguf::GgufFile;
+use tokenfab_engine::template::{ChatTemplate, TemplateMessage};
 use tokenfab_engine::tokenizer::Tokenizer;
 
 /// Vocabularies with vectors that we deliberately do not run, and why.
@@ -175,9 +176,19 @@ fn llama_cpp_conformance_vectors() {
     );
 }
 
-/// Every line of a reference file: prompt tokens, and the decoded completion.
+/// Every line of a reference file: prompt tokens, the decoded completion, and for chat
+/// lines the GGUF's own chat template rendering the messages exactly as llama.cpp did.
 fn check_reference(model: &Path, data: &str) {
     let tok = load(model);
+    let gguf = GgufFile::open(model).unwrap();
+    let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_owned();
+    let template = ChatTemplate::new(
+        gguf.get_str("tokenizer.chat_template")
+            .expect("the model has a chat template"),
+        &name(tok.bos_id()),
+        &name(tok.eos_id()),
+    )
+    .unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(data);
@@ -192,6 +203,22 @@ fn check_reference(model: &Path, data: &str) {
             .iter()
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
+        if v["kind"] == "chat" {
+            let messages: Vec<TemplateMessage> = v["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| TemplateMessage {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                    extra: Default::default(),
+                })
+                .collect();
+            let rendered = template
+                .render(&messages, true, &Default::default())
+                .unwrap();
+            assert_eq!(rendered, prompt, "{data}: chat template rendering");
+        }
         let got = tok.encode(prompt, true, true);
         assert_eq!(got, want, "{data}: prompt {prompt:?}");
         if let (Some(ids), Some(want_text)) = (

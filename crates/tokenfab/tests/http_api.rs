@@ -442,3 +442,57 @@ fn client_disconnect_stops_generation() {
         }
     });
 }
+
+#[test]
+fn config_file_local_path_and_template_override() {
+    let dir = std::env::temp_dir().join(format!("tokenfab-cfg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec: tokenfab_models::ModelSpec = MODEL.parse().unwrap();
+    let gguf = spec
+        .resolve(&tokenfab_models::default_cache_dir(), false)
+        .unwrap()
+        .path;
+    // A template that prints only the contents: "hi\n" is 2 tokens in SmolLM2's vocabulary.
+    std::fs::write(
+        dir.join("plain.jinja"),
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}",
+    )
+    .unwrap();
+    let config = dir.join("tokenfab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_output_tokens = 3\n[[models]]\nid = \"local/smol\"\nsource = {:?}\nchat_template_file = \"plain.jinja\"\ncontext_length = 512\n",
+            gguf.display().to_string()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&["--config", config.to_str().unwrap()]);
+    run(async {
+        let v: Value = reqwest::get(s.url("/v1/models"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"][0]["id"], "local/smol");
+        let (status, v) = post(
+            &s,
+            json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["usage"]["prompt_tokens"], 2,
+            "the configured template was not used: {v}"
+        );
+        assert!(
+            v["usage"]["completion_tokens"].as_u64().unwrap() <= 3,
+            "max_output_tokens ignored: {v}"
+        );
+        // The configured context cap is enforced.
+        let (status, v) = post(&s, json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600})).await;
+        assert_eq!(status, 400, "{v}");
+    });
+    std::fs::remove_dir_all(dir).ok();
+}

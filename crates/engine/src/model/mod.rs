@@ -306,7 +306,10 @@ mod tests {
         let data = vec![0u8; bytes_per_block];
         let block = if ty == 0 { 1 } else { 256 };
         let file = gguf_bytes(
-            &[("general.architecture", Kv::Str(arch)), ("llama.block_count", Kv::U32(1))],
+            &[
+                ("general.architecture", Kv::Str(arch)),
+                ("llama.block_count", Kv::U32(1)),
+            ],
             &[("blk.0.attn_q.weight", &[block], ty, data)],
         );
         let p = write_temp(&file, name);
@@ -326,6 +329,9 @@ mod tests {
     fn unsupported_tensor_type_is_refused_by_name() {
         // Q3_K (type 11): 110 bytes per 256-element block.
         let e = load("llama", 11, 110, "q3k");
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q3K"), "{e}");
+        assert!(
+            e.contains("blk.0.attn_q.weight") && e.contains("Q3K"),
+            "{e}"
+        );
     }
 }
