@@ -51,14 +51,11 @@ impl Utf8Stream {
         out
     }
 
-    /// Ends the stream: an unfinished character left over becomes U+FFFD.
-    pub fn finish(&mut self) -> String {
-        if self.pending.is_empty() {
-            return String::new();
-        }
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
+    /// Ends the stream. What can be left over is the start of a character whose last bytes
+    /// were never generated (a `max_tokens` cut in the middle of it): half a character is
+    /// not text, so it is dropped rather than sent as U+FFFD.
+    pub fn finish(&mut self) {
         self.pending.clear();
-        s
     }
 }
 
@@ -78,7 +75,7 @@ mod tests {
             assert!(!piece.contains('\u{FFFD}'));
             out.push_str(&piece);
         }
-        out.push_str(&s.finish());
+        s.finish();
         assert_eq!(out, text);
     }
 
@@ -87,6 +84,7 @@ mod tests {
         let mut s = Utf8Stream::new();
         assert_eq!(s.push(&[b'a', 0xFF, b'b']), "a\u{FFFD}b");
         assert_eq!(s.push(&[0xE5, 0xA5]), "");
-        assert_eq!(s.finish(), "\u{FFFD}");
+        s.finish();
+        assert_eq!(s.push("好".as_bytes()), "好");
     }
 }

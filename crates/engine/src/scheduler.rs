@@ -362,11 +362,10 @@ impl Scheduler {
         None
     }
 
-    /// Releases text held back for partial characters and possible stop strings.
+    /// Releases text held back for possible stop strings (an unfinished character is
+    /// dropped by the UTF-8 stream).
     fn flush(s: &mut Sequence) -> String {
-        let rest = s.utf8.finish();
-        let mut out = s.stop.push(&rest).text;
-        out.push_str(&s.stop.finish());
-        out
+        s.utf8.finish();
+        s.stop.finish()
     }
 }
