@@ -12,14 +12,17 @@
 //! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned KV caches,
 //!   built on [`quant`], the quantized block formats and their kernels.
 //! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
-//!   characters; [`stop`] cuts the text at stop strings.
+//!   characters; [`reasoning`] splits a thinking model's thought from its answer; [`stop`]
+//!   cuts the answer at stop strings.
 
 pub mod detok;
 pub mod error;
 pub mod gguf;
 pub mod loader;
 pub mod model;
+pub mod output;
 pub mod quant;
+pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
 pub mod stop;

@@ -6,8 +6,47 @@ use std::sync::Arc;
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 use crate::model::Model;
+use crate::reasoning::ThinkTags;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
+
+/// How a model thinks, for models that do: what the engine needs to split the thought from
+/// the answer and to close a thought when its budget is spent.
+#[derive(Debug, Clone)]
+pub struct ReasoningSpec {
+    pub tags: ThinkTags,
+    /// The chat template reads `enable_thinking` (Qwen3's switch), so thinking can be
+    /// turned off per request.
+    pub switchable: bool,
+    /// The tokens the engine appends itself to close the thought ("\n" + end tag + "\n\n",
+    /// as the model would write it).
+    pub close_tokens: Vec<u32>,
+}
+
+impl ReasoningSpec {
+    /// `enabled`: the operator's word (config `reasoning = true|false`); `None` detects it
+    /// from the template, which mentions the think tags exactly when the model family
+    /// thinks (Qwen3, DeepSeek-R1 and its distills, QwQ); models that learned to think
+    /// from a prompt (a worked example) need `reasoning = true`.
+    pub fn configure(
+        template: Option<&ChatTemplate>,
+        tokenizer: &Tokenizer,
+        enabled: Option<bool>,
+        tags: ThinkTags,
+    ) -> Option<ReasoningSpec> {
+        let source = template.map(ChatTemplate::source).unwrap_or("");
+        let detected = source.contains(tags.start.as_str()) || source.contains(tags.end.as_str());
+        if !enabled.unwrap_or(detected) {
+            return None;
+        }
+        let close_tokens = tokenizer.encode(&format!("\n{}\n\n", tags.end), false, true);
+        Some(ReasoningSpec {
+            switchable: source.contains("enable_thinking"),
+            close_tokens,
+            tags,
+        })
+    }
+}
 
 /// A model ready to serve. The weights are shared with the engine thread; the tokenizer and
 /// template are used by request handlers to turn conversations into prompt tokens.
@@ -19,6 +58,9 @@ pub struct LoadedModel {
     pub template: Option<ChatTemplate>,
     /// The context window served: the model's own unless the operator lowered it.
     pub context_length: usize,
+    /// `Some` for reasoning models (detected from the template; see
+    /// [`LoadedModel::set_reasoning`] for the operator's override).
+    pub reasoning: Option<ReasoningSpec>,
 }
 
 impl LoadedModel {
@@ -55,11 +97,25 @@ impl LoadedModel {
             })
             .max(1);
         model.config.context_length = context_length;
+        let reasoning =
+            ReasoningSpec::configure(template.as_ref(), &tokenizer, None, ThinkTags::default());
         Ok(LoadedModel {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
             context_length,
+            reasoning,
         })
+    }
+
+    /// Applies the operator's reasoning settings: `enabled` overrides detection, `tags`
+    /// replaces `<think>`/`</think>`.
+    pub fn set_reasoning(&mut self, enabled: Option<bool>, tags: Option<ThinkTags>) {
+        self.reasoning = ReasoningSpec::configure(
+            self.template.as_ref(),
+            &self.tokenizer,
+            enabled,
+            tags.unwrap_or_default(),
+        );
     }
 }

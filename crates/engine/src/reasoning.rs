@@ -26,11 +26,23 @@
 //!    skipped; if the start tag follows, the whitespace and the tag are dropped
 //!    and the thought begins. Otherwise the output has no thought and all of
 //!    it, the leading whitespace included, is content, byte-exact.
-//! 2. **Thinking**: the thought runs to the first end tag, which is dropped.
+//! 2. **Repeated start** (the prompt opened the thought): if the output
+//!    begins, after only whitespace, with the start tag, that tag is dropped
+//!    with the whitespace around it, and the thought begins after it. Some
+//!    models write `<think>` again although the chat template already did, and
+//!    a tag must never show up in `reasoning_content`. The output is then
+//!    split exactly as if the prompt had not opened the thought. Only that one
+//!    tag is dropped: a start tag anywhere later in the thought is text.
+//!    The end tag keeps priority: where the end tag begins at that same
+//!    place too (one tag is a prefix of the other, e.g. `<t` and `<t/>`, or
+//!    they are equal), it is the end tag, not a repeated start tag. So with an
+//!    end tag that is a prefix of the start tag (or empty), this rule never
+//!    applies; an empty start tag is nothing to drop.
+//! 3. **Thinking**: the thought runs to the first end tag, which is dropped.
 //!    Whitespace at the very beginning of the thought and right before the end
 //!    tag is dropped. If the end tag never comes, the thought is all the rest
 //!    (trailing whitespace dropped) and the content is empty.
-//! 3. **Answer**: after the end tag, the answer's leading whitespace is
+//! 4. **Answer**: after the end tag, the answer's leading whitespace is
 //!    dropped; from its first other character on, everything is content,
 //!    byte-exact, including any later tag text (there is only one thought).
 
@@ -84,20 +96,19 @@ impl Split {
 /// Use it directly when the whole text is at hand (non-streaming responses,
 /// stored transcripts). `opened`: the prompt already opened the thought (the
 /// chat template's generation prompt ends with the start tag).
+///
+/// With `opened`, a start tag that the output begins with (after only
+/// whitespace) is a repetition of the prompt's and is dropped, unless the end
+/// tag begins there as well: `"\n<think>\nhmm</think>ok"` splits into `"hmm"`
+/// and `"ok"`, exactly as without `opened`, and `"<think></think>ok"` into
+/// `""` and `"ok"`. See rule 2 of the [module documentation](self).
 pub fn split_complete(text: &str, tags: &ThinkTags, opened: bool) -> Split {
-    let thought = if opened {
-        text
-    } else {
-        match text.trim_start().strip_prefix(tags.start.as_str()) {
-            Some(after_tag) => after_tag,
-            // No thought: an ordinary answer, left byte-exact.
-            None => {
-                return Split {
-                    reasoning: String::new(),
-                    content: text.to_owned(),
-                };
-            }
-        }
+    let Some(thought) = thought_onwards(text, tags, opened) else {
+        // No thought: an ordinary answer, left byte-exact.
+        return Split {
+            reasoning: String::new(),
+            content: text.to_owned(),
+        };
     };
     let thought = thought.trim_start();
     match thought.find(tags.end.as_str()) {
@@ -112,10 +123,29 @@ pub fn split_complete(text: &str, tags: &ThinkTags, opened: bool) -> Split {
     }
 }
 
+/// Rules 1 and 2: the text from where the thought begins (after its start
+/// tag) on, or `None` when there is no thought.
+fn thought_onwards<'a>(text: &'a str, tags: &ThinkTags, opened: bool) -> Option<&'a str> {
+    let lead = text.trim_start();
+    let after_tag = lead.strip_prefix(tags.start.as_str());
+    if !opened {
+        return after_tag;
+    }
+    match after_tag {
+        // A repeated start tag, unless it is (the beginning of) an end tag.
+        Some(after_tag) if !lead.starts_with(tags.end.as_str()) => Some(after_tag),
+        _ => Some(text),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Not opened: whether a thought begins is not known yet.
     Start,
+    /// Opened, and nothing but whitespace yet, perhaps followed by a partial
+    /// start tag: whether the thought begins with a repeated start tag (rule
+    /// 2) is not known yet.
+    Opening,
     /// Inside the thought.
     Thinking,
     /// After the thought, or there was none.
@@ -129,7 +159,9 @@ enum State {
 /// return gives exactly `split_complete(whole text)`, whatever the pieces.
 /// Text is held back only while it is genuinely uncertain: a suffix that may
 /// be the beginning of a tag, and whitespace that may turn out to be dropped
-/// (before the end tag, or before the start tag at the very beginning).
+/// (before the end tag, or before the start tag at the very beginning). With
+/// `opened`, that includes a partial start tag at the very beginning, which
+/// may become a repeated start tag and be dropped (rule 2).
 ///
 /// Cost: [`push`] is O(piece length) amortized (plus the tag length once per
 /// tag seen); the end tag is searched with a Knuth–Morris–Pratt automaton, so
@@ -141,9 +173,13 @@ enum State {
 pub struct ReasoningSplitter {
     tags: ThinkTags,
     state: State,
-    /// Start: matching the start tag after leading whitespace. Answer while
-    /// `swallowing`: matching the forced end tag.
+    /// Start: matching the start tag after leading whitespace. Opening:
+    /// matching [`Self::opening_tag`] (whitespace is not kept: `lead.ws` stays
+    /// empty). Answer while `swallowing`: matching the forced end tag.
     lead: LeadingTag,
+    /// The start tag is a proper prefix of the end tag: in Opening, a complete
+    /// start tag is still uncertain until the end tag is ruled out.
+    lead_long: bool,
     /// After [`ReasoningSplitter::force_close`]: an end tag pushed next is the
     /// forced one and is dropped.
     swallowing: bool,
@@ -178,8 +214,13 @@ impl ReasoningSplitter {
     pub fn new(tags: ThinkTags, opened: bool) -> Self {
         // An empty start tag is present before any text: same as opened.
         let opened = opened || tags.start.is_empty();
+        // Rule 2 can apply: there is a start tag, and the end tag (which has
+        // priority) is not a prefix of it.
+        let may_repeat = !tags.start.is_empty() && !tags.start.starts_with(tags.end.as_str());
         let mut splitter = Self {
             end: Kmp::new(&tags.end),
+            lead_long: tags.end.len() > tags.start.len()
+                && tags.end.starts_with(tags.start.as_str()),
             tags,
             state: State::Start,
             lead: LeadingTag::default(),
@@ -193,6 +234,9 @@ impl ReasoningSplitter {
         };
         if opened {
             splitter.enter_thinking();
+            if may_repeat && splitter.state == State::Thinking {
+                splitter.state = State::Opening;
+            }
         }
         splitter
     }
@@ -208,17 +252,7 @@ impl ReasoningSplitter {
         if self.finished {
             return out;
         }
-        let mut rest = Some(text);
-        while let Some(text) = rest {
-            rest = match self.state {
-                State::Start => self.push_start(text, &mut out),
-                State::Thinking => self.push_thinking(text, &mut out),
-                State::Answer => {
-                    self.push_answer(text, &mut out);
-                    None
-                }
-            };
-        }
+        self.feed(text, &mut out);
         out
     }
 
@@ -228,6 +262,12 @@ impl ReasoningSplitter {
     /// * Start (the output was only whitespace and perhaps a proper prefix of
     ///   the start tag, e.g. `"\n<thi"`): there was no thought, so all of it is
     ///   content, byte-exact, whitespace-only output included.
+    /// * Opening (the output was only whitespace and perhaps a proper prefix
+    ///   of the start tag, e.g. `"\n<thi"`): it was not a repeated start tag,
+    ///   so the held text is the thought's, as below (`"<thi"`). (If the start
+    ///   tag is a proper prefix of the end tag and the output was a complete
+    ///   start tag then a proper prefix of the rest of the end tag, the start
+    ///   tag is dropped and that rest is the thought's.)
     /// * Thinking (the thought never closed, e.g. `max_tokens` ran out): held
     ///   text is reasoning, a partial end tag included; trailing whitespace of
     ///   the thought is dropped.
@@ -241,8 +281,12 @@ impl ReasoningSplitter {
         if mem::replace(&mut self.finished, true) {
             return out;
         }
+        if self.state == State::Opening {
+            self.leave_opening(self.lead.matched, &mut out);
+        }
         match self.state {
             State::Start => out.content = self.lead.take_held(&self.tags.start),
+            State::Opening => unreachable!("left above"),
             State::Thinking => {
                 out.reasoning.push_str(self.held.trim_end());
                 self.clear_thought();
@@ -266,7 +310,9 @@ impl ReasoningSplitter {
     /// for forced tokens, and for the usual call (in the thought, right before
     /// pushing the end tag) the streamed result equals `split_complete` of the
     /// whole generated text, forced tag included (for end tags like
-    /// `</think>` that neither begin with whitespace nor overlap themselves).
+    /// `</think>` that neither begin with whitespace nor overlap themselves,
+    /// and, in Opening, a start tag that no partial start tag followed by the
+    /// end tag begins with, as with `<think>` and `</think>`).
     ///
     /// Not pushing the tag is also fine: as soon as the pushed text diverges
     /// from the end tag (after optional whitespace), swallowing stops and that
@@ -277,16 +323,26 @@ impl ReasoningSplitter {
     /// In Start (the output so far is whitespace and perhaps a partial start
     /// tag; [`in_thought`](Self::in_thought) is false there, so a budget
     /// normally never forces it), the held text is dropped and the thought is
-    /// taken as empty and closed. Once the thought is closed or the answer has
-    /// begun, this does nothing and returns an empty [`Split`].
+    /// taken as empty and closed. In Opening (`opened`, and the output so far
+    /// is whitespace and perhaps a partial start tag that may be a repeated
+    /// one), the held text is taken as the thought's text, as
+    /// [`finish`](Self::finish) does (it was no repeated start tag: the forced
+    /// end tag comes next), then the thought is closed as usual: `"\n<thi"`
+    /// gives the reasoning `"<thi"`. Once the thought is closed or the answer
+    /// has begun, this does nothing and returns an empty [`Split`].
     pub fn force_close(&mut self) -> Split {
         let mut out = Split::default();
+        if self.state == State::Opening {
+            self.leave_opening(self.lead.matched, &mut out);
+        }
         match self.state {
             State::Start => self.lead.reset(),
+            State::Opening => unreachable!("left above"),
             State::Thinking => {
                 out.reasoning.push_str(self.held.trim_end());
                 self.clear_thought();
             }
+            // Closed already (perhaps by held text just released): no-op.
             State::Answer => return out,
         }
         self.state = State::Answer;
@@ -300,10 +356,10 @@ impl ReasoningSplitter {
     /// False in Start (a thought may still open, but has not: text that is only
     /// whitespace and a partial start tag is not thinking yet), after the end
     /// tag and after [`force_close`](Self::force_close). With `opened` it is
-    /// true from the beginning. For counting reasoning tokens and enforcing a
-    /// thinking budget.
+    /// true from the beginning (even while a repeated start tag may still
+    /// come). For counting reasoning tokens and enforcing a thinking budget.
     pub fn in_thought(&self) -> bool {
-        self.state == State::Thinking
+        matches!(self.state, State::Opening | State::Thinking)
     }
 
     /// True once the end tag was seen or [`force_close`](Self::force_close)d.
@@ -327,6 +383,90 @@ impl ReasoningSplitter {
         self.held.clear();
         self.scanned = 0;
         self.end.state = 0;
+    }
+
+    /// Feeds `text` to the state machine, state after state.
+    fn feed(&mut self, text: &str, out: &mut Split) {
+        let mut rest = Some(text);
+        while let Some(text) = rest {
+            rest = match self.state {
+                State::Start => self.push_start(text, out),
+                State::Opening => self.push_opening(text, out),
+                State::Thinking => self.push_thinking(text, out),
+                State::Answer => {
+                    self.push_answer(text, out);
+                    None
+                }
+            };
+        }
+    }
+
+    /// Opening: what the beginning of the thought is matched against: the
+    /// start tag, or the end tag when the start tag is a proper prefix of it
+    /// (the end tag has priority, so it must be ruled out).
+    fn opening_tag(&self) -> &str {
+        if self.lead_long {
+            &self.tags.end
+        } else {
+            &self.tags.start
+        }
+    }
+
+    /// Opening: returns the thought's text that follows, once it is known
+    /// whether the thought begins with a repeated start tag.
+    fn push_opening<'a>(&mut self, text: &'a str, out: &mut Split) -> Option<&'a str> {
+        let mut text = text;
+        if self.lead.matched == 0 {
+            // Whitespace at the beginning of the thought is dropped anyway.
+            text = text.trim_start();
+            if text.is_empty() {
+                return None;
+            }
+        }
+        let tag = self.opening_tag();
+        let need = &tag.as_bytes()[self.lead.matched..];
+        let common = need
+            .iter()
+            .zip(text.as_bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let total = self.lead.matched + common;
+        if common == text.len() && total < tag.len() {
+            // Still a proper prefix of the tag: held.
+            self.lead.matched = total;
+            return None;
+        }
+        // The tag is complete, or the text diverged from it.
+        let skip = self.leave_opening(total, out);
+        Some(&text[skip..])
+    }
+
+    /// Opening is decided: the text after the leading whitespace is (at least)
+    /// `total` bytes of [`Self::opening_tag`], the `lead.matched` held ones
+    /// and then some of the current piece, after which the tag is complete or
+    /// the text diverges from it (or ends). Switches to Thinking, feeds it the
+    /// held text that is the thought's, and returns how many bytes of the
+    /// current piece to skip (the rest of a dropped start tag).
+    fn leave_opening(&mut self, total: usize, out: &mut Split) -> usize {
+        let tag_len = self.opening_tag().len();
+        let start_len = self.tags.start.len();
+        let repeated = if self.lead_long {
+            // The start tag, but not the whole end tag.
+            total >= start_len && total < tag_len
+        } else {
+            total == tag_len
+        };
+        let skip = if repeated { start_len } else { 0 };
+        let held = mem::take(&mut self.lead.matched);
+        self.state = State::Thinking;
+        if skip < held {
+            // Never more than the tag: O(tag length), once.
+            let thought = self.opening_tag()[skip..held].to_owned();
+            self.feed(&thought, out);
+            0
+        } else {
+            skip - held
+        }
     }
 
     /// Start: returns the text after the start tag once it is found.
@@ -598,6 +738,13 @@ mod tests {
             State::Start => {
                 assert!(s.held.is_empty());
                 assert!(s.lead.ws.chars().all(char::is_whitespace));
+            }
+            State::Opening => {
+                // Only a proper prefix of the tag; whitespace is not kept.
+                assert!(s.held.is_empty());
+                assert!(s.lead.ws.is_empty());
+                assert!(s.lead.matched < s.opening_tag().len());
+                assert!(!s.thought_started);
             }
             State::Answer => assert!(s.held.is_empty()),
         }
@@ -897,6 +1044,175 @@ mod tests {
         assert_eq!(s.push("</think>ok"), split("", "ok"));
     }
 
+    /// Both the oracle and every chunking (whole, per char, cut at any two
+    /// places) give `want`.
+    fn check_all(t: &ThinkTags, opened: bool, text: &str, want: Split) {
+        assert_eq!(split_complete(text, t, opened), want, "{text:?}");
+        assert_eq!(stream(t, opened, &[text]), want, "{text:?}");
+        assert_eq!(stream(t, opened, &chars(text)), want, "{text:?}");
+        let cuts: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        for &i in &cuts {
+            for &j in cuts.iter().filter(|&&j| j >= i) {
+                let pieces = [&text[..i], &text[i..j], &text[j..]];
+                assert_eq!(stream(t, opened, &pieces), want, "{pieces:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn opened_repeated_start_tag_is_dropped() {
+        let t = ThinkTags::default();
+        check_all(&t, true, "<think>\n</think>\n\nX", split("", "X"));
+        check_all(&t, true, "\n<think>a</think>b", split("a", "b"));
+        check_all(
+            &t,
+            true,
+            " \n<think> \n hmm \n</think>\nok",
+            split("hmm", "ok"),
+        );
+        check_all(&t, true, "<think>", split("", ""));
+        check_all(
+            &t,
+            true,
+            "\n<think>\nstill thinking",
+            split("still thinking", ""),
+        );
+        // Only one: a second start tag, or one later in the thought, is text.
+        check_all(&t, true, "<think><think>a</think>b", split("<think>a", "b"));
+        check_all(&t, true, "<think>\n<think>a", split("<think>a", ""));
+        check_all(&t, true, "a<think>b</think>c", split("a<think>b", "c"));
+        check_all(&t, true, "\n<think\n>a", split("<think\n>a", ""));
+        // A partial start tag that the output ends in, or that diverges.
+        check_all(&t, true, "<thin", split("<thin", ""));
+        check_all(&t, true, "\n<thin \n", split("<thin", ""));
+        check_all(&t, true, "<thinking>a</think>b", split("<thinking>a", "b"));
+        check_all(&t, true, "<</think>b", split("<", "b"));
+        check_all(&t, true, "<th</think>b", split("<th", "b"));
+        // Without `opened` nothing changes: one start tag, then text.
+        check_all(
+            &t,
+            false,
+            "<think><think>a</think>b",
+            split("<think>a", "b"),
+        );
+        // Custom tags.
+        let r = tags("<reasoning>", "</reasoning>");
+        check_all(
+            &r,
+            true,
+            "\n<reasoning>\nx\n</reasoning>\ny",
+            split("x", "y"),
+        );
+        let r = tags("<think>", "\n</think>");
+        check_all(&r, true, "<think>\nx\n</think>\ny", split("x", "y"));
+    }
+
+    #[test]
+    fn opened_partial_start_tag_is_held() {
+        let t = ThinkTags::default();
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert!(s.in_thought());
+        assert_eq!(s.push(" \n"), split("", ""));
+        assert_eq!(s.push("<thi"), split("", ""));
+        assert!(s.in_thought());
+        assert_eq!(s.push("nk"), split("", ""));
+        assert_eq!(s.push(">\n\nOkay"), split("Okay", ""));
+        assert_eq!(s.push(" <think>"), split(" <think>", ""));
+        assert_eq!(s.push("</think>\nA"), split("", "A"));
+        assert_eq!(s.finish(), split("", ""));
+        // Released as soon as it diverges.
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push("\n<th"), split("", ""));
+        assert_eq!(s.push("e"), split("<the", ""));
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push("<"), split("", ""));
+        // "<" may be the end tag's beginning too: Thinking holds it.
+        assert_eq!(s.push("/"), split("", ""));
+        assert_eq!(s.push("x"), split("</x", ""));
+        // Ends held: it was no start tag, so it is the thought.
+        let mut s = ReasoningSplitter::new(t, true);
+        assert_eq!(s.push("<thin"), split("", ""));
+        assert_eq!(s.finish(), split("<thin", ""));
+        assert!(!s.thought_closed());
+    }
+
+    #[test]
+    fn opened_repeated_start_tag_force_close() {
+        let t = ThinkTags::default();
+        // Still uncertain: the held partial tag is the thought's text.
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        let mut acc = s.push("\n<thi");
+        append(&mut acc, s.force_close());
+        assert_eq!(acc, split("<thi", ""));
+        assert!(s.thought_closed());
+        assert!(!s.in_thought());
+        append(&mut acc, s.push("</think>\n\nok"));
+        append(&mut acc, s.finish());
+        assert_eq!(acc, split("<thi", "ok"));
+        assert_eq!(split_complete("\n<thi</think>\n\nok", &t, true), acc);
+        // Only whitespace yet: an empty thought.
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push(" \n"), split("", ""));
+        assert_eq!(s.force_close(), split("", ""));
+        assert_eq!(s.push("</think>ok"), split("", "ok"));
+        // After a complete repeated tag: as without it.
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push("<think>\n"), split("", ""));
+        assert_eq!(s.force_close(), split("", ""));
+        assert_eq!(s.push("</think>ok"), split("", "ok"));
+        assert_eq!(
+            split_complete("<think>\n</think>ok", &t, true),
+            split("", "ok")
+        );
+    }
+
+    /// With one tag a prefix of the other, the end tag has priority: a start
+    /// tag is dropped only where the end tag does not begin.
+    #[test]
+    fn opened_repeated_start_tag_prefix_tags() {
+        // The start tag is a prefix of the end tag.
+        let t = tags("<t", "<t/>");
+        check_all(&t, true, "<t/>x", split("", "x"));
+        check_all(&t, true, " <t/> x", split("", "x"));
+        check_all(&t, true, "<t a<t/>b", split("a", "b"));
+        check_all(&t, true, "<t<t/>b", split("", "b"));
+        check_all(&t, true, "<t/", split("/", ""));
+        check_all(&t, true, "<t/x<t/>b", split("/x", "b"));
+        check_all(&t, true, "<t", split("", ""));
+        check_all(&t, true, "<", split("<", ""));
+        check_all(&t, true, "<x<t/>b", split("<x", "b"));
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push("\n<t"), split("", ""));
+        assert_eq!(s.push("/"), split("", ""));
+        assert_eq!(s.push("x"), split("/x", ""));
+        let mut s = ReasoningSplitter::new(t.clone(), true);
+        assert_eq!(s.push("\n<t/"), split("", ""));
+        assert_eq!(s.force_close(), split("/", ""));
+        assert_eq!(s.push("<t/>ok"), split("", "ok"));
+        assert_eq!(split_complete("\n<t/<t/>ok", &t, true), split("/", "ok"));
+        let t = tags("思", "思考");
+        check_all(&t, true, "思考x", split("", "x"));
+        check_all(&t, true, "思老x思考y", split("老x", "y"));
+        // The end tag is a prefix of the start tag: never a repeated start tag.
+        let t = tags("<t/>", "<t");
+        check_all(&t, true, "<t/>x", split("", "/>x"));
+        check_all(&t, true, " <t/", split("", "/"));
+        check_all(&t, false, "<t/>x<t/>y", split("x", "/>y"));
+        // Equal tags: the end tag.
+        let t = tags("<t>", "<t>");
+        check_all(&t, true, "\n<t>a<t>b", split("", "a<t>b"));
+        check_all(&t, false, "\n<t>a<t>b", split("a", "b"));
+        // An empty start tag is nothing to drop.
+        let t = tags("", "</think>");
+        check_all(&t, true, " <think>a</think>b", split("<think>a", "b"));
+        check_all(&t, false, " <think>a</think>b", split("<think>a", "b"));
+        // An empty end tag: the thought is empty, as before.
+        let t = tags("<think>", "");
+        check_all(&t, true, " <think>a", split("", "<think>a"));
+    }
+
     #[test]
     fn finish_is_final() {
         let mut s = ReasoningSplitter::new(ThinkTags::default(), false);
@@ -931,12 +1247,20 @@ mod tests {
         }
         assert_eq!(s.push("x").content.len(), n + 1);
 
-        let mut s = ReasoningSplitter::new(t, true);
+        let mut s = ReasoningSplitter::new(t.clone(), true);
         s.push("a</think>");
         for _ in 0..n {
             s.push("\n");
         }
         assert_eq!(s.push("x").content, "x");
+
+        // Opened: whitespace before a repeated start tag.
+        let mut s = ReasoningSplitter::new(t, true);
+        for _ in 0..n {
+            s.push(" ");
+        }
+        assert_eq!(s.push("<think>").reasoning, "");
+        assert_eq!(s.push("x").reasoning, "x");
     }
 
     /// Texts over an alphabet that makes tags, partial tags and near-tags
@@ -970,6 +1294,11 @@ mod tests {
             1 => Just(tags("<think>", "\n</think>")),
             1 => Just(tags("", "</think>")),
             1 => Just(tags("<think>", "")),
+            // One tag a prefix of the other, or equal: the end tag has
+            // priority over a repeated start tag.
+            1 => Just(tags("<t", "<t/>")),
+            1 => Just(tags("<t/>", "<t")),
+            1 => Just(tags("<t>", "<t>")),
         ]
     }
 
@@ -983,6 +1312,30 @@ mod tests {
             1 => Just(tags("<reasoning>", "</reasoning>")),
             1 => Just(tags("思", "考")),
             1 => Just(tags("", "</think>")),
+            1 => Just(tags("<t", "<t/>")),
+        ]
+    }
+
+    /// Beginnings that make a (repeated) start tag likely: nothing, or
+    /// whitespace then the start tag (perhaps twice, perhaps with whitespace
+    /// after it), or whitespace then a proper prefix of it.
+    fn lead(t: &ThinkTags) -> impl Strategy<Value = String> {
+        let start = &t.start;
+        let mut tagged = Vec::new();
+        let mut partial = Vec::new();
+        for ws in ["", " ", "\n\n", " \n\u{3000}"] {
+            tagged.push(format!("{ws}{start}"));
+            tagged.push(format!("{ws}{start}\n"));
+            tagged.push(format!("{ws}{start}{ws}{start}"));
+            partial.push(ws.to_owned());
+            for (i, _) in start.char_indices().skip(1) {
+                partial.push(format!("{ws}{}", &start[..i]));
+            }
+        }
+        prop_oneof![
+            Just(String::new()),
+            prop::sample::select(tagged),
+            prop::sample::select(partial),
         ]
     }
 
@@ -992,14 +1345,16 @@ mod tests {
     ) -> impl Strategy<Value = (ThinkTags, String, Vec<String>, bool)> {
         tag_sets.prop_flat_map(|t| {
             let alphabet = text_pieces(&t);
+            let lead = lead(&t);
             (
                 Just(t),
+                lead,
                 prop::collection::vec(prop::sample::select(alphabet), 0..32),
                 prop::collection::vec(any::<Index>(), 0..12),
                 any::<bool>(),
             )
-                .prop_map(|(t, parts, cuts, opened)| {
-                    let text = parts.concat();
+                .prop_map(|(t, lead, parts, cuts, opened)| {
+                    let text = lead + &parts.concat();
                     let pieces = chunk(&text, &cuts);
                     (t, text, pieces, opened)
                 })
@@ -1024,12 +1379,7 @@ mod tests {
 
     /// (opened, closed) as the oracle sees the whole text.
     fn oracle_state(text: &str, t: &ThinkTags, opened: bool) -> (bool, bool) {
-        let thought = if opened {
-            Some(text)
-        } else {
-            text.trim_start().strip_prefix(t.start.as_str())
-        };
-        match thought {
+        match thought_onwards(text, t, opened) {
             None => (false, false),
             Some(thought) => (true, thought.trim_start().contains(t.end.as_str())),
         }
@@ -1047,6 +1397,12 @@ mod tests {
             let want = split_complete(&text, &t, opened);
             prop_assert_eq!(&stream(&t, opened, &pieces), &want);
             prop_assert_eq!(&stream(&t, opened, &chars(&text)), &want);
+            // Rule 2: a repeated start tag is as if the prompt had not opened
+            // the thought.
+            let lead = text.trim_start();
+            if opened && lead.starts_with(t.start.as_str()) && !lead.starts_with(t.end.as_str()) {
+                prop_assert_eq!(&split_complete(&text, &t, false), &want);
+            }
 
             let mut s = ReasoningSplitter::new(t.clone(), opened);
             for piece in &pieces {
@@ -1085,7 +1441,9 @@ mod tests {
                 // Thought discarded, forced tag swallowed.
                 State::Start => split("", answer.trim_start()),
                 // force_close is a no-op, or acts exactly as the tag would.
-                State::Thinking | State::Answer => split_complete(&whole, &t, opened),
+                State::Opening | State::Thinking | State::Answer => {
+                    split_complete(&whole, &t, opened)
+                }
             };
             prop_assert_eq!(got, want);
         }

@@ -4,7 +4,9 @@
 //! channel of [`Event`]s. One dedicated OS thread owns the model, every sequence's KV cache
 //! and sampler, and runs the loop: take new jobs (up to `max_running`), build one batch with
 //! a prompt chunk or the last sampled token of each sequence, run one forward pass, sample,
-//! detokenize, match stop strings, send. Heavy math runs on a private rayon pool, so tokio's
+//! turn the token into text ([`crate::output`]: whole characters, thought apart from
+//! answer, stop strings), send. A reasoning sequence whose thinking budget is spent gets
+//! the closing tag's tokens fed in place of sampled ones, so its answer always comes. Heavy math runs on a private rayon pool, so tokio's
 //! threads never compute and the math threads never wait on I/O.
 //!
 //! A sequence whose receiver is dropped (the client went away) is removed before the next
@@ -16,11 +18,13 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::detok::Utf8Stream;
+use std::collections::VecDeque;
+
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqInput};
+use crate::output::{OutputText, Piece};
+use crate::reasoning::{Split, ThinkTags};
 use crate::sampler::{Sampler, SamplingParams, log_softmax, top_k_logprobs};
-use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
 
 /// Limits of the scheduler, chosen by the operator.
@@ -58,6 +62,20 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// `Some` when the model thinks: how to split and cap its thought.
+    pub thinking: Option<ThinkingPlan>,
+}
+
+/// A reasoning request's thought: where it is, and how long it may be.
+#[derive(Debug, Clone)]
+pub struct ThinkingPlan {
+    pub tags: ThinkTags,
+    /// The prompt ends inside an opened thought (R1 distills' `<think>\n`).
+    pub opened: bool,
+    /// Most reasoning tokens, the closing tag included; when reached, the engine feeds
+    /// `close_tokens` itself and the model goes on to answer.
+    pub budget: Option<usize>,
+    pub close_tokens: Vec<u32>,
 }
 
 /// Why a sequence ended.
@@ -80,19 +98,23 @@ pub struct TokenLogprob {
 /// What a job's channel carries, in order: tokens, then exactly one `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A generated token and the text it completed (possibly empty: a partial character
-    /// or a possible stop string is being held back).
+    /// A generated token and the text it completed in each field (either may be empty: a
+    /// partial character, a possible tag or a possible stop string is being held back).
     Token {
         id: u32,
-        text: String,
+        text: Split,
         logprob: Option<TokenLogprob>,
     },
-    /// Text released at the end without a token of its own (held-back text).
-    Text(String),
+    /// Text released without a token of its own (held back until the end, or until a
+    /// thinking budget closed the thought).
+    Text(Split),
     Finished {
         reason: FinishReason,
         prompt_tokens: usize,
+        /// Every generated token, reasoning included.
         completion_tokens: usize,
+        /// Tokens generated inside the thought, its closing tag included.
+        reasoning_tokens: usize,
         cached_tokens: usize,
     },
     Failed(String),
@@ -176,8 +198,9 @@ struct Sequence {
     last: Option<u32>,
     generated: usize,
     sampler: Sampler,
-    utf8: Utf8Stream,
-    stop: StopMatcher,
+    output: OutputText,
+    /// Tokens to feed instead of sampling (a thought's closing tag after its budget).
+    forced: VecDeque<u32>,
 }
 
 struct Scheduler {
@@ -239,7 +262,8 @@ impl Scheduler {
         let Job { req, events } = job;
         let seed = req.sampling.seed.unwrap_or(req.fallback_seed);
         let sampler = Sampler::new(req.sampling.clone(), seed, &req.prompt);
-        let stop = StopMatcher::new(req.stop.clone());
+        let thinking = req.thinking.as_ref().map(|t| (t.tags.clone(), t.opened));
+        let output = OutputText::new(req.stop.clone(), thinking);
         if req.prompt.is_empty() {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
             return;
@@ -252,8 +276,8 @@ impl Scheduler {
             last: None,
             generated: 0,
             sampler,
-            utf8: Utf8Stream::new(),
-            stop,
+            output,
+            forced: VecDeque::new(),
         });
     }
 
@@ -305,6 +329,7 @@ impl Scheduler {
                     reason,
                     prompt_tokens: s.req.prompt.len(),
                     completion_tokens: s.generated,
+                    reasoning_tokens: s.output.reasoning_tokens(),
                     cached_tokens: 0,
                 });
                 finished.push(i);
@@ -315,7 +340,8 @@ impl Scheduler {
         }
     }
 
-    /// Samples one token for a sequence and emits it; returns why it ended, if it did.
+    /// Samples (or takes a forced) token for a sequence and emits its text; returns why
+    /// the sequence ended, if it did.
     fn advance(
         s: &mut Sequence,
         logits: &mut [f32],
@@ -327,7 +353,8 @@ impl Scheduler {
         if s.req.logprobs.is_some() {
             log_softmax(logits, buf);
         }
-        let token = s.sampler.sample(logits);
+        let forced = s.forced.pop_front();
+        let token = forced.unwrap_or_else(|| s.sampler.sample(logits));
         s.generated += 1;
         s.last = Some(token);
         let logprob = s.req.logprobs.map(|k| TokenLogprob {
@@ -335,37 +362,43 @@ impl Scheduler {
             top: top_k_logprobs(buf, k),
         });
         if tokenizer.is_eog(token) {
-            let tail = Self::flush(s);
-            if !tail.is_empty() {
-                let _ = s.events.send(Event::Text(tail));
-            }
+            let tail = s.output.push_end();
+            Self::send_text(s, tail);
             return Some(FinishReason::Stop);
         }
-        let text = s.utf8.push(tokenizer.token_bytes(token));
-        let out = s.stop.push(&text);
+        let Piece { split, stopped } = s
+            .output
+            .push(tokenizer.token_bytes(token), forced.is_some());
         let _ = s.events.send(Event::Token {
             id: token,
-            text: out.text,
+            text: split,
             logprob,
         });
-        if out.stopped {
+        if stopped {
             return Some(FinishReason::Stop);
+        }
+        if let Some(plan) = &s.req.thinking
+            && let Some(budget) = plan.budget
+            && s.output.in_thought()
+            && s.forced.is_empty()
+            && s.output.reasoning_tokens() + plan.close_tokens.len() >= budget
+        {
+            let piece = s.output.force_close();
+            s.forced.extend(plan.close_tokens.iter().copied());
+            Self::send_text(s, piece.split);
         }
         let full = s.req.prompt.len() + s.generated >= context_length;
         if s.generated >= s.req.max_tokens || full {
-            let tail = Self::flush(s);
-            if !tail.is_empty() {
-                let _ = s.events.send(Event::Text(tail));
-            }
+            let tail = s.output.finish();
+            Self::send_text(s, tail);
             return Some(FinishReason::Length);
         }
         None
     }
 
-    /// Releases text held back for possible stop strings (an unfinished character is
-    /// dropped by the UTF-8 stream).
-    fn flush(s: &mut Sequence) -> String {
-        s.utf8.finish();
-        s.stop.finish()
+    fn send_text(s: &Sequence, split: Split) {
+        if !split.is_empty() {
+            let _ = s.events.send(Event::Text(split));
+        }
     }
 }

@@ -30,6 +30,7 @@ pub struct TemplateMessage {
 /// A compiled chat template plus the special-token strings templates refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -127,9 +128,15 @@ impl ChatTemplate {
             })?;
         Ok(ChatTemplate {
             env,
+            source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         })
+    }
+
+    /// The Jinja source, for feature detection (think tags, an `enable_thinking` switch).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders a conversation. `extra` holds request-level variables (`tools`,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 use tokenfab_engine::sampler::{Rng, SamplingParams};
-use tokenfab_engine::scheduler::GenerateRequest;
+use tokenfab_engine::scheduler::{GenerateRequest, ThinkingPlan};
 use tokenfab_engine::template::TemplateMessage;
 use tokenfab_wire::chat::{ChatCompletionRequest, ChatMessage, MessageContent, Role};
 
@@ -230,6 +230,30 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
     if let Some(t) = req.enable_thinking {
         kwargs.insert("enable_thinking".into(), Value::Bool(t));
     }
+    let thinking_off = match kwargs.get("enable_thinking") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => !b,
+        Some(other) => {
+            return Err(bad(
+                "chat_template_kwargs.enable_thinking",
+                format!("`enable_thinking` must be a boolean, got {other}"),
+            ));
+        }
+    };
+    if thinking_off && model.reasoning.as_ref().is_some_and(|r| !r.switchable) {
+        let param = if req.enable_thinking.is_some() {
+            "enable_thinking"
+        } else {
+            "chat_template_kwargs.enable_thinking"
+        };
+        return Err(bad(
+            param,
+            format!(
+                "model `{}` always thinks: its chat template has no `enable_thinking` switch",
+                model.id
+            ),
+        ));
+    }
     let text = template
         .render(&template_messages(messages)?, true, &kwargs)
         .map_err(|e| bad("messages", e.to_string()))?;
@@ -250,8 +274,12 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         (None, m) => ("max_tokens", m),
     };
     let room = ctx - prompt.len();
+    // The operator's ceiling applies first: a request for more is served up to the ceiling
+    // (finish_reason "length"), and only what will really be generated must fit the context.
+    let cap = state.limits.max_output_tokens.map(|c| c.max(1) as i64);
+    let max_tokens = max_tokens.map(|m| cap.map_or(m, |c| m.min(c)));
     let max_tokens = match max_tokens {
-        None => room,
+        None => cap.map_or(room, |c| (c as usize).min(room)),
         Some(m) if m < 1 => {
             return Err(bad(
                 max_param,
@@ -270,10 +298,26 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         }
         Some(m) => m as usize,
     };
-    let max_tokens = state
-        .limits
-        .max_output_tokens
-        .map_or(max_tokens, |cap| max_tokens.min(cap.max(1)));
+
+    let thinking = match (&model.reasoning, req.thinking_budget) {
+        (_, Some(b)) if b < 1 || b as usize >= model.context_length => {
+            return Err(bad(
+                "thinking_budget",
+                format!(
+                    "`thinking_budget` must be between 1 and {}, got {b}",
+                    model.context_length - 1
+                ),
+            ));
+        }
+        (None, _) => None,
+        (Some(spec), budget) => Some(ThinkingPlan {
+            tags: spec.tags.clone(),
+            // The template opened the thought: generation starts inside it.
+            opened: text.trim_end().ends_with(spec.tags.start.as_str()),
+            budget: Some(budget.map_or(model.thinking_budget, |b| b as usize)),
+            close_tokens: spec.close_tokens.clone(),
+        }),
+    };
 
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
@@ -299,6 +343,7 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
                 max_tokens,
                 stop: stop.clone(),
                 logprobs: logprobs.then_some(top_logprobs),
+                thinking: thinking.clone(),
             }
         })
         .collect();

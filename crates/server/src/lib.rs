@@ -21,7 +21,7 @@ use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-pub use state::{AppState, Limits, ServedModel};
+pub use state::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
 
 async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
     error::HttpError::route_not_found(method.as_str(), uri.path())

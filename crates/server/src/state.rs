@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokenfab_engine::loader::ReasoningSpec;
 use tokenfab_engine::scheduler::EngineHandle;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
@@ -17,7 +18,14 @@ pub struct ServedModel {
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub context_length: usize,
+    /// `Some` for reasoning models: the thought is split into `reasoning_content`.
+    pub reasoning: Option<ReasoningSpec>,
+    /// Reasoning tokens allowed when a request gives no `thinking_budget`.
+    pub thinking_budget: usize,
 }
+
+/// SiliconFlow's default `thinking_budget`.
+pub const DEFAULT_THINKING_BUDGET: usize = 4096;
 
 /// Request limits that protect the server from oversized work.
 #[derive(Debug, Clone)]

@@ -15,6 +15,10 @@
 //! source = "HuggingFaceTB/SmolLM2-135M-Instruct" # catalog id, local path, or hf:org/repo/file.gguf
 //! context_length = 8192                         # optional cap
 //! chat_template_file = "template.jinja"         # optional, replaces the GGUF's template
+//! reasoning = true          # split <think>…</think> into reasoning_content (default: detected)
+//! think_start = "<think>"   # optional, the thought's tags
+//! think_end = "</think>"
+//! thinking_budget = 4096    # reasoning tokens when a request does not say
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,6 +51,14 @@ pub struct ModelConfig {
     pub source: String,
     pub context_length: Option<usize>,
     pub chat_template_file: Option<PathBuf>,
+    /// Split `<think>` thoughts into `reasoning_content`: `true`/`false` overrides the
+    /// detection from the chat template (which finds Qwen3, DeepSeek-R1, QwQ).
+    pub reasoning: Option<bool>,
+    /// Tags around the thought, when not `<think>` / `</think>`.
+    pub think_start: Option<String>,
+    pub think_end: Option<String>,
+    /// Reasoning tokens allowed when a request gives no `thinking_budget` (default 4096).
+    pub thinking_budget: Option<usize>,
 }
 
 impl FileConfig {

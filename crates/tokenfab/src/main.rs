@@ -13,9 +13,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokenfab_engine::loader::LoadedModel;
+use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, ResolvedModel, catalog, default_cache_dir};
-use tokenfab_server::{AppState, Limits, ServedModel};
+use tokenfab_server::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
 
 use crate::config::{FileConfig, ModelConfig};
 
@@ -103,6 +104,10 @@ struct ServeArgs {
     /// A Jinja chat template file replacing the model's own.
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// Split `<think>` thoughts into `reasoning_content` (default: detected from the
+    /// chat template).
+    #[arg(long)]
+    reasoning: Option<bool>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -183,8 +188,19 @@ fn load_model(
         })
         .transpose()?;
     tracing::info!(%id, path = %path.display(), "loading model");
-    let loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
+    let mut loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
+    if m.reasoning.is_some() || m.think_start.is_some() || m.think_end.is_some() {
+        let defaults = ThinkTags::default();
+        let tags = ThinkTags {
+            start: m.think_start.clone().unwrap_or(defaults.start),
+            end: m.think_end.clone().unwrap_or(defaults.end),
+        };
+        loaded.set_reasoning(m.reasoning, Some(tags));
+    }
+    if let Some(r) = &loaded.reasoning {
+        tracing::info!(%id, start = %r.tags.start, end = %r.tags.end, switchable = r.switchable, "reasoning model");
+    }
     if loaded.template.is_none() {
         tracing::warn!(%id, "the model has no chat template: chat requests will be refused until one is configured");
     }
@@ -211,6 +227,8 @@ fn load_model(
         tokenizer: loaded.tokenizer,
         template: loaded.template,
         context_length: loaded.context_length,
+        reasoning: loaded.reasoning,
+        thinking_budget: m.thinking_budget.unwrap_or(DEFAULT_THINKING_BUDGET).max(1),
     })
 }
 
@@ -247,6 +265,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             source: source.clone(),
             context_length: args.context_length,
             chat_template_file: args.chat_template.clone(),
+            reasoning: args.reasoning,
+            think_start: None,
+            think_end: None,
+            thinking_budget: None,
         }],
         None if !file_cfg.models.is_empty() => file_cfg.models.clone(),
         None => vec![ModelConfig {
@@ -254,6 +276,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             source: DEFAULT_MODEL.into(),
             context_length: args.context_length,
             chat_template_file: args.chat_template.clone(),
+            reasoning: args.reasoning,
+            think_start: None,
+            think_end: None,
+            thinking_budget: None,
         }],
     };
     let served = models

@@ -11,13 +11,15 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use tokenfab_engine::reasoning::Split;
 use tokenfab_engine::scheduler::{
     Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
 };
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::chat::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
-    ChunkChoice, Delta, FinishReason, ResponseMessage, TokenLogprob, TopLogprob, Usage,
+    ChunkChoice, CompletionTokensDetails, Delta, FinishReason, ResponseMessage, TokenLogprob,
+    TopLogprob, Usage,
 };
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
@@ -97,12 +99,29 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
     }
 }
 
-fn usage(prompt: usize, completion: usize) -> Usage {
-    Usage {
-        prompt_tokens: prompt as u64,
-        completion_tokens: completion as u64,
-        total_tokens: (prompt + completion) as u64,
-        ..Default::default()
+/// Token totals over a request's choices (the prompt is counted once, as OpenAI does).
+#[derive(Default)]
+struct Tally {
+    completion: usize,
+    reasoning: usize,
+}
+
+impl Tally {
+    fn add(&mut self, completion: usize, reasoning: usize) {
+        self.completion += completion;
+        self.reasoning += reasoning;
+    }
+
+    fn usage(&self, prompt: usize) -> Usage {
+        Usage {
+            prompt_tokens: prompt as u64,
+            completion_tokens: self.completion as u64,
+            total_tokens: (prompt + self.completion) as u64,
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: self.reasoning as u64,
+            },
+            ..Default::default()
+        }
     }
 }
 
@@ -150,30 +169,31 @@ async fn complete_response(
 ) -> Result<Response, HttpError> {
     let tok = &job.model.tokenizer;
     let mut choices = Vec::with_capacity(receivers.len());
-    let mut completion_total = 0;
+    let mut tally = Tally::default();
     for (index, mut rx) in receivers.into_iter().enumerate() {
-        let mut text = String::new();
+        let (mut reasoning, mut content) = (String::new(), String::new());
         let mut logprobs = ChoiceLogprobs::default();
         let mut finish = None;
+        let mut append = |t: Split| {
+            reasoning.push_str(&t.reasoning);
+            content.push_str(&t.content);
+        };
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Token {
-                    id,
-                    text: t,
-                    logprob,
-                } => {
-                    text.push_str(&t);
+                Event::Token { id, text, logprob } => {
+                    append(text);
                     if let Some(lp) = logprob {
                         logprobs.content.push(wire_logprob(tok, id, &lp));
                     }
                 }
-                Event::Text(t) => text.push_str(&t),
+                Event::Text(t) => append(t),
                 Event::Finished {
                     reason,
                     completion_tokens,
+                    reasoning_tokens,
                     ..
                 } => {
-                    completion_total += completion_tokens;
+                    tally.add(completion_tokens, reasoning_tokens);
                     finish = Some(finish_reason(reason));
                 }
                 Event::Failed(msg) => {
@@ -188,8 +208,8 @@ async fn complete_response(
             index: index as u32,
             message: ResponseMessage {
                 role: "assistant".into(),
-                content: Some(text),
-                reasoning_content: None,
+                content: Some(content),
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
             },
             logprobs: job.logprobs.then_some(logprobs),
             finish_reason: Some(finish),
@@ -201,7 +221,7 @@ async fn complete_response(
         created: unix_now(),
         model: job.model.id.clone(),
         choices,
-        usage: usage(job.prompt_tokens, completion_total),
+        usage: tally.usage(job.prompt_tokens),
         system_fingerprint: FINGERPRINT.into(),
     };
     Ok(axum::Json(body).into_response())
@@ -247,6 +267,38 @@ impl ChunkWriter {
     }
 }
 
+impl ChunkWriter {
+    /// The chunks for one piece of text: the thought and the answer travel in separate
+    /// deltas, so a delta never carries an empty string in the field without text; a
+    /// token's logprobs ride on its last chunk (or alone when its text is held back).
+    /// Empty when there is nothing to send.
+    fn text(&self, index: usize, text: Split, mut logprobs: Option<ChoiceLogprobs>) -> Bytes {
+        let mut deltas = Vec::new();
+        if !text.reasoning.is_empty() {
+            deltas.push(Delta {
+                reasoning_content: Some(text.reasoning),
+                ..Default::default()
+            });
+        }
+        if !text.content.is_empty() {
+            deltas.push(Delta {
+                content: Some(text.content),
+                ..Default::default()
+            });
+        }
+        if deltas.is_empty() && logprobs.is_some() {
+            deltas.push(Delta::default());
+        }
+        let last = deltas.len().saturating_sub(1);
+        let mut out = Vec::new();
+        for (k, delta) in deltas.into_iter().enumerate() {
+            let lp = if k == last { logprobs.take() } else { None };
+            out.extend_from_slice(&self.choice(index, delta, lp, None));
+        }
+        Bytes::from(out)
+    }
+}
+
 fn sse(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
@@ -281,7 +333,7 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                 return;
             }
         }
-        let mut completion_total = 0;
+        let mut tally = Tally::default();
         let mut finished = 0;
         loop {
             let next = tokio::select! {
@@ -295,30 +347,16 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                     let lp = logprob.map(|lp| ChoiceLogprobs {
                         content: vec![wire_logprob(&tok, id, &lp)],
                     });
-                    if text.is_empty() && lp.is_none() {
-                        continue;
-                    }
-                    let delta = Delta {
-                        content: (!text.is_empty()).then_some(text),
-                        ..Default::default()
-                    };
-                    writer.choice(i, delta, lp, None)
+                    writer.text(i, text, lp)
                 }
-                Event::Text(text) => writer.choice(
-                    i,
-                    Delta {
-                        content: Some(text),
-                        ..Default::default()
-                    },
-                    None,
-                    None,
-                ),
+                Event::Text(text) => writer.text(i, text, None),
                 Event::Finished {
                     reason,
                     completion_tokens,
+                    reasoning_tokens,
                     ..
                 } => {
-                    completion_total += completion_tokens;
+                    tally.add(completion_tokens, reasoning_tokens);
                     finished += 1;
                     writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
                 }
@@ -331,7 +369,7 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                     return;
                 }
             };
-            if tx.send(bytes).await.is_err() {
+            if !bytes.is_empty() && tx.send(bytes).await.is_err() {
                 return;
             }
         }
@@ -340,7 +378,7 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
         }
         if job.include_usage {
             let _ = tx
-                .send(writer.chunk(Vec::new(), Some(usage(job.prompt_tokens, completion_total))))
+                .send(writer.chunk(Vec::new(), Some(tally.usage(job.prompt_tokens))))
                 .await;
         }
         let _ = tx.send(sse("[DONE]")).await;

@@ -88,6 +88,28 @@ fn healthy(port: u16) -> bool {
     buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
 }
 
+/// Runs one of the seed page's Python programs (tests/python/) with the official `openai`
+/// package against `server`, serving `model`; returns what the program printed as JSON.
+pub fn run_seed(server: &Server, script: &str, model: &str) -> serde_json::Value {
+    let python = std::env::var("TOKENFAB_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("TOKENFAB_TEST_PYTHON is not set: run scripts/test.sh, which installs the openai package in .venv")
+    });
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .arg(&path)
+        .env("TOKENFAB_BASE_URL", server.url("/v1/"))
+        .env("TOKENFAB_MODEL", model)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed {stdout}: {e}"))
+}
+
 /// Runs an async test body on a fresh runtime.
 pub fn run<F: std::future::Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_multi_thread()
