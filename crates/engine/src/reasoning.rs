@@ -1319,7 +1319,7 @@ mod tests {
     /// Beginnings that make a (repeated) start tag likely: nothing, or
     /// whitespace then the start tag (perhaps twice, perhaps with whitespace
     /// after it), or whitespace then a proper prefix of it.
-    fn lead(t: &ThinkTags) -> impl Strategy<Value = String> {
+    fn lead(t: &ThinkTags) -> impl Strategy<Value = String> + use<> {
         let start = &t.start;
         let mut tagged = Vec::new();
         let mut partial = Vec::new();

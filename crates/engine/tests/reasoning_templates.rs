@@ -454,3 +454,72 @@ fn template_sources_for_reasoning_detection() {
     assert!(!src.contains("<think>"), "{src}");
     assert!(!src.contains("enable_thinking"), "{src}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The engine's text pipeline on these vocabularies, and reasoning detection
+
+/// DeepSeek-R1's `<think>` and `</think>` are single vocabulary tokens: fed one token at a
+/// time through the engine's pipeline, they split the text exactly as decoded text does.
+#[test]
+fn r1_single_token_tags_split_the_stream() {
+    use tokenfab_engine::output::OutputText;
+    use tokenfab_engine::reasoning::ThinkTags;
+    let tok = &r1_header().tok;
+    let ids = tok.encode(
+        "<think>\n奥运会的传奇名将\n</think>\n\n有很多。",
+        false,
+        true,
+    );
+    assert!(ids.contains(&151648) && ids.contains(&151649), "{ids:?}");
+    for opened in [false, true] {
+        // When the template opened the thought, the model writes only the closing tag.
+        let ids: &[u32] = if opened { &ids[1..] } else { &ids };
+        let mut out = OutputText::new(vec![], Some((ThinkTags::default(), opened)));
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        for &id in ids {
+            let piece = out.push(tok.token_bytes(id), false);
+            reasoning.push_str(&piece.split.reasoning);
+            content.push_str(&piece.split.content);
+        }
+        let tail = out.push_end();
+        reasoning.push_str(&tail.reasoning);
+        content.push_str(&tail.content);
+        assert_eq!(reasoning, "奥运会的传奇名将", "opened={opened}");
+        assert_eq!(content, "有很多。", "opened={opened}");
+        // Every token up to and including `</think>` (and the end token) is a reasoning token.
+        let closing = ids.iter().position(|&t| t == 151649).unwrap();
+        assert_eq!(out.reasoning_tokens(), closing + 1, "opened={opened}");
+    }
+}
+
+/// Which templates make a model a reasoning model, and which can switch thinking off.
+#[test]
+fn reasoning_detection_from_templates() {
+    use tokenfab_engine::loader::ReasoningSpec;
+    use tokenfab_engine::reasoning::ThinkTags;
+    let tok = &r1_header().tok;
+    let (_, r1) = r1_gguf_template();
+    let spec = ReasoningSpec::configure(Some(&r1), tok, None, ThinkTags::default())
+        .expect("R1's template mentions </think>");
+    assert!(!spec.switchable);
+    assert_eq!(tok.decode(&spec.close_tokens, false), "\n</think>\n\n");
+    assert!(spec.close_tokens.contains(&151649));
+    let (_, qwen3) = qwen3_template();
+    let spec = ReasoningSpec::configure(Some(&qwen3), tok, None, ThinkTags::default()).unwrap();
+    assert!(spec.switchable, "Qwen3's template has enable_thinking");
+    // SmolLM2's ChatML template does not think unless the operator says so.
+    let smol = GgufFile::open(smollm_path()).unwrap();
+    let smol_tok = Tokenizer::from_gguf(&smol).unwrap();
+    let smol_t =
+        ChatTemplate::new(smol.get_str("tokenizer.chat_template").unwrap(), "", "").unwrap();
+    assert!(
+        ReasoningSpec::configure(Some(&smol_t), &smol_tok, None, ThinkTags::default()).is_none()
+    );
+    assert!(
+        ReasoningSpec::configure(Some(&smol_t), &smol_tok, Some(true), ThinkTags::default())
+            .is_some()
+    );
+    assert!(
+        ReasoningSpec::configure(Some(&qwen3), tok, Some(false), ThinkTags::default()).is_none()
+    );
+}
