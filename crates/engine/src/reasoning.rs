@@ -310,9 +310,10 @@ impl ReasoningSplitter {
     /// for forced tokens, and for the usual call (in the thought, right before
     /// pushing the end tag) the streamed result equals `split_complete` of the
     /// whole generated text, forced tag included (for end tags like
-    /// `</think>` that neither begin with whitespace nor overlap themselves,
-    /// and, in Opening, a start tag that no partial start tag followed by the
-    /// end tag begins with, as with `<think>` and `</think>`).
+    /// `</think>` that neither begin with whitespace nor overlap themselves;
+    /// and, when forced while a partial repeated start tag is held, as long
+    /// as that partial tag followed by the end tag does not spell out the
+    /// start tag, which `<think>` and `</think>` never do).
     ///
     /// Not pushing the tag is also fine: as soon as the pushed text diverges
     /// from the end tag (after optional whitespace), swallowing stops and that
@@ -325,11 +326,12 @@ impl ReasoningSplitter {
     /// normally never forces it), the held text is dropped and the thought is
     /// taken as empty and closed. In Opening (`opened`, and the output so far
     /// is whitespace and perhaps a partial start tag that may be a repeated
-    /// one), the held text is taken as the thought's text, as
-    /// [`finish`](Self::finish) does (it was no repeated start tag: the forced
-    /// end tag comes next), then the thought is closed as usual: `"\n<thi"`
-    /// gives the reasoning `"<thi"`. Once the thought is closed or the answer
-    /// has begun, this does nothing and returns an empty [`Split`].
+    /// one), the held text is resolved as [`finish`](Self::finish) resolves
+    /// it (a partial start tag is the thought's text: the forced end tag comes
+    /// next, not the rest of the start tag), then the thought is closed as
+    /// usual: `"\n<thi"` gives the reasoning `"<thi"`. Once the thought is
+    /// closed or the answer has begun, this does nothing and returns an empty
+    /// [`Split`].
     pub fn force_close(&mut self) -> Split {
         let mut out = Split::default();
         if self.state == State::Opening {

@@ -259,28 +259,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     });
 
+    // `--model` replaces the config file's models; with neither, the default model.
+    let from_flags = |source: &str| ModelConfig {
+        id: args.model_id.clone(),
+        source: source.to_owned(),
+        context_length: args.context_length,
+        chat_template_file: args.chat_template.clone(),
+        reasoning: args.reasoning,
+        think_start: None,
+        think_end: None,
+        thinking_budget: None,
+    };
     let models = match &args.model {
-        Some(source) => vec![ModelConfig {
-            id: args.model_id.clone(),
-            source: source.clone(),
-            context_length: args.context_length,
-            chat_template_file: args.chat_template.clone(),
-            reasoning: args.reasoning,
-            think_start: None,
-            think_end: None,
-            thinking_budget: None,
-        }],
+        Some(source) => vec![from_flags(source)],
         None if !file_cfg.models.is_empty() => file_cfg.models.clone(),
-        None => vec![ModelConfig {
-            id: args.model_id.clone(),
-            source: DEFAULT_MODEL.into(),
-            context_length: args.context_length,
-            chat_template_file: args.chat_template.clone(),
-            reasoning: args.reasoning,
-            think_start: None,
-            think_end: None,
-            thinking_budget: None,
-        }],
+        None => vec![from_flags(DEFAULT_MODEL)],
     };
     let served = models
         .iter()

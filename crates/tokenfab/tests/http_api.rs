@@ -4,20 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MODEL, Server, run, sse_events};
+use common::{MODEL, Server, post, run, sse_events};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-async fn post(server: &Server, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
 
 async fn stream(server: &Server, body: Value) -> Vec<Value> {
     let r = reqwest::Client::new()
@@ -81,7 +70,7 @@ fn greedy_answer_usage_and_template() {
     run(async {
         let (status, v) = post(
             &s,
-            json!({"model": MODEL, "messages": colors(), "temperature": 0, "max_tokens": 64}),
+            &json!({"model": MODEL, "messages": colors(), "temperature": 0, "max_tokens": 64}),
         )
         .await;
         assert_eq!(status, 200, "{v}");
@@ -106,14 +95,14 @@ fn greedy_answer_usage_and_template() {
         // max_tokens is exact and ends with "length".
         let (_, v) = post(
             &s,
-            json!({"model": MODEL, "messages": colors(), "max_tokens": 3, "temperature": 0}),
+            &json!({"model": MODEL, "messages": colors(), "max_tokens": 3, "temperature": 0}),
         )
         .await;
         assert_eq!(v["usage"]["completion_tokens"], 3);
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         let (_, v) = post(
             &s,
-            json!({"model": MODEL, "messages": colors(), "max_completion_tokens": 2}),
+            &json!({"model": MODEL, "messages": colors(), "max_completion_tokens": 2}),
         )
         .await;
         assert_eq!(v["usage"]["completion_tokens"], 2);
@@ -126,7 +115,7 @@ fn stream_matches_non_stream_and_reports_usage() {
     run(async {
         let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "奥运会的传奇名将有哪些?"}],
                           "max_tokens": 40, "seed": 7, "temperature": 0.8});
-        let (_, whole) = post(&s, body.clone()).await;
+        let (_, whole) = post(&s, &body.clone()).await;
         let mut sb = body.clone();
         sb["stream"] = json!(true);
         sb["stream_options"] = json!({"include_usage": true});
@@ -189,8 +178,8 @@ fn seeds_n_stop_and_logprobs() {
         };
         let mut a = base.clone();
         a["seed"] = json!(1234);
-        let (_, v1) = post(&s, a.clone()).await;
-        let (_, v2) = post(&s, a.clone()).await;
+        let (_, v1) = post(&s, &a.clone()).await;
+        let (_, v2) = post(&s, &a.clone()).await;
         assert_eq!(
             text(&v1, 0),
             text(&v2, 0),
@@ -198,12 +187,12 @@ fn seeds_n_stop_and_logprobs() {
         );
         let mut b = base.clone();
         b["seed"] = json!(99);
-        let (_, v3) = post(&s, b).await;
+        let (_, v3) = post(&s, &b).await;
         assert_ne!(text(&v1, 0), text(&v3, 0));
 
         // n > 1: distinct choices with their own indices, usage summed.
         a["n"] = json!(3);
-        let (status, v) = post(&s, a.clone()).await;
+        let (status, v) = post(&s, &a.clone()).await;
         assert_eq!(status, 200, "{v}");
         let choices = v["choices"].as_array().unwrap();
         assert_eq!(choices.len(), 3);
@@ -229,7 +218,7 @@ fn seeds_n_stop_and_logprobs() {
         // Stop: cut a greedy answer at a piece of its second half; the stop text is excluded.
         let greedy =
             json!({"model": MODEL, "messages": colors(), "temperature": 0, "max_tokens": 40});
-        let (_, g) = post(&s, greedy.clone()).await;
+        let (_, g) = post(&s, &greedy.clone()).await;
         let full = text(&g, 0);
         let stop: String = full
             .chars()
@@ -239,7 +228,7 @@ fn seeds_n_stop_and_logprobs() {
         let at = full.find(&stop).unwrap();
         let mut st = greedy.clone();
         st["stop"] = json!([stop, "zzzz"]);
-        let (_, v) = post(&s, st.clone()).await;
+        let (_, v) = post(&s, &st.clone()).await;
         assert_eq!(text(&v, 0), full[..at]);
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         st["stream"] = json!(true);
@@ -255,7 +244,7 @@ fn seeds_n_stop_and_logprobs() {
         lp["logprobs"] = json!(true);
         lp["top_logprobs"] = json!(3);
         lp["max_tokens"] = json!(5);
-        let (_, v) = post(&s, lp).await;
+        let (_, v) = post(&s, &lp).await;
         let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
         assert_eq!(content.len(), 5);
         for e in content {
@@ -396,7 +385,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         // Still serving.
         let (status, _) = post(
             &s,
-            json!({"model": MODEL, "messages": msgs, "max_tokens": 2}),
+            &json!({"model": MODEL, "messages": msgs, "max_tokens": 2}),
         )
         .await;
         assert_eq!(status, 200);
@@ -478,7 +467,7 @@ fn config_file_local_path_and_template_override() {
         assert_eq!(v["data"][0]["id"], "local/smol");
         let (status, v) = post(
             &s,
-            json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}]}),
+            &json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}]}),
         )
         .await;
         assert_eq!(status, 200, "{v}");
@@ -491,7 +480,7 @@ fn config_file_local_path_and_template_override() {
             "max_output_tokens ignored: {v}"
         );
         // The configured context cap is enforced.
-        let (status, v) = post(&s, json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600})).await;
+        let (status, v) = post(&s, &json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600})).await;
         assert_eq!(status, 400, "{v}");
     });
     std::fs::remove_dir_all(dir).ok();

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Server, run, run_seed, sse_events};
+use common::{Server, post, run, run_seed, sse_events};
 use serde_json::{Value, json};
 
 const SYSTEM: &str = "Always think step by step inside <think></think> tags before answering. \
@@ -60,16 +60,6 @@ fn worked_example(question: &str) -> Value {
         {"role": "assistant", "content": EXAMPLE},
         {"role": "user", "content": question}
     ])
-}
-
-async fn post(s: &Server, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// Streams a request; returns (reasoning, content, chunks) and checks the delta rules.

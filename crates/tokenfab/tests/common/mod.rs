@@ -110,6 +110,17 @@ pub fn run_seed(server: &Server, script: &str, model: &str) -> serde_json::Value
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed {stdout}: {e}"))
 }
 
+/// POSTs a chat-completions body; returns the status and the JSON answer.
+pub async fn post(server: &Server, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// Runs an async test body on a fresh runtime.
 pub fn run<F: std::future::Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_multi_thread()
