@@ -479,9 +479,20 @@ fn config_file_local_path_and_template_override() {
             v["usage"]["completion_tokens"].as_u64().unwrap() <= 3,
             "max_output_tokens ignored: {v}"
         );
-        // The configured context cap is enforced.
+        // The operator's output ceiling applies before the context check: asking for more
+        // than the context is served up to the ceiling.
         let (status, v) = post(&s, &json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600})).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        // The configured context cap (512) is enforced.
+        let long = "hello ".repeat(600);
+        let (status, v) = post(
+            &s,
+            &json!({"model": "local/smol", "messages": [{"role": "user", "content": long}]}),
+        )
+        .await;
         assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
     });
     std::fs::remove_dir_all(dir).ok();
 }
