@@ -8,7 +8,8 @@
 //! - [`template`]: a conversation becomes prompt text (the model's own Jinja template).
 //! - [`tokenizer`]: prompt text becomes token ids; generated ids become bytes.
 //! - [`scheduler`]: the engine thread; jobs arrive over a channel, every running sequence
-//!   is stepped in one batch, and tokens go back over each job's channel.
+//!   is stepped in one batch, and tokens go back over each job's channel. Finished
+//!   sequences' KV caches go to the [`prefix_cache`], where later prompts start from them.
 //! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned KV caches,
 //!   built on [`quant`], the quantized block formats and their kernels.
 //! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
@@ -21,6 +22,7 @@ pub mod gguf;
 pub mod loader;
 pub mod model;
 pub mod output;
+pub mod prefix_cache;
 pub mod quant;
 pub mod reasoning;
 pub mod sampler;

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqInput};
 use crate::output::{OutputText, Piece};
+use crate::prefix_cache::PrefixCache;
 use crate::reasoning::{Split, ThinkTags};
 use crate::sampler::{Sampler, SamplingParams, log_softmax, top_k_logprobs};
 use crate::tokenizer::Tokenizer;
@@ -38,6 +39,8 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     /// Prompt tokens fed per sequence per step, so a long prompt does not stall others.
     pub prefill_chunk: usize,
+    /// Memory for finished sequences' KV caches that later prompts can start from.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +50,7 @@ impl Default for SchedulerConfig {
             max_running: 16,
             max_waiting: 64,
             prefill_chunk: 512,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 }
@@ -196,6 +200,10 @@ struct Sequence {
     fed: usize,
     /// The token sampled last, to be fed next.
     last: Option<u32>,
+    /// Every token sampled so far (the KV cache holds all but the last).
+    sampled: Vec<u32>,
+    /// Prompt tokens that came from the prefix cache.
+    cached: usize,
     generated: usize,
     sampler: Sampler,
     output: OutputText,
@@ -209,6 +217,7 @@ struct Scheduler {
     config: SchedulerConfig,
     pool: rayon::ThreadPool,
     running: Vec<Sequence>,
+    prefix: PrefixCache,
     scratch: crate::model::Scratch,
     logprob_buf: Vec<f32>,
 }
@@ -221,12 +230,14 @@ impl Scheduler {
         pool: rayon::ThreadPool,
     ) -> Self {
         let scratch = model.new_scratch();
+        let prefix = PrefixCache::new(config.prefix_cache_bytes);
         Scheduler {
             model,
             tokenizer,
             config,
             pool,
             running: Vec::new(),
+            prefix,
             scratch,
             logprob_buf: Vec::new(),
         }
@@ -249,8 +260,17 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break,
                 }
             }
-            // Clients that went away stop here, before any more compute is spent on them.
-            self.running.retain(|s| !s.events.is_closed());
+            // Clients that went away stop here, before any more compute is spent on them
+            // (what they computed is kept for a retry of the same conversation).
+            let mut i = 0;
+            while i < self.running.len() {
+                if self.running[i].events.is_closed() {
+                    let gone = self.running.swap_remove(i);
+                    self.retire(gone);
+                } else {
+                    i += 1;
+                }
+            }
             gauge.store(self.running.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
                 self.step();
@@ -268,12 +288,18 @@ impl Scheduler {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
             return;
         }
+        let kv = self
+            .prefix
+            .lookup(&req.prompt)
+            .unwrap_or_else(|| self.model.new_kv_cache());
         self.running.push(Sequence {
-            kv: self.model.new_kv_cache(),
+            fed: kv.len(),
+            cached: kv.len(),
+            kv,
             req,
             events,
-            fed: 0,
             last: None,
+            sampled: Vec::new(),
             generated: 0,
             sampler,
             output,
@@ -330,14 +356,22 @@ impl Scheduler {
                     prompt_tokens: s.req.prompt.len(),
                     completion_tokens: s.generated,
                     reasoning_tokens: s.output.reasoning_tokens(),
-                    cached_tokens: 0,
+                    cached_tokens: s.cached,
                 });
                 finished.push(i);
             }
         }
         for i in finished.into_iter().rev() {
-            self.running.swap_remove(i);
+            let done = self.running.swap_remove(i);
+            self.retire(done);
         }
+    }
+
+    /// A sequence leaves: its computed tokens go to the prefix cache.
+    fn retire(&mut self, s: Sequence) {
+        let mut tokens = s.req.prompt;
+        tokens.extend_from_slice(&s.sampled);
+        self.prefix.insert(tokens, s.kv);
     }
 
     /// Samples (or takes a forced) token for a sequence and emits its text; returns why
@@ -357,6 +391,7 @@ impl Scheduler {
         let token = forced.unwrap_or_else(|| s.sampler.sample(logits));
         s.generated += 1;
         s.last = Some(token);
+        s.sampled.push(token);
         let logprob = s.req.logprobs.map(|k| TokenLogprob {
             logprob: buf[token as usize],
             top: top_k_logprobs(buf, k),

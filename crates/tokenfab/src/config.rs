@@ -8,6 +8,7 @@
 //! max_waiting = 64       # queued requests before 503
 //! max_body_bytes = 4194304
 //! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
+//! prefix_cache_mb = 256     # per model: computed prompt prefixes kept for later requests
 //! cache_dir = "/var/cache/tokenfab"
 //!
 //! [[models]]
@@ -37,6 +38,8 @@ pub struct FileConfig {
     pub max_waiting: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub max_output_tokens: Option<usize>,
+    /// MiB per model for reusing computed prompt prefixes across requests (0 disables).
+    pub prefix_cache_mb: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

@@ -212,6 +212,9 @@ fn load_model(
             threads,
             max_running: file_cfg.max_running.unwrap_or(defaults.max_running),
             max_waiting: file_cfg.max_waiting.unwrap_or(defaults.max_waiting),
+            prefix_cache_bytes: file_cfg
+                .prefix_cache_mb
+                .map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
             ..defaults
         },
     )?;

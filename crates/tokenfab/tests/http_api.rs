@@ -496,3 +496,49 @@ fn config_file_local_path_and_template_override() {
     });
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn second_turn_recomputes_only_the_new_tokens() {
+    let s = Server::start(&[]);
+    run(async {
+        let round1 =
+            json!({"model": MODEL, "messages": colors(), "temperature": 0, "max_tokens": 64});
+        let (_, v1) = post(&s, &round1).await;
+        assert_eq!(v1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let p1 = v1["usage"]["prompt_tokens"].as_u64().unwrap();
+        let answer = v1["choices"][0]["message"]["content"].as_str().unwrap();
+        // The seed's Round 2: the answer goes back as an assistant turn, then "继续".
+        let mut messages = colors();
+        messages.as_array_mut().unwrap().extend([
+            json!({"role": "assistant", "content": answer}),
+            json!({"role": "user", "content": "继续"}),
+        ]);
+        let (status, v2) = post(
+            &s,
+            &json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 8}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v2}");
+        let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        let p2 = v2["usage"]["prompt_tokens"].as_u64().unwrap();
+        // The whole first prompt and the answer's tokens come from the cache; only the end
+        // of the answer turn and the new user turn are computed.
+        assert!(
+            cached > p1 && cached < p2,
+            "cached {cached}, round 1 prompt {p1}, round 2 prompt {p2}"
+        );
+        // The same request again: everything but the last prompt token is cached, and the
+        // greedy answer is the same.
+        let (_, again) = post(&s, &round1).await;
+        assert_eq!(
+            again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+            Some(p1 - 1)
+        );
+        assert_eq!(
+            again["choices"][0]["message"]["content"],
+            v1["choices"][0]["message"]["content"]
+        );
+    });
+}

@@ -49,6 +49,25 @@ impl KvCache {
         self.len = n;
     }
 
+    /// A copy of the first `n` positions, so several sequences can start from one cached
+    /// prefix (a shared system prompt, an earlier turn of the same chat) at the cost of a
+    /// memory copy instead of recomputing it.
+    pub fn prefix(&self, n: usize) -> KvCache {
+        let n = n.min(self.len);
+        let copy = |layers: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            layers
+                .iter()
+                .map(|l| l[..n * self.kv_dim].to_vec())
+                .collect()
+        };
+        KvCache {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            kv_dim: self.kv_dim,
+            len: n,
+        }
+    }
+
     /// Bytes held (capacity), for memory accounting by the scheduler.
     pub fn capacity_bytes(&self) -> usize {
         self.k

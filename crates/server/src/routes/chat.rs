@@ -18,8 +18,8 @@ use tokenfab_engine::scheduler::{
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::chat::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
-    ChunkChoice, CompletionTokensDetails, Delta, FinishReason, ResponseMessage, TokenLogprob,
-    TopLogprob, Usage,
+    ChunkChoice, CompletionTokensDetails, Delta, FinishReason, PromptTokensDetails,
+    ResponseMessage, TokenLogprob, TopLogprob, Usage,
 };
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
@@ -104,12 +104,16 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
 struct Tally {
     completion: usize,
     reasoning: usize,
+    /// Prompt tokens served from the prefix cache (the best of the choices: the prompt is
+    /// one prompt).
+    cached: usize,
 }
 
 impl Tally {
-    fn add(&mut self, completion: usize, reasoning: usize) {
+    fn add(&mut self, completion: usize, reasoning: usize, cached: usize) {
         self.completion += completion;
         self.reasoning += reasoning;
+        self.cached = self.cached.max(cached);
     }
 
     fn usage(&self, prompt: usize) -> Usage {
@@ -120,7 +124,9 @@ impl Tally {
             completion_tokens_details: CompletionTokensDetails {
                 reasoning_tokens: self.reasoning as u64,
             },
-            ..Default::default()
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: self.cached as u64,
+            },
         }
     }
 }
@@ -191,9 +197,10 @@ async fn complete_response(
                     reason,
                     completion_tokens,
                     reasoning_tokens,
+                    cached_tokens,
                     ..
                 } => {
-                    tally.add(completion_tokens, reasoning_tokens);
+                    tally.add(completion_tokens, reasoning_tokens, cached_tokens);
                     finish = Some(finish_reason(reason));
                 }
                 Event::Failed(msg) => {
@@ -354,9 +361,10 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                     reason,
                     completion_tokens,
                     reasoning_tokens,
+                    cached_tokens,
                     ..
                 } => {
-                    tally.add(completion_tokens, reasoning_tokens);
+                    tally.add(completion_tokens, reasoning_tokens, cached_tokens);
                     finished += 1;
                     writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
                 }
