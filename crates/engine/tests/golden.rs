@@ -402,3 +402,173 @@ fn bad_inputs_are_errors() {
         .to_string();
     assert!(err.contains("at least one token"), "{err}");
 }
+
+/// splitmix64: a tiny fixed-seed generator, so the random batches need no extra crate.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+
+    fn tokens(&mut self, n: usize) -> Vec<u32> {
+        // Ordinary text ids, well inside both vocabularies.
+        (0..n).map(|_| self.range(100, 20_000) as u32).collect()
+    }
+}
+
+/// The target sequence's steps: prompt chunks and decode tokens, fixed (teacher-forced) so
+/// that its logits can be compared step by step.
+fn target_steps() -> Vec<Vec<u32>> {
+    vec![
+        vec![1, 504, 3575, 282, 4649, 314, 2114, 359, 9690, 28, 17, 2706],
+        vec![4480],
+        vec![282, 30, 1117, 3575, 76],
+        vec![359],
+        vec![2114],
+    ]
+}
+
+fn run_alone(model: &Model, steps: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut scratch = model.new_scratch();
+    let mut kv = model.new_kv_cache();
+    steps
+        .iter()
+        .map(|t| {
+            model
+                .forward(
+                    &mut [SeqInput {
+                        tokens: t,
+                        kv: &mut kv,
+                    }],
+                    &mut scratch,
+                )
+                .unwrap()
+                .remove(0)
+        })
+        .collect()
+}
+
+/// Runs the target's steps inside random batches and requires its logits to be EXACTLY
+/// those of running it alone (computed on a 1-thread pool, while the batches run on 3
+/// threads, so thread splitting is covered too). Each composition draws a batch size in
+/// 2..=9 (sizes cycle so all occur), neighbours with their own caches, and at every step
+/// each neighbour sends a prompt chunk of 1 to 40 tokens or one decode token, in a shuffled
+/// order with the target at a random place.
+fn batch_invariance_random(model: &Model, compositions: usize, seed: u64) {
+    let steps = target_steps();
+    let alone = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| run_alone(model, &steps));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let mut rng = SplitMix64(seed);
+    let mut scratch = model.new_scratch();
+    for comp in 0..compositions {
+        let size = 2 + (comp + rng.range(0, 7)) % 8;
+        let mut kvs: Vec<_> = (0..size).map(|_| model.new_kv_cache()).collect();
+        for (si, (step, want)) in steps.iter().zip(&alone).enumerate() {
+            // Slot 0 is the target; the others are neighbours.
+            let inputs: Vec<Vec<u32>> = (0..size)
+                .map(|i| {
+                    if i == 0 {
+                        step.clone()
+                    } else if rng.range(0, 2) == 0 {
+                        let n = rng.range(1, 40);
+                        rng.tokens(n)
+                    } else {
+                        rng.tokens(1)
+                    }
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..size).collect();
+            for i in (1..size).rev() {
+                order.swap(i, rng.range(0, i));
+            }
+            let mut slots: Vec<Option<&mut _>> = kvs.iter_mut().map(Some).collect();
+            let mut batch: Vec<SeqInput> = order
+                .iter()
+                .map(|&i| SeqInput {
+                    tokens: &inputs[i],
+                    kv: slots[i].take().unwrap(),
+                })
+                .collect();
+            let logits = pool.install(|| model.forward(&mut batch, &mut scratch).unwrap());
+            let at = order.iter().position(|&i| i == 0).unwrap();
+            let shape: Vec<usize> = order.iter().map(|&i| inputs[i].len()).collect();
+            assert!(
+                logits[at] == *want,
+                "composition {comp} step {si}: target at {at} of batch {shape:?} differs from \
+                 running alone (max abs diff {})",
+                max_abs_diff(&logits[at], want)
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_invariance_random_smollm2() {
+    batch_invariance_random(smollm2(), 30, 0x5eed_0001);
+}
+
+#[test]
+fn batch_invariance_random_qwen2() {
+    batch_invariance_random(qwen(), 4, 0x5eed_0002);
+}
+
+/// Steps with more rows than one pass through the layer stack takes (512) split sequences
+/// across passes; that must not change a bit either: a target whose prompt straddles the
+/// pass boundary behind a long neighbour, and one long prompt in one step vs in two.
+#[test]
+fn batch_invariance_across_passes() {
+    let model = smollm2();
+    let mut rng = SplitMix64(0x5eed_0003);
+    let neighbour = rng.tokens(450);
+    let target = rng.tokens(200);
+    let alone = run_alone(model, std::slice::from_ref(&target)).remove(0);
+    let mut scratch = model.new_scratch();
+    let (mut kn, mut kt) = (model.new_kv_cache(), model.new_kv_cache());
+    let logits = model
+        .forward(
+            &mut [
+                SeqInput {
+                    tokens: &neighbour,
+                    kv: &mut kn,
+                },
+                SeqInput {
+                    tokens: &target,
+                    kv: &mut kt,
+                },
+            ],
+            &mut scratch,
+        )
+        .unwrap();
+    assert_eq!(kt.len(), target.len());
+    assert!(
+        logits[1] == alone,
+        "target split over two passes: max abs diff {}",
+        max_abs_diff(&logits[1], &alone)
+    );
+
+    let long = rng.tokens(600);
+    let whole = run_alone(model, std::slice::from_ref(&long)).remove(0);
+    let halves = run_alone(model, &[long[..300].to_vec(), long[300..].to_vec()]);
+    assert!(
+        halves[1] == whole,
+        "600 tokens in one step vs two: max abs diff {}",
+        max_abs_diff(&halves[1], &whole)
+    );
+}

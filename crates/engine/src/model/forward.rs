@@ -1,10 +1,43 @@
 //! One forward step: embeddings, the layer stack, and the logits of each sequence's last
 //! token.
 //!
-//! All tokens of one sequence go through each weight matrix together (a prompt is a
-//! matrix, not a loop of vector products), so every weight row is read from memory once per
-//! step. Matmuls are split over output rows with rayon; the caller decides the thread count
-//! by running `forward` inside its own pool.
+//! # Batching
+//!
+//! A step gathers the new tokens of *every* sequence in the batch (prompt chunks and decode
+//! tokens alike) into one activation matrix, one row per token, and every linear layer
+//! (Q/K/V, the output projection, the FFN gate/up/down and the LM head) multiplies that
+//! whole matrix at once: each weight row is read from memory once per step, not once per
+//! sequence, which is what makes serving 16 decoding conversations much cheaper than 16
+//! times one. The LM head only takes each sequence's last row. Norms, rotary embeddings
+//! (each row at its own sequence's position), KV-cache appends and attention stay per
+//! sequence: a row attends only to its own sequence's cache, causally. Very large steps
+//! (many long prompt chunks) go through the layer stack in passes of at most
+//! [`PASS_ROWS`] rows, so working memory stays bounded; the rows of one pass are still
+//! tiled across sequences by the kernels (64 tokens per pass over a weight row).
+//!
+//! Matmuls are split over output rows with rayon; the caller decides the thread count by
+//! running `forward` inside its own pool.
+//!
+//! # Batch invariance
+//!
+//! A sequence's logits are bit-for-bit identical whatever else is in the batch: how many
+//! other sequences, which ones, in what order, prompt chunks or decode tokens, and however
+//! the work is split over threads or passes. (vLLM and SGLang only recently began to offer
+//! this, as an opt-in mode.) It holds because every output element is computed from its own
+//! row alone, with a reduction order fixed by the model's shapes and never by the number of
+//! rows or threads:
+//!
+//! - activations are quantized to Q8 row by row, and RMS norms reduce one row sequentially;
+//! - the quant kernels (`quant::dot_rows`, scalar and AVX2 alike) keep one accumulator per
+//!   (weight row, token) and add the weight groups into it in order; tiling over tokens
+//!   (64 at a time) and splitting weight rows over threads only choose *which* elements a
+//!   task computes, never how one is summed;
+//! - attention of one (token, head) runs over its own cache positions in order;
+//! - a token's K/V entries are computed from its own row, so a cache holds the same values
+//!   whether it was filled by one prompt, by chunks, or token by token.
+//!
+//! Whoever changes a kernel must keep this: no reduction blocked by `n_tok`, no split of a
+//! single dot product across threads. `tests/golden.rs` checks it over random batches.
 
 use rayon::prelude::*;
 
@@ -35,7 +68,32 @@ pub struct Scratch {
     q8: Vec<BlockQ8>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// Per row of the current pass: (batch item, position in its sequence).
+    rows: Vec<(usize, usize)>,
+    segs: Vec<Seg>,
+    /// Final hidden state of each item's last token, for the LM head.
+    last: Vec<f32>,
+    logits: Vec<f32>,
 }
+
+/// A run of consecutive tokens of one batch item inside a pass.
+#[derive(Clone, Copy)]
+struct Seg {
+    item: usize,
+    /// First token (index into the item's `tokens`).
+    start: usize,
+    len: usize,
+    /// First row of the pass's activation matrix.
+    row0: usize,
+    /// Cached positions before this run.
+    past: usize,
+}
+
+/// Most rows (tokens over all items) that go through the layer stack together. Bounds the
+/// working memory of a step (about 80 KB per row for a 0.5B model) when many sequences
+/// send long prompt chunks at once; weights are then read once per pass, which for such
+/// compute-bound steps costs nothing measurable.
+const PASS_ROWS: usize = 512;
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
@@ -101,14 +159,25 @@ fn matmul(
     });
 }
 
+/// RMS norm of every row of `x` (rows of `w.len()`); each row reduced on its own.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
-    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+    let norm = |(xr, or): (&[f32], &mut [f32])| {
         let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * scale * g;
         }
+    };
+    if x.len() >= 64 * n {
+        x.par_chunks_exact(n)
+            .zip(out.par_chunks_exact_mut(n))
+            .with_min_len(16)
+            .for_each(norm);
+    } else {
+        x.chunks_exact(n)
+            .zip(out.chunks_exact_mut(n))
+            .for_each(norm);
     }
 }
 
@@ -150,8 +219,9 @@ impl Model {
     /// One forward step over a batch of sequences. Each item appends its `tokens` to its own
     /// cache (at positions `kv.len()..`) and gets the logits of its last token. All inputs
     /// are checked before any cache changes, so an error leaves every cache as it was.
-    /// Items are processed one after another today; the signature is batched so that a
-    /// later version can read the weights once per step for all of them.
+    ///
+    /// The tokens of all items go through every linear layer together (see the module
+    /// docs), and an item's logits do not depend, to the last bit, on the rest of the batch.
     pub fn forward(
         &self,
         batch: &mut [SeqInput<'_>],
@@ -183,29 +253,86 @@ impl Model {
                 ));
             }
         }
-        Ok(batch
-            .iter_mut()
-            .map(|item| self.forward_one(item.tokens, item.kv, scratch))
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for item in batch.iter_mut() {
+            item.kv.reserve(item.tokens.len());
+        }
+        let d = c.n_embd;
+        let n_items = batch.len();
+        resize(&mut scratch.last, n_items * d);
+
+        // Cut the step's tokens, item after item, into passes of at most PASS_ROWS rows.
+        let mut segs = std::mem::take(&mut scratch.segs);
+        let (mut item, mut start) = (0, 0);
+        while item < n_items {
+            segs.clear();
+            let mut n_rows = 0;
+            while item < n_items && n_rows < PASS_ROWS {
+                let tokens = batch[item].tokens;
+                let len = (tokens.len() - start).min(PASS_ROWS - n_rows);
+                segs.push(Seg {
+                    item,
+                    start,
+                    len,
+                    row0: n_rows,
+                    past: batch[item].kv.len(),
+                });
+                n_rows += len;
+                start += len;
+                if start == tokens.len() {
+                    item += 1;
+                    start = 0;
+                }
+            }
+            self.pass(batch, &segs, n_rows, scratch);
+            for seg in &segs {
+                if seg.start + seg.len == batch[seg.item].tokens.len() {
+                    let r = seg.row0 + seg.len - 1;
+                    scratch.last[seg.item * d..(seg.item + 1) * d]
+                        .copy_from_slice(&scratch.x[r * d..(r + 1) * d]);
+                }
+            }
+        }
+        scratch.segs = segs;
+
+        // The LM head, over each item's last row only.
+        let s = scratch;
+        let xn = resize(&mut s.xn, n_items * d);
+        rms_norm(&s.last, &self.output_norm, c.rms_eps, xn);
+        let out = self.output.as_ref().unwrap_or(&self.tok_embd);
+        let logits = resize(&mut s.logits, n_items * c.vocab_size);
+        matmul(out, xn, n_items, logits, &mut s.mm, &mut s.q8);
+        Ok(logits
+            .chunks_exact(c.vocab_size)
+            .map(|l| l.to_vec())
             .collect())
     }
 
-    fn forward_one(&self, tokens: &[u32], kv: &mut KvCache, s: &mut Scratch) -> Vec<f32> {
+    /// Runs the rows of `segs` (`n` rows in all) through the layer stack, appending their
+    /// keys and values to their items' caches. Leaves the final hidden states in `s.x`.
+    fn pass(&self, batch: &mut [SeqInput<'_>], segs: &[Seg], n: usize, s: &mut Scratch) {
         let c = &self.config;
-        let n = tokens.len();
-        let past = kv.len();
         let (d, hd) = (c.n_embd, c.head_dim);
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        kv.reserve(n);
 
-        // Rotary angles for the new positions, shared by all heads and layers.
+        s.rows.clear();
+        for seg in segs {
+            s.rows
+                .extend((0..seg.len).map(|j| (seg.item, seg.past + j)));
+        }
+        let rows = &s.rows[..];
+
+        // Rotary angles for each row's own position, shared by all heads and layers.
         let half = c.n_rot / 2;
         let cos = resize(&mut s.cos, n * half);
         let sin = resize(&mut s.sin, n * half);
-        for t in 0..n {
-            let pos = (past + t) as f64;
+        for (t, &(_, pos)) in rows.iter().enumerate() {
+            let pos = pos as f64;
             for i in 0..half {
                 let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.n_rot as f64);
                 let (sn, cs) = (pos * freq).sin_cos();
@@ -215,10 +342,14 @@ impl Model {
         }
 
         let x = resize(&mut s.x, n * d);
-        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(d)) {
-            let e = &self.tok_embd;
-            let off = *t as usize * e.row_bytes;
-            quant::dequantize_row(e.ty, &e.data[off..off + e.row_bytes], row);
+        for seg in segs {
+            let tokens = &batch[seg.item].tokens[seg.start..seg.start + seg.len];
+            let dst = &mut x[seg.row0 * d..(seg.row0 + seg.len) * d];
+            for (t, row) in tokens.iter().zip(dst.chunks_exact_mut(d)) {
+                let e = &self.tok_embd;
+                let off = *t as usize * e.row_bytes;
+                quant::dequantize_row(e.ty, &e.data[off..off + e.row_bytes], row);
+            }
         }
 
         for (li, l) in self.layers.iter().enumerate() {
@@ -235,17 +366,33 @@ impl Model {
             add_bias(v, l.bv.as_ref());
             rope(q, hd, c.n_rot, c.rope_style, &s.cos, &s.sin);
             rope(k, hd, c.n_rot, c.rope_style, &s.cos, &s.sin);
-            kv.k[li].extend_from_slice(k);
-            kv.v[li].extend_from_slice(v);
+            for seg in segs {
+                let kv = &mut *batch[seg.item].kv;
+                let (r0, r1) = (seg.row0 * kv_dim, (seg.row0 + seg.len) * kv_dim);
+                kv.k[li].extend_from_slice(&k[r0..r1]);
+                kv.v[li].extend_from_slice(&v[r0..r1]);
+            }
 
-            let (kc, vc) = (&kv.k[li][..], &kv.v[li][..]);
+            // Each (row, head) attends over its own sequence's cache, up to its position.
+            let items: &[SeqInput<'_>] = batch;
             let att = resize(&mut s.att, n * q_dim);
             let q = &*q;
             att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
                 let (t, h) = (i / c.n_head, i % c.n_head);
+                let (item, pos) = rows[t];
+                let kv = &*items[item].kv;
                 let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                 let offset = (h / group) * hd;
-                quant::attend(qh, kc, vc, kv_dim, offset, past + t + 1, scale, out);
+                quant::attend(
+                    qh,
+                    &kv.k[li],
+                    &kv.v[li],
+                    kv_dim,
+                    offset,
+                    pos + 1,
+                    scale,
+                    out,
+                );
             });
 
             let proj = resize(&mut s.proj, n * d);
@@ -267,13 +414,8 @@ impl Model {
                 *a += b;
             }
         }
-        kv.len = past + n;
-
-        let xn = resize(&mut s.xn, d);
-        rms_norm(&x[(n - 1) * d..], &self.output_norm, c.rms_eps, xn);
-        let out = self.output.as_ref().unwrap_or(&self.tok_embd);
-        let mut logits = vec![0.0f32; c.vocab_size];
-        matmul(out, xn, 1, &mut logits, &mut s.mm, &mut s.q8);
-        logits
+        for seg in segs {
+            batch[seg.item].kv.len = seg.past + seg.len;
+        }
     }
 }

@@ -40,39 +40,56 @@ pub(crate) fn rows_q8<D: Decoder>(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    rows_q8_with::<D, f32>(
+    rows_q8_with::<D, f32, ()>(
         rows,
         n_in,
         acts,
         n_tok,
         out,
         0.0,
-        |g, a, acc| *acc += dot_group(g, a),
+        |_, _| (),
+        |g, _, a, acc| *acc += dot_group(g, a),
+        |g, _, a, b, acc_a, acc_b| {
+            *acc_a += dot_group(g, a);
+            *acc_b += dot_group(g, b);
+        },
         |acc| acc,
     )
 }
 
-/// [`rows_q8`] with the per-group arithmetic supplied: `add` accumulates one decoded group
-/// into a per-token accumulator of type `A` (starting at `zero`), `finish` reduces it. The
-/// SIMD path reuses these row and token loops and keeps vector accumulators, so it reduces
-/// horizontally once per row instead of once per group.
+/// [`rows_q8`] with the per-group arithmetic supplied: `prep` derives per-group data of
+/// type `P` once per decoded group (shared by all tokens), `add` accumulates one decoded
+/// group into a per-token accumulator of type `A` (starting at `zero`), `finish` reduces
+/// it; `add2` does `add` for two tokens at once, with exactly the same arithmetic for each
+/// (so that their independent dependency chains can overlap). The SIMD path reuses these
+/// row and token loops and keeps vector accumulators, so it reduces horizontally once per
+/// row instead of once per group.
+///
+/// Batch invariance: each (row, token) result is accumulated on its own, over the groups
+/// in order, by the same code whatever `n_tok` is; the token tiling only decides which
+/// accumulators are live at a time. Keep it that way (see `model/forward.rs`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rows_q8_with<D: Decoder, A: Copy>(
+pub(crate) fn rows_q8_with<D: Decoder, A: Copy, P>(
     rows: &[u8],
     n_in: usize,
     acts: &[BlockQ8],
     n_tok: usize,
     out: &mut [f32],
     zero: A,
-    add: impl Fn(&Group, &[BlockQ8], &mut A),
+    prep: impl Fn(&Group, &mut P),
+    add: impl Fn(&Group, &P, &[BlockQ8], &mut A),
+    add2: impl Fn(&Group, &P, &[BlockQ8], &[BlockQ8], &mut A, &mut A),
     finish: impl Fn(A) -> f32,
-) {
+) where
+    P: Default,
+{
     let row_bytes = n_in / D::BLOCK * D::BYTES;
     let nb = n_in / 32;
     let n_groups = n_in.div_ceil(256);
     let n_rows = out.len() / n_tok;
     let mut g = Group::default();
+    let mut p = P::default();
     let mut accs = [zero; TOKEN_TILE];
     for t0 in (0..n_tok).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n_tok);
@@ -82,9 +99,18 @@ pub(crate) fn rows_q8_with<D: Decoder, A: Copy>(
             accs.fill(zero);
             for gi in 0..n_groups {
                 D::decode_group(row, gi, &mut g);
+                prep(&g, &mut p);
                 let b0 = gi * 8;
-                for (t, acc) in (t0..t1).zip(accs.iter_mut()) {
-                    add(&g, &acts[t * nb + b0..t * nb + b0 + g.n_sub], acc);
+                let at = |t: usize| &acts[t * nb + b0..t * nb + b0 + g.n_sub];
+                let mut pairs = accs.chunks_exact_mut(2);
+                let mut t = t0;
+                for pair in &mut pairs {
+                    let [acc_a, acc_b] = pair else { unreachable!() };
+                    add2(&g, &p, at(t), at(t + 1), acc_a, acc_b);
+                    t += 2;
+                }
+                if let [acc] = pairs.into_remainder() {
+                    add(&g, &p, at(t), acc);
                 }
             }
             for (o, &acc) in out[r * n_tok + t0..r * n_tok + t1]
