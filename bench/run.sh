@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The engine-speed table, tokenfab against llama.cpp, from one run:
+#
+#   bench/run.sh
+#
+# Both engines run on the same GGUF files, the same 2 threads, one after the other (never
+# both at once: on 2 cores they would measure each other). Engine rows: `tokenfab bench
+# engine` and `llama-bench`. HTTP rows: the one load generator (`tokenfab bench http`)
+# against `tokenfab serve` and against `llama-server --parallel 16`, so that the client's
+# own costs are the same on both sides. Tokens are counted from the servers' `usage`, not
+# assumed to be max_tokens: a chat model may stop early, and neither server can be told to
+# ignore end-of-turn the same way.
+#
+# Opt-in and slow (the first run builds llama.cpp, about ten minutes on two cores); CI
+# never calls it. Environment: CARGO_TARGET_DIR is honoured; TOKENFAB_BENCH_PORT (the
+# first of two loopback ports, default 18431); TOKENFAB_BENCH_RUNS (engine repetitions,
+# default 3); TOKENFAB_BENCH_OUT (keep the raw JSON results there instead of a temp dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smol_id=HuggingFaceTB/SmolLM2-135M-Instruct
+qwen_id=Qwen/Qwen2.5-Coder-0.5B-Instruct
+threads=2
+runs="${TOKENFAB_BENCH_RUNS:-3}"
+tf_port="${TOKENFAB_BENCH_PORT:-18431}"
+ref_port=$((tf_port + 1))
+# Room for 16 slots of (prompt + 128): llama-server splits its context among its slots.
+ref_ctx=16384
+question="奥运会的传奇名将有哪些?"
+
+if [ -n "${TOKENFAB_BENCH_OUT:-}" ]; then
+  out="$TOKENFAB_BENCH_OUT"
+  mkdir -p "$out"
+else
+  out=$(mktemp -d)
+fi
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  if [ -z "${TOKENFAB_BENCH_OUT:-}" ]; then
+    rm -rf "$out"
+  fi
+}
+trap cleanup EXIT
+
+load_1min() { cut -d' ' -f1 /proc/loadavg; }
+
+# The engine's spin barriers collapse when another process wants the cores, so a figure
+# taken under load says little. Warn, but measure anyway: the printed load is the context.
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="$(load_1min)" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "warning: load average above 0.5: other processes compete for the cores, the figures will be low and noisy" >&2
+fi
+
+echo "== building tokenfab (release)"
+nice -n 19 cargo build --release --locked -p tokenfab
+tf="${CARGO_TARGET_DIR:-target}/release/tokenfab"
+
+echo "== building the reference (cached after the first run)"
+ref_bin=$(bench/build-reference.sh | tail -n 1)
+
+echo "== models"
+smol=$("$tf" models fetch "$smol_id")
+qwen=$("$tf" models fetch "$qwen_id")
+echo "$smol"
+echo "$qwen"
+
+# Engine rows. llama-bench: pp512 at depth 0, and tg128 at depth 512 -- decode after a
+# 512-token prompt, what `tokenfab bench engine` measures (its tg128 at depth 0 would
+# flatter it: attention over an empty cache is free).
+for m in smol qwen; do
+  path=${!m}
+  echo "== engine bench: $m (tokenfab, then llama-bench)"
+  "$tf" bench engine --model "$path" --threads "$threads" --prompt 512 --generate 128 \
+    --runs "$runs" --json >"$out/tf-engine-$m.json"
+  cat "$out/tf-engine-$m.json"
+  "$ref_bin/llama-bench" -m "$path" -t "$threads" -p 512 -n 128 -d 0,512 -r "$runs" \
+    -o json >"$out/ref-engine-$m.json" 2>"$out/ref-engine-$m.log"
+done
+
+wait_ready() { # url pid log
+  for _ in $(seq 1 240); do
+    if curl -sf -o /dev/null "$1"; then
+      return 0
+    fi
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "the server exited; its log:" >&2
+      tail -n 30 "$3" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "the server did not answer $1 in 2 minutes" >&2
+  return 1
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+# HTTP rows for one server already listening: 16 streams (aggregate tokens/s, peak RSS
+# over that run), then 8 streams for 24 requests (time to first token; a closed loop, so
+# later requests arrive while others decode, as they would in use).
+http_rows() { # name base_url
+  local name=$1 url=$2
+  # Writing 5 to clear_refs resets VmHWM to the current RSS, so the peak read afterwards
+  # is the peak of the 16-stream run (the load's own peak excluded). Linux >= 4.0.
+  echo 5 >"/proc/$server_pid/clear_refs" 2>/dev/null || echo "note: cannot reset VmHWM; the peak includes model loading" >&2
+  "$tf" bench http --url "$url" --concurrency 16 --requests 16 --max-tokens 128 \
+    --prompt "$question" --temperature 0.7 --seed 42 --json >"$out/$name-http16.json"
+  grep VmHWM "/proc/$server_pid/status" | awk '{ print $2 }' >"$out/$name-hwm-kb"
+  cat "$out/$name-http16.json"
+  "$tf" bench http --url "$url" --concurrency 8 --requests 24 --max-tokens 128 \
+    --prompt "$question" --temperature 0.7 --seed 42 --json >"$out/$name-http8.json"
+  cat "$out/$name-http8.json"
+}
+
+echo "== HTTP: tokenfab serve"
+"$tf" serve --model "$smol" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
+server_pid=$!
+wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+http_rows tf "http://127.0.0.1:$tf_port/v1"
+stop_server
+
+echo "== HTTP: llama-server --parallel 16"
+"$ref_bin/llama-server" -m "$smol" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
+  --parallel 16 -c "$ref_ctx" >"$out/ref-serve.log" 2>&1 &
+server_pid=$!
+wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+http_rows ref "http://127.0.0.1:$ref_port/v1"
+stop_server
+
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$out" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def load(name):
+    with open(os.path.join(out, name)) as f:
+        return json.load(f)
+def llama_bench(name, n_prompt, n_gen, n_depth):
+    for r in load(name):
+        if (r["n_prompt"], r["n_gen"], r.get("n_depth", 0)) == (n_prompt, n_gen, n_depth):
+            return r["avg_ts"]
+    raise SystemExit(f"{name}: no result for pp{n_prompt} tg{n_gen} depth {n_depth}")
+def hwm_mib(name):
+    with open(os.path.join(out, name)) as f:
+        return int(f.read().strip()) / 1024
+
+rows = []
+tf_s, tf_q = load("tf-engine-smol.json"), load("tf-engine-qwen.json")
+rows.append(("SmolLM2-135M Q4_1 decode tokens/s (128 after 512, 2 threads)",
+             tf_s["decode_tokens_per_s"], llama_bench("ref-engine-smol.json", 0, 128, 512), "{:.1f}"))
+rows.append(("SmolLM2-135M Q4_1 prompt processing tokens/s (512)",
+             tf_s["prompt_tokens_per_s"], llama_bench("ref-engine-smol.json", 512, 0, 0), "{:.1f}"))
+t16, r16 = load("tf-http16.json"), load("ref-http16.json")
+rows.append(("HTTP aggregate generated tokens/s (16 streams x 128)",
+             t16["aggregate_tokens_per_s"], r16["aggregate_tokens_per_s"], "{:.1f}"))
+t8, r8 = load("tf-http8.json"), load("ref-http8.json")
+rows.append(("HTTP time to first token p50, ms (8 streams)", t8["ttft_ms_p50"], r8["ttft_ms_p50"], "{:.0f}"))
+rows.append(("HTTP time to first token p99, ms (8 streams)", t8["ttft_ms_p99"], r8["ttft_ms_p99"], "{:.0f}"))
+rows.append(("Qwen2.5-Coder-0.5B Q4_K_M decode tokens/s (128 after 512)",
+             tf_q["decode_tokens_per_s"], llama_bench("ref-engine-qwen.json", 0, 128, 512), "{:.1f}"))
+rows.append(("Qwen2.5-Coder-0.5B Q4_K_M prompt processing tokens/s (512)",
+             tf_q["prompt_tokens_per_s"], llama_bench("ref-engine-qwen.json", 512, 0, 0), "{:.1f}"))
+rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf-hwm-kb"), hwm_mib("ref-hwm-kb"), "{:.0f}"))
+
+print("| figure | tokenfab | llama.cpp | ratio |")
+print("|---|---|---|---|")
+for name, tf, ref, fmt in rows:
+    ratio = tf / ref if ref else float("nan")
+    print(f"| {name} | {fmt.format(tf)} | {fmt.format(ref)} | {ratio:.2f} |")
+print()
+print("ratio = tokenfab / llama.cpp: above 1 is better for tokens/s, worse for ms and MiB.")
+for name, d in (("16 streams", (t16, r16)), ("8 streams", (t8, r8))):
+    t, r = d
+    print(f"{name}: generated tokens tokenfab {t['generated_tokens']} ({t['tokens_counted_by']}, "
+          f"{t['finished_by_stop']}/{t['requests']} stopped early), llama.cpp {r['generated_tokens']} "
+          f"({r['tokens_counted_by']}, {r['finished_by_stop']}/{r['requests']} stopped early)")
+print(f"engine load average: tokenfab smol {tf_s['load_before']}, qwen {tf_q['load_before']}; "
+      f"HTTP: tokenfab {t16['load_before']}, llama.cpp {r16['load_before']}")
+PY
