@@ -9,47 +9,25 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod common;
+
 use serde_json::Value;
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::model::{Model, SeqInput};
 
-const SMOLLM2: (&str, &str) = (
-    "TOKENFAB_TEST_MODEL",
-    "HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
-);
-const QWEN: (&str, &str) = (
-    "TOKENFAB_TEST_MODEL_QWEN",
-    "Qwen--Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-);
-
-fn model_path((env, rel): (&str, &str)) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache/tokenfab/models").join(rel)
-}
-
-fn load((env, rel): (&str, &str)) -> Model {
-    let path = model_path((env, rel));
-    assert!(
-        path.exists(),
-        "model file {} is missing: fetch it with `cargo run --release -- models fetch` \
-         (or point {env} at a copy)",
-        path.display()
-    );
+fn load(path: PathBuf) -> Model {
     let g = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Model::load(&g).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn smollm2() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| load(SMOLLM2))
+    M.get_or_init(|| load(common::smollm_path()))
 }
 
 fn qwen() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| load(QWEN))
+    M.get_or_init(|| load(common::qwen_path()))
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {

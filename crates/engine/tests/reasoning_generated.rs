@@ -5,7 +5,7 @@
 //! complete generated text. (`reasoning.rs` proves the same over synthetic texts with
 //! random chunkings.)
 
-use std::path::PathBuf;
+mod common;
 
 use tokenfab_engine::detok::Utf8Stream;
 use tokenfab_engine::loader::LoadedModel;
@@ -13,13 +13,6 @@ use tokenfab_engine::reasoning::{ThinkTags, split_complete};
 use tokenfab_engine::sampler::SamplingParams;
 use tokenfab_engine::scheduler::{self, Event, GenerateRequest, SchedulerConfig, ThinkingPlan};
 use tokenfab_engine::template::TemplateMessage;
-
-fn model_path() -> PathBuf {
-    std::env::var_os("TOKENFAB_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/tokenfab/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
-}
 
 fn msg(role: &str, content: &str) -> TemplateMessage {
     TemplateMessage {
@@ -31,7 +24,7 @@ fn msg(role: &str, content: &str) -> TemplateMessage {
 
 #[test]
 fn streamed_split_equals_whole_split_on_generated_sequences() {
-    let path = model_path();
+    let path = common::smollm_path();
     let mut loaded = LoadedModel::load(&path, None, Some(2048)).unwrap_or_else(|e| {
         panic!("{e}: fetch the model with `cargo run --release -- models fetch` (or set TOKENFAB_TEST_MODEL)")
     });

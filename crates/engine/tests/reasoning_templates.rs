@@ -17,6 +17,9 @@ use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::template::{ChatTemplate, TemplateMessage};
 use tokenfab_engine::tokenizer::Tokenizer;
 
+mod common;
+use common::{asset, smollm_path};
+
 const THINK: u32 = 151648;
 const END_THINK: u32 = 151649;
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -25,32 +28,6 @@ const TYPE_USER_DEFINED: i64 = 4;
 
 const OLYMPICS: &str = "奥运会的传奇名将有哪些?";
 
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-}
-
-fn assets_dir() -> PathBuf {
-    std::env::var_os("TOKENFAB_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home().join(".cache"))
-                .join("tokenfab/test-assets")
-        })
-}
-
-/// A file from the test assets; panics (never skips) when it is missing.
-fn asset(rel: &str) -> PathBuf {
-    let p = assets_dir().join(rel);
-    assert!(
-        p.is_file(),
-        "test asset {} not found: run scripts/fetch-test-assets.sh (or set TOKENFAB_TEST_ASSETS)",
-        p.display()
-    );
-    p
-}
-
 fn r1_head_path() -> PathBuf {
     asset("deepseek-r1-distill-qwen-7b-head.gguf")
 }
@@ -58,22 +35,6 @@ fn r1_head_path() -> PathBuf {
 fn read_template(name: &str) -> String {
     let p = asset(&format!("templates/{name}"));
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-}
-
-fn smollm_path() -> PathBuf {
-    let p = std::env::var_os("TOKENFAB_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            home().join(
-                ".cache/tokenfab/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
-            )
-        });
-    assert!(
-        p.is_file(),
-        "test model {} not found: download it (see scripts/) or set TOKENFAB_TEST_MODEL",
-        p.display()
-    );
-    p
 }
 
 /// R1's GGUF header, opened despite the truncated tensor data.

@@ -8,12 +8,15 @@
 //! Assets come from `scripts/fetch-test-assets.sh`; a missing folder is a failure, not a skip,
 //! so that a CI box without them cannot pass by accident.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::template::{ChatTemplate, TemplateMessage};
 use tokenfab_engine::tokenizer::Tokenizer;
+
+mod common;
+use common::{assets_dir, qwen_path, smollm_path};
 
 /// Vocabularies with vectors that we deliberately do not run, and why.
 const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
@@ -34,48 +37,6 @@ const REQUIRED: &[&str] = &[
     "starcoder",
     "falcon",
 ];
-
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-}
-
-fn assets_dir() -> PathBuf {
-    let dir = std::env::var_os("TOKENFAB_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache/tokenfab/test-assets"));
-    assert!(
-        dir.join("ggml-vocab-gpt-2.gguf").is_file(),
-        "tokenizer test assets not found in {}: run scripts/fetch-test-assets.sh (or set TOKENFAB_TEST_ASSETS)",
-        dir.display()
-    );
-    dir
-}
-
-fn model_path(env: &str, rel: &str) -> PathBuf {
-    let p = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache/tokenfab/models").join(rel));
-    assert!(
-        p.is_file(),
-        "test model {} not found: download it (see scripts/) or set {env}",
-        p.display()
-    );
-    p
-}
-
-fn smollm_path() -> PathBuf {
-    model_path(
-        "TOKENFAB_TEST_MODEL",
-        "HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
-    )
-}
-
-fn qwen_path() -> PathBuf {
-    model_path(
-        "TOKENFAB_TEST_MODEL_QWEN",
-        "Qwen--Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    )
-}
 
 fn load(path: &Path) -> Tokenizer {
     let g = GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
