@@ -1,128 +1,525 @@
-//! The AVX2+FMA kernels. The row/token loops and the block decoders are the portable ones
-//! (`kernel.rs`, `blocks.rs`) compiled here with AVX2 enabled; the int8 dot product of a
-//! decoded group with Q8 activations is written with intrinsics, because LLVM's own
-//! vectorization of it needs a horizontal sum per 16 weights.
+//! The x86-64 kernels: AVX2+FMA+F16C, and the same code with AVX-512 VNNI's `vpdpbusd`
+//! doing the int8 dot product where the CPU has it.
+//!
+//! Each weight format unpacks its blocks straight into registers (32 signed int8 weights,
+//! the per-16 scales as one vector and the per-32 offset), so a weight is read from memory
+//! once and never written back; the int8 products with the Q8 activations are summed by
+//! `maddubs`+`madd` (AVX2) or `vpdpbusd` (VNNI), which give the same integers, so both
+//! instruction sets produce bit-identical results.
+//!
+//! Batch invariance: the result for one (weight row, token) is accumulated by the same
+//! sequence of operations whatever the number of tokens: per 32-weight sub-block, in
+//! order, into that token's own vector accumulator, reduced horizontally once at the end.
+//! Tokens are only tiled (64 at a time, in pairs whose independent chains overlap) to
+//! reuse unpacked weights; keep it that way (see `model/forward.rs`).
 
 use std::arch::x86_64::*;
 
 use super::BlockQ8;
-use super::blocks::{Decoder, Group};
-use super::kernel;
 
-/// Sum of the eight lanes.
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
+/// Tokens processed together per pass over a weight row: enough to amortize unpacking a
+/// weight group, few enough that their activations stay in L2.
+const TOKEN_TILE: usize = 64;
 
-/// Per-group scales laid out for the vector loop, computed once per decoded group and
-/// shared by all tokens: for sub-block `s`, lanes 0..4 hold `sc16[2s]` and lanes 4..8
-/// `sc16[2s + 1]` (the two 16-weight halves that `madd` leaves in those lanes).
-struct Scales([__m256; 8]);
-
-impl Default for Scales {
-    fn default() -> Self {
-        // SAFETY: an all-zero bit pattern is a valid __m256 (eight 0.0 floats).
-        Scales(unsafe { std::mem::zeroed() })
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn prep_group(g: &Group, out: &mut Scales) {
-    for (s, o) in out.0.iter_mut().enumerate().take(g.n_sub) {
-        *o = _mm256_set_m128(_mm_set1_ps(g.sc16[2 * s + 1]), _mm_set1_ps(g.sc16[2 * s]));
-    }
-}
-
-/// One sub-block step of [`add_group`] for one token.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn add_sub(
+/// 32 unpacked weights: signed values `w`, their absolute values (for `maddubs`, which
+/// wants one unsigned operand), the scale of each 16-weight half (lanes 0..4 the first,
+/// lanes 4..8 the second, where the pairwise sums of each half land) and the offset that
+/// multiplies the activation block's sum (Q4_1, Q4_K).
+#[derive(Clone, Copy)]
+struct Sub {
     w: __m256i,
-    abs_w: __m256i,
+    aw: __m256i,
     scale: __m256,
     min: f32,
-    a: &BlockQ8,
-    acc: &mut (__m256, f32),
-) {
-    // SAFETY: `a.qs` is a fixed-size array of 32 readable bytes; loadu has no alignment
-    // requirement.
-    let x = unsafe { _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i) };
-    // maddubs wants unsigned × signed: move w's sign onto x. |w| ≤ 128 and |x| ≤ 127,
-    // so the pairwise i16 sums (≤ 2·128·127) cannot saturate.
-    let p16 = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, w));
-    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-    acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(scale, _mm256_set1_ps(a.d)), acc.0);
-    acc.1 += min * a.s;
 }
 
-/// Loads sub-block `s` of the decoded weights, and its absolute value.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn load_w(g: &Group, s: usize) -> (__m256i, __m256i) {
-    let wq: &[i8; 32] = g.q[s * 32..s * 32 + 32].try_into().unwrap();
-    // SAFETY: the pointer addresses 32 readable bytes (a fixed-size array of 32 i8); loadu
-    // has no alignment requirement.
-    let w = unsafe { _mm256_loadu_si256(wq.as_ptr() as *const __m256i) };
-    (w, _mm256_sign_epi8(w, w))
-}
-
-/// Accumulates one group into `acc` (vector part, scalar offset part): the same sum as
-/// `kernel::dot_group` up to float summation order. 32 int8 products per step with
-/// `maddubs`, per-16 scales applied to whole vectors, no horizontal sum. The order of
-/// operations on one accumulator is fixed by the code alone, never by the number of tokens
-/// (batch invariance).
-#[target_feature(enable = "avx2,fma")]
-fn add_group(g: &Group, sc: &Scales, acts: &[BlockQ8], acc: &mut (__m256, f32)) {
-    for (s, a) in acts.iter().enumerate().take(g.n_sub) {
-        let (w, abs_w) = load_w(g, s);
-        add_sub(w, abs_w, sc.0[s], g.min32[s], a, acc);
+impl Default for Sub {
+    fn default() -> Self {
+        // SAFETY: all-zero bits are valid for the integer and float vectors and the f32.
+        unsafe { std::mem::zeroed() }
     }
 }
 
-/// [`add_group`] for two tokens, interleaved so that their (independent) FMA chains
-/// overlap; each token's accumulator sees exactly the operations `add_group` would do.
-#[target_feature(enable = "avx2,fma")]
-fn add_group2(
-    g: &Group,
-    sc: &Scales,
-    a: &[BlockQ8],
-    b: &[BlockQ8],
-    acc_a: &mut (__m256, f32),
-    acc_b: &mut (__m256, f32),
-) {
-    let (mut va, mut vb) = (*acc_a, *acc_b);
-    for (s, (a, b)) in a.iter().zip(b).enumerate().take(g.n_sub) {
-        let (w, abs_w) = load_w(g, s);
-        add_sub(w, abs_w, sc.0[s], g.min32[s], a, &mut va);
-        add_sub(w, abs_w, sc.0[s], g.min32[s], b, &mut vb);
-    }
-    (*acc_a, *acc_b) = (va, vb);
+/// One ggml weight format, unpacked in registers. A row is a sequence of groups of 256
+/// weights (one super-block, or eight 32-weight blocks); `Head` is what a group's
+/// sub-blocks share (the K-quants' packed scales).
+trait Format {
+    const BLOCK: usize;
+    const BYTES: usize;
+    /// Whether sub-blocks carry an offset (`Sub::min` is otherwise zero and skipped).
+    const HAS_MIN: bool;
+    type Head: Copy + Default;
+    /// # Safety
+    /// `row` points at a whole row of this format with at least `gi + 1` groups, and the
+    /// CPU has AVX2, FMA and F16C.
+    unsafe fn head(row: *const u8, gi: usize) -> Self::Head;
+    /// # Safety
+    /// As [`Format::head`], and sub-block `s` exists in group `gi`.
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, head: &Self::Head) -> Sub;
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn rows_q8<D: Decoder>(
+/// The int8 dot product of 32 unsigned × 32 signed bytes into 8 lanes of 4-product sums.
+trait IDot {
+    /// # Safety
+    /// The CPU has the instructions of the implementation.
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+}
+
+struct Avx2Dot;
+impl IDot for Avx2Dot {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: the caller runs with AVX2.
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+    }
+}
+
+struct VnniDot;
+impl IDot for VnniDot {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: the caller runs with AVX-512 VNNI and VL.
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+}
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees two readable bytes at `p` and F16C.
+    unsafe {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+}
+
+/// 16 packed bytes → their 32 nibbles as bytes: low nibbles first, then high ones (the
+/// element order of ggml's 32-weight blocks).
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p` and AVX2.
+    unsafe {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        let m = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(b, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
+#[inline(always)]
+unsafe fn sub_from(w: __m256i, scale: f32, min: f32) -> Sub {
+    // SAFETY: the caller runs with AVX2.
+    unsafe {
+        Sub {
+            w,
+            aw: _mm256_sign_epi8(w, w),
+            scale: _mm256_set1_ps(scale),
+            min,
+        }
+    }
+}
+
+/// A 32-weight format: group `gi`, sub-block `s` is block `8 * gi + s`.
+#[inline(always)]
+unsafe fn block_ptr<F: Format>(row: *const u8, gi: usize, s: usize) -> *const u8 {
+    // SAFETY: the caller guarantees the block exists.
+    unsafe { row.add((gi * 8 + s) * F::BYTES) }
+}
+
+struct Q4_0;
+impl Format for Q4_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    const HAS_MIN: bool = false;
+    type Head = ();
+    #[inline(always)]
+    unsafe fn head(_: *const u8, _: usize) {}
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, _: &()) -> Sub {
+        // SAFETY: the caller guarantees the block and the CPU features.
+        unsafe {
+            let b = block_ptr::<Self>(row, gi, s);
+            let w = _mm256_sub_epi8(nibbles16(b.add(2)), _mm256_set1_epi8(8));
+            sub_from(w, f16_at(b), 0.0)
+        }
+    }
+}
+
+struct Q4_1;
+impl Format for Q4_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 20;
+    const HAS_MIN: bool = true;
+    type Head = ();
+    #[inline(always)]
+    unsafe fn head(_: *const u8, _: usize) {}
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, _: &()) -> Sub {
+        // SAFETY: the caller guarantees the block and the CPU features.
+        unsafe {
+            let b = block_ptr::<Self>(row, gi, s);
+            let w = nibbles16(b.add(4));
+            // Unsigned nibbles are their own absolute values.
+            Sub {
+                w,
+                aw: w,
+                scale: _mm256_set1_ps(f16_at(b)),
+                min: f16_at(b.add(2)),
+            }
+        }
+    }
+}
+
+struct Q5_0;
+impl Format for Q5_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 22;
+    const HAS_MIN: bool = false;
+    type Head = ();
+    #[inline(always)]
+    unsafe fn head(_: *const u8, _: usize) {}
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, _: &()) -> Sub {
+        // SAFETY: the caller guarantees the block and the CPU features.
+        unsafe {
+            let b = block_ptr::<Self>(row, gi, s);
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            // Bit i of qh is the fifth bit of element i: spread the 32 bits over 32 bytes
+            // (byte i gets qh's byte i / 8, then all its bits but bit i % 8 are set, so
+            // it is all ones exactly when that bit was).
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(qh as i32),
+                _mm256_setr_epi64x(
+                    0,
+                    0x0101_0101_0101_0101,
+                    0x0202_0202_0202_0202,
+                    0x0303_0303_0303_0303,
+                ),
+            );
+            let bits = _mm256_cmpeq_epi8(
+                _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
+                _mm256_set1_epi64x(-1),
+            );
+            let hi = _mm256_and_si256(bits, _mm256_set1_epi8(0x10));
+            let w = _mm256_sub_epi8(
+                _mm256_or_si256(nibbles16(b.add(6)), hi),
+                _mm256_set1_epi8(16),
+            );
+            sub_from(w, f16_at(b), 0.0)
+        }
+    }
+}
+
+struct Q8_0;
+impl Format for Q8_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 34;
+    const HAS_MIN: bool = false;
+    type Head = ();
+    #[inline(always)]
+    unsafe fn head(_: *const u8, _: usize) {}
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, _: &()) -> Sub {
+        // SAFETY: the caller guarantees the block and the CPU features.
+        unsafe {
+            let b = block_ptr::<Self>(row, gi, s);
+            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            sub_from(w, f16_at(b), 0.0)
+        }
+    }
+}
+
+/// Q4_K's eight sub-block scales and offsets, decoded once per super-block.
+#[derive(Clone, Copy, Default)]
+struct Q4KHead {
+    scale: [f32; 8],
+    min: [f32; 8],
+}
+
+struct Q4K;
+impl Format for Q4K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 144;
+    const HAS_MIN: bool = true;
+    type Head = Q4KHead;
+    #[inline(always)]
+    unsafe fn head(row: *const u8, gi: usize) -> Q4KHead {
+        // SAFETY: the caller guarantees the super-block and the CPU features.
+        unsafe {
+            let b = row.add(gi * Self::BYTES);
+            let d = f16_at(b);
+            let dmin = f16_at(b.add(2));
+            let s: &[u8; 12] = &*(b.add(4) as *const [u8; 12]);
+            let mut h = Q4KHead::default();
+            for j in 0..8 {
+                let (sc, m) = super::blocks::scale_min_k4(j, s);
+                h.scale[j] = d * sc as f32;
+                h.min[j] = -dmin * m as f32;
+            }
+            h
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, h: &Q4KHead) -> Sub {
+        // SAFETY: the caller guarantees the super-block and the CPU features.
+        unsafe {
+            // Sub-blocks 2k and 2k+1 are the low and high nibbles of bytes 32k..32k+32.
+            let q = row.add(gi * Self::BYTES + 16 + (s / 2) * 32);
+            let bytes = _mm256_loadu_si256(q as *const __m256i);
+            let bytes = if s % 2 == 1 {
+                _mm256_srli_epi16(bytes, 4)
+            } else {
+                bytes
+            };
+            let w = _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
+            Sub {
+                w,
+                aw: w,
+                scale: _mm256_set1_ps(h.scale[s]),
+                min: h.min[s],
+            }
+        }
+    }
+}
+
+struct Q6K;
+impl Format for Q6K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 210;
+    const HAS_MIN: bool = false;
+    type Head = [f32; 16];
+    #[inline(always)]
+    unsafe fn head(row: *const u8, gi: usize) -> [f32; 16] {
+        // SAFETY: the caller guarantees the super-block and the CPU features.
+        unsafe {
+            let b = row.add(gi * Self::BYTES);
+            let d = f16_at(b.add(208));
+            let mut sc = [0.0f32; 16];
+            for (i, o) in sc.iter_mut().enumerate() {
+                *o = d * (*b.add(192 + i) as i8) as f32;
+            }
+            sc
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(row: *const u8, gi: usize, s: usize, sc: &[f32; 16]) -> Sub {
+        // SAFETY: the caller guarantees the super-block and the CPU features.
+        unsafe {
+            // Each half (128 weights) takes 64 bytes of low 4 bits and 32 bytes of high 2
+            // bits; sub-block j of a half uses low nibbles (j = 0, 1) or high ones (2, 3)
+            // of ql bytes 32(j % 2).., and bit pair j of the qh bytes.
+            let b = row.add(gi * Self::BYTES);
+            let (n, j) = (s / 4, s % 4);
+            let ql = _mm256_loadu_si256(b.add(n * 64 + (j % 2) * 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let lo = if j < 2 {
+                _mm256_and_si256(ql, m4)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4)
+            };
+            let hi = match j {
+                0 => _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+                1 => _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+                2 => _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                _ => _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(-64)), 2),
+            };
+            let w = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+            Sub {
+                w,
+                aw: _mm256_sign_epi8(w, w),
+                scale: _mm256_set_m128(_mm_set1_ps(sc[2 * s + 1]), _mm_set1_ps(sc[2 * s])),
+                min: 0.0,
+            }
+        }
+    }
+}
+
+/// A token's running sum for one weight row: a vector part and the scalar offset part.
+type Acc = (__m256, f32);
+
+/// Adds one sub-block's products with one activation block to `acc`.
+#[inline(always)]
+unsafe fn add<F: Format, D: IDot>(sub: &Sub, a: &BlockQ8, acc: &mut Acc) {
+    // SAFETY: `a.qs` is 32 readable bytes (loadu needs no alignment); the caller runs
+    // with the CPU features of `D` and AVX2/FMA.
+    unsafe {
+        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        // Move w's sign onto x, so that |w| (unsigned) × sign(w)·x is w·x. |w| ≤ 128 and
+        // |x| ≤ 127: maddubs' pairwise i16 sums (≤ 2·128·127) cannot saturate.
+        let p = _mm256_cvtepi32_ps(D::dot(sub.aw, _mm256_sign_epi8(x, sub.w)));
+        acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)), acc.0);
+        if F::HAS_MIN {
+            acc.1 += sub.min * a.s;
+        }
+    }
+}
+
+/// Sum of the eight lanes.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: the caller runs with AVX.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// `out[r * n_tok + t] = dot(weight row r, activation row t)`.
+///
+/// # Safety
+/// `rows` holds `out.len() / n_tok` whole rows of `n_in` weights of format `F`, `acts` holds
+/// `n_tok` rows of `n_in / 32` blocks, and the CPU has AVX2, FMA, F16C and what `D` needs.
+#[inline(always)]
+unsafe fn rows_q8<F: Format, D: IDot>(
     rows: &[u8],
     n_in: usize,
     acts: &[BlockQ8],
     n_tok: usize,
     out: &mut [f32],
 ) {
-    kernel::rows_q8_with::<D, (__m256, f32), Scales>(
-        rows,
-        n_in,
-        acts,
-        n_tok,
-        out,
-        (_mm256_setzero_ps(), 0.0),
-        |g, sc| prep_group(g, sc),
-        |g, sc, a, acc| add_group(g, sc, a, acc),
-        |g, sc, a, b, acc_a, acc_b| add_group2(g, sc, a, b, acc_a, acc_b),
-        |(v, offsets)| hsum(v) + offsets,
-    )
+    let row_bytes = n_in / F::BLOCK * F::BYTES;
+    let nb = n_in / 32;
+    let n_groups = n_in.div_ceil(256);
+    let n_rows = out.len() / n_tok;
+    assert!(rows.len() >= n_rows * row_bytes && acts.len() >= n_tok * nb);
+    let n_sub = |gi: usize| (nb - gi * 8).min(8);
+    // SAFETY (whole body): every group and sub-block index stays below the row's
+    // `n_groups` / `n_sub(gi)`, inside the rows checked by the assert above; the caller
+    // guarantees the CPU features.
+    unsafe {
+        let zero: Acc = (_mm256_setzero_ps(), 0.0);
+        if n_tok == 1 {
+            // Decode: stream each row once, unpacking straight into the dot product.
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = rows.as_ptr().add(r * row_bytes);
+                let mut acc = zero;
+                for gi in 0..n_groups {
+                    let head = F::head(row, gi);
+                    for s in 0..n_sub(gi) {
+                        let sub = F::sub(row, gi, s, &head);
+                        add::<F, D>(&sub, &acts[gi * 8 + s], &mut acc);
+                    }
+                }
+                *o = hsum(acc.0) + acc.1;
+            }
+            return;
+        }
+        let mut subs = [Sub::default(); 8];
+        let mut accs = [zero; TOKEN_TILE];
+        for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+            let t1 = (t0 + TOKEN_TILE).min(n_tok);
+            for r in 0..n_rows {
+                let row = rows.as_ptr().add(r * row_bytes);
+                let accs = &mut accs[..t1 - t0];
+                accs.fill(zero);
+                for gi in 0..n_groups {
+                    let head = F::head(row, gi);
+                    let ns = n_sub(gi);
+                    for (s, sub) in subs.iter_mut().enumerate().take(ns) {
+                        *sub = F::sub(row, gi, s, &head);
+                    }
+                    let subs = &subs[..ns];
+                    let at = |t: usize| &acts[t * nb + gi * 8..t * nb + gi * 8 + ns];
+                    let mut pairs = accs.chunks_exact_mut(2);
+                    let mut t = t0;
+                    for pair in &mut pairs {
+                        let [acc_a, acc_b] = pair else { unreachable!() };
+                        let (mut va, mut vb) = (*acc_a, *acc_b);
+                        for ((sub, a), b) in subs.iter().zip(at(t)).zip(at(t + 1)) {
+                            add::<F, D>(sub, a, &mut va);
+                            add::<F, D>(sub, b, &mut vb);
+                        }
+                        (*acc_a, *acc_b) = (va, vb);
+                        t += 2;
+                    }
+                    if let [acc] = pairs.into_remainder() {
+                        for (sub, a) in subs.iter().zip(at(t)) {
+                            add::<F, D>(sub, a, acc);
+                        }
+                    }
+                }
+                for (o, &(v, off)) in out[r * n_tok + t0..r * n_tok + t1].iter_mut().zip(&*accs) {
+                    *o = hsum(v) + off;
+                }
+            }
+        }
+    }
+}
+
+/// Which int8 dot product the CPU offers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Isa {
+    Avx2,
+    Vnni,
+}
+
+impl Isa {
+    /// The best kernel set this CPU runs, or `None` without AVX2/FMA/F16C.
+    pub(crate) fn detect() -> Option<Isa> {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        match (avx2, vnni) {
+            (false, _) => None,
+            (true, false) => Some(Isa::Avx2),
+            (true, true) => Some(Isa::Vnni),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<F: Format>(rows: &[u8], n_in: usize, a: &[BlockQ8], n: usize, o: &mut [f32]) {
+    // SAFETY: forwarded from the caller; this function enables the features it needs.
+    unsafe { rows_q8::<F, Avx2Dot>(rows, n_in, a, n, o) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows_vnni<F: Format>(rows: &[u8], n_in: usize, a: &[BlockQ8], n: usize, o: &mut [f32]) {
+    // SAFETY: forwarded from the caller; this function enables the features it needs.
+    unsafe { rows_q8::<F, VnniDot>(rows, n_in, a, n, o) }
+}
+
+/// [`super::dot_rows`] for quantized weights on x86-64. Returns false for a type it has
+/// no kernel for.
+///
+/// # Safety
+/// `isa` came from [`Isa::detect`] on this CPU; `rows`, `acts` and `out` are shaped as
+/// for [`super::dot_rows`] (whole rows of `ty`).
+pub(crate) unsafe fn dot_rows_q8(
+    isa: Isa,
+    ty: crate::gguf::GgmlType,
+    rows: &[u8],
+    n_in: usize,
+    acts: &[BlockQ8],
+    n_tok: usize,
+    out: &mut [f32],
+) -> bool {
+    use crate::gguf::GgmlType as T;
+    macro_rules! go {
+        ($f:ty) => {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                match isa {
+                    Isa::Avx2 => rows_avx2::<$f>(rows, n_in, acts, n_tok, out),
+                    Isa::Vnni => rows_vnni::<$f>(rows, n_in, acts, n_tok, out),
+                }
+            }
+        };
+    }
+    match ty {
+        T::Q4_0 => go!(Q4_0),
+        T::Q4_1 => go!(Q4_1),
+        T::Q5_0 => go!(Q5_0),
+        T::Q8_0 => go!(Q8_0),
+        T::Q4K => go!(Q4K),
+        T::Q6K => go!(Q6K),
+        _ => return false,
+    }
+    true
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -137,10 +534,10 @@ pub(crate) fn attend(
     scale: f32,
     out: &mut [f32],
 ) {
-    kernel::attend(q, k, v, stride, offset, n_pos, scale, out)
+    super::kernel::attend(q, k, v, stride, offset, n_pos, scale, out)
 }
 
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    kernel::dot_f32(a, b)
+    super::kernel::dot_f32(a, b)
 }

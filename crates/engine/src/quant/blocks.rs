@@ -145,7 +145,7 @@ impl Decoder for Q8_0 {
 
 /// ggml's packing of Q4_K's eight 6-bit (scale, min) pairs into 12 bytes.
 #[inline(always)]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

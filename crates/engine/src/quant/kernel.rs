@@ -1,6 +1,7 @@
-//! The portable kernels. Written as plain loops over fixed-size arrays so that LLVM
-//! vectorizes them; `avx2.rs` compiles the very same code with AVX2/FMA enabled, which is
-//! why everything here is `#[inline(always)]`.
+//! The portable kernels: plain loops over fixed-size arrays that LLVM vectorizes as far as
+//! the target allows, used where no vector kernel set is detected and as the reference the
+//! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
+//! float ones (attention, dot) with AVX2/FMA enabled.
 
 use super::BlockQ8;
 use super::blocks::{Decoder, Group};
@@ -31,7 +32,9 @@ fn dot_group(g: &Group, acts: &[BlockQ8]) -> f32 {
     acc
 }
 
-/// `out[r * n_tok + t] = dot(weight row r, activation row t)` for the rows in `rows`.
+/// `out[r * n_tok + t] = dot(weight row r, activation row t)` for the rows in `rows`: the
+/// portable kernel, and the reference the vector ones are tested against. Each (row,
+/// token) sum runs over the groups in order whatever `n_tok` is (batch invariance).
 #[inline(always)]
 pub(crate) fn rows_q8<D: Decoder>(
     rows: &[u8],
@@ -40,85 +43,26 @@ pub(crate) fn rows_q8<D: Decoder>(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    rows_q8_with::<D, f32, ()>(
-        rows,
-        n_in,
-        acts,
-        n_tok,
-        out,
-        0.0,
-        |_, _| (),
-        |g, _, a, acc| *acc += dot_group(g, a),
-        |g, _, a, b, acc_a, acc_b| {
-            *acc_a += dot_group(g, a);
-            *acc_b += dot_group(g, b);
-        },
-        |acc| acc,
-    )
-}
-
-/// [`rows_q8`] with the per-group arithmetic supplied: `prep` derives per-group data of
-/// type `P` once per decoded group (shared by all tokens), `add` accumulates one decoded
-/// group into a per-token accumulator of type `A` (starting at `zero`), `finish` reduces
-/// it; `add2` does `add` for two tokens at once, with exactly the same arithmetic for each
-/// (so that their independent dependency chains can overlap). The SIMD path reuses these
-/// row and token loops and keeps vector accumulators, so it reduces horizontally once per
-/// row instead of once per group.
-///
-/// Batch invariance: each (row, token) result is accumulated on its own, over the groups
-/// in order, by the same code whatever `n_tok` is; the token tiling only decides which
-/// accumulators are live at a time. Keep it that way (see `model/forward.rs`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rows_q8_with<D: Decoder, A: Copy, P>(
-    rows: &[u8],
-    n_in: usize,
-    acts: &[BlockQ8],
-    n_tok: usize,
-    out: &mut [f32],
-    zero: A,
-    prep: impl Fn(&Group, &mut P),
-    add: impl Fn(&Group, &P, &[BlockQ8], &mut A),
-    add2: impl Fn(&Group, &P, &[BlockQ8], &[BlockQ8], &mut A, &mut A),
-    finish: impl Fn(A) -> f32,
-) where
-    P: Default,
-{
     let row_bytes = n_in / D::BLOCK * D::BYTES;
     let nb = n_in / 32;
     let n_groups = n_in.div_ceil(256);
     let n_rows = out.len() / n_tok;
     let mut g = Group::default();
-    let mut p = P::default();
-    let mut accs = [zero; TOKEN_TILE];
+    let mut accs = [0.0f32; TOKEN_TILE];
     for t0 in (0..n_tok).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n_tok);
         for r in 0..n_rows {
             let row = &rows[r * row_bytes..(r + 1) * row_bytes];
             let accs = &mut accs[..t1 - t0];
-            accs.fill(zero);
+            accs.fill(0.0);
             for gi in 0..n_groups {
                 D::decode_group(row, gi, &mut g);
-                prep(&g, &mut p);
-                let b0 = gi * 8;
-                let at = |t: usize| &acts[t * nb + b0..t * nb + b0 + g.n_sub];
-                let mut pairs = accs.chunks_exact_mut(2);
-                let mut t = t0;
-                for pair in &mut pairs {
-                    let [acc_a, acc_b] = pair else { unreachable!() };
-                    add2(&g, &p, at(t), at(t + 1), acc_a, acc_b);
-                    t += 2;
-                }
-                if let [acc] = pairs.into_remainder() {
-                    add(&g, &p, at(t), acc);
+                for (i, acc) in accs.iter_mut().enumerate() {
+                    let t = t0 + i;
+                    *acc += dot_group(&g, &acts[t * nb + gi * 8..t * nb + gi * 8 + g.n_sub]);
                 }
             }
-            for (o, &acc) in out[r * n_tok + t0..r * n_tok + t1]
-                .iter_mut()
-                .zip(accs.iter())
-            {
-                *o = finish(acc);
-            }
+            out[r * n_tok + t0..r * n_tok + t1].copy_from_slice(accs);
         }
     }
 }

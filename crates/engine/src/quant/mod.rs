@@ -18,6 +18,7 @@ mod avx2;
 use crate::error::EngineError;
 use crate::gguf::GgmlType;
 use blocks::{Decoder, Group};
+
 use half::f16;
 
 /// Elements per activation block.
@@ -148,38 +149,26 @@ pub enum Acts<'a> {
     F32(&'a [f32]),
 }
 
+/// The vector kernel set this CPU runs (x86-64: AVX2, or AVX2 with AVX-512 VNNI), or
+/// `None` for the portable kernels. Detected once: it is asked on every matmul.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+fn simd() -> Option<avx2::Isa> {
+    static ISA: std::sync::OnceLock<Option<avx2::Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(avx2::Isa::detect)
 }
+
+#[cfg(target_arch = "x86_64")]
+type Simd = Option<avx2::Isa>;
+#[cfg(not(target_arch = "x86_64"))]
+type Simd = Option<std::convert::Infallible>;
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_avx2() -> bool {
-    false
-}
-
-fn rows_q8_dispatch<D: Decoder>(
-    simd: bool,
-    rows: &[u8],
-    n_in: usize,
-    acts: &[BlockQ8],
-    n_tok: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when `has_avx2()` confirmed avx2, fma and f16c at runtime.
-        unsafe { avx2::rows_q8::<D>(rows, n_in, acts, n_tok, out) };
-        return;
-    }
-    let _ = simd;
-    kernel::rows_q8::<D>(rows, n_in, acts, n_tok, out)
+fn simd() -> Simd {
+    None
 }
 
 fn dot_rows_impl(
-    simd: bool,
+    simd: Simd,
     ty: GgmlType,
     rows: &[u8],
     n_in: usize,
@@ -190,13 +179,22 @@ fn dot_rows_impl(
     match acts {
         Acts::Q8(a) => {
             debug_assert_eq!(a.len(), n_tok * n_in / QK8);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(isa) = simd {
+                // SAFETY: `isa` was detected on this CPU; the shapes are the caller's
+                // contract, checked again by the kernel.
+                if unsafe { avx2::dot_rows_q8(isa, ty, rows, n_in, a, n_tok, out) } {
+                    return;
+                }
+            }
+            let _ = simd;
             match ty {
-                GgmlType::Q4_0 => rows_q8_dispatch::<blocks::Q4_0>(simd, rows, n_in, a, n_tok, out),
-                GgmlType::Q4_1 => rows_q8_dispatch::<blocks::Q4_1>(simd, rows, n_in, a, n_tok, out),
-                GgmlType::Q5_0 => rows_q8_dispatch::<blocks::Q5_0>(simd, rows, n_in, a, n_tok, out),
-                GgmlType::Q8_0 => rows_q8_dispatch::<blocks::Q8_0>(simd, rows, n_in, a, n_tok, out),
-                GgmlType::Q4K => rows_q8_dispatch::<blocks::Q4K>(simd, rows, n_in, a, n_tok, out),
-                GgmlType::Q6K => rows_q8_dispatch::<blocks::Q6K>(simd, rows, n_in, a, n_tok, out),
+                GgmlType::Q4_0 => kernel::rows_q8::<blocks::Q4_0>(rows, n_in, a, n_tok, out),
+                GgmlType::Q4_1 => kernel::rows_q8::<blocks::Q4_1>(rows, n_in, a, n_tok, out),
+                GgmlType::Q5_0 => kernel::rows_q8::<blocks::Q5_0>(rows, n_in, a, n_tok, out),
+                GgmlType::Q8_0 => kernel::rows_q8::<blocks::Q8_0>(rows, n_in, a, n_tok, out),
+                GgmlType::Q4K => kernel::rows_q8::<blocks::Q4K>(rows, n_in, a, n_tok, out),
+                GgmlType::Q6K => kernel::rows_q8::<blocks::Q6K>(rows, n_in, a, n_tok, out),
                 other => panic!("dot_rows: {other:?} weights need float activations"),
             }
         }
@@ -227,14 +225,14 @@ pub fn dot_rows(
     n_tok: usize,
     out: &mut [f32],
 ) {
-    dot_rows_impl(has_avx2(), ty, rows, n_in, acts, n_tok, out)
+    dot_rows_impl(simd(), ty, rows, n_in, acts, n_tok, out)
 }
 
 /// Float dot product (attention scores, float weights).
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: avx2 and fma were detected at runtime just above.
+    if simd().is_some() {
+        // SAFETY: avx2 and fma were detected at runtime.
         return unsafe { avx2::dot_f32(a, b) };
     }
     kernel::dot_f32(a, b)
@@ -256,8 +254,8 @@ pub fn attend(
 ) {
     assert!(n_pos == 0 || (n_pos - 1) * stride + offset + q.len() <= k.len().min(v.len()));
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: avx2 and fma were detected at runtime just above.
+    if simd().is_some() {
+        // SAFETY: avx2 and fma were detected at runtime.
         unsafe { avx2::attend(q, k, v, stride, offset, n_pos, scale, out) };
         return;
     }
@@ -382,9 +380,8 @@ mod tests {
                     Acts::F32(&x)
                 };
                 let mut scalar = vec![0.0f32; n_rows * n_tok];
-                dot_rows_impl(false, ty, &w, n_in, acts, n_tok, &mut scalar);
-                let mut simd = vec![0.0f32; n_rows * n_tok];
-                dot_rows_impl(has_avx2(), ty, &w, n_in, acts, n_tok, &mut simd);
+                dot_rows_impl(None, ty, &w, n_in, acts, n_tok, &mut scalar);
+                let simd = simd_results(ty, &w, n_in, acts, n_tok, n_rows);
                 let mut wf = vec![0.0f32; n_in];
                 for r in 0..n_rows {
                     dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wf);
@@ -404,10 +401,45 @@ mod tests {
                             (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
                             "{ty:?}: simd {s} vs scalar {got}"
                         );
+                        // Batch invariance inside the kernel: the same token alone.
+                        let one = &x[t * n_in..(t + 1) * n_in];
+                        let q8_one = &q8[t * n_in / QK8..(t + 1) * n_in / QK8];
+                        let acts_one = if uses_q8_activations(ty) {
+                            Acts::Q8(q8_one)
+                        } else {
+                            Acts::F32(one)
+                        };
+                        let mut alone = [0.0f32];
+                        dot_rows(ty, &w[r * rb..(r + 1) * rb], n_in, acts_one, 1, &mut alone);
+                        assert_eq!(alone[0].to_bits(), s.to_bits(), "{ty:?} row {r} tok {t}");
                     }
                 }
             }
         }
+    }
+
+    /// The vector kernels' results: the best set this CPU runs (the portable ones where
+    /// there is none), after checking that every x86 set gives the very same bits.
+    fn simd_results(
+        ty: GgmlType,
+        w: &[u8],
+        n_in: usize,
+        acts: Acts<'_>,
+        n_tok: usize,
+        n_rows: usize,
+    ) -> Vec<f32> {
+        let mut best = vec![0.0f32; n_rows * n_tok];
+        dot_rows_impl(simd(), ty, w, n_in, acts, n_tok, &mut best);
+        #[cfg(target_arch = "x86_64")]
+        for isa in [avx2::Isa::Avx2, avx2::Isa::Vnni] {
+            if simd().is_some_and(|have| isa == avx2::Isa::Avx2 || have == isa) {
+                let mut got = vec![0.0f32; n_rows * n_tok];
+                dot_rows_impl(Some(isa), ty, w, n_in, acts, n_tok, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&best), "{ty:?} {isa:?}");
+            }
+        }
+        best
     }
 
     /// A row of Qwen's width (896 = 3.5 super-blocks) exercises a partial last group.
