@@ -377,23 +377,26 @@ impl Model {
             let items: &[SeqInput<'_>] = batch;
             let att = resize(&mut s.att, n * q_dim);
             let q = &*q;
-            att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-                let (t, h) = (i / c.n_head, i % c.n_head);
-                let (item, pos) = rows[t];
-                let kv = &*items[item].kv;
-                let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                let offset = (h / group) * hd;
-                quant::attend(
-                    qh,
-                    &kv.k[li],
-                    &kv.v[li],
-                    kv_dim,
-                    offset,
-                    pos + 1,
-                    scale,
-                    out,
-                );
-            });
+            att.par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (i, out)| {
+                    let (t, h) = (i / c.n_head, i % c.n_head);
+                    let (item, pos) = rows[t];
+                    let kv = &*items[item].kv;
+                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let offset = (h / group) * hd;
+                    quant::attend(
+                        qh,
+                        &kv.k[li],
+                        &kv.v[li],
+                        kv_dim,
+                        offset,
+                        pos + 1,
+                        scale,
+                        out,
+                        scores,
+                    );
+                });
 
             let proj = resize(&mut s.proj, n * d);
             matmul(&l.wo, att, n, proj, &mut s.mm, &mut s.q8);

@@ -88,9 +88,11 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Causal attention of one query head over `n_pos` cached positions, with the softmax
-/// fused in (online max/sum), so no score buffer is needed. `k` and `v` hold rows of
-/// `stride` floats; this head's slice starts at `offset` in each row (GQA by indexing).
+/// Causal attention of one query head over `n_pos` cached positions: scores into
+/// `scores`, softmax, then the weighted sum of values. `k` and `v` hold rows of `stride`
+/// floats; this head's slice starts at `offset` in each row (GQA by indexing). Two passes
+/// over a score buffer instead of an online softmax: no rescaling of the output per
+/// position, and the exponentials run as one vectorizable loop.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
@@ -102,24 +104,37 @@ pub(crate) fn attend(
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
+    scores: &mut Vec<f32>,
 ) {
     let hd = q.len();
-    out.fill(0.0);
-    let mut m = f32::NEG_INFINITY;
-    let mut l = 0.0f32;
-    for j in 0..n_pos {
+    scores.clear();
+    scores.extend((0..n_pos).map(|j| {
         let base = j * stride + offset;
-        let s = dot_f32(q, &k[base..base + hd]) * scale;
-        if s > m {
-            let c = (m - s).exp();
-            for o in out.iter_mut() {
-                *o *= c;
-            }
-            l *= c;
-            m = s;
-        }
-        let w = (s - m).exp();
-        l += w;
+        dot_f32(q, &k[base..base + hd]) * scale
+    }));
+    softmax_weighted_sum(scores, v, stride, offset, out);
+}
+
+/// The second half of [`attend`]: softmax of `scores` in place, then `out` = the weighted
+/// sum of the value rows.
+#[inline(always)]
+pub(crate) fn softmax_weighted_sum(
+    scores: &mut [f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    out: &mut [f32],
+) {
+    let hd = out.len();
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut l = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - m).exp();
+        l += *s;
+    }
+    out.fill(0.0);
+    for (j, &w) in scores.iter().enumerate() {
+        let base = j * stride + offset;
         for (o, &x) in out.iter_mut().zip(&v[base..base + hd]) {
             *o += w * x;
         }

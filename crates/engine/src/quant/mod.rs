@@ -238,9 +238,11 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     kernel::dot_f32(a, b)
 }
 
-/// Causal attention for one query head over the first `n_pos` cached positions with the
-/// softmax fused in. `k`/`v` hold rows of `stride` floats and this head's KV slice starts at
+/// Causal attention for one query head over the first `n_pos` cached positions, softmax
+/// included. `k`/`v` hold rows of `stride` floats and this head's KV slice starts at
 /// `offset` in each row, so grouped-query heads share cache rows without copying.
+/// `scores` is working memory (`n_pos` floats, rounded up), kept by the caller across
+/// calls so that attention does not allocate.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -251,15 +253,17 @@ pub fn attend(
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
+    scores: &mut Vec<f32>,
 ) {
     assert!(n_pos == 0 || (n_pos - 1) * stride + offset + q.len() <= k.len().min(v.len()));
+    assert_eq!(q.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if simd().is_some() {
         // SAFETY: avx2 and fma were detected at runtime.
-        unsafe { avx2::attend(q, k, v, stride, offset, n_pos, scale, out) };
+        unsafe { avx2::attend(q, k, v, stride, offset, n_pos, scale, out, scores) };
         return;
     }
-    kernel::attend(q, k, v, stride, offset, n_pos, scale, out)
+    kernel::attend(q, k, v, stride, offset, n_pos, scale, out, scores)
 }
 
 #[cfg(test)]
@@ -466,32 +470,70 @@ mod tests {
     #[test]
     fn attention_matches_naive_softmax() {
         let mut rng = Rng(5);
-        let (hd, stride, offset, n_pos) = (64usize, 128usize, 64usize, 37usize);
-        let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
-        let k: Vec<f32> = (0..n_pos * stride).map(|_| rng.f() * 2.0).collect();
-        let v: Vec<f32> = (0..n_pos * stride).map(|_| rng.f()).collect();
-        let scale = 0.125;
-        let scores: Vec<f32> = (0..n_pos)
-            .map(|j| {
-                (0..hd)
-                    .map(|i| q[i] * k[j * stride + offset + i])
-                    .sum::<f32>()
-                    * scale
-            })
-            .collect();
-        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-        let z: f32 = e.iter().sum();
-        let mut out = vec![0.0f32; hd];
-        attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out);
-        let mut out_scalar = vec![0.0f32; hd];
-        kernel::attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out_scalar);
-        for i in 0..hd {
-            let want: f32 = (0..n_pos)
-                .map(|j| e[j] / z * v[j * stride + offset + i])
-                .sum();
-            assert!((out[i] - want).abs() < 1e-5, "{} vs {want}", out[i]);
-            assert!((out_scalar[i] - want).abs() < 1e-5);
+        let mut buf = Vec::new();
+        for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
+            let (stride, offset) = (2 * hd, hd);
+            let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
+            let k: Vec<f32> = (0..n_pos * stride).map(|_| rng.f() * 2.0).collect();
+            let v: Vec<f32> = (0..n_pos * stride).map(|_| rng.f()).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let scores: Vec<f32> = (0..n_pos)
+                .map(|j| {
+                    (0..hd)
+                        .map(|i| q[i] * k[j * stride + offset + i])
+                        .sum::<f32>()
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let mut out = vec![0.0f32; hd];
+            attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out, &mut buf);
+            let mut out_scalar = vec![0.0f32; hd];
+            kernel::attend(
+                &q,
+                &k,
+                &v,
+                stride,
+                offset,
+                n_pos,
+                scale,
+                &mut out_scalar,
+                &mut buf,
+            );
+            for i in 0..hd {
+                let want: f32 = (0..n_pos)
+                    .map(|j| e[j] / z * v[j * stride + offset + i])
+                    .sum();
+                assert!(
+                    (out[i] - want).abs() < 1e-5,
+                    "hd {hd} n {n_pos}: {} vs {want}",
+                    out[i]
+                );
+                assert!((out_scalar[i] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// The vector exponential against the library one over the softmax's range (down to
+    /// -86.9; below -87.3 it returns the smallest normal float, documented).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_accurate() {
+        if simd().is_none() {
+            return;
+        }
+        let xs: Vec<f32> = (0..19304).map(|i| -(i as f32) * 0.0045).collect();
+        for chunk in xs.chunks_exact(8) {
+            let got = avx2::exp_neg8(chunk.try_into().unwrap());
+            for (g, x) in got.iter().zip(chunk) {
+                let want = x.exp();
+                assert!(
+                    (g - want).abs() <= 4.0 * f32::EPSILON * want,
+                    "exp({x}) = {g}, want {want}"
+                );
+            }
         }
     }
 }
