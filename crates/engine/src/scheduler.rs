@@ -18,6 +18,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use rayon::prelude::*;
 use std::collections::VecDeque;
 
 use crate::error::EngineError;
@@ -219,7 +220,6 @@ struct Scheduler {
     running: Vec<Sequence>,
     prefix: PrefixCache,
     scratch: crate::model::Scratch,
-    logprob_buf: Vec<f32>,
 }
 
 impl Scheduler {
@@ -239,7 +239,6 @@ impl Scheduler {
             running: Vec::new(),
             prefix,
             scratch,
-            logprob_buf: Vec::new(),
         }
     }
 
@@ -336,31 +335,36 @@ impl Scheduler {
                 return;
             }
         };
-        let mut finished = Vec::new();
-        for (i, s) in self.running.iter_mut().enumerate() {
-            if s.last.is_none() {
-                s.fed = (s.fed + chunk).min(s.req.prompt.len());
-                if s.fed < s.req.prompt.len() {
-                    continue;
-                }
-            }
-            if let Some(reason) = Self::advance(
-                s,
-                &mut logits[i],
-                &self.tokenizer,
-                &mut self.logprob_buf,
-                self.model.config.context_length,
-            ) {
-                let _ = s.events.send(Event::Finished {
-                    reason,
-                    prompt_tokens: s.req.prompt.len(),
-                    completion_tokens: s.generated,
-                    reasoning_tokens: s.output.reasoning_tokens(),
-                    cached_tokens: s.cached,
-                });
-                finished.push(i);
-            }
-        }
+        // Sampling, detokenizing and stop checks are per sequence: spread them over the
+        // math threads too (each sequence stays on one thread, so its events keep their
+        // order).
+        let (tokenizer, context_length) = (&self.tokenizer, self.model.config.context_length);
+        let outcomes: Vec<Option<FinishReason>> = self.pool.install(|| {
+            self.running
+                .par_iter_mut()
+                .zip(logits.par_iter_mut())
+                .map_init(Vec::new, |buf, (s, logits)| {
+                    if s.last.is_none() {
+                        s.fed = (s.fed + chunk).min(s.req.prompt.len());
+                        if s.fed < s.req.prompt.len() {
+                            return None;
+                        }
+                    }
+                    let reason = Self::advance(s, logits, tokenizer, buf, context_length)?;
+                    let _ = s.events.send(Event::Finished {
+                        reason,
+                        prompt_tokens: s.req.prompt.len(),
+                        completion_tokens: s.generated,
+                        reasoning_tokens: s.output.reasoning_tokens(),
+                        cached_tokens: s.cached,
+                    });
+                    Some(reason)
+                })
+                .collect()
+        });
+        let finished: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| outcomes[i].is_some())
+            .collect();
         for i in finished.into_iter().rev() {
             let done = self.running.swap_remove(i);
             self.retire(done);
