@@ -10,7 +10,7 @@
 //! Batch invariance: the result for one (weight row, token) is accumulated by the same
 //! sequence of operations whatever the number of tokens: per 32-weight sub-block, in
 //! order, into that token's own vector accumulator, reduced horizontally once at the end.
-//! Tokens are only tiled (64 at a time, in pairs whose independent chains overlap) to
+//! Tokens are only tiled (64 at a time, in fours whose independent chains overlap) to
 //! reuse unpacked weights; keep it that way (see `model/forward.rs`).
 
 use std::arch::x86_64::*;
@@ -48,6 +48,9 @@ trait Format {
     const BYTES: usize;
     /// Whether sub-blocks carry an offset (`Sub::min` is otherwise zero and skipped).
     const HAS_MIN: bool;
+    /// Whether weights can be negative; unsigned ones (0..=15) go to `maddubs` as they are,
+    /// without moving their sign onto the activations.
+    const SIGNED: bool;
     type Head: Copy + Default;
     /// # Safety
     /// `row` points at a whole row of this format with at least `gi + 1` groups, and the
@@ -128,6 +131,7 @@ unsafe fn block_ptr<F: Format>(row: *const u8, gi: usize, s: usize) -> *const u8
 
 struct Q4_0;
 impl Format for Q4_0 {
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
@@ -147,6 +151,7 @@ impl Format for Q4_0 {
 
 struct Q4_1;
 impl Format for Q4_1 {
+    const SIGNED: bool = false;
     const BLOCK: usize = 32;
     const BYTES: usize = 20;
     const HAS_MIN: bool = true;
@@ -172,6 +177,7 @@ impl Format for Q4_1 {
 
 struct Q5_0;
 impl Format for Q5_0 {
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 22;
     const HAS_MIN: bool = false;
@@ -212,6 +218,7 @@ impl Format for Q5_0 {
 
 struct Q8_0;
 impl Format for Q8_0 {
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 34;
     const HAS_MIN: bool = false;
@@ -238,6 +245,7 @@ struct Q4KHead {
 
 struct Q4K;
 impl Format for Q4K {
+    const SIGNED: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 144;
     const HAS_MIN: bool = true;
@@ -284,6 +292,7 @@ impl Format for Q4K {
 
 struct Q6K;
 impl Format for Q6K {
+    const SIGNED: bool = true;
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     const HAS_MIN: bool = false;
@@ -346,8 +355,14 @@ unsafe fn add<F: Format, D: IDot>(sub: &Sub, a: &BlockQ8, acc: &mut Acc) {
     unsafe {
         let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
         // Move w's sign onto x, so that |w| (unsigned) × sign(w)·x is w·x. |w| ≤ 128 and
-        // |x| ≤ 127: maddubs' pairwise i16 sums (≤ 2·128·127) cannot saturate.
-        let p = _mm256_cvtepi32_ps(D::dot(sub.aw, _mm256_sign_epi8(x, sub.w)));
+        // |x| ≤ 127: maddubs' pairwise i16 sums (≤ 2·128·127) cannot saturate. Unsigned
+        // weights are their own absolute values: the same products without the move.
+        let x = if F::SIGNED {
+            _mm256_sign_epi8(x, sub.w)
+        } else {
+            x
+        };
+        let p = _mm256_cvtepi32_ps(D::dot(sub.aw, x));
         acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)), acc.0);
         if F::HAS_MIN {
             acc.1 += sub.min * a.s;
@@ -423,22 +438,25 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     }
                     let subs = &subs[..ns];
                     let at = |t: usize| &acts[t * nb + gi * 8..t * nb + gi * 8 + ns];
-                    let mut pairs = accs.chunks_exact_mut(2);
+                    // Four tokens at a time: four independent FMA chains keep the
+                    // pipelines busy (one chain waits on each FMA's latency).
+                    let mut quads = accs.chunks_exact_mut(4);
                     let mut t = t0;
-                    for pair in &mut pairs {
-                        let [acc_a, acc_b] = pair else { unreachable!() };
-                        let (mut va, mut vb) = (*acc_a, *acc_b);
-                        for ((sub, a), b) in subs.iter().zip(at(t)).zip(at(t + 1)) {
-                            add::<F, D>(sub, a, &mut va);
-                            add::<F, D>(sub, b, &mut vb);
+                    for quad in &mut quads {
+                        let mut acc: [Acc; 4] = quad.try_into().unwrap();
+                        for (si, sub) in subs.iter().enumerate() {
+                            for (k, acc) in acc.iter_mut().enumerate() {
+                                add::<F, D>(sub, &at(t + k)[si], acc);
+                            }
                         }
-                        (*acc_a, *acc_b) = (va, vb);
-                        t += 2;
+                        quad.copy_from_slice(&acc);
+                        t += 4;
                     }
-                    if let [acc] = pairs.into_remainder() {
+                    for acc in quads.into_remainder() {
                         for (sub, a) in subs.iter().zip(at(t)) {
                             add::<F, D>(sub, a, acc);
                         }
+                        t += 1;
                     }
                 }
                 for (o, &(v, off)) in out[r * n_tok + t0..r * n_tok + t1].iter_mut().zip(&*accs) {
@@ -520,6 +538,56 @@ pub(crate) unsafe fn dot_rows_q8(
         _ => return false,
     }
     true
+}
+
+/// [`super::quantize_row_q8`] with eight lanes: the same values to the bit (the maximum is
+/// exact in any order, and rounding is half away from zero like `f32::round`).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    for (xb, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+        // SAFETY: `xb` has 32 floats, read as four unaligned vectors; `b.qs` has 32 bytes.
+        unsafe {
+            let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xb.as_ptr().add(8 * k)));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+            );
+            let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let y = _mm256_mul_ps(v[k], id);
+                let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let half = _mm256_cmp_ps(
+                    _mm256_and_ps(_mm256_sub_ps(y, t), abs),
+                    _mm256_set1_ps(0.5),
+                    _CMP_GE_OQ,
+                );
+                let away = _mm256_or_ps(_mm256_and_ps(y, sign), _mm256_set1_ps(1.0));
+                _mm256_cvtps_epi32(_mm256_add_ps(t, _mm256_and_ps(half, away)))
+            });
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1));
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let ordered =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, ordered);
+            b.d = d;
+            b.s = d * _mm_cvtsi128_si32(s1) as f32;
+        }
+    }
 }
 
 /// `e^x` for `x ≤ 0` (softmax after subtracting the maximum), to about 2 ulp: `x = n·ln2 +

@@ -84,6 +84,17 @@ pub fn row_bytes(ty: GgmlType, n: usize) -> Result<usize, EngineError> {
 /// Quantizes one activation row (length a multiple of 32) into `out` (length n/32).
 pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     debug_assert_eq!(x.len(), out.len() * QK8);
+    #[cfg(target_arch = "x86_64")]
+    if simd().is_some() {
+        // SAFETY: avx2 and fma were detected at runtime.
+        unsafe { avx2::quantize_row_q8(x, out) };
+        return;
+    }
+    quantize_row_q8_scalar(x, out)
+}
+
+/// The portable [`quantize_row_q8`], and the reference for the vector one.
+fn quantize_row_q8_scalar(x: &[f32], out: &mut [BlockQ8]) {
     for (xb, b) in x.chunks_exact(QK8).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -355,6 +366,26 @@ mod tests {
             let b = &q[i / 32];
             assert!((b.qs[i % 32] as f32 * b.d - v).abs() <= b.d * 0.5 + 1e-6);
         }
+    }
+
+    /// The vector quantizer gives the scalar one's bits, rounding ties away from zero.
+    #[test]
+    fn q8_quantizers_agree() {
+        let mut rng = Rng(11);
+        let mut x: Vec<f32> = (0..32 * 40).map(|_| rng.f() * 5.0).collect();
+        // A block scaled by exactly 1 (amax 127) with ties at every half.
+        for (i, v) in x[..32].iter_mut().enumerate() {
+            *v = i as f32 * 0.5 - 8.0;
+        }
+        x[31] = -127.0;
+        x[32..64].fill(0.0);
+        let mut a = vec![BlockQ8::default(); 40];
+        let mut b = vec![BlockQ8::default(); 40];
+        quantize_row_q8(&x, &mut a);
+        quantize_row_q8_scalar(&x, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(a[0].qs[1], -8); // -7.5 rounds away from zero
+        assert_eq!(a[0].qs[17], 1); // 0.5 too
     }
 
     /// Every kernel (portable and, where available, AVX2) agrees with the scalar reference
