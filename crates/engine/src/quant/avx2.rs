@@ -424,11 +424,20 @@ unsafe fn rows_q8<F: Format, D: IDot>(
         }
         let mut subs = [Sub::default(); 8];
         let mut accs = [zero; TOKEN_TILE];
+        // Taken out of the thread-local rather than used in a closure: a closure would not
+        // inherit this function's target features, and its intrinsics would not inline.
+        let mut tile = TILE.take();
         for t0 in (0..n_tok).step_by(TOKEN_TILE) {
             let t1 = (t0 + TOKEN_TILE).min(n_tok);
+            let nt = t1 - t0;
+            // The tile's activations block-major (all tokens' block b, then b + 1), so
+            // that a sweep over a weight row reads them in one sequential stream
+            // instead of one cache line per token per block.
+            tile.clear();
+            tile.extend((0..nb).flat_map(|b| (t0..t1).map(move |t| acts[t * nb + b])));
             for r in 0..n_rows {
                 let row = rows.as_ptr().add(r * row_bytes);
-                let accs = &mut accs[..t1 - t0];
+                let accs = &mut accs[..nt];
                 accs.fill(zero);
                 for gi in 0..n_groups {
                     let head = F::head(row, gi);
@@ -437,34 +446,42 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                         *sub = F::sub(row, gi, s, &head);
                     }
                     let subs = &subs[..ns];
-                    let at = |t: usize| &acts[t * nb + gi * 8..t * nb + gi * 8 + ns];
+                    let blocks = &tile[gi * 8 * nt..(gi * 8 + ns) * nt];
                     // Four tokens at a time: four independent FMA chains keep the
                     // pipelines busy (one chain waits on each FMA's latency).
                     let mut quads = accs.chunks_exact_mut(4);
-                    let mut t = t0;
+                    let mut t = 0;
                     for quad in &mut quads {
                         let mut acc: [Acc; 4] = quad.try_into().unwrap();
-                        for (si, sub) in subs.iter().enumerate() {
-                            for (k, acc) in acc.iter_mut().enumerate() {
-                                add::<F, D>(sub, &at(t + k)[si], acc);
+                        for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
+                            let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
+                            for (acc, a) in acc.iter_mut().zip(a) {
+                                add::<F, D>(sub, a, acc);
                             }
                         }
                         quad.copy_from_slice(&acc);
                         t += 4;
                     }
                     for acc in quads.into_remainder() {
-                        for (sub, a) in subs.iter().zip(at(t)) {
-                            add::<F, D>(sub, a, acc);
+                        for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
+                            add::<F, D>(sub, &a[t], acc);
                         }
                         t += 1;
                     }
                 }
-                for (o, &(v, off)) in out[r * n_tok + t0..r * n_tok + t1].iter_mut().zip(&*accs) {
+                let out = &mut out[r * n_tok + t0..r * n_tok + t1];
+                for (o, &(v, off)) in out.iter_mut().zip(&*accs) {
                     *o = hsum(v) + off;
                 }
             }
         }
+        TILE.set(tile);
     }
+}
+
+thread_local! {
+    /// Each thread's block-major copy of the activation tile it works on.
+    static TILE: std::cell::RefCell<Vec<BlockQ8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Which int8 dot product the CPU offers.
