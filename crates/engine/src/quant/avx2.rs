@@ -31,6 +31,9 @@ struct Sub {
     aw: __m256i,
     scale: __m256,
     min: f32,
+    /// -128 × the sums of each lane's four weights, set only where the tiled path feeds
+    /// biased activations (see [`add`]).
+    corr: __m256i,
 }
 
 impl Default for Sub {
@@ -63,26 +66,37 @@ trait Format {
 
 /// The int8 dot product of 32 unsigned × 32 signed bytes into 8 lanes of 4-product sums.
 trait IDot {
+    /// Whether the tiled path may hand this instruction activations biased by +128 (as
+    /// unsigned bytes) against signed weights: true for `vpdpbusd`, whose u8×i8 products
+    /// cannot saturate; false for `maddubs`, whose pairwise i16 sums would.
+    const BIASED_ACTS: bool;
+    /// `acc` plus the products of 32 unsigned × 32 signed bytes, in 8 lanes of 4.
+    ///
     /// # Safety
     /// The CPU has the instructions of the implementation.
-    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 }
 
 struct Avx2Dot;
 impl IDot for Avx2Dot {
+    const BIASED_ACTS: bool = false;
     #[inline(always)]
-    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+    unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         // SAFETY: the caller runs with AVX2.
-        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+        unsafe {
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+            _mm256_add_epi32(acc, p)
+        }
     }
 }
 
 struct VnniDot;
 impl IDot for VnniDot {
+    const BIASED_ACTS: bool = true;
     #[inline(always)]
-    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+    unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         // SAFETY: the caller runs with AVX-512 VNNI and VL.
-        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
     }
 }
 
@@ -118,6 +132,7 @@ unsafe fn sub_from(w: __m256i, scale: f32, min: f32) -> Sub {
             aw: _mm256_sign_epi8(w, w),
             scale: _mm256_set1_ps(scale),
             min,
+            corr: _mm256_setzero_si256(),
         }
     }
 }
@@ -170,6 +185,7 @@ impl Format for Q4_1 {
                 aw: w,
                 scale: _mm256_set1_ps(f16_at(b)),
                 min: f16_at(b.add(2)),
+                corr: _mm256_setzero_si256(),
             }
         }
     }
@@ -285,6 +301,7 @@ impl Format for Q4K {
                 aw: w,
                 scale: _mm256_set1_ps(h.scale[s]),
                 min: h.min[s],
+                corr: _mm256_setzero_si256(),
             }
         }
     }
@@ -339,6 +356,7 @@ impl Format for Q6K {
                 aw: _mm256_sign_epi8(w, w),
                 scale: _mm256_set_m128(_mm_set1_ps(sc[2 * s + 1]), _mm_set1_ps(sc[2 * s])),
                 min: 0.0,
+                corr: _mm256_setzero_si256(),
             }
         }
     }
@@ -347,22 +365,28 @@ impl Format for Q6K {
 /// A token's running sum for one weight row: a vector part and the scalar offset part.
 type Acc = (__m256, f32);
 
-/// Adds one sub-block's products with one activation block to `acc`.
+/// Adds one sub-block's products with one activation block to `acc`. With `BIASED`, the
+/// block holds x + 128 as unsigned bytes and `sub.corr` the matching -128·Σw, so one
+/// `vpdpbusd` yields Σw·x directly; otherwise w's sign moves onto x. Both give the same
+/// integers, hence the same result to the bit.
 #[inline(always)]
-unsafe fn add<F: Format, D: IDot>(sub: &Sub, a: &BlockQ8, acc: &mut Acc) {
+unsafe fn add<F: Format, D: IDot, const BIASED: bool>(sub: &Sub, a: &BlockQ8, acc: &mut Acc) {
     // SAFETY: `a.qs` is 32 readable bytes (loadu needs no alignment); the caller runs
     // with the CPU features of `D` and AVX2/FMA.
     unsafe {
         let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        // Move w's sign onto x, so that |w| (unsigned) × sign(w)·x is w·x. |w| ≤ 128 and
-        // |x| ≤ 127: maddubs' pairwise i16 sums (≤ 2·128·127) cannot saturate. Unsigned
-        // weights are their own absolute values: the same products without the move.
-        let x = if F::SIGNED {
-            _mm256_sign_epi8(x, sub.w)
+        let zero = _mm256_setzero_si256();
+        // |w| (unsigned) × sign(w)·x is w·x. |w| ≤ 128 and |x| ≤ 127: maddubs' pairwise
+        // i16 sums (≤ 2·128·127) cannot saturate. Unsigned weights are their own absolute
+        // values: the same products without the move.
+        let p = if BIASED {
+            D::dot(sub.corr, x, sub.w)
+        } else if F::SIGNED {
+            D::dot(zero, sub.aw, _mm256_sign_epi8(x, sub.w))
         } else {
-            x
+            D::dot(zero, sub.aw, x)
         };
-        let p = _mm256_cvtepi32_ps(D::dot(sub.aw, x));
+        let p = _mm256_cvtepi32_ps(p);
         acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)), acc.0);
         if F::HAS_MIN {
             acc.1 += sub.min * a.s;
@@ -415,7 +439,7 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     let head = F::head(row, gi);
                     for s in 0..n_sub(gi) {
                         let sub = F::sub(row, gi, s, &head);
-                        add::<F, D>(&sub, &acts[gi * 8 + s], &mut acc);
+                        add::<F, D, false>(&sub, &acts[gi * 8 + s], &mut acc);
                     }
                 }
                 *o = hsum(acc.0) + acc.1;
@@ -424,6 +448,9 @@ unsafe fn rows_q8<F: Format, D: IDot>(
         }
         let mut subs = [Sub::default(); 8];
         let mut accs = [zero; TOKEN_TILE];
+        // Signed weights against biased activations: one instruction per product block.
+        let biased = D::BIASED_ACTS && F::SIGNED;
+        let zero_i = _mm256_setzero_si256();
         // Taken out of the thread-local rather than used in a closure: a closure would not
         // inherit this function's target features, and its intrinsics would not inline.
         let mut tile = TILE.take();
@@ -435,6 +462,13 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             // instead of one cache line per token per block.
             tile.clear();
             tile.extend((0..nb).flat_map(|b| (t0..t1).map(move |t| acts[t * nb + b])));
+            if biased {
+                for a in tile.iter_mut() {
+                    for q in a.qs.iter_mut() {
+                        *q ^= i8::MIN; // x + 128 as an unsigned byte
+                    }
+                }
+            }
             for r in 0..n_rows {
                 let row = rows.as_ptr().add(r * row_bytes);
                 let accs = &mut accs[..nt];
@@ -444,6 +478,10 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     let ns = n_sub(gi);
                     for (s, sub) in subs.iter_mut().enumerate().take(ns) {
                         *sub = F::sub(row, gi, s, &head);
+                        if biased {
+                            let sum128 = D::dot(zero_i, _mm256_set1_epi8(i8::MIN), sub.w);
+                            sub.corr = _mm256_sub_epi32(zero_i, sum128);
+                        }
                     }
                     let subs = &subs[..ns];
                     let blocks = &tile[gi * 8 * nt..(gi * 8 + ns) * nt];
@@ -456,7 +494,11 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                         for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
                             let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
                             for (acc, a) in acc.iter_mut().zip(a) {
-                                add::<F, D>(sub, a, acc);
+                                if biased {
+                                    add::<F, D, true>(sub, a, acc);
+                                } else {
+                                    add::<F, D, false>(sub, a, acc);
+                                }
                             }
                         }
                         quad.copy_from_slice(&acc);
@@ -464,7 +506,11 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     }
                     for acc in quads.into_remainder() {
                         for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
-                            add::<F, D>(sub, &a[t], acc);
+                            if biased {
+                                add::<F, D, true>(sub, &a[t], acc);
+                            } else {
+                                add::<F, D, false>(sub, &a[t], acc);
+                            }
                         }
                         t += 1;
                     }
