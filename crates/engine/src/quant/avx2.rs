@@ -460,12 +460,16 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             // The tile's activations block-major (all tokens' block b, then b + 1), so
             // that a sweep over a weight row reads them in one sequential stream
             // instead of one cache line per token per block.
-            tile.clear();
-            tile.extend((0..nb).flat_map(|b| (t0..t1).map(move |t| acts[t * nb + b])));
-            if biased {
-                for a in tile.iter_mut() {
-                    for q in a.qs.iter_mut() {
-                        *q ^= i8::MIN; // x + 128 as an unsigned byte
+            tile.resize(nb * nt, BlockQ8::default());
+            for (i, src) in acts[t0 * nb..t1 * nb].chunks_exact(nb).enumerate() {
+                for (b, a) in src.iter().enumerate() {
+                    let dst = &mut tile[b * nt + i];
+                    *dst = *a;
+                    if biased {
+                        // x + 128 as an unsigned byte.
+                        let q = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                        let q = _mm256_xor_si256(q, _mm256_set1_epi8(i8::MIN));
+                        _mm256_storeu_si256(dst.qs.as_mut_ptr() as *mut __m256i, q);
                     }
                 }
             }
