@@ -118,6 +118,13 @@ http_rows() { # name base_url
   "$tf" bench http --url "$url" --concurrency 8 --requests 24 --max-tokens 128 \
     --prompt "$question" --temperature 0.7 --seed 42 --json >"$out/$name-http8.json"
   cat "$out/$name-http8.json"
+  python3 bench/second_turn.py "$url" "$(model_id "$url")" >"$out/$name-turn2.json"
+  cat "$out/$name-turn2.json"
+}
+
+# The first model a server lists (llama-server names it after the file).
+model_id() { # base_url
+  curl -sf "$1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])'
 }
 
 echo "== HTTP: tokenfab serve"
@@ -169,6 +176,9 @@ rows.append(("Qwen2.5-Coder-0.5B Q4_K_M decode tokens/s (128 after 512)",
 rows.append(("Qwen2.5-Coder-0.5B Q4_K_M prompt processing tokens/s (512)",
              tf_q["prompt_tokens_per_s"], llama_bench("ref-engine-qwen.json", 512, 0, 0), "{:.1f}"))
 rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf-hwm-kb"), hwm_mib("ref-hwm-kb"), "{:.0f}"))
+t2, r2 = load("tf-turn2.json"), load("ref-turn2.json")
+rows.append((f"second turn (seed's Round 2): prompt tokens recomputed, of {t2['round2_prompt_tokens']}",
+             t2["round2_recomputed"], r2["round2_recomputed"], "{:.0f}"))
 
 print("| figure | tokenfab | llama.cpp | ratio |")
 print("|---|---|---|---|")
@@ -176,7 +186,9 @@ for name, tf, ref, fmt in rows:
     ratio = tf / ref if ref else float("nan")
     print(f"| {name} | {fmt.format(tf)} | {fmt.format(ref)} | {ratio:.2f} |")
 print()
-print("ratio = tokenfab / llama.cpp: above 1 is better for tokens/s, worse for ms and MiB.")
+print("ratio = tokenfab / llama.cpp: above 1 is better for tokens/s, worse for ms, MiB and recomputed tokens.")
+print(f"second turn counted by: tokenfab {t2['counted_by']}, llama.cpp {r2['counted_by']} "
+      f"(llama.cpp's round 2 prompt: {r2['round2_prompt_tokens']} tokens)")
 for name, d in (("16 streams", (t16, r16)), ("8 streams", (t8, r8))):
     t, r = d
     print(f"{name}: generated tokens tokenfab {t['generated_tokens']} ({t['tokens_counted_by']}, "

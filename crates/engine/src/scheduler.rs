@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::collections::VecDeque;
 
 use crate::error::EngineError;
-use crate::model::{KvCache, Model, SeqInput};
+use crate::model::{BLOCK_TOKENS, KvCache, Model, SeqInput};
 use crate::output::{OutputText, Piece};
 use crate::prefix_cache::PrefixCache;
 use crate::reasoning::{Split, ThinkTags};
@@ -287,10 +287,7 @@ impl Scheduler {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
             return;
         }
-        let kv = self
-            .prefix
-            .lookup(&req.prompt)
-            .unwrap_or_else(|| self.model.new_kv_cache());
+        let kv = self.prefix.lookup(&req.prompt, self.model.new_kv_cache());
         self.running.push(Sequence {
             fed: kv.len(),
             cached: kv.len(),
@@ -338,6 +335,7 @@ impl Scheduler {
         // Sampling, detokenizing and stop checks are per sequence: spread them over the
         // math threads too (each sequence stays on one thread, so its events keep their
         // order).
+        let prefilling: Vec<bool> = self.running.iter().map(|s| s.last.is_none()).collect();
         let (tokenizer, context_length) = (&self.tokenizer, self.model.config.context_length);
         let outcomes: Vec<Option<FinishReason>> = self.pool.install(|| {
             self.running
@@ -362,6 +360,14 @@ impl Scheduler {
                 })
                 .collect()
         });
+        // A prompt just computed: its full blocks serve requests that arrive while this
+        // one still runs (its last, partial block is registered when it ends).
+        for (s, _) in self.running.iter().zip(prefilling).filter(|(_, p)| *p) {
+            if s.fed == s.req.prompt.len() {
+                let full = s.fed / BLOCK_TOKENS * BLOCK_TOKENS;
+                self.prefix.insert(&s.req.prompt[..full], &s.kv);
+            }
+        }
         let finished: Vec<usize> = (0..outcomes.len())
             .filter(|&i| outcomes[i].is_some())
             .collect();
@@ -375,7 +381,7 @@ impl Scheduler {
     fn retire(&mut self, s: Sequence) {
         let mut tokens = s.req.prompt;
         tokens.extend_from_slice(&s.sampled);
-        self.prefix.insert(tokens, s.kv);
+        self.prefix.insert(&tokens, &s.kv);
     }
 
     /// Samples (or takes a forced) token for a sequence and emits its text; returns why

@@ -41,9 +41,10 @@
 
 use rayon::prelude::*;
 
+use super::kv::{BLOCK_TOKENS, Pages};
 use super::{KvCache, Matrix, Model, RopeStyle};
 use crate::error::EngineError;
-use crate::quant::{self, Acts, BlockQ8, QK8};
+use crate::quant::{self, Acts, BlockQ8, KvView, QK8};
 
 /// One sequence's part of a batch: the new tokens and the cache they extend.
 pub struct SeqInput<'a> {
@@ -247,7 +248,7 @@ impl Model {
                     c.context_length
                 )));
             }
-            if item.kv.k.len() != c.n_layer || item.kv.kv_dim != c.n_head_kv * c.head_dim {
+            if !item.kv.fits(c.n_layer, c.n_head_kv * c.head_dim) {
                 return Err(EngineError::BadRequest(
                     "the KV cache was made for a different model".into(),
                 ));
@@ -368,13 +369,14 @@ impl Model {
             rope(k, hd, c.n_rot, c.rope_style, &s.cos, &s.sin);
             for seg in segs {
                 let kv = &mut *batch[seg.item].kv;
-                let (r0, r1) = (seg.row0 * kv_dim, (seg.row0 + seg.len) * kv_dim);
-                kv.k[li].extend_from_slice(&k[r0..r1]);
-                kv.v[li].extend_from_slice(&v[r0..r1]);
+                for j in 0..seg.len {
+                    let r = (seg.row0 + j) * kv_dim;
+                    kv.write(li, seg.past + j, &k[r..r + kv_dim], &v[r..r + kv_dim]);
+                }
             }
 
             // Each (row, head) attends over its own sequence's cache, up to its position.
-            let items: &[SeqInput<'_>] = batch;
+            let pages: Vec<Pages<'_>> = batch.iter().map(|item| item.kv.pages(li)).collect();
             let att = resize(&mut s.att, n * q_dim);
             let q = &*q;
             att.par_chunks_mut(hd)
@@ -382,21 +384,18 @@ impl Model {
                 .for_each_init(Vec::new, |scores, (i, out)| {
                     let (t, h) = (i / c.n_head, i % c.n_head);
                     let (item, pos) = rows[t];
-                    let kv = &*items[item].kv;
+                    let (k_pages, v_pages) = &pages[item];
+                    let view = KvView {
+                        k: k_pages,
+                        v: v_pages,
+                        page_rows: BLOCK_TOKENS,
+                        stride: kv_dim,
+                        offset: (h / group) * hd,
+                    };
                     let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let offset = (h / group) * hd;
-                    quant::attend(
-                        qh,
-                        &kv.k[li],
-                        &kv.v[li],
-                        kv_dim,
-                        offset,
-                        pos + 1,
-                        scale,
-                        out,
-                        scores,
-                    );
+                    quant::attend(qh, &view, pos + 1, scale, out, scores);
                 });
+            drop(pages);
 
             let proj = resize(&mut s.proj, n * d);
             matmul(&l.wo, att, n, proj, &mut s.mm, &mut s.q8);

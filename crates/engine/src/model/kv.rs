@@ -1,20 +1,57 @@
-//! The per-sequence KV cache.
+//! The paged KV cache.
+//!
+//! A sequence's keys and values live in fixed-size blocks of [`BLOCK_TOKENS`] positions
+//! (every layer's K and V rows for those positions in one allocation). A cache is a list
+//! of reference-counted blocks, so sequences that start with the same tokens share the
+//! blocks of that prefix instead of copying them: a second turn of a chat, or many
+//! requests with one system prompt, hold one copy of the common part. Blocks are written
+//! only through [`KvCache::write`] after [`KvCache::reserve`], which gives the sequence its
+//! own copy of a block it shares and is about to write into (copy on write, at most one
+//! block per sequence: the one its shared prefix ends in).
 
-/// Positions reserved at a time when a cache grows: big enough that appends rarely
-/// reallocate, small enough that a short chat does not pay for the full context.
-const GROW_POSITIONS: usize = 256;
+use std::sync::Arc;
 
-/// Keys and values of one sequence, for every layer, as f32 rows of `n_head_kv * head_dim`.
+/// Positions per block: small enough that a shared prefix ending mid-block copies little,
+/// large enough that per-block bookkeeping is negligible next to attention over it.
+pub const BLOCK_TOKENS: usize = 16;
+
+/// One layer's key pages and value pages of a cache (see [`KvCache::pages`]).
+pub(crate) type Pages<'a> = (Vec<&'a [f32]>, Vec<&'a [f32]>);
+
+/// Keys and values of [`BLOCK_TOKENS`] positions for every layer, laid out
+/// `[layer][k, v][position][kv_dim]` so that one layer's keys for the block are one slice.
+#[derive(Clone, Debug)]
+pub struct KvBlock {
+    data: Box<[f32]>,
+}
+
+impl KvBlock {
+    fn new(n_layer: usize, kv_dim: usize) -> Self {
+        KvBlock {
+            data: vec![0.0; n_layer * 2 * BLOCK_TOKENS * kv_dim].into_boxed_slice(),
+        }
+    }
+
+    /// Bytes of one block of a model, for memory budgets.
+    pub fn bytes(n_layer: usize, kv_dim: usize) -> usize {
+        n_layer * 2 * BLOCK_TOKENS * kv_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes of this block.
+    pub fn size_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.data)
+    }
+}
+
+/// One sequence's cache: blocks (some possibly shared with other sequences or the prefix
+/// cache) and how many positions are valid.
 ///
 /// Owned by the engine's scheduler rather than the model so that one loaded model serves
-/// many sequences at once, and so a finished prefix can be kept and reused ([`truncate`]).
-/// It grows in chunks of 256 positions instead of reserving the whole context up front.
-///
-/// [`truncate`]: KvCache::truncate
+/// many sequences at once, and so finished sequences' blocks can be kept and reused.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    pub(crate) k: Vec<Vec<f32>>,
-    pub(crate) v: Vec<Vec<f32>>,
+    blocks: Vec<Arc<KvBlock>>,
+    n_layer: usize,
     pub(crate) kv_dim: usize,
     pub(crate) len: usize,
 }
@@ -22,10 +59,21 @@ pub struct KvCache {
 impl KvCache {
     pub(crate) fn new(n_layer: usize, kv_dim: usize) -> Self {
         KvCache {
-            k: vec![Vec::new(); n_layer],
-            v: vec![Vec::new(); n_layer],
+            blocks: Vec::new(),
+            n_layer,
             kv_dim,
             len: 0,
+        }
+    }
+
+    /// A cache over existing blocks holding `len` valid positions (the prefix cache's hits).
+    pub(crate) fn from_blocks(like: &KvCache, blocks: Vec<Arc<KvBlock>>, len: usize) -> Self {
+        assert!(len <= blocks.len() * BLOCK_TOKENS);
+        KvCache {
+            blocks,
+            n_layer: like.n_layer,
+            kv_dim: like.kv_dim,
+            len,
         }
     }
 
@@ -39,52 +87,159 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Keeps the first `n` positions, dropping the rest, so a sequence sharing a prefix with
-    /// a previous one recomputes only what differs. Capacity is kept for reuse.
+    /// Whether this cache was made for a model of these shapes.
+    pub(crate) fn fits(&self, n_layer: usize, kv_dim: usize) -> bool {
+        self.n_layer == n_layer && self.kv_dim == kv_dim
+    }
+
+    /// Keeps the first `n` positions, so a sequence sharing a prefix with a previous one
+    /// recomputes only what differs. Blocks past the new end are released.
     pub fn truncate(&mut self, n: usize) {
-        let n = n.min(self.len);
-        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
-            layer.truncate(n * self.kv_dim);
-        }
-        self.len = n;
+        self.len = n.min(self.len);
+        self.blocks.truncate(self.len.div_ceil(BLOCK_TOKENS));
     }
 
-    /// A copy of the first `n` positions, so several sequences can start from one cached
-    /// prefix (a shared system prompt, an earlier turn of the same chat) at the cost of a
-    /// memory copy instead of recomputing it.
+    /// A cache holding the first `n` positions that shares this one's blocks (no copy).
     pub fn prefix(&self, n: usize) -> KvCache {
-        let n = n.min(self.len);
-        let copy = |layers: &[Vec<f32>]| -> Vec<Vec<f32>> {
-            layers
-                .iter()
-                .map(|l| l[..n * self.kv_dim].to_vec())
-                .collect()
-        };
-        KvCache {
-            k: copy(&self.k),
-            v: copy(&self.v),
-            kv_dim: self.kv_dim,
-            len: n,
-        }
+        let mut c = self.clone();
+        c.truncate(n);
+        c
     }
 
-    /// Bytes held (capacity), for memory accounting by the scheduler.
-    pub fn capacity_bytes(&self) -> usize {
-        self.k
+    /// Bytes of each of this cache's blocks.
+    pub fn block_bytes(&self) -> usize {
+        KvBlock::bytes(self.n_layer, self.kv_dim)
+    }
+
+    /// The blocks, shared, with the positions they hold: for the prefix cache.
+    pub(crate) fn blocks(&self) -> &[Arc<KvBlock>] {
+        &self.blocks
+    }
+
+    /// Bytes of the blocks this cache alone holds (shared ones are counted by whoever
+    /// else holds them too), for memory accounting.
+    pub fn unshared_bytes(&self) -> usize {
+        let own = self
+            .blocks
             .iter()
-            .chain(self.v.iter())
-            .map(|l| l.capacity() * 4)
-            .sum()
+            .filter(|b| Arc::strong_count(b) == 1)
+            .count();
+        own * KvBlock::bytes(self.n_layer, self.kv_dim)
     }
 
-    /// Makes room for `n_new` more positions, growing by whole chunks.
+    /// Makes room for `n_new` more positions: allocates blocks, and takes a private copy
+    /// of a shared block that the new positions will write into.
     pub(crate) fn reserve(&mut self, n_new: usize) {
-        let need = (self.len + n_new) * self.kv_dim;
-        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if layer.capacity() < need {
-                let positions = (self.len + n_new).div_ceil(GROW_POSITIONS) * GROW_POSITIONS;
-                layer.reserve_exact(positions * self.kv_dim - layer.len());
+        let end = self.len + n_new;
+        while self.blocks.len() * BLOCK_TOKENS < end {
+            self.blocks
+                .push(Arc::new(KvBlock::new(self.n_layer, self.kv_dim)));
+        }
+        if n_new > 0 {
+            for b in &mut self.blocks[self.len / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS)] {
+                Arc::make_mut(b);
             }
         }
+    }
+
+    /// Offset of layer `layer`'s keys (`v` false) or values in a block.
+    fn base(&self, layer: usize, v: bool) -> usize {
+        (layer * 2 + v as usize) * BLOCK_TOKENS * self.kv_dim
+    }
+
+    /// Stores the key and value rows of position `pos` for `layer`. The position must
+    /// have been reserved.
+    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let (kb, vb) = (self.base(layer, false), self.base(layer, true));
+        let row = (pos % BLOCK_TOKENS) * self.kv_dim;
+        let d = self.kv_dim;
+        let block = Arc::get_mut(&mut self.blocks[pos / BLOCK_TOKENS])
+            .expect("a written block is reserved, hence not shared");
+        block.data[kb + row..kb + row + d].copy_from_slice(k);
+        block.data[vb + row..vb + row + d].copy_from_slice(v);
+    }
+
+    /// Layer `layer`'s key pages and value pages: one slice of `BLOCK_TOKENS` rows of
+    /// `kv_dim` floats per block, in position order.
+    pub(crate) fn pages(&self, layer: usize) -> Pages<'_> {
+        let n = BLOCK_TOKENS * self.kv_dim;
+        let (kb, vb) = (self.base(layer, false), self.base(layer, true));
+        self.blocks
+            .iter()
+            .map(|b| (&b.data[kb..kb + n], &b.data[vb..vb + n]))
+            .unzip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(len: usize) -> KvCache {
+        let mut c = KvCache::new(2, 3);
+        c.reserve(len);
+        for pos in 0..len {
+            for layer in 0..2 {
+                let k = [pos as f32, layer as f32, 1.0];
+                let v = [-(pos as f32), layer as f32, 2.0];
+                c.write(layer, pos, &k, &v);
+            }
+        }
+        c.len = len;
+        c
+    }
+
+    fn row(c: &KvCache, layer: usize, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        let (k, v) = c.pages(layer);
+        let r = (pos % BLOCK_TOKENS) * 3;
+        let p = pos / BLOCK_TOKENS;
+        (k[p][r..r + 3].to_vec(), v[p][r..r + 3].to_vec())
+    }
+
+    #[test]
+    fn rows_land_in_their_block_and_layer() {
+        let c = filled(40);
+        assert_eq!(c.blocks().len(), 3);
+        for pos in [0, 15, 16, 39] {
+            for layer in 0..2 {
+                let (k, v) = row(&c, layer, pos);
+                assert_eq!(k, vec![pos as f32, layer as f32, 1.0]);
+                assert_eq!(v, vec![-(pos as f32), layer as f32, 2.0]);
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes_share_blocks_and_copy_on_write() {
+        let a = filled(40);
+        let mut b = a.prefix(20); // ends inside the second block
+        assert_eq!(b.len(), 20);
+        assert!(Arc::ptr_eq(&a.blocks()[0], &b.blocks()[0]));
+        assert!(Arc::ptr_eq(&a.blocks()[1], &b.blocks()[1]));
+        b.reserve(1);
+        // The first block stays shared; the one being written is b's own copy now.
+        assert!(Arc::ptr_eq(&a.blocks()[0], &b.blocks()[0]));
+        assert!(!Arc::ptr_eq(&a.blocks()[1], &b.blocks()[1]));
+        b.write(0, 20, &[7.0; 3], &[8.0; 3]);
+        b.len = 21;
+        assert_eq!(row(&b, 0, 20).0, vec![7.0; 3]);
+        assert_eq!(row(&a, 0, 20).0, vec![20.0, 0.0, 1.0], "a is untouched");
+        assert_eq!(
+            row(&b, 1, 19).0,
+            vec![19.0, 1.0, 1.0],
+            "the copy kept the prefix"
+        );
+        assert_eq!(a.unshared_bytes(), 2 * KvBlock::bytes(2, 3));
+    }
+
+    #[test]
+    fn truncate_releases_blocks() {
+        let mut c = filled(40);
+        c.truncate(16);
+        assert_eq!((c.len(), c.blocks().len()), (16, 1));
+        c.truncate(100);
+        assert_eq!(c.len(), 16);
+        c.truncate(0);
+        assert!(c.is_empty() && c.blocks().is_empty());
     }
 }

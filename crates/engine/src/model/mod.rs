@@ -9,7 +9,7 @@ mod forward;
 mod kv;
 
 pub use forward::{Scratch, SeqInput};
-pub use kv::KvCache;
+pub use kv::{BLOCK_TOKENS, KvBlock, KvCache};
 
 use crate::error::EngineError;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};

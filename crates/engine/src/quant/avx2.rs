@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::BlockQ8;
+use super::{BlockQ8, KvView};
 
 /// Tokens processed together per pass over a weight row: enough to amortize unpacking a
 /// weight group, few enough that their activations stay in L2.
@@ -724,16 +724,12 @@ unsafe fn reduce8(a: &[__m256; 8]) -> __m256 {
 /// where the group boundaries fall. Exponentials run eight at a time ([`exp_neg`]).
 ///
 /// # Safety
-/// `q.len() == out.len() == 8 * NQ`, every position below `n_pos` has its row in `k` and
-/// `v`, and the CPU has AVX2 and FMA.
+/// `q.len() == out.len() == 8 * NQ`, `kv.check(n_pos, 8 * NQ)` passed, and the CPU has
+/// AVX2 and FMA.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_nq<const NQ: usize>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
+    kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
@@ -742,22 +738,33 @@ unsafe fn attend_nq<const NQ: usize>(
     let padded = n_pos.next_multiple_of(8);
     scores.clear();
     scores.resize(padded, 0.0);
-    // SAFETY (whole body): loads are at `j * stride + offset + 8c` for j < n_pos and
-    // c < NQ, inside `k`/`v` by the caller's contract (asserted by `quant::attend`);
-    // `scores` has `padded` elements; `q`/`out` have 8 * NQ.
+    let shift = kv.page_rows.trailing_zeros();
+    let mask = kv.page_rows - 1;
+    // Row `j` of a head: inside its page by `KvView::check` (j < n_pos, offset + 8·NQ ≤
+    // stride, pages hold page_rows full rows).
+    let row = |pages: &[&[f32]], j: usize| {
+        // SAFETY: see above; `pages[j >> shift]` is bounds-checked.
+        unsafe {
+            pages[j >> shift]
+                .as_ptr()
+                .add((j & mask) * kv.stride + kv.offset)
+        }
+    };
+    // SAFETY (whole body): loads are 8·NQ floats from `row(.., j)` with j < n_pos (see
+    // above); `scores` has `padded` elements; `q`/`out` have 8·NQ.
     unsafe {
         let mut qv = [_mm256_setzero_ps(); NQ];
         for (c, x) in qv.iter_mut().enumerate() {
             *x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
         }
-        let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
+        let sp = scores.as_mut_ptr();
         let vscale = _mm256_set1_ps(scale);
         for j0 in (0..n_pos).step_by(8) {
             let mut acc = [_mm256_setzero_ps(); 8];
             for (i, a) in acc.iter_mut().enumerate().take(n_pos - j0) {
-                let row = kp.add((j0 + i) * stride + offset);
+                let r = row(kv.k, j0 + i);
                 for (c, x) in qv.iter().enumerate() {
-                    *a = _mm256_fmadd_ps(*x, _mm256_loadu_ps(row.add(8 * c)), *a);
+                    *a = _mm256_fmadd_ps(*x, _mm256_loadu_ps(r.add(8 * c)), *a);
                 }
             }
             _mm256_storeu_ps(sp.add(j0), _mm256_mul_ps(reduce8(&acc), vscale));
@@ -795,10 +802,10 @@ unsafe fn attend_nq<const NQ: usize>(
         let l = hsum(lsum);
         let mut o = [_mm256_setzero_ps(); NQ];
         for (j, &w) in scores[..n_pos].iter().enumerate() {
-            let row = vp.add(j * stride + offset);
+            let r = row(kv.v, j);
             let w = _mm256_set1_ps(w);
             for (c, x) in o.iter_mut().enumerate() {
-                *x = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * c)), *x);
+                *x = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8 * c)), *x);
             }
         }
         let inv = _mm256_set1_ps(if l > 0.0 { 1.0 / l } else { 0.0 });
@@ -810,14 +817,13 @@ unsafe fn attend_nq<const NQ: usize>(
 
 /// [`super::attend`] on x86-64 for the common head sizes (32, 64, 128, 256); other sizes
 /// use the portable kernel.
+///
+/// # Safety
+/// `kv.check(n_pos, q.len())` passed and `q.len() == out.len()`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attend(
+pub(crate) unsafe fn attend(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
+    kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
@@ -825,17 +831,17 @@ pub(crate) fn attend(
 ) {
     macro_rules! go {
         ($nq:literal) => {
-            // SAFETY: head size 8 * $nq checked by the match; the rest is `quant::attend`'s
-            // checked contract; the features are enabled on this function.
-            unsafe { attend_nq::<$nq>(q, k, v, stride, offset, n_pos, scale, out, scores) }
+            // SAFETY: head size 8 * $nq matched; the rest is the caller's contract; the
+            // features are enabled on this function.
+            unsafe { attend_nq::<$nq>(q, kv, n_pos, scale, out, scores) }
         };
     }
-    match (q.len(), out.len() == q.len()) {
-        (32, true) => go!(4),
-        (64, true) => go!(8),
-        (128, true) => go!(16),
-        (256, true) => go!(32),
-        _ => super::kernel::attend(q, k, v, stride, offset, n_pos, scale, out, scores),
+    match q.len() {
+        32 => go!(4),
+        64 => go!(8),
+        128 => go!(16),
+        256 => go!(32),
+        _ => super::kernel::attend(q, kv, n_pos, scale, out, scores),
     }
 }
 

@@ -3,8 +3,8 @@
 //! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
 //! float ones (attention, dot) with AVX2/FMA enabled.
 
-use super::BlockQ8;
 use super::blocks::{Decoder, Group};
+use super::{BlockQ8, KvView};
 
 /// Tokens processed together per pass over a weight row: enough to amortize decoding a
 /// weight group, few enough that their activations stay in L2.
@@ -88,19 +88,14 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Causal attention of one query head over `n_pos` cached positions: scores into
-/// `scores`, softmax, then the weighted sum of values. `k` and `v` hold rows of `stride`
-/// floats; this head's slice starts at `offset` in each row (GQA by indexing). Two passes
-/// over a score buffer instead of an online softmax: no rescaling of the output per
-/// position, and the exponentials run as one vectorizable loop.
+/// Causal attention of one query head over the first `n_pos` positions of `kv`: scores
+/// into `scores`, softmax, then the weighted sum of values. Two passes over a score
+/// buffer instead of an online softmax: no rescaling of the output per position, and the
+/// exponentials run as one vectorizable loop.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
+    kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
@@ -108,24 +103,7 @@ pub(crate) fn attend(
 ) {
     let hd = q.len();
     scores.clear();
-    scores.extend((0..n_pos).map(|j| {
-        let base = j * stride + offset;
-        dot_f32(q, &k[base..base + hd]) * scale
-    }));
-    softmax_weighted_sum(scores, v, stride, offset, out);
-}
-
-/// The second half of [`attend`]: softmax of `scores` in place, then `out` = the weighted
-/// sum of the value rows.
-#[inline(always)]
-pub(crate) fn softmax_weighted_sum(
-    scores: &mut [f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f32],
-) {
-    let hd = out.len();
+    scores.extend((0..n_pos).map(|j| dot_f32(q, &kv.k_row(j)[..hd]) * scale));
     let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut l = 0.0f32;
     for s in scores.iter_mut() {
@@ -134,8 +112,7 @@ pub(crate) fn softmax_weighted_sum(
     }
     out.fill(0.0);
     for (j, &w) in scores.iter().enumerate() {
-        let base = j * stride + offset;
-        for (o, &x) in out.iter_mut().zip(&v[base..base + hd]) {
+        for (o, &x) in out.iter_mut().zip(&kv.v_row(j)[..hd]) {
             *o += w * x;
         }
     }

@@ -249,32 +249,66 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     kernel::dot_f32(a, b)
 }
 
-/// Causal attention for one query head over the first `n_pos` cached positions, softmax
-/// included. `k`/`v` hold rows of `stride` floats and this head's KV slice starts at
-/// `offset` in each row, so grouped-query heads share cache rows without copying.
-/// `scores` is working memory (`n_pos` floats, rounded up), kept by the caller across
-/// calls so that attention does not allocate.
-#[allow(clippy::too_many_arguments)]
+/// One head's view of a paged KV cache: position `j`'s key row starts at `offset` in row
+/// `j % page_rows` (of `stride` floats) of page `j / page_rows`, and likewise for values.
+/// Grouped-query heads share cache rows by using different offsets, without copying.
+pub struct KvView<'a> {
+    pub k: &'a [&'a [f32]],
+    pub v: &'a [&'a [f32]],
+    /// Positions per page; a power of two.
+    pub page_rows: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl KvView<'_> {
+    /// Key row of position `j`, from this head's offset to the end of the cache row.
+    #[inline(always)]
+    fn k_row(&self, j: usize) -> &[f32] {
+        let r = (j % self.page_rows) * self.stride + self.offset;
+        &self.k[j / self.page_rows][r..]
+    }
+
+    #[inline(always)]
+    fn v_row(&self, j: usize) -> &[f32] {
+        let r = (j % self.page_rows) * self.stride + self.offset;
+        &self.v[j / self.page_rows][r..]
+    }
+
+    /// Panics unless `n_pos` positions of heads of `hd` dimensions are all inside the
+    /// pages: the vector kernel reads through pointers and relies on it.
+    fn check(&self, n_pos: usize, hd: usize) {
+        assert!(self.page_rows.is_power_of_two());
+        assert!(self.offset + hd <= self.stride);
+        assert!(n_pos <= self.k.len().min(self.v.len()) * self.page_rows);
+        let need = self.page_rows * self.stride;
+        assert!(
+            self.k.iter().chain(self.v.iter()).all(|p| p.len() >= need),
+            "a KV page is shorter than {need} floats"
+        );
+    }
+}
+
+/// Causal attention for one query head over the first `n_pos` positions of `kv`, softmax
+/// included. `scores` is working memory (`n_pos` floats, rounded up), kept by the caller
+/// across calls so that attention does not allocate.
 pub fn attend(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
+    kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    assert!(n_pos == 0 || (n_pos - 1) * stride + offset + q.len() <= k.len().min(v.len()));
+    kv.check(n_pos, q.len());
     assert_eq!(q.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if simd().is_some() {
-        // SAFETY: avx2 and fma were detected at runtime.
-        unsafe { avx2::attend(q, k, v, stride, offset, n_pos, scale, out, scores) };
+        // SAFETY: avx2 and fma were detected at runtime; `check` bounded every row read.
+        unsafe { avx2::attend(q, kv, n_pos, scale, out, scores) };
         return;
     }
-    kernel::attend(q, k, v, stride, offset, n_pos, scale, out, scores)
+    kernel::attend(q, kv, n_pos, scale, out, scores)
 }
 
 #[cfg(test)]
@@ -503,11 +537,24 @@ mod tests {
         let mut rng = Rng(5);
         let mut buf = Vec::new();
         for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
-            let (stride, offset) = (2 * hd, hd);
+            let (stride, offset, page_rows) = (2 * hd, hd, 16);
+            let pages = n_pos.div_ceil(page_rows);
+            let k: Vec<f32> = (0..pages * page_rows * stride)
+                .map(|_| rng.f() * 2.0)
+                .collect();
+            let v: Vec<f32> = (0..pages * page_rows * stride).map(|_| rng.f()).collect();
             let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
-            let k: Vec<f32> = (0..n_pos * stride).map(|_| rng.f() * 2.0).collect();
-            let v: Vec<f32> = (0..n_pos * stride).map(|_| rng.f()).collect();
+            let kp: Vec<&[f32]> = k.chunks(page_rows * stride).collect();
+            let vp: Vec<&[f32]> = v.chunks(page_rows * stride).collect();
+            let view = KvView {
+                k: &kp,
+                v: &vp,
+                page_rows,
+                stride,
+                offset,
+            };
             let scale = 1.0 / (hd as f32).sqrt();
+            // Pages are consecutive here, so position j is row j of the flat arrays.
             let scores: Vec<f32> = (0..n_pos)
                 .map(|j| {
                     (0..hd)
@@ -520,19 +567,9 @@ mod tests {
             let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
             let z: f32 = e.iter().sum();
             let mut out = vec![0.0f32; hd];
-            attend(&q, &k, &v, stride, offset, n_pos, scale, &mut out, &mut buf);
+            attend(&q, &view, n_pos, scale, &mut out, &mut buf);
             let mut out_scalar = vec![0.0f32; hd];
-            kernel::attend(
-                &q,
-                &k,
-                &v,
-                stride,
-                offset,
-                n_pos,
-                scale,
-                &mut out_scalar,
-                &mut buf,
-            );
+            kernel::attend(&q, &view, n_pos, scale, &mut out_scalar, &mut buf);
             for i in 0..hd {
                 let want: f32 = (0..n_pos)
                     .map(|j| e[j] / z * v[j * stride + offset + i])
