@@ -8,10 +8,13 @@
 //! - [`template`]: a conversation becomes prompt text (the model's own Jinja template).
 //! - [`tokenizer`]: prompt text becomes token ids; generated ids become bytes.
 //! - [`scheduler`]: the engine thread; jobs arrive over a channel, every running sequence
-//!   is stepped in one batch, and tokens go back over each job's channel. Finished
-//!   sequences' KV caches go to the [`prefix_cache`], where later prompts start from them.
-//! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned KV caches,
-//!   built on [`quant`], the quantized block formats and their kernels.
+//!   is stepped in one batch, and tokens go back over each job's channel. Computed prompts'
+//!   and finished sequences' KV blocks go to the [`prefix_cache`], a tree of blocks keyed by
+//!   tokens, where later prompts share them.
+//! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned paged KV
+//!   caches (reference-counted blocks of 16 positions, copied only on write), built on
+//!   [`quant`]: the quantized block formats, their kernels (portable, AVX2, AVX-512 VNNI)
+//!   and attention over the pages.
 //! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
 //!   characters; [`reasoning`] splits a thinking model's thought from its answer; [`stop`]
 //!   cuts the answer at stop strings.
