@@ -44,7 +44,7 @@ use rayon::prelude::*;
 use super::kv::{BLOCK_TOKENS, Pages};
 use super::{KvCache, Matrix, Model, RopeStyle};
 use crate::error::EngineError;
-use crate::quant::{self, Acts, BlockQ8, KvView, QK8};
+use crate::quant::{self, Acts, BlockQ8, KvView, QK8, TOKEN_TILE};
 
 /// One sequence's part of a batch: the new tokens and the cache they extend.
 pub struct SeqInput<'a> {
@@ -147,17 +147,28 @@ fn matmul(
         out.par_chunks_mut(chunk).enumerate().for_each(kernel);
         return;
     }
-    // Row-major results per weight row, then transpose into token-major output.
+    // Results per task in the kernels' tiled layout, then transposed into token-major
+    // output one token tile per task: each row's results for a tile are adjacent.
     let tmp = resize(mm, rows * n_tok);
     tmp.par_chunks_mut(chunk * n_tok)
         .enumerate()
         .for_each(kernel);
     let tmp = &*tmp;
-    out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
-        for (r, o) in o.iter_mut().enumerate() {
-            *o = tmp[r * n_tok + t];
-        }
-    });
+    out.par_chunks_mut(rows * TOKEN_TILE)
+        .enumerate()
+        .for_each(|(k, o)| {
+            let t0 = k * TOKEN_TILE;
+            let nt = o.len() / rows;
+            for (c, part) in tmp.chunks(chunk * n_tok).enumerate() {
+                let n = part.len() / n_tok;
+                let block = &part[t0 * n..(t0 + nt) * n];
+                for (r, src) in block.chunks_exact(nt).enumerate() {
+                    for (t, &x) in src.iter().enumerate() {
+                        o[t * rows + c * chunk + r] = x;
+                    }
+                }
+            }
+        });
 }
 
 /// RMS norm of every row of `x` (rows of `w.len()`); each row reduced on its own.

@@ -15,11 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BlockQ8, KvView};
-
-/// Tokens processed together per pass over a weight row: enough to amortize unpacking a
-/// weight group, few enough that their activations stay in L2.
-const TOKEN_TILE: usize = 64;
+use super::{BlockQ8, KvView, TOKEN_TILE};
 
 /// 32 unpacked weights: signed values `w`, their absolute values (for `maddubs`, which
 /// wants one unsigned operand), the scale of each 16-weight half (lanes 0..4 the first,
@@ -406,7 +402,7 @@ unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
-/// `out[r * n_tok + t] = dot(weight row r, activation row t)`.
+/// `dot(weight row r, activation row t)`, laid out as `super::tiled_index` says.
 ///
 /// # Safety
 /// `rows` holds `out.len() / n_tok` whole rows of `n_in` weights of format `F`, `acts` holds
@@ -519,7 +515,7 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                         t += 1;
                     }
                 }
-                let out = &mut out[r * n_tok + t0..r * n_tok + t1];
+                let out = &mut out[t0 * n_rows + r * nt..t0 * n_rows + (r + 1) * nt];
                 for (o, &(v, off)) in out.iter_mut().zip(&*accs) {
                     *o = hsum(v) + off;
                 }

@@ -4,11 +4,7 @@
 //! float ones (attention, dot) with AVX2/FMA enabled.
 
 use super::blocks::{Decoder, Group};
-use super::{BlockQ8, KvView};
-
-/// Tokens processed together per pass over a weight row: enough to amortize decoding a
-/// weight group, few enough that their activations stay in L2.
-const TOKEN_TILE: usize = 64;
+use super::{BlockQ8, KvView, TOKEN_TILE};
 
 #[inline(always)]
 fn dot16(a: &[i8; 16], b: &[i8; 16]) -> i32 {
@@ -32,7 +28,8 @@ fn dot_group(g: &Group, acts: &[BlockQ8]) -> f32 {
     acc
 }
 
-/// `out[r * n_tok + t] = dot(weight row r, activation row t)` for the rows in `rows`: the
+/// `dot(weight row r, activation row t)` for the rows in `rows`, laid out as
+/// `super::tiled_index` says: the
 /// portable kernel, and the reference the vector ones are tested against. Each (row,
 /// token) sum runs over the groups in order whatever `n_tok` is (batch invariance).
 #[inline(always)]
@@ -62,7 +59,8 @@ pub(crate) fn rows_q8<D: Decoder>(
                     *acc += dot_group(&g, &acts[t * nb + gi * 8..t * nb + gi * 8 + g.n_sub]);
                 }
             }
-            out[r * n_tok + t0..r * n_tok + t1].copy_from_slice(accs);
+            let at = t0 * n_rows + r * (t1 - t0);
+            out[at..at + t1 - t0].copy_from_slice(accs);
         }
     }
 }

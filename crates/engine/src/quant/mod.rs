@@ -43,6 +43,20 @@ impl Default for BlockQ8 {
     }
 }
 
+/// Tokens per tile of the kernels: a pass over a weight row serves this many tokens, and
+/// [`dot_rows`] lays its results out tile by tile ([`tiled_index`]).
+pub const TOKEN_TILE: usize = 64;
+
+/// Where [`dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows` rows
+/// and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each row-major,
+/// so that a row's results for a tile are adjacent and the caller's transposition into
+/// token-major order reads whole cache lines.
+pub fn tiled_index(r: usize, t: usize, n_rows: usize, n_tok: usize) -> usize {
+    let t0 = t / TOKEN_TILE * TOKEN_TILE;
+    let nt = (n_tok - t0).min(TOKEN_TILE);
+    t0 * n_rows + r * nt + (t - t0)
+}
+
 /// Whether tokenfab can compute with weights of this type; the loader refuses the others
 /// by name so users learn which model files to pick.
 pub fn is_supported(ty: GgmlType) -> bool {
@@ -215,17 +229,19 @@ fn dot_rows_impl(
             // the float reference path too.
             let rb = row_bytes(ty, n_in).expect("row size checked at load");
             let mut w = vec![0.0f32; n_in];
-            for (r, o) in out.chunks_mut(n_tok).enumerate() {
+            let n_rows = out.len() / n_tok;
+            for r in 0..n_rows {
                 dequantize_row(ty, &rows[r * rb..(r + 1) * rb], &mut w);
-                for (t, o) in o.iter_mut().enumerate() {
-                    *o = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
+                for t in 0..n_tok {
+                    out[tiled_index(r, t, n_rows, n_tok)] =
+                        dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
                 }
             }
         }
     }
 }
 
-/// `out[r * n_tok + t] = dot(weight row r, activation row t)` for every row in `rows`
+/// `out[tiled_index(r, t, ..)] = dot(weight row r, activation row t)` for every row in `rows`
 /// (`out.len() / n_tok` rows of `n_in` weights of type `ty`). Callers split the rows of a
 /// matrix over threads; the result does not depend on how they split.
 pub fn dot_rows(
@@ -458,14 +474,14 @@ mod tests {
                     for t in 0..n_tok {
                         let xr = &x[t * n_in..(t + 1) * n_in];
                         let reference: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
-                        let got = scalar[r * n_tok + t];
+                        let got = scalar[tiled_index(r, t, n_rows, n_tok)];
                         // Q8 activations carry ~0.4% relative error per element.
                         let tol = 1e-2 * wnorm * (n_in as f32).sqrt() / 10.0 + 1e-4;
                         assert!(
                             (got - reference).abs() <= tol,
                             "{ty:?} n_tok {n_tok} row {r} tok {t}: {got} vs {reference} (tol {tol})"
                         );
-                        let s = simd[r * n_tok + t];
+                        let s = simd[tiled_index(r, t, n_rows, n_tok)];
                         assert!(
                             (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
                             "{ty:?}: simd {s} vs scalar {got}"
