@@ -442,11 +442,8 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             }
             return;
         }
-        let mut subs = [Sub::default(); 8];
-        let mut accs = [zero; TOKEN_TILE];
         // Signed weights against biased activations: one instruction per product block.
         let biased = D::BIASED_ACTS && F::SIGNED;
-        let zero_i = _mm256_setzero_si256();
         // Taken out of the thread-local rather than used in a closure: a closure would not
         // inherit this function's target features, and its intrinsics would not inline.
         let mut tile = TILE.take();
@@ -469,59 +466,106 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     }
                 }
             }
-            for r in 0..n_rows {
-                let row = rows.as_ptr().add(r * row_bytes);
-                let accs = &mut accs[..nt];
-                accs.fill(zero);
-                for gi in 0..n_groups {
-                    let head = F::head(row, gi);
-                    let ns = n_sub(gi);
-                    for (s, sub) in subs.iter_mut().enumerate().take(ns) {
-                        *sub = F::sub(row, gi, s, &head);
-                        if biased {
-                            let sum128 = D::dot(zero_i, _mm256_set1_epi8(i8::MIN), sub.w);
-                            sub.corr = _mm256_sub_epi32(zero_i, sum128);
-                        }
-                    }
-                    let subs = &subs[..ns];
-                    let blocks = &tile[gi * 8 * nt..(gi * 8 + ns) * nt];
-                    // Four tokens at a time: four independent FMA chains keep the
-                    // pipelines busy (one chain waits on each FMA's latency).
-                    let mut quads = accs.chunks_exact_mut(4);
-                    let mut t = 0;
-                    for quad in &mut quads {
-                        let mut acc: [Acc; 4] = quad.try_into().unwrap();
-                        for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
-                            let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
-                            for (acc, a) in acc.iter_mut().zip(a) {
-                                if biased {
-                                    add::<F, D, true>(sub, a, acc);
-                                } else {
-                                    add::<F, D, false>(sub, a, acc);
-                                }
-                            }
-                        }
-                        quad.copy_from_slice(&acc);
-                        t += 4;
-                    }
-                    for acc in quads.into_remainder() {
-                        for (sub, a) in subs.iter().zip(blocks.chunks_exact(nt)) {
-                            if biased {
-                                add::<F, D, true>(sub, &a[t], acc);
-                            } else {
-                                add::<F, D, false>(sub, &a[t], acc);
-                            }
-                        }
-                        t += 1;
-                    }
-                }
-                let out = &mut out[t0 * n_rows + r * nt..t0 * n_rows + (r + 1) * nt];
-                for (o, &(v, off)) in out.iter_mut().zip(&*accs) {
-                    *o = hsum(v) + off;
+            // Four weight rows at a time: each activation block loaded serves all four.
+            let mut r = 0;
+            while r < n_rows {
+                let out = &mut out[t0 * n_rows..t1 * n_rows];
+                if r + 4 <= n_rows {
+                    tile_rows::<F, D, 4>(rows, row_bytes, r, nb, &tile, nt, biased, out);
+                    r += 4;
+                } else {
+                    tile_rows::<F, D, 1>(rows, row_bytes, r, nb, &tile, nt, biased, out);
+                    r += 1;
                 }
             }
         }
         TILE.set(tile);
+    }
+}
+
+/// Rows `r0..r0 + R` of the tiled path against the `nt` tokens of `tile` (block-major),
+/// written to `out` (this tile's part of the output, row-major). Every (row, token) sum
+/// is accumulated exactly as [`add`] does alone: rows and tokens only share loads.
+///
+/// # Safety
+/// As for [`rows_q8`], and rows `r0..r0 + R` exist.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    r0: usize,
+    nb: usize,
+    tile: &[BlockQ8],
+    nt: usize,
+    biased: bool,
+    out: &mut [f32],
+) {
+    let n_groups = (nb * 32).div_ceil(256);
+    // SAFETY (whole body): the rows exist (caller), group and sub-block indices stay below
+    // `n_groups` / `ns`; the caller guarantees the CPU features.
+    unsafe {
+        let zero: Acc = (_mm256_setzero_ps(), 0.0);
+        let zero_i = _mm256_setzero_si256();
+        let mut subs = [[Sub::default(); 8]; R];
+        let mut accs = [[zero; TOKEN_TILE]; R];
+        for gi in 0..n_groups {
+            let ns = (nb - gi * 8).min(8);
+            for (rr, subs) in subs.iter_mut().enumerate() {
+                let row = rows.as_ptr().add((r0 + rr) * row_bytes);
+                let head = F::head(row, gi);
+                for (s, sub) in subs.iter_mut().enumerate().take(ns) {
+                    *sub = F::sub(row, gi, s, &head);
+                    if biased {
+                        let sum128 = D::dot(zero_i, _mm256_set1_epi8(i8::MIN), sub.w);
+                        sub.corr = _mm256_sub_epi32(zero_i, sum128);
+                    }
+                }
+            }
+            let blocks = &tile[gi * 8 * nt..(gi * 8 + ns) * nt];
+            // Four tokens at a time: four independent FMA chains per row keep the
+            // pipelines busy (one chain waits on each FMA's latency).
+            let mut t = 0;
+            while t + 4 <= nt {
+                let mut acc = [[zero; 4]; R];
+                for rr in 0..R {
+                    acc[rr].copy_from_slice(&accs[rr][t..t + 4]);
+                }
+                for (si, a) in blocks.chunks_exact(nt).enumerate() {
+                    let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
+                    for k in 0..4 {
+                        for rr in 0..R {
+                            if biased {
+                                add::<F, D, true>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                            } else {
+                                add::<F, D, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                            }
+                        }
+                    }
+                }
+                for rr in 0..R {
+                    accs[rr][t..t + 4].copy_from_slice(&acc[rr]);
+                }
+                t += 4;
+            }
+            for t in t..nt {
+                for (si, a) in blocks.chunks_exact(nt).enumerate() {
+                    for rr in 0..R {
+                        if biased {
+                            add::<F, D, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                        } else {
+                            add::<F, D, false>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                        }
+                    }
+                }
+            }
+        }
+        for (rr, accs) in accs.iter().enumerate() {
+            let out = &mut out[(r0 + rr) * nt..(r0 + rr + 1) * nt];
+            for (o, &(v, off)) in out.iter_mut().zip(accs.iter()) {
+                *o = hsum(v) + off;
+            }
+        }
     }
 }
 
