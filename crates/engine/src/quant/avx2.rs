@@ -444,6 +444,9 @@ unsafe fn rows_q8<F: Format, D: IDot>(
         }
         // Signed weights against biased activations: one instruction per product block.
         let biased = D::BIASED_ACTS && F::SIGNED;
+        // Unpacked sub-blocks and accumulators of four rows, reused by every call.
+        let zero: Acc = (_mm256_setzero_ps(), 0.0);
+        let mut scratch = ([[Sub::default(); 8]; 4], [[zero; TOKEN_TILE]; 4]);
         // Taken out of the thread-local rather than used in a closure: a closure would not
         // inherit this function's target features, and its intrinsics would not inline.
         let mut tile = TILE.take();
@@ -468,13 +471,17 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             }
             // Four weight rows at a time: each activation block loaded serves all four.
             let mut r = 0;
+            let out = &mut out[t0 * n_rows..t1 * n_rows];
             while r < n_rows {
-                let out = &mut out[t0 * n_rows..t1 * n_rows];
+                let (x, tile) = (&mut scratch, &tile[..]);
                 if r + 4 <= n_rows {
-                    tile_rows::<F, D, 4>(rows, row_bytes, r, nb, &tile, nt, biased, out);
+                    let x4 = (&mut x.0, &mut x.1);
+                    tile_rows::<F, D, 4>(rows, row_bytes, r, nb, tile, nt, biased, out, x4);
                     r += 4;
                 } else {
-                    tile_rows::<F, D, 1>(rows, row_bytes, r, nb, &tile, nt, biased, out);
+                    let (subs, accs) = (&mut x.0[..1], &mut x.1[..1]);
+                    let x1 = (subs.try_into().unwrap(), accs.try_into().unwrap());
+                    tile_rows::<F, D, 1>(rows, row_bytes, r, nb, tile, nt, biased, out, x1);
                     r += 1;
                 }
             }
@@ -484,8 +491,9 @@ unsafe fn rows_q8<F: Format, D: IDot>(
 }
 
 /// Rows `r0..r0 + R` of the tiled path against the `nt` tokens of `tile` (block-major),
-/// written to `out` (this tile's part of the output, row-major). Every (row, token) sum
-/// is accumulated exactly as [`add`] does alone: rows and tokens only share loads.
+/// written to `out` (this tile's part of the output, row-major), with the caller's scratch
+/// for unpacked sub-blocks and accumulators. Every (row, token) sum is accumulated exactly
+/// as [`add`] does alone: rows and tokens only share loads.
 ///
 /// # Safety
 /// As for [`rows_q8`], and rows `r0..r0 + R` exist.
@@ -500,6 +508,7 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     nt: usize,
     biased: bool,
     out: &mut [f32],
+    (subs, accs): (&mut [[Sub; 8]; R], &mut [[Acc; TOKEN_TILE]; R]),
 ) {
     let n_groups = (nb * 32).div_ceil(256);
     // SAFETY (whole body): the rows exist (caller), group and sub-block indices stay below
@@ -507,8 +516,9 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     unsafe {
         let zero: Acc = (_mm256_setzero_ps(), 0.0);
         let zero_i = _mm256_setzero_si256();
-        let mut subs = [[Sub::default(); 8]; R];
-        let mut accs = [[zero; TOKEN_TILE]; R];
+        for a in accs.iter_mut() {
+            a[..nt].fill(zero);
+        }
         for gi in 0..n_groups {
             let ns = (nb - gi * 8).min(8);
             for (rr, subs) in subs.iter_mut().enumerate() {
