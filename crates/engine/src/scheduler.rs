@@ -51,7 +51,7 @@ impl Default for SchedulerConfig {
             max_running: 16,
             max_waiting: 64,
             prefill_chunk: 512,
-            prefix_cache_bytes: 256 << 20,
+            prefix_cache_bytes: 128 << 20,
         }
     }
 }

@@ -97,8 +97,9 @@ struct HttpArgs {
     /// Request i is sent with seed + i: reproducible, yet not 16 copies of one answer.
     #[arg(long, default_value_t = 42)]
     seed: i64,
-    /// Requests sent one at a time before the measurement and not counted, so that
-    /// first-use costs (page faults of the weights, lazy allocations) stay out of it.
+    /// Rounds of warm-up before the measurement, not counted: each sends `concurrency`
+    /// requests at once, so that first-use costs at the measured load (page faults of the
+    /// weights and of the servers' caches, lazy allocations) stay out of it.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Seconds a request may take before the run fails.
@@ -415,10 +416,19 @@ async fn http_main(
         max_tokens: args.max_tokens,
         temperature: args.temperature,
     });
-    for i in 0..args.warmup {
-        one_request(&job, args.seed.wrapping_sub(1 + i as i64))
-            .await
-            .context("warm-up request")?;
+    for round in 0..args.warmup {
+        let mut warm = tokio::task::JoinSet::new();
+        for i in 0..concurrency {
+            let (job, seed) = (
+                job.clone(),
+                args.seed.wrapping_sub(1 + (round * concurrency + i) as i64),
+            );
+            warm.spawn(async move { one_request(&job, seed).await });
+        }
+        while let Some(r) = warm.join_next().await {
+            r.context("a warm-up task panicked")?
+                .context("warm-up request")?;
+        }
     }
 
     let load_before = load_average();

@@ -8,7 +8,7 @@
 //! max_waiting = 64       # queued requests before 503
 //! max_body_bytes = 4194304
 //! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
-//! prefix_cache_mb = 256     # per model: computed prompt prefixes kept for later requests
+//! prefix_cache_mb = 128     # per model: computed prompt prefixes kept for later requests
 //! cache_dir = "/var/cache/tokenfab"
 //!
 //! [[models]]

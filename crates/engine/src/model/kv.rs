@@ -18,20 +18,77 @@ pub const BLOCK_TOKENS: usize = 16;
 /// One layer's key pages and value pages of a cache (see [`KvCache::pages`]).
 pub(crate) type Pages<'a> = (Vec<&'a [f32]>, Vec<&'a [f32]>);
 
-/// Keys and values of [`BLOCK_TOKENS`] positions for every layer, laid out
-/// `[layer][k, v][position][kv_dim]` so that one layer's keys for the block are one slice.
-#[derive(Clone, Debug)]
-pub struct KvBlock {
-    data: Box<[f32]>,
+/// Freed blocks of one model, kept for the next sequences: a block is large (hundreds of
+/// KB), and taking fresh memory for each one costs page faults and zeroing on every new
+/// request, most of the first step of a burst. A reused block is not cleared: positions
+/// are always written before they are read. Holds at most `max_free_bytes` of free blocks.
+pub struct KvPool {
+    n_layer: usize,
+    kv_dim: usize,
+    max_free: usize,
+    free: std::sync::Mutex<Vec<Box<[f32]>>>,
 }
 
-impl KvBlock {
-    fn new(n_layer: usize, kv_dim: usize) -> Self {
+impl KvPool {
+    pub fn new(n_layer: usize, kv_dim: usize, max_free_bytes: usize) -> Arc<KvPool> {
+        Arc::new(KvPool {
+            n_layer,
+            kv_dim,
+            max_free: max_free_bytes / KvBlock::bytes(n_layer, kv_dim).max(1),
+            free: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> KvBlock {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let len = self.n_layer * 2 * BLOCK_TOKENS * self.kv_dim;
         KvBlock {
-            data: vec![0.0; n_layer * 2 * BLOCK_TOKENS * kv_dim].into_boxed_slice(),
+            data: reused.unwrap_or_else(|| vec![0.0; len].into_boxed_slice()),
+            pool: self.clone(),
         }
     }
 
+    fn put(&self, data: Box<[f32]>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.max_free && !data.is_empty() {
+            free.push(data);
+        }
+    }
+}
+
+impl std::fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvPool")
+            .field("n_layer", &self.n_layer)
+            .field("kv_dim", &self.kv_dim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys and values of [`BLOCK_TOKENS`] positions for every layer, laid out
+/// `[layer][k, v][position][kv_dim]` so that one layer's keys for the block are one slice.
+/// Its memory goes back to its pool when the last holder drops it.
+#[derive(Debug)]
+pub struct KvBlock {
+    data: Box<[f32]>,
+    pool: Arc<KvPool>,
+}
+
+impl Clone for KvBlock {
+    fn clone(&self) -> Self {
+        let mut b = self.pool.take();
+        b.data.copy_from_slice(&self.data);
+        b
+    }
+}
+
+impl Drop for KvBlock {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.data));
+    }
+}
+
+impl KvBlock {
     /// Bytes of one block of a model, for memory budgets.
     pub fn bytes(n_layer: usize, kv_dim: usize) -> usize {
         n_layer * 2 * BLOCK_TOKENS * kv_dim * std::mem::size_of::<f32>()
@@ -51,19 +108,26 @@ impl KvBlock {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     blocks: Vec<Arc<KvBlock>>,
-    n_layer: usize,
+    pool: Arc<KvPool>,
     pub(crate) kv_dim: usize,
     pub(crate) len: usize,
 }
 
 impl KvCache {
-    pub(crate) fn new(n_layer: usize, kv_dim: usize) -> Self {
+    /// An empty cache taking its blocks from `pool`.
+    pub(crate) fn with_pool(pool: Arc<KvPool>) -> Self {
         KvCache {
             blocks: Vec::new(),
-            n_layer,
-            kv_dim,
+            kv_dim: pool.kv_dim,
+            pool,
             len: 0,
         }
+    }
+
+    /// An empty cache with a pool of its own (tests).
+    #[cfg(test)]
+    pub(crate) fn new(n_layer: usize, kv_dim: usize) -> Self {
+        KvCache::with_pool(KvPool::new(n_layer, kv_dim, 0))
     }
 
     /// A cache over existing blocks holding `len` valid positions (the prefix cache's hits).
@@ -71,7 +135,7 @@ impl KvCache {
         assert!(len <= blocks.len() * BLOCK_TOKENS);
         KvCache {
             blocks,
-            n_layer: like.n_layer,
+            pool: like.pool.clone(),
             kv_dim: like.kv_dim,
             len,
         }
@@ -89,7 +153,7 @@ impl KvCache {
 
     /// Whether this cache was made for a model of these shapes.
     pub(crate) fn fits(&self, n_layer: usize, kv_dim: usize) -> bool {
-        self.n_layer == n_layer && self.kv_dim == kv_dim
+        self.pool.n_layer == n_layer && self.kv_dim == kv_dim
     }
 
     /// Keeps the first `n` positions, so a sequence sharing a prefix with a previous one
@@ -108,7 +172,7 @@ impl KvCache {
 
     /// Bytes of each of this cache's blocks.
     pub fn block_bytes(&self) -> usize {
-        KvBlock::bytes(self.n_layer, self.kv_dim)
+        KvBlock::bytes(self.pool.n_layer, self.kv_dim)
     }
 
     /// The blocks, shared, with the positions they hold: for the prefix cache.
@@ -124,7 +188,7 @@ impl KvCache {
             .iter()
             .filter(|b| Arc::strong_count(b) == 1)
             .count();
-        own * KvBlock::bytes(self.n_layer, self.kv_dim)
+        own * self.block_bytes()
     }
 
     /// Makes room for `n_new` more positions: allocates blocks, and takes a private copy
@@ -132,8 +196,7 @@ impl KvCache {
     pub(crate) fn reserve(&mut self, n_new: usize) {
         let end = self.len + n_new;
         while self.blocks.len() * BLOCK_TOKENS < end {
-            self.blocks
-                .push(Arc::new(KvBlock::new(self.n_layer, self.kv_dim)));
+            self.blocks.push(Arc::new(self.pool.take()));
         }
         if n_new > 0 {
             for b in &mut self.blocks[self.len / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS)] {
@@ -230,6 +293,29 @@ mod tests {
             "the copy kept the prefix"
         );
         assert_eq!(a.unshared_bytes(), 2 * KvBlock::bytes(2, 3));
+    }
+
+    #[test]
+    fn freed_blocks_are_reused() {
+        let pool = KvPool::new(2, 3, 1 << 20);
+        let mut a = KvCache::with_pool(pool.clone());
+        a.reserve(40);
+        let freed: Vec<*const f32> = a.blocks().iter().map(|b| b.data.as_ptr()).collect();
+        drop(a);
+        assert_eq!(pool.free.lock().unwrap().len(), 3);
+        let mut b = KvCache::with_pool(pool.clone());
+        b.reserve(1);
+        assert!(
+            freed.contains(&b.blocks()[0].data.as_ptr()),
+            "a freed block was taken"
+        );
+        assert_eq!(pool.free.lock().unwrap().len(), 2);
+        // The cap holds: a pool without room lets its blocks go.
+        let tight = KvPool::new(2, 3, 0);
+        let mut c = KvCache::with_pool(tight.clone());
+        c.reserve(16);
+        drop(c);
+        assert!(tight.free.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -9,11 +9,12 @@ mod forward;
 mod kv;
 
 pub use forward::{Scratch, SeqInput};
-pub use kv::{BLOCK_TOKENS, KvBlock, KvCache};
+pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvPool};
 
 use crate::error::EngineError;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::quant;
+use std::sync::Arc;
 
 /// How rotary embeddings pair up dimensions. llama.cpp uses `Norm` (adjacent pairs) for
 /// llama, whose GGUF converter permutes Q/K rows to suit it, and `Neox` (first half with
@@ -77,7 +78,13 @@ pub struct Model {
     /// `None` when the output projection is tied to the token embedding.
     pub(crate) output: Option<Matrix>,
     pub(crate) layers: Vec<Layer>,
+    /// Where every sequence's KV blocks come from and return to.
+    kv_pool: Arc<KvPool>,
 }
+
+/// Free KV blocks a model keeps for reuse (see [`KvPool`]): enough for a burst of
+/// concurrent requests, small next to the weights of the models it serves.
+const KV_POOL_FREE_BYTES: usize = 64 << 20;
 
 struct Loader<'a> {
     g: &'a GgufFile,
@@ -265,15 +272,13 @@ impl Model {
             output_norm,
             output,
             layers,
+            kv_pool: KvPool::new(n_layer, kv_dim, KV_POOL_FREE_BYTES),
         })
     }
 
     /// A fresh, empty cache for one sequence.
     pub fn new_kv_cache(&self) -> KvCache {
-        KvCache::new(
-            self.config.n_layer,
-            self.config.n_head_kv * self.config.head_dim,
-        )
+        KvCache::with_pool(self.kv_pool.clone())
     }
 
     /// Reusable working memory for [`Model::forward`]; keep one per engine thread so decode
