@@ -364,9 +364,14 @@ type Acc = (__m256, f32);
 /// Adds one sub-block's products with one activation block to `acc`. With `BIASED`, the
 /// block holds x + 128 as unsigned bytes and `sub.corr` the matching -128·Σw, so one
 /// `vpdpbusd` yields Σw·x directly; otherwise w's sign moves onto x. Both give the same
-/// integers, hence the same result to the bit.
+/// integers, hence the same result to the bit. Without `WITH_MIN` the caller adds the
+/// offset part (`min · a.s`, a multiply then an add) itself, four tokens at a time.
 #[inline(always)]
-unsafe fn add<F: Format, D: IDot, const BIASED: bool>(sub: &Sub, a: &BlockQ8, acc: &mut Acc) {
+unsafe fn add<F: Format, D: IDot, const BIASED: bool, const WITH_MIN: bool>(
+    sub: &Sub,
+    a: &BlockQ8,
+    acc: &mut Acc,
+) {
     // SAFETY: `a.qs` is 32 readable bytes (loadu needs no alignment); the caller runs
     // with the CPU features of `D` and AVX2/FMA.
     unsafe {
@@ -384,7 +389,7 @@ unsafe fn add<F: Format, D: IDot, const BIASED: bool>(sub: &Sub, a: &BlockQ8, ac
         };
         let p = _mm256_cvtepi32_ps(p);
         acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)), acc.0);
-        if F::HAS_MIN {
+        if F::HAS_MIN && WITH_MIN {
             acc.1 += sub.min * a.s;
         }
     }
@@ -435,7 +440,7 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     let head = F::head(row, gi);
                     for s in 0..n_sub(gi) {
                         let sub = F::sub(row, gi, s, &head);
-                        add::<F, D, false>(&sub, &acts[gi * 8 + s], &mut acc);
+                        add::<F, D, false, true>(&sub, &acts[gi * 8 + s], &mut acc);
                     }
                 }
                 *o = hsum(acc.0) + acc.1;
@@ -456,9 +461,12 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             // The tile's activations block-major (all tokens' block b, then b + 1), so
             // that a sweep over a weight row reads them in one sequential stream
             // instead of one cache line per token per block.
+            let (tile, tile_s) = &mut tile;
             tile.resize(nb * nt, BlockQ8::default());
+            tile_s.resize(nb * nt, 0.0);
             for (i, src) in acts[t0 * nb..t1 * nb].chunks_exact(nb).enumerate() {
                 for (b, a) in src.iter().enumerate() {
+                    tile_s[b * nt + i] = a.s;
                     let dst = &mut tile[b * nt + i];
                     *dst = *a;
                     if biased {
@@ -473,7 +481,7 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             let mut r = 0;
             let out = &mut out[t0 * n_rows..t1 * n_rows];
             while r < n_rows {
-                let (x, tile) = (&mut scratch, &tile[..]);
+                let (x, tile) = (&mut scratch, (&tile[..], &tile_s[..]));
                 if r + 4 <= n_rows {
                     let x4 = (&mut x.0, &mut x.1);
                     tile_rows::<F, D, 4>(rows, row_bytes, r, nb, tile, nt, biased, out, x4);
@@ -504,7 +512,7 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     row_bytes: usize,
     r0: usize,
     nb: usize,
-    tile: &[BlockQ8],
+    (tile, tile_s): (&[BlockQ8], &[f32]),
     nt: usize,
     biased: bool,
     out: &mut [f32],
@@ -536,24 +544,47 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
             // Four tokens at a time: four independent FMA chains per row keep the
             // pipelines busy (one chain waits on each FMA's latency).
             let mut t = 0;
+            let sums = &tile_s[gi * 8 * nt..(gi * 8 + ns) * nt];
             while t + 4 <= nt {
                 let mut acc = [[zero; 4]; R];
+                // The four tokens' offset parts side by side: `off += min · s` per lane, the
+                // same multiply and add as each token's scalar part alone.
+                let mut off = [_mm_setzero_ps(); R];
                 for rr in 0..R {
                     acc[rr].copy_from_slice(&accs[rr][t..t + 4]);
+                    let a = &acc[rr];
+                    off[rr] = _mm_setr_ps(a[0].1, a[1].1, a[2].1, a[3].1);
                 }
-                for (si, a) in blocks.chunks_exact(nt).enumerate() {
+                for (si, (a, s4)) in blocks
+                    .chunks_exact(nt)
+                    .zip(sums.chunks_exact(nt))
+                    .enumerate()
+                {
                     let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
                     for k in 0..4 {
                         for rr in 0..R {
                             if biased {
-                                add::<F, D, true>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                                add::<F, D, true, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
                             } else {
-                                add::<F, D, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                                add::<F, D, false, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
                             }
+                        }
+                    }
+                    if F::HAS_MIN {
+                        let s4: &[f32; 4] = s4[t..t + 4].try_into().unwrap();
+                        let s4 = _mm_loadu_ps(s4.as_ptr());
+                        for rr in 0..R {
+                            let m = _mm_mul_ps(_mm_set1_ps(subs[rr][si].min), s4);
+                            off[rr] = _mm_add_ps(off[rr], m);
                         }
                     }
                 }
                 for rr in 0..R {
+                    let mut o = [0.0f32; 4];
+                    _mm_storeu_ps(o.as_mut_ptr(), off[rr]);
+                    for k in 0..4 {
+                        acc[rr][k].1 = o[k];
+                    }
                     accs[rr][t..t + 4].copy_from_slice(&acc[rr]);
                 }
                 t += 4;
@@ -562,9 +593,9 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
                 for (si, a) in blocks.chunks_exact(nt).enumerate() {
                     for rr in 0..R {
                         if biased {
-                            add::<F, D, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                            add::<F, D, true, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
                         } else {
-                            add::<F, D, false>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                            add::<F, D, false, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
                         }
                     }
                 }
@@ -579,9 +610,12 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     }
 }
 
+/// A thread's block-major copy of the activation tile it works on, and the blocks' offset
+/// sums (`BlockQ8::s`) apart, so that four tokens' sums load as one vector.
+type TileBuf = (Vec<BlockQ8>, Vec<f32>);
+
 thread_local! {
-    /// Each thread's block-major copy of the activation tile it works on.
-    static TILE: std::cell::RefCell<Vec<BlockQ8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TILE: std::cell::Cell<TileBuf> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// Which int8 dot product the CPU offers.
