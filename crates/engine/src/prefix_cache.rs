@@ -119,7 +119,6 @@ impl PrefixCache {
         if n == 0 || self.max_bytes == 0 {
             return;
         }
-        let block_bytes = kv.block_bytes();
         self.clock += 1;
         let mut parent = ROOT;
         for (depth, block) in kv.blocks().iter().enumerate() {
@@ -149,7 +148,7 @@ impl PrefixCache {
                     },
                 );
                 self.children.entry(parent).or_default().push(k);
-                self.used_bytes += block_bytes;
+                self.used_bytes += block.size_bytes();
             }
             parent = k;
         }

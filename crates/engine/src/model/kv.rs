@@ -109,7 +109,6 @@ impl KvBlock {
 pub struct KvCache {
     blocks: Vec<Arc<KvBlock>>,
     pool: Arc<KvPool>,
-    pub(crate) kv_dim: usize,
     pub(crate) len: usize,
 }
 
@@ -118,7 +117,6 @@ impl KvCache {
     pub(crate) fn with_pool(pool: Arc<KvPool>) -> Self {
         KvCache {
             blocks: Vec::new(),
-            kv_dim: pool.kv_dim,
             pool,
             len: 0,
         }
@@ -136,7 +134,6 @@ impl KvCache {
         KvCache {
             blocks,
             pool: like.pool.clone(),
-            kv_dim: like.kv_dim,
             len,
         }
     }
@@ -153,7 +150,7 @@ impl KvCache {
 
     /// Whether this cache was made for a model of these shapes.
     pub(crate) fn fits(&self, n_layer: usize, kv_dim: usize) -> bool {
-        self.pool.n_layer == n_layer && self.kv_dim == kv_dim
+        self.pool.n_layer == n_layer && self.pool.kv_dim == kv_dim
     }
 
     /// Keeps the first `n` positions, so a sequence sharing a prefix with a previous one
@@ -170,11 +167,6 @@ impl KvCache {
         c
     }
 
-    /// Bytes of each of this cache's blocks.
-    pub fn block_bytes(&self) -> usize {
-        KvBlock::bytes(self.pool.n_layer, self.kv_dim)
-    }
-
     /// The blocks, shared, with the positions they hold: for the prefix cache.
     pub(crate) fn blocks(&self) -> &[Arc<KvBlock>] {
         &self.blocks
@@ -188,7 +180,7 @@ impl KvCache {
             .iter()
             .filter(|b| Arc::strong_count(b) == 1)
             .count();
-        own * self.block_bytes()
+        own * KvBlock::bytes(self.pool.n_layer, self.pool.kv_dim)
     }
 
     /// Makes room for `n_new` more positions: allocates blocks, and takes a private copy
@@ -207,15 +199,15 @@ impl KvCache {
 
     /// Offset of layer `layer`'s keys (`v` false) or values in a block.
     fn base(&self, layer: usize, v: bool) -> usize {
-        (layer * 2 + v as usize) * BLOCK_TOKENS * self.kv_dim
+        (layer * 2 + v as usize) * BLOCK_TOKENS * self.pool.kv_dim
     }
 
     /// Stores the key and value rows of position `pos` for `layer`. The position must
     /// have been reserved.
     pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let (kb, vb) = (self.base(layer, false), self.base(layer, true));
-        let row = (pos % BLOCK_TOKENS) * self.kv_dim;
-        let d = self.kv_dim;
+        let d = self.pool.kv_dim;
+        let row = (pos % BLOCK_TOKENS) * d;
         let block = Arc::get_mut(&mut self.blocks[pos / BLOCK_TOKENS])
             .expect("a written block is reserved, hence not shared");
         block.data[kb + row..kb + row + d].copy_from_slice(k);
@@ -225,7 +217,7 @@ impl KvCache {
     /// Layer `layer`'s key pages and value pages: one slice of `BLOCK_TOKENS` rows of
     /// `kv_dim` floats per block, in position order.
     pub(crate) fn pages(&self, layer: usize) -> Pages<'_> {
-        let n = BLOCK_TOKENS * self.kv_dim;
+        let n = BLOCK_TOKENS * self.pool.kv_dim;
         let (kb, vb) = (self.base(layer, false), self.base(layer, true));
         self.blocks
             .iter()

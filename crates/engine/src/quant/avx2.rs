@@ -450,7 +450,6 @@ unsafe fn rows_q8<F: Format, D: IDot>(
         // Signed weights against biased activations: one instruction per product block.
         let biased = D::BIASED_ACTS && F::SIGNED;
         // Unpacked sub-blocks and accumulators of four rows, reused by every call.
-        let zero: Acc = (_mm256_setzero_ps(), 0.0);
         let mut scratch = ([[Sub::default(); 8]; 4], [[zero; TOKEN_TILE]; 4]);
         // Taken out of the thread-local rather than used in a closure: a closure would not
         // inherit this function's target features, and its intrinsics would not inline.
