@@ -14,7 +14,7 @@
 # Opt-in and slow (the first run builds llama.cpp, about ten minutes on two cores); CI
 # never calls it. Environment: CARGO_TARGET_DIR is honoured; TOKENFAB_BENCH_PORT (the
 # first of two loopback ports, default 18431); TOKENFAB_BENCH_RUNS (engine repetitions,
-# default 3); TOKENFAB_BENCH_ROUNDS (alternating engine rounds, best kept, default 2);
+# default 3); TOKENFAB_BENCH_ROUNDS (alternating engine and server rounds, best kept, default 2);
 # TOKENFAB_BENCH_OUT (keep the raw JSON results there instead of a temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -133,20 +133,24 @@ model_id() { # base_url
   curl -sf "$1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])'
 }
 
-echo "== HTTP: tokenfab serve"
-"$tf" serve --model "$smol" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
-server_pid=$!
-wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
-http_rows tf "http://127.0.0.1:$tf_port/v1"
-stop_server
+# The servers alternate too, $rounds times, each started fresh; each side keeps its best
+# figure per row (its worst for peak RSS).
+for round in $(seq 1 "$rounds"); do
+  echo "== HTTP round $round: tokenfab serve"
+  "$tf" serve --model "$smol" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+  http_rows "tf-$round" "http://127.0.0.1:$tf_port/v1"
+  stop_server
 
-echo "== HTTP: llama-server --parallel 16"
-"$ref_bin/llama-server" -m "$smol" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
-  --parallel 16 -c "$ref_ctx" >"$out/ref-serve.log" 2>&1 &
-server_pid=$!
-wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
-http_rows ref "http://127.0.0.1:$ref_port/v1"
-stop_server
+  echo "== HTTP round $round: llama-server --parallel 16"
+  "$ref_bin/llama-server" -m "$smol" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
+    --parallel 16 -c "$ref_ctx" >"$out/ref-serve.log" 2>&1 &
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+  http_rows "ref-$round" "http://127.0.0.1:$ref_port/v1"
+  stop_server
+done
 
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -173,9 +177,19 @@ def tf_engine(model):
     for key in ("prompt_tokens_per_s", "decode_tokens_per_s"):
         best[key] = max(r[key] for r in runs)
     return best
-def hwm_mib(name):
-    with open(os.path.join(out, name)) as f:
-        return int(f.read().strip()) / 1024
+def hwm_mib(side):
+    def one(rnd):
+        with open(os.path.join(out, f"{side}-{rnd}-hwm-kb")) as f:
+            return int(f.read().strip()) / 1024
+    return max(one(rnd) for rnd in range(1, rounds + 1))
+def http(side, kind):
+    """One side's HTTP results: the first round's, with each figure its best round's."""
+    runs = [load(f"{side}-{rnd}-{kind}.json") for rnd in range(1, rounds + 1)]
+    best = dict(runs[0])
+    best["aggregate_tokens_per_s"] = max(r["aggregate_tokens_per_s"] for r in runs)
+    for key in ("ttft_ms_p50", "ttft_ms_p99"):
+        best[key] = min(r[key] for r in runs)
+    return best
 
 rows = []
 tf_s, tf_q = tf_engine("smol"), tf_engine("qwen")
@@ -183,18 +197,18 @@ rows.append(("SmolLM2-135M Q4_1 decode tokens/s (128 after 512, 2 threads)",
              tf_s["decode_tokens_per_s"], llama_bench("smol", 0, 128, 512), "{:.1f}"))
 rows.append(("SmolLM2-135M Q4_1 prompt processing tokens/s (512)",
              tf_s["prompt_tokens_per_s"], llama_bench("smol", 512, 0, 0), "{:.1f}"))
-t16, r16 = load("tf-http16.json"), load("ref-http16.json")
+t16, r16 = http("tf", "http16"), http("ref", "http16")
 rows.append(("HTTP aggregate generated tokens/s (16 streams x 128)",
              t16["aggregate_tokens_per_s"], r16["aggregate_tokens_per_s"], "{:.1f}"))
-t8, r8 = load("tf-http8.json"), load("ref-http8.json")
+t8, r8 = http("tf", "http8"), http("ref", "http8")
 rows.append(("HTTP time to first token p50, ms (8 streams)", t8["ttft_ms_p50"], r8["ttft_ms_p50"], "{:.0f}"))
 rows.append(("HTTP time to first token p99, ms (8 streams)", t8["ttft_ms_p99"], r8["ttft_ms_p99"], "{:.0f}"))
 rows.append(("Qwen2.5-Coder-0.5B Q4_K_M decode tokens/s (128 after 512)",
              tf_q["decode_tokens_per_s"], llama_bench("qwen", 0, 128, 512), "{:.1f}"))
 rows.append(("Qwen2.5-Coder-0.5B Q4_K_M prompt processing tokens/s (512)",
              tf_q["prompt_tokens_per_s"], llama_bench("qwen", 512, 0, 0), "{:.1f}"))
-rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf-hwm-kb"), hwm_mib("ref-hwm-kb"), "{:.0f}"))
-t2, r2 = load("tf-turn2.json"), load("ref-turn2.json")
+rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf"), hwm_mib("ref"), "{:.0f}"))
+t2, r2 = load("tf-1-turn2.json"), load("ref-1-turn2.json")
 rows.append((f"second turn (seed's Round 2): prompt tokens recomputed, of {t2['round2_prompt_tokens']}",
              t2["round2_recomputed"], r2["round2_recomputed"], "{:.0f}"))
 

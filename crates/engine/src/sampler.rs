@@ -188,11 +188,19 @@ impl Sampler {
                 .count();
             keep = above.max(1);
         }
-        let total = if keep == c.len() {
-            sum
-        } else {
-            c[..keep].iter().map(|x| x.1 as f64).sum()
-        };
+        if keep == c.len() {
+            // Nothing is cut off: any fixed order draws from the same distribution, so
+            // walk the candidates as they lie instead of sorting them.
+            let mut r = self.rng.next_f64() * sum;
+            for &(token, w) in c.iter() {
+                r -= w as f64;
+                if r < 0.0 {
+                    return token;
+                }
+            }
+            return c[c.len() - 1].0;
+        }
+        let total: f64 = (0..keep).map(|i| order.at(c, i).1 as f64).sum();
         let mut r = self.rng.next_f64() * total;
         for i in 0..keep {
             let (token, w) = order.at(c, i);

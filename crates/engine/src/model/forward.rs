@@ -148,22 +148,36 @@ fn matmul(
         return;
     }
     // Results per task in the kernels' tiled layout, then transposed into token-major
-    // output one token tile per task: each row's results for a tile are adjacent.
+    // output. The transposition is split into groups of tokens inside one tile (a power of
+    // two, so no group straddles tiles), small enough that every thread gets some: a
+    // decode step's 16 tokens are a single tile, and one task for it left a core idle.
     let tmp = resize(mm, rows * n_tok);
     tmp.par_chunks_mut(chunk * n_tok)
         .enumerate()
         .for_each(kernel);
     let tmp = &*tmp;
-    out.par_chunks_mut(rows * TOKEN_TILE)
+    let tasks = 2 * rayon::current_num_threads();
+    let group = (n_tok / tasks)
+        .clamp(1, TOKEN_TILE)
+        .next_power_of_two()
+        .min(TOKEN_TILE);
+    let group = if group * tasks > n_tok {
+        (group / 2).max(1)
+    } else {
+        group
+    };
+    out.par_chunks_mut(rows * group)
         .enumerate()
         .for_each(|(k, o)| {
-            let t0 = k * TOKEN_TILE;
-            let nt = o.len() / rows;
+            let ta = k * group;
+            let g = o.len() / rows;
+            let t0 = ta / TOKEN_TILE * TOKEN_TILE;
+            let nt = (n_tok - t0).min(TOKEN_TILE);
             for (c, part) in tmp.chunks(chunk * n_tok).enumerate() {
                 let n = part.len() / n_tok;
                 let block = &part[t0 * n..(t0 + nt) * n];
                 for (r, src) in block.chunks_exact(nt).enumerate() {
-                    for (t, &x) in src.iter().enumerate() {
+                    for (t, &x) in src[ta - t0..ta - t0 + g].iter().enumerate() {
                         o[t * rows + c * chunk + r] = x;
                     }
                 }
@@ -213,15 +227,24 @@ fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, style: RopeStyle, cos: &[f
             &cos[t * half..(t + 1) * half],
             &sin[t * half..(t + 1) * half],
         );
+        // One loop per style (not a match per element), so that LLVM vectorizes both.
         for head in row.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (a, b) = match style {
-                    RopeStyle::Norm => (2 * i, 2 * i + 1),
-                    RopeStyle::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[i] - x1 * s[i];
-                head[b] = x0 * s[i] + x1 * c[i];
+            match style {
+                RopeStyle::Norm => {
+                    for ((p, &c), &s) in head[..n_rot].chunks_exact_mut(2).zip(c).zip(s) {
+                        let (x0, x1) = (p[0], p[1]);
+                        p[0] = x0 * c - x1 * s;
+                        p[1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (lo, hi) = head[..n_rot].split_at_mut(half);
+                    for (((x0, x1), &c), &s) in lo.iter_mut().zip(hi).zip(c).zip(s) {
+                        let (a, b) = (*x0, *x1);
+                        *x0 = a * c - b * s;
+                        *x1 = a * s + b * c;
+                    }
+                }
             }
         }
     }

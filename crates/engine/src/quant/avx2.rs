@@ -50,6 +50,9 @@ trait Format {
     /// Whether weights can be negative; unsigned ones (0..=15) go to `maddubs` as they are,
     /// without moving their sign onto the activations.
     const SIGNED: bool;
+    /// Whether a sub-block has one scale for all 32 weights (all but Q6_K, whose halves
+    /// have their own): the tiled path then forms four tokens' scale products at once.
+    const ONE_SCALE: bool = true;
     type Head: Copy + Default;
     /// # Safety
     /// `row` points at a whole row of this format with at least `gi + 1` groups, and the
@@ -306,6 +309,7 @@ impl Format for Q4K {
 struct Q6K;
 impl Format for Q6K {
     const SIGNED: bool = true;
+    const ONE_SCALE: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     const HAS_MIN: bool = false;
@@ -361,7 +365,17 @@ impl Format for Q6K {
 /// A token's running sum for one weight row: a vector part and the scalar offset part.
 type Acc = (__m256, f32);
 
-/// Adds one sub-block's products with one activation block to `acc`. With `BIASED`, the
+/// The factor of one sub-block's integer sums against one activation block: the weight
+/// scale times the activations' (lane-wise, for Q6_K's two halves).
+#[inline(always)]
+unsafe fn scale_of(sub: &Sub, a: &BlockQ8) -> __m256 {
+    // SAFETY: the caller runs with AVX.
+    unsafe { _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)) }
+}
+
+/// Adds one sub-block's products with one activation block, times `scale` (see
+/// [`scale_of`]; the tiled path computes the same products four tokens at a time), to
+/// `acc`. With `BIASED`, the
 /// block holds x + 128 as unsigned bytes and `sub.corr` the matching -128·Σw, so one
 /// `vpdpbusd` yields Σw·x directly; otherwise w's sign moves onto x. Both give the same
 /// integers, hence the same result to the bit. Without `WITH_MIN` the caller adds the
@@ -370,6 +384,7 @@ type Acc = (__m256, f32);
 unsafe fn add<F: Format, D: IDot, const BIASED: bool, const WITH_MIN: bool>(
     sub: &Sub,
     a: &BlockQ8,
+    scale: __m256,
     acc: &mut Acc,
 ) {
     // SAFETY: `a.qs` is 32 readable bytes (loadu needs no alignment); the caller runs
@@ -388,7 +403,7 @@ unsafe fn add<F: Format, D: IDot, const BIASED: bool, const WITH_MIN: bool>(
             D::dot(zero, sub.aw, x)
         };
         let p = _mm256_cvtepi32_ps(p);
-        acc.0 = _mm256_fmadd_ps(p, _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d)), acc.0);
+        acc.0 = _mm256_fmadd_ps(p, scale, acc.0);
         if F::HAS_MIN && WITH_MIN {
             acc.1 += sub.min * a.s;
         }
@@ -440,7 +455,8 @@ unsafe fn rows_q8<F: Format, D: IDot>(
                     let head = F::head(row, gi);
                     for s in 0..n_sub(gi) {
                         let sub = F::sub(row, gi, s, &head);
-                        add::<F, D, false, true>(&sub, &acts[gi * 8 + s], &mut acc);
+                        let a = &acts[gi * 8 + s];
+                        add::<F, D, false, true>(&sub, a, scale_of(&sub, a), &mut acc);
                     }
                 }
                 *o = hsum(acc.0) + acc.1;
@@ -460,11 +476,17 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             // The tile's activations block-major (all tokens' block b, then b + 1), so
             // that a sweep over a weight row reads them in one sequential stream
             // instead of one cache line per token per block.
-            let (tile, tile_s) = &mut tile;
+            let TileBuf {
+                blocks: tile,
+                d: tile_d,
+                s: tile_s,
+            } = &mut tile;
             tile.resize(nb * nt, BlockQ8::default());
+            tile_d.resize(nb * nt, 0.0);
             tile_s.resize(nb * nt, 0.0);
             for (i, src) in acts[t0 * nb..t1 * nb].chunks_exact(nb).enumerate() {
                 for (b, a) in src.iter().enumerate() {
+                    tile_d[b * nt + i] = a.d;
                     tile_s[b * nt + i] = a.s;
                     let dst = &mut tile[b * nt + i];
                     *dst = *a;
@@ -480,7 +502,7 @@ unsafe fn rows_q8<F: Format, D: IDot>(
             let mut r = 0;
             let out = &mut out[t0 * n_rows..t1 * n_rows];
             while r < n_rows {
-                let (x, tile) = (&mut scratch, (&tile[..], &tile_s[..]));
+                let (x, tile) = (&mut scratch, (&tile[..], &tile_d[..], &tile_s[..]));
                 if r + 4 <= n_rows {
                     let x4 = (&mut x.0, &mut x.1);
                     tile_rows::<F, D, 4>(rows, row_bytes, r, nb, tile, nt, biased, out, x4);
@@ -511,7 +533,7 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     row_bytes: usize,
     r0: usize,
     nb: usize,
-    (tile, tile_s): (&[BlockQ8], &[f32]),
+    (tile, tile_d, tile_s): (&[BlockQ8], &[f32], &[f32]),
     nt: usize,
     biased: bool,
     out: &mut [f32],
@@ -544,6 +566,7 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
             // pipelines busy (one chain waits on each FMA's latency).
             let mut t = 0;
             let sums = &tile_s[gi * 8 * nt..(gi * 8 + ns) * nt];
+            let ds = &tile_d[gi * 8 * nt..(gi * 8 + ns) * nt];
             while t + 4 <= nt {
                 let mut acc = [[zero; 4]; R];
                 // The four tokens' offset parts side by side: `off += min · s` per lane, the
@@ -554,18 +577,36 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
                     let a = &acc[rr];
                     off[rr] = _mm_setr_ps(a[0].1, a[1].1, a[2].1, a[3].1);
                 }
-                for (si, (a, s4)) in blocks
+                for (si, ((a, s4), d4)) in blocks
                     .chunks_exact(nt)
                     .zip(sums.chunks_exact(nt))
+                    .zip(ds.chunks_exact(nt))
                     .enumerate()
                 {
                     let a: &[BlockQ8; 4] = a[t..t + 4].try_into().unwrap();
+                    // Each row's scale times the four tokens' in one multiply: the same
+                    // products as `scale_of`, a quarter of the instructions; the FMAs
+                    // below take them as broadcast operands.
+                    let mut sd = [[0.0f32; 4]; R];
+                    if F::ONE_SCALE {
+                        let d4 = _mm_loadu_ps(d4[t..t + 4].as_ptr());
+                        for rr in 0..R {
+                            let sc = _mm256_castps256_ps128(subs[rr][si].scale);
+                            _mm_storeu_ps(sd[rr].as_mut_ptr(), _mm_mul_ps(sc, d4));
+                        }
+                    }
                     for k in 0..4 {
                         for rr in 0..R {
-                            if biased {
-                                add::<F, D, true, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                            let sub = &subs[rr][si];
+                            let scale = if F::ONE_SCALE {
+                                _mm256_set1_ps(sd[rr][k])
                             } else {
-                                add::<F, D, false, false>(&subs[rr][si], &a[k], &mut acc[rr][k]);
+                                scale_of(sub, &a[k])
+                            };
+                            if biased {
+                                add::<F, D, true, false>(sub, &a[k], scale, &mut acc[rr][k]);
+                            } else {
+                                add::<F, D, false, false>(sub, &a[k], scale, &mut acc[rr][k]);
                             }
                         }
                     }
@@ -591,10 +632,12 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
             for t in t..nt {
                 for (si, a) in blocks.chunks_exact(nt).enumerate() {
                     for rr in 0..R {
+                        let (sub, a) = (&subs[rr][si], &a[t]);
+                        let scale = scale_of(sub, a);
                         if biased {
-                            add::<F, D, true, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                            add::<F, D, true, true>(sub, a, scale, &mut accs[rr][t]);
                         } else {
-                            add::<F, D, false, true>(&subs[rr][si], &a[t], &mut accs[rr][t]);
+                            add::<F, D, false, true>(sub, a, scale, &mut accs[rr][t]);
                         }
                     }
                 }
@@ -609,12 +652,20 @@ unsafe fn tile_rows<F: Format, D: IDot, const R: usize>(
     }
 }
 
-/// A thread's block-major copy of the activation tile it works on, and the blocks' offset
-/// sums (`BlockQ8::s`) apart, so that four tokens' sums load as one vector.
-type TileBuf = (Vec<BlockQ8>, Vec<f32>);
+/// A thread's block-major copy of the activation tile it works on, with the blocks' scales
+/// (`BlockQ8::d`) and offset sums (`BlockQ8::s`) apart, so that four tokens' load as one
+/// vector.
+#[derive(Default)]
+struct TileBuf {
+    blocks: Vec<BlockQ8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
 
 thread_local! {
-    static TILE: std::cell::Cell<TileBuf> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    static TILE: std::cell::Cell<TileBuf> = const {
+        std::cell::Cell::new(TileBuf { blocks: Vec::new(), d: Vec::new(), s: Vec::new() })
+    };
 }
 
 /// Which int8 dot product the CPU offers.
