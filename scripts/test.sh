@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
 # first run), installs the Python `openai` package for the client tests in .venv, and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
-# measure contention.
+# measure contention. The platform tests get a PostgreSQL and a Redis of their own
+# (scripts/services.sh), installed from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
 export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== PostgreSQL and Redis for the platform tests (throwaway, loopback)"
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+services_start
 
 echo "== format and lints"
 cargo fmt --all -- --check

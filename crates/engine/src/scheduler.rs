@@ -109,6 +109,9 @@ pub enum Event {
         id: u32,
         text: Split,
         logprob: Option<TokenLogprob>,
+        /// The sequence's counts with this token, so that a consumer that stops listening
+        /// (a client gone mid-stream) knows what was generated and can bill it.
+        progress: Progress,
     },
     /// Text released without a token of its own (held back until the end, or until a
     /// thinking budget closed the thought).
@@ -123,6 +126,17 @@ pub enum Event {
         cached_tokens: usize,
     },
     Failed(String),
+}
+
+/// A sequence's token counts so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Generated tokens, reasoning included.
+    pub completion: usize,
+    /// Generated tokens known to be inside the thought.
+    pub reasoning: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached: usize,
 }
 
 /// Why a job was not accepted.
@@ -418,6 +432,11 @@ impl Scheduler {
             id: token,
             text: split,
             logprob,
+            progress: Progress {
+                completion: s.generated,
+                reasoning: s.output.reasoning_tokens(),
+                cached: s.cached,
+            },
         });
         if stopped {
             return Some(FinishReason::Stop);

@@ -1,11 +1,14 @@
 //! tokenfab's HTTP server: the OpenAI-compatible API over the engine.
 //!
 //! # Layout
-//! A request flows: [`request_id`] (id + log span) → a handler in [`routes`] → [`job`]
-//! (validate, render the chat template, tokenize, check the context) → the model's engine
-//! handle (from [`state`]) → engine events → JSON or server-sent events. Every failure is an
-//! [`error::HttpError`] in the OpenAI shape.
+//! A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
+//! `Caller`) → a handler in [`routes`] → [`job`] (validate, render the chat template,
+//! tokenize, check the context) → the platform's admission (rate limits, then the most the
+//! request can cost reserved from the balance) → the model's engine handle (from
+//! [`state`]) → engine events → JSON or server-sent events → the admission settled with
+//! the tokens used. Every failure is an [`error::HttpError`] in the OpenAI shape.
 
+pub mod auth;
 pub mod error;
 pub mod job;
 pub mod request_id;
@@ -32,10 +35,32 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_body_bytes;
     let v1 = Router::new()
         .route("/chat/completions", post(routes::chat::chat_completions))
-        .route("/models", get(routes::models::list));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/health", get(routes::models::health))
+        .route("/models", get(routes::models::list))
+        .route("/user/info", get(routes::user::info))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer,
+        ));
+    let mut app = Router::new().nest("/v1", v1);
+    if state.admin_key_hash.is_some() {
+        use routes::admin;
+        let admin = Router::new()
+            .route(
+                "/accounts",
+                get(admin::list_accounts).post(admin::create_account),
+            )
+            .route("/accounts/{name}", get(admin::get_account))
+            .route("/accounts/{name}/credit", post(admin::credit))
+            .route("/keys", get(admin::list_keys).post(admin::create_key))
+            .route("/keys/{which}", axum::routing::delete(admin::revoke_key))
+            .route("/usage", get(admin::usage))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::layer,
+            ));
+        app = app.nest("/admin", admin);
+    }
+    app.route("/health", get(routes::models::health))
         .fallback(not_found)
         .method_not_allowed_fallback(|m: Method, u: Uri| async move {
             error::HttpError::method_not_allowed(m.as_str(), u.path())

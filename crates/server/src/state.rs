@@ -6,6 +6,7 @@ use tokenfab_engine::loader::ReasoningSpec;
 use tokenfab_engine::scheduler::EngineHandle;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
+use tokenfab_platform::Platform;
 
 /// One model behind the API: its engine plus what handlers need to build prompts.
 pub struct ServedModel {
@@ -53,6 +54,11 @@ impl Default for Limits {
 pub struct AppState {
     pub models: Vec<Arc<ServedModel>>,
     pub limits: Limits,
+    /// Keys, prices, balances and rate limits; `None` serves everyone, unbilled (an
+    /// embedder that does its own accounting).
+    pub platform: Option<Arc<Platform>>,
+    /// SHA-256 of the admin key; the `/admin` API is off without one.
+    pub admin_key_hash: Option<String>,
 }
 
 impl AppState {

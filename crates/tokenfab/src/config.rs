@@ -10,6 +10,16 @@
 //! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
 //! prefix_cache_mb = 128     # per model: computed prompt prefixes kept for later requests
 //! cache_dir = "/var/cache/tokenfab"
+//! database_url = "sqlite:///var/lib/tokenfab/tokenfab.db" # or postgres://user@host/db
+//! redis_url = "redis://127.0.0.1:6379/"  # rate-limit counters shared by replicas
+//! instance = "replica-a"    # this server's name in the ledger (default: host:port)
+//! admin_key = "…"           # turns on the /admin API (better: TOKENFAB_ADMIN_KEY)
+//!
+//! [limits.default]          # per account tier, for every model
+//! rpm = 60
+//! tpm = 100000
+//! rpd = 10000
+//! tpd = 10000000
 //!
 //! [[models]]
 //! id = "HuggingFaceTB/SmolLM2-135M-Instruct"    # the id clients send
@@ -20,12 +30,20 @@
 //! think_start = "<think>"   # optional, the thought's tags
 //! think_end = "</think>"
 //! thinking_budget = 4096    # reasoning tokens when a request does not say
+//! input_per_million = "0.50"       # price per million prompt tokens (0 = free)
+//! output_per_million = "2.00"      # per million generated tokens, reasoning included
+//! cached_input_per_million = "0.10" # prompt tokens from the prefix cache (default: input)
+//! [models.limits.default]   # this model's limits for a tier, over the tier's own
+//! rpm = 10
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use tokenfab_platform::limits::Rates;
+use tokenfab_platform::money::{Money, Price};
 
 /// The file's shape. Every field is optional; defaults give the quick start.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +59,17 @@ pub struct FileConfig {
     /// MiB per model for reusing computed prompt prefixes across requests (0 disables).
     pub prefix_cache_mb: Option<usize>,
     pub cache_dir: Option<PathBuf>,
+    /// The ledger: `sqlite://PATH` (default: in the data directory) or `postgres://…`.
+    pub database_url: Option<String>,
+    /// Rate-limit counters in Redis instead of this process.
+    pub redis_url: Option<String>,
+    /// This server's name in reservations.
+    pub instance: Option<String>,
+    /// Enables `/admin` with this key.
+    pub admin_key: Option<String>,
+    /// Limits per account tier.
+    #[serde(default)]
+    pub limits: HashMap<String, Rates>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
 }
@@ -62,6 +91,62 @@ pub struct ModelConfig {
     pub think_end: Option<String>,
     /// Reasoning tokens allowed when a request gives no `thinking_budget` (default 4096).
     pub thinking_budget: Option<usize>,
+    /// Prices per million tokens (decimal strings or numbers; 0 or absent = free).
+    pub input_per_million: Option<Amount>,
+    pub output_per_million: Option<Amount>,
+    pub cached_input_per_million: Option<Amount>,
+    /// This model's limits per account tier, field by field over the tier's.
+    #[serde(default)]
+    pub limits: HashMap<String, Rates>,
+}
+
+/// A price in the config: `"0.50"` or `0.5`. Numbers are read through their shortest
+/// decimal form, so `0.1` is exactly one tenth, never the float nearest to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Amount {
+    pub fn money(&self) -> anyhow::Result<Money> {
+        let text = match self {
+            Amount::Text(s) => s.clone(),
+            Amount::Int(i) => i.to_string(),
+            Amount::Float(f) => f.to_string(),
+        };
+        let m: Money = text.parse()?;
+        if m.0 < 0 {
+            bail!("a price cannot be negative: {text}");
+        }
+        Ok(m)
+    }
+}
+
+impl ModelConfig {
+    /// The model's prices.
+    pub fn price(&self) -> anyhow::Result<Price> {
+        let get = |a: &Option<Amount>, what: &str| -> anyhow::Result<Option<Money>> {
+            a.as_ref()
+                .map(|a| {
+                    a.money()
+                        .with_context(|| format!("`{what}` of model `{}`", self.source))
+                })
+                .transpose()
+        };
+        Ok(Price {
+            input_per_million: get(&self.input_per_million, "input_per_million")?
+                .unwrap_or_default(),
+            output_per_million: get(&self.output_per_million, "output_per_million")?
+                .unwrap_or_default(),
+            cached_input_per_million: get(
+                &self.cached_input_per_million,
+                "cached_input_per_million",
+            )?,
+        })
+    }
 }
 
 impl FileConfig {
@@ -82,6 +167,7 @@ impl FileConfig {
         }
         let mut ids = std::collections::HashSet::new();
         for m in &cfg.models {
+            m.price()?;
             if let Some(id) = &m.id
                 && !ids.insert(id.to_ascii_lowercase())
             {
@@ -112,6 +198,12 @@ threads = 1
 id = "a/b"
 source = "/models/x.gguf"
 chat_template_file = "t.jinja"
+input_per_million = 0.1
+output_per_million = "2.50"
+[models.limits.default]
+rpm = 5
+[limits.default]
+tpm = 1000
 "#,
         )
         .unwrap();
@@ -121,6 +213,11 @@ chat_template_file = "t.jinja"
             c.models[0].chat_template_file.as_deref(),
             Some(dir.join("t.jinja").as_path())
         );
+        let price = c.models[0].price().unwrap();
+        assert_eq!(price.input_per_million, Money(100_000));
+        assert_eq!(price.output_per_million, Money(2_500_000));
+        assert_eq!(c.models[0].limits["default"].rpm, Some(5));
+        assert_eq!(c.limits["default"].tpm, Some(1000));
         std::fs::remove_dir_all(dir).ok();
     }
 

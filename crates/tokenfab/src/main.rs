@@ -1,11 +1,14 @@
-//! The `tokenfab` command: `serve` the API, manage `models`, `bench` the engine.
+//! The `tokenfab` command: `serve` the API, manage `models`, `keys`, `accounts`, read
+//! `usage`, `bench` the engine.
 //!
 //! This crate is glue: configuration and flags in, the models crate resolves files, the
-//! engine loads them, the server serves them.
+//! engine loads them, the platform keeps the ledger, the server serves them.
 
+mod admin;
 mod bench;
 mod config;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, ResolvedModel, catalog, default_cache_dir};
+use tokenfab_platform::{ModelTerms, Platform, PlatformConfig};
 use tokenfab_server::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
 
 use crate::config::{FileConfig, ModelConfig};
@@ -42,6 +46,22 @@ enum Command {
     },
     /// Measure prompt and decode speed of the engine on a model.
     Bench(bench::BenchArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+        #[command(flatten)]
+        db: admin::DbArgs,
+    },
+    /// Create accounts, top them up, show their balances.
+    Accounts {
+        #[command(subcommand)]
+        command: admin::AccountsCommand,
+        #[command(flatten)]
+        db: admin::DbArgs,
+    },
+    /// Tokens and cost per account and model over a period (from the daily totals).
+    Usage(admin::UsageArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +128,24 @@ struct ServeArgs {
     /// chat template).
     #[arg(long)]
     reasoning: Option<bool>,
+    /// The ledger database: `sqlite://PATH` or `postgres://USER@HOST/DB` (default: a
+    /// SQLite file in the data directory).
+    #[arg(long, env = "TOKENFAB_DATABASE_URL")]
+    database: Option<String>,
+    /// Keep rate-limit counters in this Redis (`redis://HOST:PORT/`), shared by replicas.
+    #[arg(long, env = "TOKENFAB_REDIS_URL")]
+    redis: Option<String>,
+    /// This server's name in the ledger (default: host name and port); a restart under
+    /// the same name releases what the previous run left reserved.
+    #[arg(long, env = "TOKENFAB_INSTANCE")]
+    instance: Option<String>,
+    /// Turns on the `/admin` API, guarded by this key.
+    #[arg(long, env = "TOKENFAB_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Serve a non-loopback address although no API key exists (anyone who reaches it
+    /// may use it).
+    #[arg(long)]
+    allow_open: bool,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -130,6 +168,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Models { command } => models(command),
         Command::Bench(args) => bench::run(args),
+        Command::Keys { command, db } => admin::keys(command, db),
+        Command::Accounts { command, db } => admin::accounts(command, db),
+        Command::Usage(args) => admin::usage(args),
     }
 }
 
@@ -272,6 +313,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         think_start: None,
         think_end: None,
         thinking_budget: None,
+        input_per_million: None,
+        output_per_million: None,
+        cached_input_per_million: None,
+        limits: Default::default(),
     };
     let models = match &args.model {
         Some(source) => vec![from_flags(source)],
@@ -282,15 +327,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|m| load_model(m, &cache_dir, threads, &file_cfg).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut terms = HashMap::new();
+    for (m, s) in models.iter().zip(&served) {
+        terms.insert(
+            s.id.to_ascii_lowercase(),
+            ModelTerms {
+                price: m.price()?,
+                limits: m.limits.clone(),
+            },
+        );
+    }
+    let platform_cfg = PlatformConfig {
+        database_url: admin::database_url(args.database.as_deref(), &file_cfg)?,
+        redis_url: args.redis.clone().or(file_cfg.redis_url.clone()),
+        instance: args
+            .instance
+            .clone()
+            .or(file_cfg.instance.clone())
+            .unwrap_or_else(|| format!("{}:{port}", admin::host_name())),
+        tiers: file_cfg.limits.clone(),
+        models: terms,
+    };
+    let admin_key = args.admin_key.clone().or(file_cfg.admin_key.clone());
     let defaults = Limits::default();
-    let state = Arc::new(AppState {
-        models: served,
-        limits: Limits {
-            max_body_bytes: file_cfg.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-            max_output_tokens: args.max_output_tokens.or(file_cfg.max_output_tokens),
-            ..defaults
-        },
-    });
+    let limits = Limits {
+        max_body_bytes: file_cfg.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        max_output_tokens: args.max_output_tokens.or(file_cfg.max_output_tokens),
+        ..defaults
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -298,10 +362,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        tracing::info!(database = %admin::redact(&platform_cfg.database_url), instance = %platform_cfg.instance, "opening the ledger");
+        let platform = Platform::open(platform_cfg)
+            .await
+            .context("cannot open the ledger")?;
+        let secured = platform.auth_required().await.context("cannot read the keys")?;
+        if !secured && !addr.ip().is_loopback() && !args.allow_open {
+            anyhow::bail!(
+                "refusing to serve {addr} without API keys: anyone who reaches it could use it. \
+                 Create a key (`tokenfab keys create --account NAME`), or pass --allow-open"
+            );
+        }
+        let state = Arc::new(AppState {
+            models: served,
+            limits,
+            platform: Some(platform),
+            admin_key_hash: admin_key.as_deref().map(tokenfab_platform::keys::hash),
+        });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another server using the port? (`--port` picks another)"))?;
-        tracing::info!("serving on http://{addr}/v1 (no API keys: open to anyone who can reach this address)");
+        if secured {
+            tracing::info!("serving on http://{addr}/v1 (API keys required)");
+        } else {
+            tracing::warn!("serving on http://{addr}/v1 with no API keys: open to anyone who can reach this address (`tokenfab keys create --account NAME` turns keys on)");
+        }
         tokenfab_server::serve(listener, state, shutdown_signal()).await.context("the server failed")
     })
 }

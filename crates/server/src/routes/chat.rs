@@ -9,13 +9,16 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
 use tokenfab_engine::reasoning::Split;
 use tokenfab_engine::scheduler::{
-    Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
+    Event, FinishReason as EngineFinish, Progress, TokenLogprob as EngineLogprob,
 };
 use tokenfab_engine::tokenizer::Tokenizer;
+use tokenfab_platform::money::Tokens;
+use tokenfab_platform::store::Outcome;
+use tokenfab_platform::{Admission, Caller, Used};
 use tokenfab_wire::chat::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
     ChunkChoice, CompletionTokensDetails, Delta, FinishReason, PromptTokensDetails,
@@ -23,6 +26,7 @@ use tokenfab_wire::chat::{
 };
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
+use crate::auth::{rate_headers, refusal};
 use crate::error::HttpError;
 use crate::job::{self, ChatJob};
 use crate::request_id::RequestId;
@@ -99,72 +103,141 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
     }
 }
 
-/// Token totals over a request's choices (the prompt is counted once, as OpenAI does).
-#[derive(Default)]
+/// Token counts of a request's choices as they arrive: the usage reported to the client
+/// and the usage billed, also when the client leaves before the end.
 struct Tally {
-    completion: usize,
-    reasoning: usize,
-    /// Prompt tokens served from the prefix cache (the best of the choices: the prompt is
-    /// one prompt).
-    cached: usize,
+    prompt: usize,
+    choices: Vec<Progress>,
+    /// Whether any choice was cut by its length limit.
+    cut: bool,
 }
 
 impl Tally {
-    fn add(&mut self, completion: usize, reasoning: usize, cached: usize) {
-        self.completion += completion;
-        self.reasoning += reasoning;
-        self.cached = self.cached.max(cached);
+    fn new(prompt: usize, n: usize) -> Tally {
+        Tally {
+            prompt,
+            choices: vec![Progress::default(); n],
+            cut: false,
+        }
     }
 
-    fn usage(&self, prompt: usize) -> Usage {
+    fn finished(&mut self, i: usize, completion: usize, reasoning: usize, cached: usize) {
+        self.choices[i] = Progress {
+            completion,
+            reasoning,
+            cached,
+        };
+    }
+
+    /// Totals over the choices; the prompt is counted once, as OpenAI does, with the best
+    /// prefix-cache hit of its choices.
+    fn used(&self) -> Used {
+        let sum = |f: fn(&Progress) -> usize| self.choices.iter().map(f).sum::<usize>() as u64;
+        let cached = self.choices.iter().map(|p| p.cached).max().unwrap_or(0) as u64;
+        Used {
+            tokens: Tokens {
+                prompt: self.prompt as u64,
+                cached: cached.min(self.prompt as u64),
+                completion: sum(|p| p.completion),
+            },
+            reasoning: sum(|p| p.reasoning),
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        let u = self.used();
         Usage {
-            prompt_tokens: prompt as u64,
-            completion_tokens: self.completion as u64,
-            total_tokens: (prompt + self.completion) as u64,
+            prompt_tokens: u.tokens.prompt,
+            completion_tokens: u.tokens.completion,
+            total_tokens: u.tokens.prompt + u.tokens.completion,
             completion_tokens_details: CompletionTokensDetails {
-                reasoning_tokens: self.reasoning as u64,
+                reasoning_tokens: u.reasoning,
             },
             prompt_tokens_details: PromptTokensDetails {
-                cached_tokens: self.cached as u64,
+                cached_tokens: u.tokens.cached,
             },
         }
+    }
+
+    /// How the request ended, for the ledger, when every choice finished.
+    fn outcome(&self) -> Outcome {
+        if self.cut {
+            Outcome::Length
+        } else {
+            Outcome::Done
+        }
+    }
+}
+
+/// Records a request's usage and charge; a ledger failure is logged, never shown to a
+/// client that already has its answer.
+async fn settle(admission: Option<Admission>, used: Used, outcome: Outcome) {
+    if let Some(a) = admission
+        && let Err(e) = a.settle(used, outcome).await
+    {
+        tracing::error!(%e, "could not record a request's usage");
     }
 }
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(state, rid, body).await {
+    let req: ChatCompletionRequest = match parse_json(body, state.limits.max_body_bytes) {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let job = match job::build(req, &state) {
+        Ok(j) => j,
+        Err(e) => return e.into_response(),
+    };
+    tracing::info!(model = %job.model.id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
+    // Admission: the rate limits, then the most the request can cost held from the
+    // balance (every choice's cap on generated tokens).
+    let admission = match &state.platform {
+        Some(p) => {
+            let most: u64 = job.choices.iter().map(|c| c.max_tokens as u64).sum();
+            match p
+                .admit(&caller, &job.model.id, job.prompt_tokens as u64, most)
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(r) => return refusal(r),
+            }
+        }
+        None => None,
+    };
+    let standing = admission.as_ref().map(Admission::standing);
+    let mut resp = run(job, rid, admission).await;
+    if let Some((requests, tokens)) = standing {
+        rate_headers(resp.headers_mut(), requests, tokens);
     }
+    resp
 }
 
-async fn handle(
-    state: Arc<AppState>,
-    rid: RequestId,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, HttpError> {
-    let req: ChatCompletionRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let job = job::build(req, &state)?;
-    tracing::info!(model = %job.model.id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
+async fn run(job: ChatJob, rid: RequestId, admission: Option<Admission>) -> Response {
     let mut receivers = Vec::with_capacity(job.choices.len());
     for r in job.choices.iter().cloned() {
         // On failure the receivers already taken are dropped, which cancels those jobs.
-        receivers.push(
-            job.model
-                .engine
-                .submit(r)
-                .map_err(|e| HttpError::overloaded(e.to_string()))?,
-        );
+        match job.model.engine.submit(r) {
+            Ok(rx) => receivers.push(rx),
+            Err(e) => {
+                let used = Tally::new(job.prompt_tokens, 0).used();
+                settle(admission, used, Outcome::Error).await;
+                return HttpError::overloaded(e.to_string()).into_response();
+            }
+        }
     }
     let id = format!("chatcmpl-{}", rid.0);
     if job.stream {
-        Ok(stream_response(job, receivers, id))
+        stream_response(job, receivers, id, admission)
     } else {
-        complete_response(job, receivers, id).await
+        match complete_response(job, receivers, id, admission).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
     }
 }
 
@@ -172,10 +245,11 @@ async fn complete_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
     id: String,
+    admission: Option<Admission>,
 ) -> Result<Response, HttpError> {
     let tok = &job.model.tokenizer;
     let mut choices = Vec::with_capacity(receivers.len());
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(job.prompt_tokens, receivers.len());
     for (index, mut rx) in receivers.into_iter().enumerate() {
         let (mut reasoning, mut content) = (String::new(), String::new());
         let mut logprobs = ChoiceLogprobs::default();
@@ -186,8 +260,14 @@ async fn complete_response(
         };
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Token { id, text, logprob } => {
+                Event::Token {
+                    id,
+                    text,
+                    logprob,
+                    progress,
+                } => {
                     append(text);
+                    tally.choices[index] = progress;
                     if let Some(lp) = logprob {
                         logprobs.content.push(wire_logprob(tok, id, &lp));
                     }
@@ -200,17 +280,22 @@ async fn complete_response(
                     cached_tokens,
                     ..
                 } => {
-                    tally.add(completion_tokens, reasoning_tokens, cached_tokens);
+                    tally.finished(index, completion_tokens, reasoning_tokens, cached_tokens);
+                    tally.cut |= reason == EngineFinish::Length;
                     finish = Some(finish_reason(reason));
                 }
                 Event::Failed(msg) => {
+                    settle(admission, tally.used(), Outcome::Error).await;
                     return Err(HttpError::internal(format!("generation failed: {msg}")));
                 }
             }
         }
-        let finish = finish.ok_or_else(|| {
-            HttpError::internal("the engine ended a generation without finishing it")
-        })?;
+        let Some(finish) = finish else {
+            settle(admission, tally.used(), Outcome::Error).await;
+            return Err(HttpError::internal(
+                "the engine ended a generation without finishing it",
+            ));
+        };
         choices.push(Choice {
             index: index as u32,
             message: ResponseMessage {
@@ -222,13 +307,15 @@ async fn complete_response(
             finish_reason: Some(finish),
         });
     }
+    // Settled before the answer leaves: a client that has its answer sees its balance.
+    settle(admission, tally.used(), tally.outcome()).await;
     let body = ChatCompletion {
         id,
         object: "chat.completion".into(),
         created: unix_now(),
         model: job.model.id.clone(),
         choices,
-        usage: tally.usage(job.prompt_tokens),
+        usage: tally.usage(),
         system_fingerprint: FINGERPRINT.into(),
     };
     Ok(axum::Json(body).into_response())
@@ -310,7 +397,12 @@ fn sse(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
 
-fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: String) -> Response {
+fn stream_response(
+    job: ChatJob,
+    receivers: Vec<UnboundedReceiver<Event>>,
+    id: String,
+    admission: Option<Admission>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let writer = ChunkWriter {
         id,
@@ -331,26 +423,52 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
         let mut events = stream::select_all(tagged);
         let tok = job.model.tokenizer.clone();
         let n = job.choices.len();
+        let mut tally = Tally::new(job.prompt_tokens, n);
+        // The client went away: what was generated (every event already delivered by the
+        // engine) is billed, then dropping the receivers cancels generation.
+        macro_rules! client_gone {
+            () => {{
+                while let Some(Some((i, ev))) = events.next().now_or_never() {
+                    match ev {
+                        Event::Token { progress, .. } => tally.choices[i] = progress,
+                        Event::Finished {
+                            completion_tokens,
+                            reasoning_tokens,
+                            cached_tokens,
+                            ..
+                        } => tally.finished(i, completion_tokens, reasoning_tokens, cached_tokens),
+                        Event::Text(_) | Event::Failed(_) => {}
+                    }
+                }
+                drop(events);
+                settle(admission, tally.used(), Outcome::ClientGone).await;
+                return;
+            }};
+        }
         for i in 0..n {
             let role = Delta {
                 role: Some("assistant".into()),
                 ..Default::default()
             };
             if tx.send(writer.choice(i, role, None, None)).await.is_err() {
-                return;
+                client_gone!();
             }
         }
-        let mut tally = Tally::default();
         let mut finished = 0;
         loop {
             let next = tokio::select! {
                 e = events.next() => e,
-                // The client went away: dropping the receivers cancels generation.
-                _ = tx.closed() => return,
+                _ = tx.closed() => client_gone!(),
             };
             let Some((i, ev)) = next else { break };
             let bytes = match ev {
-                Event::Token { id, text, logprob } => {
+                Event::Token {
+                    id,
+                    text,
+                    logprob,
+                    progress,
+                } => {
+                    tally.choices[i] = progress;
                     let lp = logprob.map(|lp| ChoiceLogprobs {
                         content: vec![wire_logprob(&tok, id, &lp)],
                     });
@@ -364,12 +482,14 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                     cached_tokens,
                     ..
                 } => {
-                    tally.add(completion_tokens, reasoning_tokens, cached_tokens);
+                    tally.finished(i, completion_tokens, reasoning_tokens, cached_tokens);
+                    tally.cut |= reason == EngineFinish::Length;
                     finished += 1;
                     writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
                 }
                 Event::Failed(msg) => {
                     tracing::error!(%msg, "generation failed mid-stream");
+                    settle(admission, tally.used(), Outcome::Error).await;
                     let err = HttpError::internal(format!("generation failed: {msg}"));
                     let _ = tx
                         .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
@@ -378,16 +498,18 @@ fn stream_response(job: ChatJob, receivers: Vec<UnboundedReceiver<Event>>, id: S
                 }
             };
             if !bytes.is_empty() && tx.send(bytes).await.is_err() {
-                return;
+                client_gone!();
             }
         }
         if finished < n {
+            settle(admission, tally.used(), Outcome::Error).await;
             return;
         }
+        // Settled before the end of the stream: a client that has read `[DONE]` sees its
+        // balance.
+        settle(admission, tally.used(), tally.outcome()).await;
         if job.include_usage {
-            let _ = tx
-                .send(writer.chunk(Vec::new(), Some(tally.usage(job.prompt_tokens))))
-                .await;
+            let _ = tx.send(writer.chunk(Vec::new(), Some(tally.usage()))).await;
         }
         let _ = tx.send(sse("[DONE]")).await;
     });

@@ -14,16 +14,30 @@ pub const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The ledger file this server got when the caller named none (removed on drop).
+    own_db: Option<std::path::PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(db) = &self.own_db {
+            for ext in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+            }
+        }
     }
 }
 
-fn free_port() -> u16 {
+/// A fresh SQLite ledger path in the temp directory.
+pub fn temp_db(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("tokenfab-test-{tag}-{}-{n}.db", std::process::id()))
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -32,20 +46,31 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    /// The default model, served as `serve` would serve it, plus `extra` flags.
+    /// The default model, served as `serve` would serve it, plus `extra` flags; with a
+    /// ledger of its own unless `extra` names one (`--database`).
     pub fn start(extra: &[&str]) -> Server {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-            .args(["serve", "--port", &port.to_string(), "--threads", "2"])
+        Self::start_on(free_port(), extra)
+    }
+
+    /// As [`Server::start`], on a given port (a restart under the same instance name).
+    pub fn start_on(port: u16, extra: &[&str]) -> Server {
+        let own_db = (!extra.contains(&"--database")).then(|| temp_db("server"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
+        cmd.args(["serve", "--port", &port.to_string(), "--threads", "2"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env_remove("TOKENFAB_DATABASE_URL")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tokenfab");
+            .stderr(Stdio::inherit());
+        if let Some(db) = &own_db {
+            cmd.arg("--database")
+                .arg(format!("sqlite://{}", db.display()));
+        }
+        let child = cmd.spawn().expect("spawn tokenfab");
         let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            own_db,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -68,6 +93,17 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.own_db = None;
     }
 }
 

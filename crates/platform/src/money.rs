@@ -1,0 +1,179 @@
+//! Money and prices as exact integers: balances in micro-units (10⁻⁶ of the currency),
+//! prices in micro-units per million tokens. Decimal strings in and out, never floats.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Micro-units per unit of currency.
+pub const MICROS: i64 = 1_000_000;
+
+/// An amount of money in micro-units (may be negative: a charge, or an overdrawn display).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub i64);
+
+/// Why a decimal string is not an amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an amount: write a decimal number with at most 6 decimals, like 10.50")]
+pub struct BadAmount(pub String);
+
+impl FromStr for Money {
+    type Err = BadAmount;
+
+    fn from_str(s: &str) -> Result<Money, BadAmount> {
+        let bad = || BadAmount(s.to_owned());
+        let t = s.trim();
+        let (neg, t) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(int) || (int.is_empty() && digits(frac))) || (!frac.is_empty() && !digits(frac))
+        {
+            return Err(bad());
+        }
+        if frac.len() > 6 {
+            return Err(bad());
+        }
+        let whole: i64 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad())?
+        };
+        let mut f: i64 = 0;
+        for (i, b) in frac.bytes().enumerate() {
+            f += (b - b'0') as i64 * 10i64.pow(5 - i as u32);
+        }
+        let v = whole
+            .checked_mul(MICROS)
+            .and_then(|w| w.checked_add(f))
+            .ok_or_else(bad)?;
+        Ok(Money(if neg { -v } else { v }))
+    }
+}
+
+impl fmt::Display for Money {
+    /// At least two decimals, at most six, trailing zeros beyond the second dropped:
+    /// `10.00`, `0.000133`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let v = self.0.unsigned_abs();
+        let (whole, frac) = (v / MICROS as u64, v % MICROS as u64);
+        let mut frac = format!("{frac:06}");
+        while frac.len() > 2 && frac.ends_with('0') {
+            frac.pop();
+        }
+        write!(f, "{sign}{whole}.{frac}")
+    }
+}
+
+/// A model's prices per million tokens, in micro-units. Zero everywhere is a free model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input_per_million: Money,
+    pub output_per_million: Money,
+    /// Prompt tokens served from the prefix cache; the input price when not set.
+    pub cached_input_per_million: Option<Money>,
+}
+
+/// The tokens a request is charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// All prompt tokens, cached ones included.
+    pub prompt: u64,
+    /// The part of `prompt` served from the prefix cache.
+    pub cached: u64,
+    /// Every generated token; reasoning tokens are output tokens too.
+    pub completion: u64,
+}
+
+impl Price {
+    pub fn is_free(&self) -> bool {
+        self.input_per_million.0 == 0
+            && self.output_per_million.0 == 0
+            && self.cached_input_per_million.is_none_or(|m| m.0 == 0)
+    }
+
+    /// The exact cost: each token class times its price, summed, divided by a million and
+    /// rounded up to the micro-unit once per request.
+    pub fn cost(&self, t: Tokens) -> Money {
+        let cached = t.cached.min(t.prompt);
+        let cached_price = self
+            .cached_input_per_million
+            .unwrap_or(self.input_per_million);
+        let total = (t.prompt - cached) as i128 * self.input_per_million.0 as i128
+            + cached as i128 * cached_price.0 as i128
+            + t.completion as i128 * self.output_per_million.0 as i128;
+        let micros = (total + 999_999).div_euclid(1_000_000);
+        Money(micros.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+    }
+
+    /// The most a request can cost: every prompt token at the dearer input price and every
+    /// possible output token. Reserved before it runs, so concurrent requests cannot spend
+    /// the same money twice.
+    pub fn most(&self, prompt: u64, max_completion: u64) -> Money {
+        let input = self
+            .input_per_million
+            .max(self.cached_input_per_million.unwrap_or_default());
+        Price {
+            input_per_million: input,
+            output_per_million: self.output_per_million,
+            cached_input_per_million: None,
+        }
+        .cost(Tokens {
+            prompt,
+            cached: 0,
+            completion: max_completion,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_exact_decimals() {
+        let m = |s: &str| s.parse::<Money>().unwrap();
+        assert_eq!(m("10.00"), Money(10_000_000));
+        assert_eq!(m("0.000001"), Money(1));
+        assert_eq!(m(".5"), Money(500_000));
+        assert_eq!(m("-1.25"), Money(-1_250_000));
+        assert_eq!(m("3"), Money(3_000_000));
+        assert_eq!(m("10.00").to_string(), "10.00");
+        assert_eq!(Money(133).to_string(), "0.000133");
+        assert_eq!(Money(-1_250_000).to_string(), "-1.25");
+        for bad in ["", "1.2345678", "1e3", "abc", "1.2.3", "-", "."] {
+            assert!(bad.parse::<Money>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cost_is_exact_and_rounds_up_once() {
+        let p = Price {
+            input_per_million: "1.33".parse().unwrap(),
+            output_per_million: "4".parse().unwrap(),
+            cached_input_per_million: Some("0.5".parse().unwrap()),
+        };
+        // 100 × 1.33 + 20 × 0.5 + 10 × 4 = 133 + 10 + 40 micro-units.
+        let t = Tokens {
+            prompt: 120,
+            cached: 20,
+            completion: 10,
+        };
+        assert_eq!(p.cost(t), Money(183));
+        // One token at 0.1 per million is a tenth of a micro-unit: rounded up to one.
+        let cheap = Price {
+            input_per_million: "0.1".parse().unwrap(),
+            ..Price::default()
+        };
+        let one = Tokens {
+            prompt: 1,
+            ..Tokens::default()
+        };
+        assert_eq!(cheap.cost(one), Money(1));
+        assert!(Price::default().is_free());
+        // 120 × 1.33 + 10 × 4 = 199.6 micro-units, rounded up.
+        assert_eq!(p.most(120, 10), Money(200));
+    }
+}

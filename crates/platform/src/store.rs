@@ -1,0 +1,689 @@
+//! The ledger: accounts, keys, credits, reservations, usage rows and daily aggregates, on
+//! SQLite (the embedded default, WAL, every commit synced) or PostgreSQL (several tokenfab
+//! replicas sharing one ledger), with one schema applied by sqlx's migrator.
+//!
+//! Money moves only inside transactions that write first (no read-then-write upgrades,
+//! which SQLite answers with "busy"), and every check that protects a balance is part of
+//! the statement that changes it (`UPDATE … WHERE balance - reserved >= amount`), so
+//! concurrent requests on any number of replicas cannot overdraw.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::keys;
+use crate::money::{Money, Tokens};
+
+/// What can go wrong with the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot update the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no account is named `{0}`")]
+    NoAccount(String),
+    #[error("an account named `{0}` already exists")]
+    AccountExists(String),
+    #[error("no key matches `{0}`")]
+    NoKey(String),
+    #[error("`{0}` matches several keys; give more of it")]
+    AmbiguousKey(String),
+    #[error("cannot read random bytes for a key: {0}")]
+    Random(String),
+    #[error("`{0}` is not a database URL: use sqlite://PATH or postgres://USER@HOST/DB")]
+    BadUrl(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The account of requests made while no keys exist (the open quick start).
+pub const OPEN_ACCOUNT: i64 = 0;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    pub tier: String,
+    /// What the account owns: credits minus settled charges.
+    pub balance: Money,
+    /// Held by requests still running.
+    pub reserved: Money,
+    pub created_at: i64,
+}
+
+impl Account {
+    /// What a new request may still reserve.
+    pub fn available(&self) -> Money {
+        Money(self.balance.0 - self.reserved.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub account_id: i64,
+    pub account: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Money held for a request before it runs.
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    pub request_id: String,
+    pub account_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub amount: Money,
+    pub prompt_tokens: u64,
+}
+
+/// How a request ended, as the usage row records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished by a stop condition.
+    Done,
+    /// Cut by `max_tokens` or the context.
+    Length,
+    /// The client went away; billed for what was generated.
+    ClientGone,
+    /// Failed in the server; not charged.
+    Error,
+    /// Never settled because the server stopped; released on restart, not charged.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Length => "length",
+            Outcome::ClientGone => "client_gone",
+            Outcome::Error => "error",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A finished request's record: its tokens, its cost, and the reservation it releases.
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    pub request_id: String,
+    pub account_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub tokens: Tokens,
+    pub reasoning_tokens: u64,
+    pub cost: Money,
+    /// What [`Store::reserve`] held (zero for free models and open access).
+    pub held: Money,
+    pub outcome: Outcome,
+}
+
+/// Totals for one account and model over a period, from the daily aggregates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageTotal {
+    pub account: String,
+    pub model: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: Money,
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+const DAY: i64 = 86_400;
+
+/// A handle on the ledger database; cheap to clone (a connection pool).
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    let sql = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0001_platform.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0001_platform.sql"),
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("platform"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn account(row: &AnyRow) -> Result<Account> {
+    Ok(Account {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        tier: row.try_get("tier")?,
+        balance: Money(row.try_get("balance")?),
+        reserved: Money(row.try_get("reserved")?),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_record(row: &AnyRow) -> Result<KeyRecord> {
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        account_id: row.try_get("account_id")?,
+        account: row.try_get("account")?,
+        prefix: row.try_get("prefix")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+const ACCOUNT_COLS: &str = "id, name, tier, balance, reserved, created_at";
+const KEY_COLS: &str = "k.id AS id, k.account_id AS account_id, a.name AS account, \
+     k.prefix AS prefix, k.created_at AS created_at, k.last_used_at AS last_used_at, \
+     k.revoked_at AS revoked_at";
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// Opens (creating where needed) the database at `url` and brings its schema up to
+    /// date: `sqlite://PATH` (the file is created) or `postgres://…`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') || url.contains(":memory:") {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the writer; FULL syncs every
+                            // commit, so a settled request survives a power cut too.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect(url)
+                    .await?
+            }
+        };
+        migrator(backend).run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    // ---- accounts ----
+
+    pub async fn create_account(&self, name: &str, tier: &str) -> Result<Account> {
+        let q = format!(
+            "INSERT INTO accounts (name, tier, balance, reserved, created_at) \
+             VALUES ($1, $2, 0, 0, $3) RETURNING {ACCOUNT_COLS}"
+        );
+        match sqlx::query(&q)
+            .bind(name)
+            .bind(tier)
+            .bind(unix_now())
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(row) => account(&row),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AccountExists(name.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn account(&self, name: &str) -> Result<Account> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE name = $1");
+        match sqlx::query(&q)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            Some(row) => account(&row),
+            None => Err(StoreError::NoAccount(name.to_owned())),
+        }
+    }
+
+    pub async fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
+        let row = sqlx::query(&q).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(account).transpose()
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<Account>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY name");
+        let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
+        rows.iter().map(account).collect()
+    }
+
+    /// Adds `amount` (negative to take money back) to an account's balance, with a credit
+    /// row saying so, in one transaction.
+    pub async fn credit(&self, name: &str, amount: Money, note: &str) -> Result<Account> {
+        let mut tx = self.pool.begin().await?;
+        let q = format!(
+            "UPDATE accounts SET balance = balance + $1 WHERE name = $2 RETURNING {ACCOUNT_COLS}"
+        );
+        let Some(row) = sqlx::query(&q)
+            .bind(amount.0)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(StoreError::NoAccount(name.to_owned()));
+        };
+        let acc = account(&row)?;
+        sqlx::query(
+            "INSERT INTO credits (account_id, amount, note, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(acc.id)
+        .bind(amount.0)
+        .bind(note)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(acc)
+    }
+
+    /// The sum of an account's credits: with the usage rows' costs, the whole history of
+    /// its balance.
+    pub async fn credited(&self, account_id: i64) -> Result<Money> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM credits WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Money(row.try_get("s")?))
+    }
+
+    /// The sum of the costs of an account's usage rows.
+    pub async fn charged(&self, account_id: i64) -> Result<Money> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS s FROM usage_records WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Money(row.try_get("s")?))
+    }
+
+    // ---- keys ----
+
+    /// Makes a key for an account; returns the secret (shown once) and its record.
+    pub async fn create_key(&self, account_name: &str) -> Result<(String, KeyRecord)> {
+        let acc = self.account(account_name).await?;
+        let new = keys::generate().map_err(|e| StoreError::Random(e.to_string()))?;
+        let row = sqlx::query(
+            "INSERT INTO api_keys (account_id, hash, prefix, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(acc.id)
+        .bind(&new.hash)
+        .bind(&new.prefix)
+        .bind(unix_now())
+        .fetch_one(&self.pool)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        let rec = self
+            .keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| StoreError::NoKey(new.prefix.clone()))?;
+        Ok((new.secret, rec))
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let q = format!(
+            "SELECT {KEY_COLS} FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.id"
+        );
+        let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
+        rows.iter().map(key_record).collect()
+    }
+
+    /// Revokes the key whose id (`#12` or `12`) or prefix is given.
+    pub async fn revoke_key(&self, which: &str) -> Result<KeyRecord> {
+        let all = self.keys().await?;
+        let id = which.trim_start_matches('#').parse::<i64>().ok();
+        let found: Vec<&KeyRecord> = all
+            .iter()
+            .filter(|k| Some(k.id) == id || (which.len() >= 4 && k.prefix.starts_with(which)))
+            .collect();
+        let key = match found.as_slice() {
+            [] => return Err(StoreError::NoKey(which.to_owned())),
+            [k] => *k,
+            _ => return Err(StoreError::AmbiguousKey(which.to_owned())),
+        };
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(unix_now())
+            .bind(key.id)
+            .execute(&self.pool)
+            .await?;
+        let mut key = key.clone();
+        key.revoked_at.get_or_insert(unix_now());
+        Ok(key)
+    }
+
+    /// The key with this hash and its account, revoked or not.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(KeyRecord, String, Account)>> {
+        let q = format!(
+            "SELECT {KEY_COLS}, k.hash AS hash, a.name AS a_name, a.tier AS a_tier, \
+             a.balance AS a_balance, a.reserved AS a_reserved, a.created_at AS a_created_at \
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $1"
+        );
+        let Some(row) = sqlx::query(&q)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = key_record(&row)?;
+        let acc = Account {
+            id: key.account_id,
+            name: row.try_get("a_name")?,
+            tier: row.try_get("a_tier")?,
+            balance: Money(row.try_get("a_balance")?),
+            reserved: Money(row.try_get("a_reserved")?),
+            created_at: row.try_get("a_created_at")?,
+        };
+        Ok(Some((key, row.try_get("hash")?, acc)))
+    }
+
+    /// Whether any key was ever made: from then on every request needs one.
+    pub async fn has_keys(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    pub async fn touch_key(&self, id: i64, at: i64) -> Result<()> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- charging ----
+
+    /// Holds `r.amount` of the account's money for a request about to run, recorded under
+    /// `instance`. False when the account cannot cover it (nothing is held then).
+    pub async fn reserve(&self, r: &Reservation, instance: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE accounts SET reserved = reserved + $1 WHERE id = $2 AND balance - reserved >= $1",
+        )
+        .bind(r.amount.0)
+        .bind(r.account_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !held {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO reservations (request_id, account_id, key_id, model, amount, \
+             prompt_tokens, instance, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&r.request_id)
+        .bind(r.account_id)
+        .bind(r.key_id)
+        .bind(&r.model)
+        .bind(r.amount.0)
+        .bind(r.prompt_tokens as i64)
+        .bind(instance)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a finished request and moves its money, in one transaction: the usage row,
+    /// the charge, the release of its reservation and the daily aggregate. A request is
+    /// settled once: a second settlement of the same id changes nothing and returns false.
+    pub async fn settle(&self, s: &Settlement) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = unix_now();
+        let inserted = sqlx::query(
+            "INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, \
+             cached_tokens, reasoning_tokens, completion_tokens, cost, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&s.request_id)
+        .bind(s.account_id)
+        .bind(s.key_id)
+        .bind(&s.model)
+        .bind(s.tokens.prompt as i64)
+        .bind(s.tokens.cached as i64)
+        .bind(s.reasoning_tokens as i64)
+        .bind(s.tokens.completion as i64)
+        .bind(s.cost.0)
+        .bind(s.outcome.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        // The reservation may already be gone (released as interrupted by a restart that
+        // raced this settlement): then its money was released with it.
+        let held = if s.held.0 > 0 {
+            let gone = sqlx::query("DELETE FROM reservations WHERE request_id = $1")
+                .bind(&s.request_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if gone == 1 { s.held.0 } else { 0 }
+        } else {
+            0
+        };
+        if s.account_id != OPEN_ACCOUNT && (s.cost.0 != 0 || held != 0) {
+            sqlx::query(
+                "UPDATE accounts SET balance = balance - $1, reserved = reserved - $2 WHERE id = $3",
+            )
+            .bind(s.cost.0)
+            .bind(held)
+            .bind(s.account_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.add_daily(&mut tx, s, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn add_daily(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        s: &Settlement,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO usage_daily (account_id, model, day, requests, prompt_tokens, \
+             cached_tokens, reasoning_tokens, completion_tokens, cost) \
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8) \
+             ON CONFLICT (account_id, model, day) DO UPDATE SET \
+             requests = usage_daily.requests + 1, \
+             prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+             cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
+             reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
+             completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+             cost = usage_daily.cost + excluded.cost",
+        )
+        .bind(s.account_id)
+        .bind(&s.model)
+        .bind(now.div_euclid(DAY))
+        .bind(s.tokens.prompt as i64)
+        .bind(s.tokens.cached as i64)
+        .bind(s.reasoning_tokens as i64)
+        .bind(s.tokens.completion as i64)
+        .bind(s.cost.0)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Releases the reservations a previous run of `instance` left behind (it stopped
+    /// before settling them), and any older than `stale_secs` from any instance, each
+    /// recorded as `interrupted` and not charged. Returns how many.
+    pub async fn recover(&self, instance: &str, stale_secs: i64) -> Result<usize> {
+        let rows = sqlx::query(
+            "SELECT request_id, account_id, key_id, model, amount, prompt_tokens \
+             FROM reservations WHERE instance = $1 OR created_at < $2",
+        )
+        .bind(instance)
+        .bind(unix_now() - stale_secs)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut n = 0;
+        for row in rows {
+            let s = Settlement {
+                request_id: row.try_get("request_id")?,
+                account_id: row.try_get("account_id")?,
+                key_id: row.try_get("key_id")?,
+                model: row.try_get("model")?,
+                tokens: Tokens {
+                    prompt: row.try_get::<i64, _>("prompt_tokens")? as u64,
+                    cached: 0,
+                    completion: 0,
+                },
+                reasoning_tokens: 0,
+                cost: Money(0),
+                held: Money(row.try_get("amount")?),
+                outcome: Outcome::Interrupted,
+            };
+            if self.settle(&s).await? {
+                n += 1;
+            } else {
+                // Settled already but the reservation row stayed: drop it alone.
+                sqlx::query("DELETE FROM reservations WHERE request_id = $1")
+                    .bind(&s.request_id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(n)
+    }
+
+    // ---- reports ----
+
+    /// Per account and model totals for the UTC days `from_day..=to_day` (days since the
+    /// epoch), from the daily aggregates.
+    pub async fn usage(&self, from_day: i64, to_day: i64) -> Result<Vec<UsageTotal>> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(a.name, '(open access)') AS account, u.model AS model, \
+             CAST(SUM(u.requests) AS BIGINT) AS requests, \
+             CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(u.cached_tokens) AS BIGINT) AS cached_tokens, \
+             CAST(SUM(u.reasoning_tokens) AS BIGINT) AS reasoning_tokens, \
+             CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(u.cost) AS BIGINT) AS cost \
+             FROM usage_daily u LEFT JOIN accounts a ON a.id = u.account_id \
+             WHERE u.day >= $1 AND u.day <= $2 \
+             GROUP BY a.name, u.model ORDER BY account, model",
+        )
+        .bind(from_day)
+        .bind(to_day)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageTotal {
+                    account: r.try_get("account")?,
+                    model: r.try_get("model")?,
+                    requests: r.try_get("requests")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    cached_tokens: r.try_get("cached_tokens")?,
+                    reasoning_tokens: r.try_get("reasoning_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    cost: Money(r.try_get("cost")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Usage rows of one request (tests and audits).
+    pub async fn usage_row(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(Tokens, u64, Money, String)>> {
+        let row = sqlx::query(
+            "SELECT prompt_tokens, cached_tokens, reasoning_tokens, completion_tokens, cost, status \
+             FROM usage_records WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                Tokens {
+                    prompt: r.try_get::<i64, _>("prompt_tokens")? as u64,
+                    cached: r.try_get::<i64, _>("cached_tokens")? as u64,
+                    completion: r.try_get::<i64, _>("completion_tokens")? as u64,
+                },
+                r.try_get::<i64, _>("reasoning_tokens")? as u64,
+                Money(r.try_get("cost")?),
+                r.try_get("status")?,
+            ))
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,567 @@
+//! The platform end to end, on the real binary and the real model: keys and 401s, prices,
+//! reservations and 402s, exact charges for plain, streamed and cut requests, RPM limits
+//! and their headers, no overdraw under 50 concurrent requests, two replicas sharing
+//! PostgreSQL and Redis, and a ledger that stays consistent through SIGKILL.
+//!
+//! PostgreSQL and Redis come from scripts/services.sh (TOKENFAB_TEST_PG, TOKENFAB_TEST_REDIS).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, run, temp_db};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-admin-key-0123456789";
+/// 1000 per million prompt tokens and 2000 per million generated ones: 1000 and 2000
+/// micro-units per token.
+const IN: i64 = 1000;
+const OUT: i64 = 2000;
+
+fn config(extra: &str) -> std::path::PathBuf {
+    let path = temp_db("config").with_extension("toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[models]]
+id = "test/paid"
+source = "{model}"
+input_per_million = "1000"
+output_per_million = 2000
+
+[[models]]
+id = "test/free"
+source = "{model}"
+[models.limits.default]
+rpm = 3
+{extra}
+"#,
+            model = common::MODEL
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs the CLI on a ledger; returns stdout.
+fn cli(db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args(args)
+        .args(["--database", db])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tokenfab");
+    assert!(
+        out.status.success(),
+        "tokenfab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An account with `balance` and a key for it.
+fn account(db: &str, name: &str, balance: &str) -> String {
+    cli(db, &["accounts", "create", name]);
+    if balance != "0" {
+        cli(db, &["accounts", "top-up", name, "--add", balance]);
+    }
+    let key = cli(db, &["keys", "create", "--account", name])
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("sk-") && key.len() > 40, "{key}");
+    key
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn chat(s: &Server, key: Option<&str>, body: Value) -> reqwest::Response {
+    let mut r = client().post(s.url("/v1/chat/completions")).json(&body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    r.send().await.unwrap()
+}
+
+fn body(model: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+}
+
+async fn admin_get(s: &Server, path: &str) -> Value {
+    let r = client()
+        .get(s.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+fn micros(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"));
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let neg = int.starts_with('-');
+    let whole: i64 = int.trim_start_matches('-').parse().unwrap();
+    let mut f = frac.to_owned();
+    while f.len() < 6 {
+        f.push('0');
+    }
+    let v = whole * 1_000_000 + f.parse::<i64>().unwrap();
+    if neg { -v } else { v }
+}
+
+/// (balance, reserved) of an account, in micro-units.
+async fn balance(s: &Server, name: &str) -> (i64, i64) {
+    let a = admin_get(s, &format!("/admin/accounts/{name}")).await;
+    (micros(&a["balance"]), micros(&a["reserved"]))
+}
+
+fn cost(usage: &Value) -> i64 {
+    usage["prompt_tokens"].as_i64().unwrap() * IN
+        + usage["completion_tokens"].as_i64().unwrap() * OUT
+}
+
+/// Waits until nothing is reserved on the account any more.
+async fn settled(s: &Server, name: &str) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = balance(s, name).await;
+        if b.1 == 0 || Instant::now() > deadline {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn keys_prices_balances_and_limits_on_sqlite() {
+    let db_path = temp_db("ledger");
+    let db = format!("sqlite://{}", db_path.display());
+    let rich = account(&db, "rich", "10.00");
+    let poor = account(&db, "poor", "0");
+    let revoked = account(&db, "gone", "1.00");
+    let cfg = config("");
+    let s = Server::start(&[
+        "--database",
+        &db,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin-key",
+        ADMIN,
+    ]);
+    run(async {
+        // 401: no key, an unknown key, a revoked key; on every /v1 route.
+        for key in [None, Some("sk-not-a-key")] {
+            let r = chat(&s, key, body("test/paid", 4)).await;
+            assert_eq!(r.status(), 401);
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "invalid_api_key", "{e}");
+        }
+        let r = client().get(s.url("/v1/models")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client()
+            .get(s.url("/v1/models"))
+            .bearer_auth(&rich)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            chat(&s, Some(&revoked), body("test/paid", 2))
+                .await
+                .status(),
+            200
+        );
+        let listed = cli(&db, &["keys", "list"]);
+        assert!(
+            listed.contains("gone") && listed.contains(&revoked[..11]),
+            "{listed}"
+        );
+        cli(&db, &["keys", "revoke", &revoked[..11]]);
+        // Revocation from the CLI bites within the key cache's two seconds.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(
+            chat(&s, Some(&revoked), body("test/paid", 2))
+                .await
+                .status(),
+            401
+        );
+
+        // A plain request is charged exactly prompt × 1000 + completion × 2000 micro-units.
+        let (b0, _) = balance(&s, "rich").await;
+        let r = chat(&s, Some(&rich), body("test/paid", 8)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let (b1, held) = balance(&s, "rich").await;
+        assert_eq!(held, 0);
+        assert_eq!(b0 - b1, cost(&v["usage"]), "{}", v["usage"]);
+
+        // Streamed: the same, counted from the usage chunk.
+        let mut req = body("test/paid", 12);
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
+        let text = chat(&s, Some(&rich), req.clone())
+            .await
+            .text()
+            .await
+            .unwrap();
+        let usage = common::sse_events(&text)
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .find(|c| c["usage"].is_object())
+            .expect("a usage chunk")["usage"]
+            .clone();
+        let (b2, _) = balance(&s, "rich").await;
+        assert_eq!(b1 - b2, cost(&usage), "{usage}");
+
+        // Cut by the client after three chunks: billed once, for what was generated.
+        req["max_tokens"] = json!(200);
+        let before = admin_get(&s, "/admin/usage").await;
+        let resp = chat(&s, Some(&rich), req.clone()).await;
+        let mut stream = resp.bytes_stream();
+        let mut seen = 0;
+        while let Some(chunk) = stream.next().await {
+            seen += String::from_utf8_lossy(&chunk.unwrap())
+                .matches("data: ")
+                .count();
+            if seen >= 4 {
+                break;
+            }
+        }
+        drop(stream);
+        let (b3, held) = settled(&s, "rich").await;
+        assert_eq!(held, 0, "the cut request's reservation was released");
+        let after = admin_get(&s, "/admin/usage").await;
+        let row = |u: &Value| {
+            u["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["account"] == "rich" && r["model"] == "test/paid")
+                .cloned()
+                .unwrap()
+        };
+        let (u0, u1) = (row(&before), row(&after));
+        let d = |k: &str| u1[k].as_i64().unwrap() - u0[k].as_i64().unwrap();
+        assert_eq!(d("requests"), 1);
+        let generated = d("completion_tokens");
+        assert!(
+            (3..200).contains(&generated),
+            "billed {generated} generated tokens"
+        );
+        assert_eq!(b2 - b3, d("prompt_tokens") * IN + generated * OUT);
+        assert_eq!(micros(&u1["cost"]) - micros(&u0["cost"]), b2 - b3);
+
+        // 402 on a paid model without money, and nothing changes; free models answer.
+        let r = chat(&s, Some(&poor), body("test/paid", 4)).await;
+        assert_eq!(r.status(), 402);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "insufficient_quota", "{e}");
+        assert_eq!(e["error"]["type"], "insufficient_quota");
+        assert_eq!(balance(&s, "poor").await, (0, 0));
+        let r = chat(&s, Some(&poor), body("test/free", 4)).await;
+        assert_eq!(r.status(), 200);
+        let info: Value = client()
+            .get(s.url("/v1/user/info"))
+            .bearer_auth(&poor)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["code"], 20000);
+        assert_eq!(info["data"]["name"], "poor");
+        assert_eq!(info["data"]["totalBalance"], "0.00");
+
+        // RPM 3 on the free model: headers on every answer, then 429 naming the limit.
+        // (One request of `poor` above already counted.)
+        for remaining in [1, 0] {
+            let r = chat(&s, Some(&poor), body("test/free", 2)).await;
+            assert_eq!(r.status(), 200);
+            let h = r.headers();
+            assert_eq!(h["x-ratelimit-limit-requests"], "3");
+            assert_eq!(
+                h["x-ratelimit-remaining-requests"],
+                remaining.to_string().as_str()
+            );
+            assert!(
+                h["x-ratelimit-reset-requests"]
+                    .to_str()
+                    .unwrap()
+                    .ends_with('s')
+            );
+        }
+        let r = chat(&s, Some(&poor), body("test/free", 2)).await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("RPM"),
+            "{e}"
+        );
+        // Limits are per account: another account still gets through.
+        assert_eq!(
+            chat(&s, Some(&rich), body("test/free", 2)).await.status(),
+            200
+        );
+    });
+    let usage = cli(&db, &["usage"]);
+    assert!(
+        usage.contains("rich") && usage.contains("test/paid"),
+        "{usage}"
+    );
+    drop(s);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
+    }
+}
+
+/// Fires `n` concurrent paid requests; returns (statuses, sum of the 200s' exact costs).
+async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Vec<u16>, i64) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let url = servers[i % servers.len()].url("/v1/chat/completions");
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let r = client()
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&body("test/paid", max_tokens))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap();
+                (status, if status == 200 { cost(&v["usage"]) } else { 0 })
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut total = 0;
+    for t in tasks {
+        let (s, c) = t.await.unwrap();
+        statuses.push(s);
+        total += c;
+    }
+    (statuses, total)
+}
+
+#[test]
+fn no_overdraw_under_50_concurrent_requests() {
+    let db_path = temp_db("overdraw");
+    let db = format!("sqlite://{}", db_path.display());
+    // The most a request can cost is about 0.05: 0.20 covers four at a time.
+    let key = account(&db, "small", "0.20");
+    let cfg = config("");
+    let s = Server::start(&[
+        "--database",
+        &db,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin-key",
+        ADMIN,
+    ]);
+    run(async {
+        let (statuses, charged) = burst(&[&s], &key, 50, 8).await;
+        let ok = statuses.iter().filter(|&&c| c == 200).count();
+        let broke = statuses.iter().filter(|&&c| c == 402).count();
+        assert_eq!(ok + broke, 50, "{statuses:?}");
+        assert!(ok >= 1 && broke >= 1, "{statuses:?}");
+        let (b, held) = settled(&s, "small").await;
+        assert_eq!(held, 0);
+        assert!(b >= 0, "overdrawn: {b}");
+        assert_eq!(
+            200_000 - b,
+            charged,
+            "the balance fell by exactly the answers' costs"
+        );
+    });
+    drop(s);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
+    }
+}
+
+fn services() -> (String, String) {
+    let pg = std::env::var("TOKENFAB_TEST_PG")
+        .expect("TOKENFAB_TEST_PG is not set: run scripts/test.sh, which starts PostgreSQL");
+    let redis = std::env::var("TOKENFAB_TEST_REDIS")
+        .expect("TOKENFAB_TEST_REDIS is not set: run scripts/test.sh, which starts Redis");
+    (pg, redis)
+}
+
+/// A name no earlier run used (the PostgreSQL database and Redis outlive one test).
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn two_replicas_share_the_ledger_and_the_limits() {
+    let (pg, redis) = services();
+    let name = unique("replicas");
+    let key = account(&pg, &name, "0.30");
+    // Every model: 5 requests a minute per account, across both replicas.
+    let cfg = config("[limits.default]\nrpm = 5\n");
+    let args = |instance: &str| -> Vec<String> {
+        [
+            "--database",
+            &pg,
+            "--redis",
+            &redis,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--admin-key",
+            ADMIN,
+            "--instance",
+            instance,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a_args = args(&format!("{name}-a"));
+    let b_args = args(&format!("{name}-b"));
+    let a = Server::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Server::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(async {
+        // Ten requests alternating between the replicas: exactly five pass the shared
+        // RPM, each charged once in the shared ledger.
+        let (b0, _) = balance(&a, &name).await;
+        let mut statuses = Vec::new();
+        let mut charged = 0;
+        for i in 0..10 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let r = chat(s, Some(&key), body("test/paid", 4)).await;
+            statuses.push(r.status().as_u16());
+            if r.status() == 200 {
+                let v: Value = r.json().await.unwrap();
+                charged += cost(&v["usage"]);
+            }
+        }
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 200).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 429).count(),
+            5,
+            "{statuses:?}"
+        );
+        let (b1, held) = balance(&b, &name).await;
+        assert_eq!(held, 0);
+        assert_eq!(b0 - b1, charged);
+    });
+    // No overdraw across replicas: a fresh account (fresh RPM counters) with money for
+    // a few requests, 20 at once spread over both.
+    let name2 = unique("replicas-money");
+    let key2 = account(&pg, &name2, "0.10");
+    run(async {
+        let (statuses, charged) = burst(&[&a, &b], &key2, 20, 8).await;
+        assert!(
+            statuses.iter().all(|&c| c == 200 || c == 402 || c == 429),
+            "{statuses:?}"
+        );
+        let (bal, held) = settled(&a, &name2).await;
+        assert_eq!(held, 0);
+        assert!(bal >= 0, "overdrawn: {bal}");
+        assert_eq!(100_000 - bal, charged);
+    });
+}
+
+#[test]
+fn the_ledger_survives_sigkill_mid_load() {
+    let (pg, _) = services();
+    let name = unique("kill");
+    let key = account(&pg, &name, "5.00");
+    let cfg = config("");
+    let instance = format!("{name}-server");
+    let args = [
+        "--database",
+        &pg,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin-key",
+        ADMIN,
+        "--instance",
+        &instance,
+    ];
+    let s = Server::start(&args);
+    let port = s.port();
+    let started = run_returning(async {
+        // Eight streams of up to 120 tokens; the server dies while they run.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let url = s.url("/v1/chat/completions");
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut req = body("test/paid", 120);
+                req["stream"] = json!(true);
+                let r = client().post(url).bearer_auth(key).json(&req).send().await;
+                if let Ok(r) = r {
+                    let mut st = r.bytes_stream();
+                    while let Some(Ok(_)) = st.next().await {}
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tasks
+    });
+    s.kill();
+    drop(started);
+    // The same instance comes back: what the dead run had reserved is released.
+    let s = Server::start_on(port, &args);
+    run(async {
+        let (bal, held) = balance(&s, &name).await;
+        assert_eq!(held, 0, "reservations released on restart");
+        let usage = admin_get(&s, "/admin/usage").await;
+        let row = usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["account"] == name)
+            .cloned()
+            .expect("usage recorded");
+        assert_eq!(
+            row["requests"], 8,
+            "every admitted request has one usage row: {row}"
+        );
+        // The ledger adds up: what was charged is what left the balance.
+        assert_eq!(5_000_000 - bal, micros(&row["cost"]), "{row}");
+    });
+}
+
+/// Runs an async block on a runtime that is then dropped (its tasks die with it).
+fn run_returning<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(f);
+    rt.shutdown_background();
+    out
+}
