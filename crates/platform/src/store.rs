@@ -687,3 +687,129 @@ impl Store {
         .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("tokenfab-store-{tag}-{}.db", std::process::id()));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        (store, path)
+    }
+
+    fn settlement(id: &str, account: i64, cost: i64, held: i64) -> Settlement {
+        Settlement {
+            request_id: id.into(),
+            account_id: account,
+            key_id: None,
+            model: "m".into(),
+            tokens: Tokens {
+                prompt: 10,
+                cached: 0,
+                completion: 5,
+            },
+            reasoning_tokens: 0,
+            cost: Money(cost),
+            held: Money(held),
+            outcome: Outcome::Done,
+        }
+    }
+
+    #[tokio::test]
+    async fn reserve_settle_once_and_recover() {
+        let (store, path) = temp_store("ledger").await;
+        let a = store.create_account("a", "default").await.unwrap();
+        assert!(matches!(
+            store.create_account("a", "default").await,
+            Err(StoreError::AccountExists(_))
+        ));
+        store.credit("a", Money(100), "test").await.unwrap();
+        let r = |id: &str, amount: i64| Reservation {
+            request_id: id.into(),
+            account_id: a.id,
+            key_id: None,
+            model: "m".into(),
+            amount: Money(amount),
+            prompt_tokens: 10,
+        };
+        // 60 + 40 fit; the next 1 does not.
+        assert!(store.reserve(&r("r1", 60), "me").await.unwrap());
+        assert!(store.reserve(&r("r2", 40), "me").await.unwrap());
+        assert!(!store.reserve(&r("r3", 1), "me").await.unwrap());
+        let acc = store.account("a").await.unwrap();
+        assert_eq!((acc.balance, acc.reserved), (Money(100), Money(100)));
+        // r1 costs 25 of its 60; a second settlement of it changes nothing.
+        assert!(store.settle(&settlement("r1", a.id, 25, 60)).await.unwrap());
+        assert!(!store.settle(&settlement("r1", a.id, 25, 60)).await.unwrap());
+        let acc = store.account("a").await.unwrap();
+        assert_eq!((acc.balance, acc.reserved), (Money(75), Money(40)));
+        // r2 never settles: a restart of "me" releases it as interrupted, uncharged;
+        // another instance's restart would not have.
+        assert_eq!(store.recover("someone-else", 86_400).await.unwrap(), 0);
+        assert_eq!(store.recover("me", 86_400).await.unwrap(), 1);
+        let acc = store.account("a").await.unwrap();
+        assert_eq!((acc.balance, acc.reserved), (Money(75), Money(0)));
+        let (_, _, cost, status) = store.usage_row("r2").await.unwrap().unwrap();
+        assert_eq!((cost, status.as_str()), (Money(0), "interrupted"));
+        // A late settlement of the released request is refused: charged once, never twice.
+        assert!(!store.settle(&settlement("r2", a.id, 30, 40)).await.unwrap());
+        assert_eq!(store.account("a").await.unwrap().balance, Money(75));
+        // The ledger adds up, and the daily totals agree with the rows.
+        assert_eq!(
+            Money(store.credited(a.id).await.unwrap().0 - store.charged(a.id).await.unwrap().0),
+            Money(75)
+        );
+        let today = unix_now().div_euclid(DAY);
+        let totals = store.usage(today, today).await.unwrap();
+        assert_eq!(totals.len(), 1);
+        assert_eq!((totals[0].requests, totals[0].cost), (2, Money(25)));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_by_hash_and_revoked_by_prefix() {
+        let (store, path) = temp_store("keys").await;
+        assert!(!store.has_keys().await.unwrap());
+        store.create_account("a", "pro").await.unwrap();
+        let (secret, rec) = store.create_key("a").await.unwrap();
+        assert!(store.has_keys().await.unwrap());
+        let (k, hash, acc) = store
+            .key_by_hash(&keys::hash(&secret))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((k.id, acc.tier.as_str()), (rec.id, "pro"));
+        assert_eq!(hash, keys::hash(&secret));
+        assert!(
+            store
+                .key_by_hash(&keys::hash("sk-other"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let revoked = store.revoke_key(&rec.prefix).await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        let (k, _, _) = store
+            .key_by_hash(&keys::hash(&secret))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(k.revoked_at.is_some());
+        assert!(matches!(
+            store.revoke_key("#999").await,
+            Err(StoreError::NoKey(_))
+        ));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+}

@@ -565,3 +565,79 @@ fn run_returning<T>(f: impl std::future::Future<Output = T>) -> T {
     rt.shutdown_background();
     out
 }
+
+#[test]
+fn the_admin_api_manages_accounts_and_keys() {
+    let s = Server::start(&["--admin-key", ADMIN]);
+    run(async {
+        let post = |path: &str, body: Value, key: &str| {
+            client()
+                .post(s.url(path))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+        };
+        // Its own key, never an API key.
+        let r = post("/admin/accounts", json!({"name": "x"}), "wrong")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = post("/admin/accounts", json!({"name": "ops"}), ADMIN)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = post("/admin/accounts", json!({"name": "ops"}), ADMIN)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let r = post(
+            "/admin/accounts/ops/credit",
+            json!({"amount": "1.5"}),
+            ADMIN,
+        )
+        .await
+        .unwrap();
+        let a: Value = r.json().await.unwrap();
+        assert_eq!(a["balance"], "1.50");
+        let r = post("/admin/accounts/ops/credit", json!({"amount": 1.5}), ADMIN)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "money is a decimal string, not a float");
+        let r = post("/admin/keys", json!({"account": "ops"}), ADMIN)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let k: Value = r.json().await.unwrap();
+        let secret = k["key"].as_str().unwrap().to_owned();
+        // The first key turns authentication on; the key works, then is revoked.
+        let r = client().get(s.url("/v1/models")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client()
+            .get(s.url("/v1/models"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let keys = admin_get(&s, "/admin/keys").await;
+        assert_eq!(keys["data"][0]["prefix"], k["prefix"]);
+        assert!(
+            keys["data"][0].get("key").is_none(),
+            "the secret is never listed"
+        );
+        let r = client()
+            .delete(s.url(&format!("/admin/keys/{}", k["id"])))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = client()
+            .get(s.url("/v1/models"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "revoked through this server: at once");
+    });
+}
