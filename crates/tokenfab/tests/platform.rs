@@ -217,13 +217,7 @@ fn keys_prices_balances_and_limits_on_sqlite() {
             .text()
             .await
             .unwrap();
-        let usage = common::sse_events(&text)
-            .iter()
-            .filter(|e| *e != "[DONE]")
-            .map(|e| serde_json::from_str::<Value>(e).unwrap())
-            .find(|c| c["usage"].is_object())
-            .expect("a usage chunk")["usage"]
-            .clone();
+        let usage = stream_usage(&text);
         let (b2, _) = balance(&s, "rich").await;
         assert_eq!(b1 - b2, cost(&usage), "{usage}");
 
@@ -332,23 +326,46 @@ fn keys_prices_balances_and_limits_on_sqlite() {
     }
 }
 
-/// Fires `n` concurrent paid requests; returns (statuses, sum of the 200s' exact costs).
+/// The usage chunk of a streamed answer.
+fn stream_usage(text: &str) -> Value {
+    common::sse_events(text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .find(|c| c["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone()
+}
+
+/// Fires `n` concurrent paid requests, every other one streamed; returns (statuses, sum of
+/// the answered ones' exact costs from their usage).
 async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Vec<u16>, i64) {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let url = servers[i % servers.len()].url("/v1/chat/completions");
             let key = key.to_owned();
             tokio::spawn(async move {
+                let mut req = body("test/paid", max_tokens);
+                let streamed = i % 2 == 1;
+                if streamed {
+                    req["stream"] = json!(true);
+                    req["stream_options"] = json!({"include_usage": true});
+                }
                 let r = client()
                     .post(url)
                     .bearer_auth(key)
-                    .json(&body("test/paid", max_tokens))
+                    .json(&req)
                     .send()
                     .await
                     .unwrap();
                 let status = r.status().as_u16();
-                let v: Value = r.json().await.unwrap();
-                (status, if status == 200 { cost(&v["usage"]) } else { 0 })
+                let text = r.text().await.unwrap();
+                let c = match (status, streamed) {
+                    (200, true) => cost(&stream_usage(&text)),
+                    (200, false) => cost(&serde_json::from_str::<Value>(&text).unwrap()["usage"]),
+                    _ => 0,
+                };
+                (status, c)
             })
         })
         .collect();
@@ -512,13 +529,14 @@ fn the_ledger_survives_sigkill_mid_load() {
     let s = Server::start(&args);
     let port = s.port();
     let started = run_returning(async {
-        // Eight streams of up to 120 tokens; the server dies while they run.
+        // Eight streams: three short ones that finish, five of up to 200 tokens that the
+        // server dies in the middle of.
         let mut tasks = Vec::new();
-        for _ in 0..8 {
+        for i in 0..8 {
             let url = s.url("/v1/chat/completions");
             let key = key.clone();
             tasks.push(tokio::spawn(async move {
-                let mut req = body("test/paid", 120);
+                let mut req = body("test/paid", if i < 3 { 3 } else { 200 });
                 req["stream"] = json!(true);
                 let r = client().post(url).bearer_auth(key).json(&req).send().await;
                 if let Ok(r) = r {
@@ -527,8 +545,13 @@ fn the_ledger_survives_sigkill_mid_load() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        tasks
+        // The short ones end; the long ones are still generating when the kill comes.
+        let long = tasks.split_off(3);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        long
     });
     s.kill();
     drop(started);
@@ -549,7 +572,12 @@ fn the_ledger_survives_sigkill_mid_load() {
             row["requests"], 8,
             "every admitted request has one usage row: {row}"
         );
-        // The ledger adds up: what was charged is what left the balance.
+        // The ledger adds up: what was charged (the finished requests) is what left the
+        // balance; the interrupted ones cost nothing.
+        assert!(
+            micros(&row["cost"]) > 0,
+            "the finished requests were charged: {row}"
+        );
         assert_eq!(5_000_000 - bal, micros(&row["cost"]), "{row}");
     });
 }
