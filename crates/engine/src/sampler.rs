@@ -9,6 +9,7 @@
 //! produce the same tokens across tokenfab releases, and general-purpose RNG crates do not
 //! promise value stability across versions.
 
+use crate::quant;
 use std::collections::HashMap;
 
 /// The sampling knobs of one request, already validated by the server.
@@ -79,6 +80,8 @@ pub struct Sampler {
     seen: HashMap<u32, ()>,
     /// Reused buffer of (token, logit) candidates.
     candidates: Vec<(u32, f32)>,
+    /// Reused buffer of every token's weight (sampling from the whole distribution).
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -96,6 +99,7 @@ impl Sampler {
             output_counts: HashMap::new(),
             seen,
             candidates: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -144,6 +148,9 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            return self.draw_all(logits, inv_t);
+        }
         let c = &mut self.candidates;
         c.clear();
         c.extend(
@@ -188,19 +195,11 @@ impl Sampler {
                 .count();
             keep = above.max(1);
         }
-        if keep == c.len() {
-            // Nothing is cut off: any fixed order draws from the same distribution, so
-            // walk the candidates as they lie instead of sorting them.
-            let mut r = self.rng.next_f64() * sum;
-            for &(token, w) in c.iter() {
-                r -= w as f64;
-                if r < 0.0 {
-                    return token;
-                }
-            }
-            return c[c.len() - 1].0;
-        }
-        let total: f64 = (0..keep).map(|i| order.at(c, i).1 as f64).sum();
+        let total = if keep == c.len() {
+            sum
+        } else {
+            (0..keep).map(|i| order.at(c, i).1 as f64).sum()
+        };
         let mut r = self.rng.next_f64() * total;
         for i in 0..keep {
             let (token, w) = order.at(c, i);
@@ -210,6 +209,45 @@ impl Sampler {
             }
         }
         order.at(c, keep - 1).0
+    }
+}
+
+impl Sampler {
+    /// Sampling from the whole distribution (no top-k, top-p or min-p cut): no candidate
+    /// list and no order, only the weights in token order, a vectorized `exp`, and a walk
+    /// to the drawn point of the cumulative sum (any fixed order draws from the same
+    /// distribution).
+    fn draw_all(&mut self, logits: &[f32], inv_t: f32) -> u32 {
+        let max = logits
+            .iter()
+            .filter(|l| l.is_finite())
+            .fold(f32::NEG_INFINITY, |m, &l| m.max(l * inv_t));
+        if max == f32::NEG_INFINITY {
+            return argmax(logits);
+        }
+        let w = &mut self.weights;
+        w.clear();
+        w.extend(logits.iter().map(|&l| (l * inv_t - max).min(0.0)));
+        quant::exp_nonpositive(w);
+        // Tokens that cannot be drawn (-inf or NaN logits) weigh nothing.
+        for (w, l) in w.iter_mut().zip(logits) {
+            if !l.is_finite() {
+                *w = 0.0;
+            }
+        }
+        let sum: f64 = w.iter().map(|&x| x as f64).sum();
+        let mut r = self.rng.next_f64() * sum;
+        let mut last = 0;
+        for (i, &x) in w.iter().enumerate() {
+            if x > 0.0 {
+                last = i;
+                r -= x as f64;
+                if r < 0.0 {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
     }
 }
 
@@ -361,6 +399,17 @@ mod tests {
         let mut s = Sampler::new(p, 0, &[]);
         assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
         assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
+    }
+
+    #[test]
+    fn tokens_without_weight_are_never_drawn() {
+        // -inf and NaN logits beside ordinary ones: the whole-distribution path skips them.
+        let mut s = Sampler::new(params(1.0), 7, &[]);
+        for _ in 0..200 {
+            let mut l = vec![f32::NEG_INFINITY, 0.5, f32::NAN, 0.4, f32::NEG_INFINITY];
+            let t = s.sample(&mut l);
+            assert!(t == 1 || t == 3, "drew {t}");
+        }
     }
 
     #[test]

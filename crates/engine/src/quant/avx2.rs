@@ -828,6 +828,28 @@ unsafe fn exp_neg(x: __m256) -> __m256 {
     }
 }
 
+/// [`super::exp_nonpositive`] with [`exp_neg`], eight at a time.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn exp_nonpositive(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 8 floats; the features are enabled on this function.
+        unsafe {
+            let v = exp_neg(_mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), v);
+        }
+    }
+    let rest = chunks.into_remainder();
+    let mut tail = [-100.0f32; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    // SAFETY: as above, on the padded tail.
+    unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), exp_neg(_mm256_loadu_ps(tail.as_ptr()))) };
+    rest.copy_from_slice(&tail[..rest.len()]);
+}
+
 /// [`exp_neg`] on eight values, for the tests.
 #[cfg(test)]
 pub(crate) fn exp_neg8(x: &[f32; 8]) -> [f32; 8] {
