@@ -162,17 +162,22 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The schema, written once: the two databases differ only in how an id column counts
+/// itself, which PostgreSQL spells `BIGSERIAL`.
 fn migrator(backend: Backend) -> Migrator {
+    let sql = include_str!("../migrations/0001_platform.sql");
     let sql = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_platform.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_platform.sql"),
+        Backend::Sqlite => Cow::Borrowed(sql),
+        Backend::Postgres => {
+            Cow::Owned(sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"))
+        }
     };
     Migrator {
         migrations: Cow::Owned(vec![Migration::new(
             1,
             Cow::Borrowed("platform"),
             MigrationType::Simple,
-            Cow::Borrowed(sql),
+            sql,
             false,
         )]),
         ..Migrator::DEFAULT

@@ -46,6 +46,43 @@ rpm = 3
     path
 }
 
+/// A SQLite ledger in the temp directory, removed (with its WAL files) on drop.
+struct Ledger {
+    path: std::path::PathBuf,
+    url: String,
+}
+
+impl Ledger {
+    fn new(tag: &str) -> Ledger {
+        let path = temp_db(tag);
+        let url = format!("sqlite://{}", path.display());
+        Ledger { path, url }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+        }
+    }
+}
+
+/// A server of the paid and free test models on the ledger at `db`, with the admin API
+/// and `extra` flags.
+fn serve(db: &str, config: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--database",
+        db,
+        "--config",
+        config.to_str().unwrap(),
+        "--admin-key",
+        ADMIN,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
 /// Runs the CLI on a ledger; returns stdout.
 fn cli(db: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
@@ -147,20 +184,12 @@ async fn settled(s: &Server, name: &str) -> (i64, i64) {
 
 #[test]
 fn keys_prices_balances_and_limits_on_sqlite() {
-    let db_path = temp_db("ledger");
-    let db = format!("sqlite://{}", db_path.display());
+    let ledger = Ledger::new("ledger");
+    let db = ledger.url.clone();
     let rich = account(&db, "rich", "10.00");
     let poor = account(&db, "poor", "0");
     let revoked = account(&db, "gone", "1.00");
-    let cfg = config("");
-    let s = Server::start(&[
-        "--database",
-        &db,
-        "--config",
-        cfg.to_str().unwrap(),
-        "--admin-key",
-        ADMIN,
-    ]);
+    let s = serve(&db, &config(""), &[]);
     run(async {
         // 401: no key, an unknown key, a revoked key; on every /v1 route.
         for key in [None, Some("sk-not-a-key")] {
@@ -321,9 +350,6 @@ fn keys_prices_balances_and_limits_on_sqlite() {
         "{usage}"
     );
     drop(s);
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
-    }
 }
 
 /// The usage chunk of a streamed answer.
@@ -381,19 +407,10 @@ async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Ve
 
 #[test]
 fn no_overdraw_under_50_concurrent_requests() {
-    let db_path = temp_db("overdraw");
-    let db = format!("sqlite://{}", db_path.display());
+    let ledger = Ledger::new("overdraw");
     // The most a request can cost is about 0.05: 0.20 covers four at a time.
-    let key = account(&db, "small", "0.20");
-    let cfg = config("");
-    let s = Server::start(&[
-        "--database",
-        &db,
-        "--config",
-        cfg.to_str().unwrap(),
-        "--admin-key",
-        ADMIN,
-    ]);
+    let key = account(&ledger.url, "small", "0.20");
+    let s = serve(&ledger.url, &config(""), &[]);
     run(async {
         let (statuses, charged) = burst(&[&s], &key, 50, 8).await;
         let ok = statuses.iter().filter(|&&c| c == 200).count();
@@ -410,9 +427,6 @@ fn no_overdraw_under_50_concurrent_requests() {
         );
     });
     drop(s);
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
-    }
 }
 
 fn services() -> (String, String) {
@@ -442,27 +456,10 @@ fn two_replicas_share_the_ledger_and_the_limits() {
     let key = account(&pg, &name, "0.30");
     // Every model: 5 requests a minute per account, across both replicas.
     let cfg = config("[limits.default]\nrpm = 5\n");
-    let args = |instance: &str| -> Vec<String> {
-        [
-            "--database",
-            &pg,
-            "--redis",
-            &redis,
-            "--config",
-            cfg.to_str().unwrap(),
-            "--admin-key",
-            ADMIN,
-            "--instance",
-            instance,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let a_args = args(&format!("{name}-a"));
-    let b_args = args(&format!("{name}-b"));
-    let a = Server::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
-    let b = Server::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (a_name, b_name) = (format!("{name}-a"), format!("{name}-b"));
+    let shared = ["--redis", redis.as_str(), "--instance"];
+    let a = serve(&pg, &cfg, &[&shared[..], &[a_name.as_str()]].concat());
+    let b = serve(&pg, &cfg, &[&shared[..], &[b_name.as_str()]].concat());
     run(async {
         // Ten requests alternating between the replicas: exactly five pass the shared
         // RPM, each charged once in the shared ledger.
@@ -526,7 +523,7 @@ fn the_ledger_survives_sigkill_mid_load() {
         "--instance",
         &instance,
     ];
-    let s = Server::start(&args);
+    let s = serve(&pg, &cfg, &["--instance", &instance]);
     let port = s.port();
     let started = run_returning(async {
         // Eight streams: three short ones that finish, five of up to 200 tokens that the
