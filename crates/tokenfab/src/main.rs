@@ -323,6 +323,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None if !file_cfg.models.is_empty() => file_cfg.models.clone(),
         None => vec![from_flags(DEFAULT_MODEL)],
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Whether keys exist decides whether this address may be served: asked before the
+    // models load, so a refusal comes at once.
+    let database_url = admin::database_url(args.database.as_deref(), &file_cfg)?;
+    let secured = rt
+        .block_on(async {
+            tokenfab_platform::store::Store::open(&database_url)
+                .await?
+                .has_keys()
+                .await
+        })
+        .with_context(|| format!("cannot open the ledger {}", admin::redact(&database_url)))?;
+    if !secured && !addr.ip().is_loopback() && !args.allow_open {
+        anyhow::bail!(
+            "refusing to serve {addr} without API keys: anyone who reaches it could use it. \
+             Create a key (`tokenfab keys create --account NAME`), or pass --allow-open"
+        );
+    }
     let served = models
         .iter()
         .map(|m| load_model(m, &cache_dir, threads, &file_cfg).map(Arc::new))
@@ -338,7 +360,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let platform_cfg = PlatformConfig {
-        database_url: admin::database_url(args.database.as_deref(), &file_cfg)?,
+        database_url,
         redis_url: args.redis.clone().or(file_cfg.redis_url.clone()),
         instance: args
             .instance
@@ -356,23 +378,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..defaults
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     rt.block_on(async move {
         tracing::info!(database = %admin::redact(&platform_cfg.database_url), instance = %platform_cfg.instance, "opening the ledger");
         let platform = Platform::open(platform_cfg)
             .await
             .context("cannot open the ledger")?;
-        let secured = platform.auth_required().await.context("cannot read the keys")?;
-        if !secured && !addr.ip().is_loopback() && !args.allow_open {
-            anyhow::bail!(
-                "refusing to serve {addr} without API keys: anyone who reaches it could use it. \
-                 Create a key (`tokenfab keys create --account NAME`), or pass --allow-open"
-            );
-        }
         let state = Arc::new(AppState {
             models: served,
             limits,

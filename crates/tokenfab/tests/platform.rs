@@ -666,3 +666,51 @@ fn the_admin_api_manages_accounts_and_keys() {
         assert_eq!(r.status(), 401, "revoked through this server: at once");
     });
 }
+
+#[test]
+fn an_open_server_refuses_a_public_address() {
+    let ledger = Ledger::new("public");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--database",
+            &ledger.url,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tokenfab");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without API keys") && err.contains("--allow-open"),
+        "{err}"
+    );
+    // With a key, the same address is served (checked by the refusal going away: the
+    // server then starts, and is stopped here).
+    account(&ledger.url, "someone", "0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--database",
+            &ledger.url,
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tokenfab");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a server with keys serves any address"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
