@@ -22,8 +22,10 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 use limits::{Decision, Limit, LimitError, Limiter, Rates, Standing};
 use money::{Money, Price, Tokens};
@@ -111,9 +113,58 @@ struct CachedKey {
     found: Option<(i64, Option<i64>, String, Account)>,
 }
 
+/// A settlement on its way to the writer, and where its answer goes.
+type Pending = (
+    Settlement,
+    Option<oneshot::Sender<Result<bool, StoreError>>>,
+);
+
+/// Most settlements committed together.
+const MAX_GROUP: usize = 256;
+
+/// Commits settlements as they come, every one queued meanwhile in the same transaction:
+/// under load one sync serves many requests; alone, a settlement is committed at once.
+async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let group: Vec<Settlement> = batch.iter().map(|(s, _)| s.clone()).collect();
+        let results: Vec<Result<bool, StoreError>> = match store.settle_many(&group).await {
+            Ok(r) => r.into_iter().map(Ok).collect(),
+            // One at a time, so that a row that fails fails alone.
+            Err(_) => {
+                let mut out = Vec::with_capacity(group.len());
+                for s in &group {
+                    out.push(store.settle(s).await);
+                }
+                out
+            }
+        };
+        for ((s, ack), r) in batch.drain(..).zip(results) {
+            match ack {
+                Some(ack) => {
+                    let _ = ack.send(r);
+                }
+                None => {
+                    if let Err(e) = r {
+                        tracing::error!(%e, request_id = %s.request_id, "could not release a reservation");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The per-request face of accounts, keys, prices, balances and limits.
 pub struct Platform {
     pub store: Store,
+    settler: mpsc::UnboundedSender<Pending>,
     limiter: Limiter,
     cfg: PlatformConfig,
     keys: Mutex<HashMap<String, CachedKey>>,
@@ -165,7 +216,10 @@ impl Platform {
                 "released reservations of requests that never settled (recorded as interrupted)"
             );
         }
+        let (settler, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_settlements(store.clone(), rx));
         Ok(Arc::new(Platform {
+            settler,
             store,
             limiter,
             cfg,
@@ -402,7 +456,13 @@ impl Admission {
         {
             tracing::warn!(%e, "could not correct the token counters");
         }
-        self.platform.store.settle(&s).await?;
+        let (ack, done) = oneshot::channel();
+        self.platform
+            .settler
+            .send((s, Some(ack)))
+            .map_err(|_| StoreError::Settle("the settlement writer has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Settle("the settlement writer has stopped".into()))??;
         Ok(cost)
     }
 
@@ -448,15 +508,89 @@ impl Drop for Admission {
             },
             Outcome::Error,
         );
+        let _ = self.platform.settler.send((s, None));
         let platform = self.platform.clone();
         let ticket = self.decision.ticket.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = platform.limiter.correct(&ticket, 0).await;
-                if let Err(e) = platform.store.settle(&s).await {
-                    tracing::error!(%e, request_id = %s.request_id, "could not release a reservation");
-                }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_settlements_commit_together_and_add_up() {
+        let path = std::env::temp_dir().join(format!("tokenfab-group-{}.db", std::process::id()));
+        let price = Price {
+            input_per_million: "1000".parse().unwrap(),
+            output_per_million: "2000".parse().unwrap(),
+            cached_input_per_million: None,
+        };
+        let cfg = PlatformConfig {
+            database_url: format!("sqlite://{}", path.display()),
+            redis_url: None,
+            instance: "test".into(),
+            tiers: HashMap::new(),
+            models: HashMap::from([(
+                "m".to_owned(),
+                ModelTerms {
+                    price,
+                    limits: HashMap::new(),
+                },
+            )]),
+        };
+        let p = Platform::open(cfg).await.unwrap();
+        p.store.create_account("a", "default").await.unwrap();
+        p.store
+            .credit("a", "10.00".parse().unwrap(), "test")
+            .await
+            .unwrap();
+        let (secret, _) = p.store.create_key("a").await.unwrap();
+        let caller = p
+            .authenticate(Some(&format!("Bearer {secret}")))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (p, caller) = (p.clone(), caller.clone());
+                tokio::spawn(async move {
+                    let a = p.admit(&caller, "m", 10, 5).await.unwrap();
+                    let used = Used {
+                        tokens: Tokens {
+                            prompt: 10,
+                            cached: 0,
+                            completion: 3,
+                        },
+                        reasoning: 0,
+                    };
+                    a.settle(used, Outcome::Done).await.unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            // 10 × 1000 + 3 × 2000 micro-units each.
+            assert_eq!(task.await.unwrap(), Money(16_000));
+        }
+        eprintln!("200 admitted and settled requests in {:?}", t.elapsed());
+        let acc = p.store.account("a").await.unwrap();
+        assert_eq!(
+            (acc.balance, acc.reserved),
+            ("6.80".parse().unwrap(), Money(0))
+        );
+        let day = store::unix_now().div_euclid(86_400);
+        let totals = p.store.usage(day, day).await.unwrap();
+        assert_eq!(
+            (totals[0].requests, totals[0].cost),
+            (200, "3.20".parse().unwrap())
+        );
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
         }
     }
 }

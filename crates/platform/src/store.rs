@@ -36,6 +36,8 @@ pub enum StoreError {
     Random(String),
     #[error("`{0}` is not a database URL: use sqlite://PATH or postgres://USER@HOST/DB")]
     BadUrl(String),
+    #[error("could not record a settlement: {0}")]
+    Settle(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -502,8 +504,28 @@ impl Store {
     /// the charge, the release of its reservation and the daily aggregate. A request is
     /// settled once: a second settlement of the same id changes nothing and returns false.
     pub async fn settle(&self, s: &Settlement) -> Result<bool> {
+        Ok(self.settle_many(std::slice::from_ref(s)).await?[0])
+    }
+
+    /// [`Store::settle`] for several requests in one transaction (one commit, one sync):
+    /// the group commit that lets settlements keep up with many short requests.
+    pub async fn settle_many(&self, batch: &[Settlement]) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
         let now = unix_now();
+        let mut out = Vec::with_capacity(batch.len());
+        for s in batch {
+            out.push(self.settle_in(&mut tx, s, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn settle_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        s: &Settlement,
+        now: i64,
+    ) -> Result<bool> {
         let inserted = sqlx::query(
             "INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, \
              cached_tokens, reasoning_tokens, completion_tokens, cost, status, created_at) \
@@ -521,7 +543,7 @@ impl Store {
         .bind(s.cost.0)
         .bind(s.outcome.as_str())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
@@ -533,7 +555,7 @@ impl Store {
         let held = if s.held.0 > 0 {
             let gone = sqlx::query("DELETE FROM reservations WHERE request_id = $1")
                 .bind(&s.request_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
             if gone == 1 { s.held.0 } else { 0 }
@@ -547,11 +569,10 @@ impl Store {
             .bind(s.cost.0)
             .bind(held)
             .bind(s.account_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        self.add_daily(&mut tx, s, now).await?;
-        tx.commit().await?;
+        self.add_daily(tx, s, now).await?;
         Ok(true)
     }
 
