@@ -194,6 +194,9 @@ pub struct Admission {
     held: Money,
     prompt_tokens: u64,
     decision: Decision,
+    /// What the request has used so far ([`Admission::record`]), billed if it is dropped
+    /// unsettled after generating.
+    used: Option<Used>,
     settled: bool,
 }
 
@@ -386,6 +389,7 @@ impl Platform {
             held: Money(0),
             prompt_tokens,
             decision,
+            used: None,
             settled: false,
         };
         if let Caller::Key { account, .. } = caller
@@ -434,6 +438,13 @@ impl Admission {
     /// What the request held in reserve.
     pub fn held(&self) -> Money {
         self.held
+    }
+
+    /// Notes what the request has used so far: if the request is dropped before it settles
+    /// (a client that hangs up on a non-streamed answer drops the handler with it), the
+    /// tokens generated until then are billed as `client_gone`.
+    pub fn record(&mut self, used: Used) {
+        self.used = Some(used);
     }
 
     /// The request's id in the ledger (its usage row's `request_id`).
@@ -496,24 +507,30 @@ impl Drop for Admission {
         if self.settled {
             return;
         }
-        // A path that lost its admission (a panic, a dropped future): the reservation is
-        // released and the request recorded as an error, not charged.
-        let s = self.settlement(
-            Used {
-                tokens: Tokens {
-                    prompt: self.prompt_tokens,
-                    ..Tokens::default()
+        // A path that lost its admission (a dropped handler, a panic): the reservation is
+        // released; what was generated until then is billed as `client_gone`, and a
+        // request that generated nothing is recorded as an error, not charged.
+        let (used, outcome) = match self.used {
+            Some(u) if u.tokens.completion > 0 => (u, Outcome::ClientGone),
+            _ => (
+                Used {
+                    tokens: Tokens {
+                        prompt: self.prompt_tokens,
+                        ..Tokens::default()
+                    },
+                    reasoning: 0,
                 },
-                reasoning: 0,
-            },
-            Outcome::Error,
-        );
+                Outcome::Error,
+            ),
+        };
+        let s = self.settlement(used, outcome);
         let _ = self.platform.settler.send((s, None));
         let platform = self.platform.clone();
         let ticket = self.decision.ticket.clone();
+        let total = used.tokens.prompt + used.tokens.completion;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = platform.limiter.correct(&ticket, 0).await;
+                let _ = platform.limiter.correct(&ticket, total).await;
             });
         }
     }

@@ -714,3 +714,39 @@ fn an_open_server_refuses_a_public_address() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_client_that_hangs_up_on_a_plain_answer_pays_for_what_was_generated() {
+    let ledger = Ledger::new("hangup");
+    let key = account(&ledger.url, "impatient", "5.00");
+    let s = serve(&ledger.url, &config(""), &[]);
+    run(async {
+        // A long non-streamed answer; the client gives up before it is done.
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .timeout(Duration::from_millis(600))
+            .json(&body("test/paid", 400))
+            .send()
+            .await;
+        assert!(r.is_err(), "the answer came before the client hung up");
+        let (bal, held) = settled(&s, "impatient").await;
+        assert_eq!(held, 0, "the reservation was released");
+        let usage = admin_get(&s, "/admin/usage").await;
+        let row = usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["account"] == "impatient")
+            .cloned()
+            .expect("the request was recorded");
+        let generated = row["completion_tokens"].as_i64().unwrap();
+        assert!(
+            (1..400).contains(&generated),
+            "billed {generated} generated tokens"
+        );
+        let expected = row["prompt_tokens"].as_i64().unwrap() * IN + generated * OUT;
+        assert_eq!(micros(&row["cost"]), expected, "{row}");
+        assert_eq!(5_000_000 - bal, expected);
+    });
+}

@@ -245,7 +245,7 @@ async fn complete_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
     id: String,
-    admission: Option<Admission>,
+    mut admission: Option<Admission>,
 ) -> Result<Response, HttpError> {
     let tok = &job.model.tokenizer;
     let mut choices = Vec::with_capacity(receivers.len());
@@ -268,6 +268,11 @@ async fn complete_response(
                 } => {
                     append(text);
                     tally.choices[index] = progress;
+                    // If the client hangs up, this handler is dropped mid-loop: the
+                    // admission then bills what was generated.
+                    if let Some(a) = admission.as_mut() {
+                        a.record(tally.used());
+                    }
                     if let Some(lp) = logprob {
                         logprobs.content.push(wire_logprob(tok, id, &lp));
                     }
