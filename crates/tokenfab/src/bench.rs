@@ -108,6 +108,9 @@ struct HttpArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// API key sent as `Authorization: Bearer …` (a server with keys turned on).
+    #[arg(long, env = "TOKENFAB_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -382,7 +385,15 @@ async fn http_main(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let base = base.as_str().trim_end_matches('/').to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key is not a valid header value")?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(args.timeout))
         .no_proxy()
         // A fresh connection per request: reusing one the server is about to close (as
