@@ -232,6 +232,9 @@ struct Scheduler {
     config: SchedulerConfig,
     pool: rayon::ThreadPool,
     running: Vec<Sequence>,
+    /// Jobs held back while a running sequence computes a prompt prefix they share (see
+    /// [`Scheduler::shares_prefill`]); admitted, in arrival order, once it is cached.
+    deferred: VecDeque<Job>,
     prefix: PrefixCache,
     scratch: crate::model::Scratch,
 }
@@ -251,6 +254,7 @@ impl Scheduler {
             config,
             pool,
             running: Vec::new(),
+            deferred: VecDeque::new(),
             prefix,
             scratch,
         }
@@ -259,16 +263,27 @@ impl Scheduler {
     fn run(mut self, jobs: Receiver<Job>, gauge: &AtomicUsize) {
         loop {
             gauge.store(self.running.len(), Ordering::Relaxed);
-            if self.running.is_empty() {
+            if self.running.is_empty() && self.deferred.is_empty() {
                 // Idle: block until work arrives or every handle is gone.
                 match jobs.recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => self.take(job),
                     Err(_) => return,
                 }
             }
-            while self.running.len() < self.config.max_running {
+            // Held-back jobs first, in arrival order; then new ones, while the running and
+            // held-back sequences together stay within `max_running` (so holding back
+            // never takes more from the bounded queue than running would).
+            for _ in 0..self.deferred.len() {
+                if self.running.len() >= self.config.max_running {
+                    break;
+                }
+                if let Some(job) = self.deferred.pop_front() {
+                    self.take(job);
+                }
+            }
+            while self.running.len() + self.deferred.len() < self.config.max_running {
                 match jobs.try_recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => self.take(job),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => break,
                 }
@@ -289,6 +304,40 @@ impl Scheduler {
                 self.step();
             }
         }
+    }
+
+    /// Admits a job, or holds it back when a running sequence is computing a prefix of its
+    /// prompt; a job whose client has gone is dropped.
+    fn take(&mut self, job: Job) {
+        if job.events.is_closed() {
+            return;
+        }
+        if self.shares_prefill(&job.req.prompt) {
+            self.deferred.push_back(job);
+        } else {
+            self.admit(job);
+        }
+    }
+
+    /// Whether a sequence still computing its prompt shares at least one full block with
+    /// `prompt` beyond what it found cached: requests that arrive together with a common
+    /// system prompt (or the same question) then compute it once, the later ones taking it
+    /// from the prefix cache a step later, instead of all computing it side by side.
+    fn shares_prefill(&self, prompt: &[u32]) -> bool {
+        self.running.iter().any(|s| {
+            if s.last.is_some() {
+                return false;
+            }
+            let common = s
+                .req
+                .prompt
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let shared = common / BLOCK_TOKENS * BLOCK_TOKENS;
+            shared >= BLOCK_TOKENS && shared > s.cached
+        })
     }
 
     fn admit(&mut self, job: Job) {

@@ -492,7 +492,8 @@ fn config_file_local_path_and_template_override() {
         );
         // The operator's output ceiling applies before the context check: asking for more
         // than the context is served up to the ceiling.
-        let (status, v) = post(&s, &json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600})).await;
+        // (Greedy: a sampled answer could end at its end-of-turn within 3 tokens.)
+        let (status, v) = post(&s, &json!({"model": "local/smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600, "temperature": 0})).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         // The configured context cap (512) is enforced.
@@ -551,5 +552,51 @@ fn second_turn_recomputes_only_the_new_tokens() {
             again["choices"][0]["message"]["content"],
             v1["choices"][0]["message"]["content"]
         );
+    });
+}
+
+#[test]
+fn requests_arriving_together_compute_a_shared_prompt_once() {
+    let s = Server::start(&[]);
+    run(async {
+        // Four copies of one conversation at once: the first computes the prompt, the
+        // others wait a step and take its full blocks from the prefix cache. Their answers
+        // are the same as computing it themselves (greedy, batch-invariant arithmetic).
+        let req = json!({"model": MODEL, "messages": colors(), "temperature": 0, "max_tokens": 16});
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, req) = (s.url("/v1/chat/completions"), req.clone());
+                tokio::spawn(async move {
+                    let r = reqwest::Client::new()
+                        .post(url)
+                        .json(&req)
+                        .send()
+                        .await
+                        .unwrap();
+                    r.json::<Value>().await.unwrap()
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        let prompt = answers[0]["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(prompt > 16, "the prompt fills a block: {prompt}");
+        let cached: Vec<u64> = answers
+            .iter()
+            .map(|a| {
+                a["usage"]["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(cached.iter().filter(|&&c| c == 0).count(), 1, "{cached:?}");
+        assert!(
+            cached.iter().filter(|&&c| c >= 16).count() == 3,
+            "{cached:?}"
+        );
+        let text = |a: &Value| a["choices"][0]["message"]["content"].clone();
+        assert!(answers.iter().all(|a| text(a) == text(&answers[0])));
     });
 }
