@@ -39,11 +39,9 @@ pub struct ModelTerms {
     pub limits: HashMap<String, Rates>,
 }
 
-/// How the platform is set up.
+/// How the platform is set up (the ledger is opened apart, with [`Store::open`]).
 #[derive(Clone, Debug)]
 pub struct PlatformConfig {
-    /// `sqlite://PATH` or `postgres://…`.
-    pub database_url: String,
     /// `redis://…` to share rate-limit counters between replicas.
     pub redis_url: Option<String>,
     /// This server's name in reservations; a restart under the same name releases what
@@ -201,10 +199,9 @@ pub struct Admission {
 }
 
 impl Platform {
-    /// Opens the ledger (migrating it), connects the limiter and releases what a previous
-    /// run of this instance left reserved.
-    pub async fn open(cfg: PlatformConfig) -> Result<Arc<Platform>, Refusal> {
-        let store = Store::open(&cfg.database_url).await?;
+    /// Takes the opened ledger, connects the limiter and releases what a previous run of
+    /// this instance left reserved.
+    pub async fn open(store: Store, cfg: PlatformConfig) -> Result<Arc<Platform>, Refusal> {
         let limiter = match &cfg.redis_url {
             Some(url) => Limiter::redis(url).await?,
             None => Limiter::memory(),
@@ -435,21 +432,11 @@ impl Admission {
         (self.decision.requests, self.decision.tokens)
     }
 
-    /// What the request held in reserve.
-    pub fn held(&self) -> Money {
-        self.held
-    }
-
     /// Notes what the request has used so far: if the request is dropped before it settles
     /// (a client that hangs up on a non-streamed answer drops the handler with it), the
     /// tokens generated until then are billed as `client_gone`.
     pub fn record(&mut self, used: Used) {
         self.used = Some(used);
-    }
-
-    /// The request's id in the ledger (its usage row's `request_id`).
-    pub fn ledger_id(&self) -> &str {
-        &self.request_id
     }
 
     /// Records the request's usage and charges it (nothing for [`Outcome::Error`]); returns
@@ -549,7 +536,6 @@ mod tests {
             cached_input_per_million: None,
         };
         let cfg = PlatformConfig {
-            database_url: format!("sqlite://{}", path.display()),
             redis_url: None,
             instance: "test".into(),
             tiers: HashMap::new(),
@@ -561,7 +547,10 @@ mod tests {
                 },
             )]),
         };
-        let p = Platform::open(cfg).await.unwrap();
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let p = Platform::open(store, cfg).await.unwrap();
         p.store.create_account("a", "default").await.unwrap();
         p.store
             .credit("a", "10.00".parse().unwrap(), "test")

@@ -139,7 +139,8 @@ impl From<redis::RedisError> for LimitError {
     }
 }
 
-/// The counters: in this process or in Redis.
+/// The counters: in this process (per window key: when the window ends, and the count)
+/// or in Redis.
 pub enum Limiter {
     Memory(Mutex<HashMap<String, (u64, u64)>>),
     Redis {
@@ -252,12 +253,9 @@ impl Limiter {
         let (refused, counts): (Option<usize>, Vec<(u64, u64)>) = match self {
             Limiter::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                // Keys name their window, so a key of a past window is never read again.
                 let cur = |map: &HashMap<String, (u64, u64)>, l: Limit| {
-                    let idx = now / l.window_secs();
-                    match map.get(&window_key(l)) {
-                        Some(&(w, c)) if w == idx => c,
-                        _ => 0,
-                    }
+                    map.get(&window_key(l)).map_or(0, |&(_, c)| c)
                 };
                 let refused = limits
                     .iter()
@@ -265,23 +263,17 @@ impl Limiter {
                 let mut counts = Vec::with_capacity(limits.len());
                 for &l in &limits {
                     let mut c = cur(&map, l);
+                    let reset = l.window_secs() - now % l.window_secs();
                     if refused.is_none() {
                         c += amount(l);
-                        map.insert(window_key(l), (now / l.window_secs(), c));
+                        map.insert(window_key(l), (now + reset, c));
                     }
-                    counts.push((c, l.window_secs() - now % l.window_secs()));
+                    counts.push((c, reset));
                 }
-                // Old windows go once in a while, so the map stays the size of the
+                // Ended windows go once in a while, so the map stays the size of the
                 // active (account, model) pairs.
                 if map.len() > 4096 {
-                    map.retain(|k, (w, _)| {
-                        let secs = if k.contains(":rpm:") || k.contains(":tpm:") {
-                            60
-                        } else {
-                            86_400
-                        };
-                        *w == now / secs
-                    });
+                    map.retain(|_, (end, _)| *end > now);
                 }
                 (refused, counts)
             }
@@ -342,10 +334,8 @@ impl Limiter {
         match self {
             Limiter::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-                for (k, idx) in keys.iter().zip([ticket.minute, ticket.day]) {
-                    if let Some((w, c)) = map.get_mut(k)
-                        && *w == idx
-                    {
+                for k in &keys {
+                    if let Some((_, c)) = map.get_mut(k) {
                         *c = c.saturating_sub(unused);
                     }
                 }

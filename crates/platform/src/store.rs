@@ -44,7 +44,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Which database a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
@@ -161,7 +161,6 @@ const DAY: i64 = 86_400;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    backend: Backend,
 }
 
 /// The schema, written once: the two databases differ only in how an id column counts
@@ -261,11 +260,7 @@ impl Store {
             }
         };
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
+        Ok(Store { pool })
     }
 
     // ---- accounts ----
@@ -339,29 +334,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(acc)
-    }
-
-    /// The sum of an account's credits: with the usage rows' costs, the whole history of
-    /// its balance.
-    pub async fn credited(&self, account_id: i64) -> Result<Money> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM credits WHERE account_id = $1",
-        )
-        .bind(account_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Money(row.try_get("s")?))
-    }
-
-    /// The sum of the costs of an account's usage rows.
-    pub async fn charged(&self, account_id: i64) -> Result<Money> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS s FROM usage_records WHERE account_id = $1",
-        )
-        .bind(account_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Money(row.try_get("s")?))
     }
 
     // ---- keys ----
@@ -685,38 +657,64 @@ impl Store {
             })
             .collect()
     }
+}
 
-    /// Usage rows of one request (tests and audits).
-    pub async fn usage_row(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<(Tokens, u64, Money, String)>> {
-        let row = sqlx::query(
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Audit queries the tests check the ledger with.
+    impl Store {
+        /// The sum of an account's credits: with the usage rows' costs, the whole history of
+        /// its balance.
+        pub async fn credited(&self, account_id: i64) -> Result<Money> {
+            let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM credits WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?;
+            Ok(Money(row.try_get("s")?))
+        }
+
+        /// The sum of the costs of an account's usage rows.
+        pub async fn charged(&self, account_id: i64) -> Result<Money> {
+            let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS s FROM usage_records WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?;
+            Ok(Money(row.try_get("s")?))
+        }
+
+        /// Usage rows of one request (tests and audits).
+        pub async fn usage_row(
+            &self,
+            request_id: &str,
+        ) -> Result<Option<(Tokens, u64, Money, String)>> {
+            let row = sqlx::query(
             "SELECT prompt_tokens, cached_tokens, reasoning_tokens, completion_tokens, cost, status \
              FROM usage_records WHERE request_id = $1",
         )
         .bind(request_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok((
-                Tokens {
-                    prompt: r.try_get::<i64, _>("prompt_tokens")? as u64,
-                    cached: r.try_get::<i64, _>("cached_tokens")? as u64,
-                    completion: r.try_get::<i64, _>("completion_tokens")? as u64,
-                },
-                r.try_get::<i64, _>("reasoning_tokens")? as u64,
-                Money(r.try_get("cost")?),
-                r.try_get("status")?,
-            ))
-        })
-        .transpose()
+            row.map(|r| {
+                Ok((
+                    Tokens {
+                        prompt: r.try_get::<i64, _>("prompt_tokens")? as u64,
+                        cached: r.try_get::<i64, _>("cached_tokens")? as u64,
+                        completion: r.try_get::<i64, _>("completion_tokens")? as u64,
+                    },
+                    r.try_get::<i64, _>("reasoning_tokens")? as u64,
+                    Money(r.try_get("cost")?),
+                    r.try_get("status")?,
+                ))
+            })
+            .transpose()
+        }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     async fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
         let path =

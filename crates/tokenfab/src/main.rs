@@ -19,6 +19,7 @@ use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, ResolvedModel, catalog, default_cache_dir};
+use tokenfab_platform::store::Store;
 use tokenfab_platform::{ModelTerms, Platform, PlatformConfig};
 use tokenfab_server::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
 
@@ -331,12 +332,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Whether keys exist decides whether this address may be served: asked before the
     // models load, so a refusal comes at once.
     let database_url = admin::database_url(args.database.as_deref(), &file_cfg)?;
-    let secured = rt
+    tracing::info!(database = %admin::redact(&database_url), "opening the ledger");
+    let (store, secured) = rt
         .block_on(async {
-            tokenfab_platform::store::Store::open(&database_url)
-                .await?
-                .has_keys()
-                .await
+            let store = Store::open(&database_url).await?;
+            let secured = store.has_keys().await?;
+            Ok::<_, tokenfab_platform::store::StoreError>((store, secured))
         })
         .with_context(|| format!("cannot open the ledger {}", admin::redact(&database_url)))?;
     if !secured && !addr.ip().is_loopback() && !args.allow_open {
@@ -360,7 +361,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let platform_cfg = PlatformConfig {
-        database_url,
         redis_url: args.redis.clone().or(file_cfg.redis_url.clone()),
         instance: args
             .instance
@@ -379,8 +379,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     rt.block_on(async move {
-        tracing::info!(database = %admin::redact(&platform_cfg.database_url), instance = %platform_cfg.instance, "opening the ledger");
-        let platform = Platform::open(platform_cfg)
+        tracing::info!(instance = %platform_cfg.instance, "recovering unsettled reservations");
+        let platform = Platform::open(store, platform_cfg)
             .await
             .context("cannot open the ledger")?;
         let state = Arc::new(AppState {

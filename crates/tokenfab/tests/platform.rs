@@ -670,19 +670,14 @@ fn the_admin_api_manages_accounts_and_keys() {
 #[test]
 fn an_open_server_refuses_a_public_address() {
     let ledger = Ledger::new("public");
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-        .args([
-            "serve",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-            "--database",
-            &ledger.url,
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tokenfab");
+    let public = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
+        cmd.args(["serve", "--host", "0.0.0.0", "--port", "0", "--database"])
+            .arg(&ledger.url)
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let out = public().output().expect("run tokenfab");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -692,17 +687,7 @@ fn an_open_server_refuses_a_public_address() {
     // With a key, the same address is served (checked by the refusal going away: the
     // server then starts, and is stopped here).
     account(&ledger.url, "someone", "0");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-        .args([
-            "serve",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-            "--database",
-            &ledger.url,
-        ])
-        .env("RUST_LOG", "warn")
+    let mut child = public()
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn tokenfab");
