@@ -13,8 +13,8 @@
 //!   tokens, where later prompts share them.
 //! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned paged KV
 //!   caches (reference-counted blocks of 16 positions, copied only on write), built on
-//!   [`quant`]: the quantized block formats, their kernels (portable, AVX2, AVX-512 VNNI)
-//!   and attention over the pages.
+//!   [`quant`]: the quantized block formats, repacked at load eight rows to a register for
+//!   their kernels (portable, AVX2, AVX-512 VNNI), and attention over the pages.
 //! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
 //!   characters; [`reasoning`] splits a thinking model's thought from its answer; [`stop`]
 //!   cuts the answer at stop strings.

@@ -28,10 +28,11 @@
 //! rows or threads:
 //!
 //! - activations are quantized to Q8 row by row, and RMS norms reduce one row sequentially;
-//! - the quant kernels (`quant::dot_rows`, scalar and AVX2 alike) keep one accumulator per
-//!   (weight row, token) and add the weight groups into it in order; tiling over tokens
-//!   (64 at a time) and splitting weight rows over threads only choose *which* elements a
-//!   task computes, never how one is summed;
+//! - the quant kernels (`quant::Weights::dot_rows`, portable and vector alike) keep one
+//!   float accumulator per (weight row, token) and add the units of 32 (16) weights into it
+//!   in order, each unit's integer sum being exact; tiling over tokens (64 at a time, 8
+//!   side by side), packing rows eight to a register and splitting rows over threads only
+//!   choose *which* elements a task computes, never how one is summed;
 //! - attention of one (token, head) runs over its own cache positions in order;
 //! - a token's K/V entries are computed from its own row, so a cache holds the same values
 //!   whether it was filled by one prompt, by chunks, or token by token.
@@ -67,6 +68,8 @@ pub struct Scratch {
     up: Vec<f32>,
     mm: Vec<f32>,
     q8: Vec<BlockQ8>,
+    /// Integer-sum starts of the Q8 activations (see `quant::Weights::init_per_token`).
+    init: Vec<i32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// Per row of the current pass: (batch item, position in its sequence).
@@ -102,11 +105,14 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 /// Output rows per parallel task: several tasks per thread for balance, but not so few rows
-/// that scheduling overhead shows.
+/// that scheduling overhead shows; whole blocks of eight, the kernels' unit of rows.
 fn rows_per_task(rows: usize, n_tok: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let min_rows = if n_tok > 1 { 4 } else { 16 };
-    rows.div_ceil(threads * 8).max(min_rows).min(rows.max(1))
+    let min_rows = if n_tok > 1 { 8 } else { 16 };
+    rows.div_ceil(threads * 8)
+        .max(min_rows)
+        .next_multiple_of(8)
+        .min(rows.max(1))
 }
 
 /// `out[t][r] = dot(w row r, x[t])` for `n_tok` rows of `x`.
@@ -116,33 +122,36 @@ fn matmul(
     n_tok: usize,
     out: &mut [f32],
     mm: &mut Vec<f32>,
-    q8: &mut Vec<BlockQ8>,
+    (q8, init): (&mut Vec<BlockQ8>, &mut Vec<i32>),
 ) {
     let (cols, rows) = (w.cols, w.rows);
     debug_assert_eq!(x.len(), n_tok * cols);
     debug_assert_eq!(out.len(), n_tok * rows);
-    let acts = if quant::uses_q8_activations(w.ty) {
-        let nb = cols / QK8;
+    let acts = if w.takes_q8() {
+        let (nb, ni) = (cols / QK8, w.init_per_token());
         q8.resize(n_tok * nb, BlockQ8::default());
-        let q8 = &mut q8[..n_tok * nb];
-        if n_tok > 1 {
-            q8.par_chunks_mut(nb)
+        init.resize(n_tok * ni, 0);
+        let (blocks, init) = (&mut q8[..n_tok * nb], &mut init[..n_tok * ni]);
+        if n_tok > 1 && ni > 0 {
+            blocks
+                .par_chunks_mut(nb)
                 .zip(x.par_chunks(cols))
-                .for_each(|(q, x)| quant::quantize_row_q8(x, q));
+                .zip(init.par_chunks_mut(ni))
+                .for_each(|((b, x), i)| w.quantize_token(x, b, i));
+        } else if n_tok > 1 {
+            blocks
+                .par_chunks_mut(nb)
+                .zip(x.par_chunks(cols))
+                .for_each(|(b, x)| w.quantize_token(x, b, &mut []));
         } else {
-            quant::quantize_row_q8(x, q8);
+            w.quantize_token(x, blocks, init);
         }
-        Acts::Q8(q8)
+        Acts::Q8 { blocks, init }
     } else {
         Acts::F32(x)
     };
     let chunk = rows_per_task(rows, n_tok);
-    let kernel = |(i, o): (usize, &mut [f32])| {
-        let r0 = i * chunk;
-        let n = o.len() / n_tok;
-        let bytes = &w.data[r0 * w.row_bytes..(r0 + n) * w.row_bytes];
-        quant::dot_rows(w.ty, bytes, cols, acts, n_tok, o);
-    };
+    let kernel = |(i, o): (usize, &mut [f32])| w.dot_rows(i * chunk, acts, n_tok, o);
     if n_tok == 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(kernel);
         return;
@@ -355,9 +364,15 @@ impl Model {
         let s = scratch;
         let xn = resize(&mut s.xn, n_items * d);
         rms_norm(&s.last, &self.output_norm, c.rms_eps, xn);
-        let out = self.output.as_ref().unwrap_or(&self.tok_embd);
         let logits = resize(&mut s.logits, n_items * c.vocab_size);
-        matmul(out, xn, n_items, logits, &mut s.mm, &mut s.q8);
+        matmul(
+            &self.output,
+            xn,
+            n_items,
+            logits,
+            &mut s.mm,
+            (&mut s.q8, &mut s.init),
+        );
         Ok(logits
             .chunks_exact(c.vocab_size)
             .map(|l| l.to_vec())
@@ -400,9 +415,10 @@ impl Model {
             let tokens = &batch[seg.item].tokens[seg.start..seg.start + seg.len];
             let dst = &mut x[seg.row0 * d..(seg.row0 + seg.len) * d];
             for (t, row) in tokens.iter().zip(dst.chunks_exact_mut(d)) {
-                let e = &self.tok_embd;
-                let off = *t as usize * e.row_bytes;
-                quant::dequantize_row(e.ty, &e.data[off..off + e.row_bytes], row);
+                match &self.tok_embd {
+                    Some(e) => e.row(*t as usize, row),
+                    None => self.output.row(*t as usize, row),
+                }
             }
         }
 
@@ -412,9 +428,9 @@ impl Model {
             let q = resize(&mut s.q, n * q_dim);
             let k = resize(&mut s.k, n * kv_dim);
             let v = resize(&mut s.v, n * kv_dim);
-            matmul(&l.wq, xn, n, q, &mut s.mm, &mut s.q8);
-            matmul(&l.wk, xn, n, k, &mut s.mm, &mut s.q8);
-            matmul(&l.wv, xn, n, v, &mut s.mm, &mut s.q8);
+            matmul(&l.wq, xn, n, q, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(&l.wk, xn, n, k, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(&l.wv, xn, n, v, &mut s.mm, (&mut s.q8, &mut s.init));
             add_bias(q, l.bq.as_ref());
             add_bias(k, l.bk.as_ref());
             add_bias(v, l.bv.as_ref());
@@ -451,7 +467,7 @@ impl Model {
             drop(pages);
 
             let proj = resize(&mut s.proj, n * d);
-            matmul(&l.wo, att, n, proj, &mut s.mm, &mut s.q8);
+            matmul(&l.wo, att, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
             for (a, b) in x.iter_mut().zip(proj.iter()) {
                 *a += b;
             }
@@ -459,10 +475,10 @@ impl Model {
             rms_norm(x, &l.ffn_norm, c.rms_eps, xn);
             let gate = resize(&mut s.gate, n * c.n_ff);
             let up = resize(&mut s.up, n * c.n_ff);
-            matmul(&l.gate, xn, n, gate, &mut s.mm, &mut s.q8);
-            matmul(&l.up, xn, n, up, &mut s.mm, &mut s.q8);
+            matmul(&l.gate, xn, n, gate, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(&l.up, xn, n, up, &mut s.mm, (&mut s.q8, &mut s.init));
             silu_mul(gate, up);
-            matmul(&l.down, gate, n, proj, &mut s.mm, &mut s.q8);
+            matmul(&l.down, gate, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
             for (a, b) in x.iter_mut().zip(proj.iter()) {
                 *a += b;
             }

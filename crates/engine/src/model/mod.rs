@@ -12,7 +12,7 @@ pub use forward::{Scratch, SeqInput};
 pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvPool};
 
 use crate::error::EngineError;
-use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant;
 use std::sync::Arc;
 
@@ -45,14 +45,8 @@ pub struct ModelConfig {
     pub rms_eps: f32,
 }
 
-/// A weight matrix of `rows` rows of `cols` weights, still in its ggml block format.
-pub(crate) struct Matrix {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub row_bytes: usize,
-    pub data: Vec<u8>,
-}
+/// A weight matrix: `rows` rows of `cols` weights, repacked for the kernels.
+pub(crate) type Matrix = quant::Weights;
 
 pub(crate) struct Layer {
     pub attn_norm: Vec<f32>,
@@ -73,10 +67,11 @@ pub(crate) struct Layer {
 /// be shared across threads behind an `Arc`.
 pub struct Model {
     pub config: ModelConfig,
-    pub(crate) tok_embd: Matrix,
+    /// The token embedding table, or `None` when it is tied to the output head (whose
+    /// rows then serve the lookups).
+    pub(crate) tok_embd: Option<quant::Rows>,
     pub(crate) output_norm: Vec<f32>,
-    /// `None` when the output projection is tied to the token embedding.
-    pub(crate) output: Option<Matrix>,
+    pub(crate) output: Matrix,
     pub(crate) layers: Vec<Layer>,
     /// Where every sequence's KV blocks come from and return to.
     kv_pool: Arc<KvPool>,
@@ -129,8 +124,14 @@ impl Loader<'_> {
         )))
     }
 
-    /// A matrix of `rows` × `cols` (ggml dims `[cols, rows]`).
-    fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Matrix, EngineError> {
+    /// The raw rows of a matrix of `rows` × `cols` (ggml dims `[cols, rows]`), its shape
+    /// and type checked.
+    fn shaped(
+        &self,
+        name: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<(&TensorInfo, &[u8]), EngineError> {
         let t = self.info(name)?;
         self.check_type(t)?;
         let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
@@ -145,17 +146,24 @@ impl Loader<'_> {
                 self.path()
             )));
         }
-        let row_bytes = quant::row_bytes(t.ty, cols)
-            .map_err(|e| EngineError::BadModel(format!("{}: tensor {name}: {e}", self.path())))?;
-        let data = self.g.tensor_data(t)?.to_vec();
-        debug_assert_eq!(data.len(), row_bytes * rows);
-        Ok(Matrix {
-            ty: t.ty,
-            rows,
-            cols,
-            row_bytes,
-            data,
-        })
+        Ok((t, self.g.tensor_data(t)?))
+    }
+
+    fn context(&self, name: &str) -> impl Fn(EngineError) -> EngineError {
+        let at = format!("{}: tensor {name}", self.path());
+        move |e| EngineError::BadModel(format!("{at}: {e}"))
+    }
+
+    /// A matrix for matmuls, repacked for the kernels.
+    fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Matrix, EngineError> {
+        let (t, data) = self.shaped(name, cols, rows)?;
+        quant::Weights::from_ggml(t.ty, rows, cols, data).map_err(self.context(name))
+    }
+
+    /// A matrix only read row by row, kept as it is.
+    fn rows(&self, name: &str, cols: usize, rows: usize) -> Result<quant::Rows, EngineError> {
+        let (t, data) = self.shaped(name, cols, rows)?;
+        quant::Rows::from_ggml(t.ty, rows, cols, data).map_err(self.context(name))
     }
 
     /// A vector of `n` floats (norm weights, biases), converted to f32.
@@ -225,10 +233,12 @@ impl Model {
         let rms_eps = l.meta_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
         let embd_info = l.info("token_embd.weight")?;
         let vocab_size = embd_info.dims.get(1).copied().unwrap_or(0) as usize;
-        let tok_embd = l.matrix("token_embd.weight", n_embd, vocab_size)?;
-        let output = match g.tensor("output.weight") {
-            Some(_) => Some(l.matrix("output.weight", n_embd, vocab_size)?),
-            None => None,
+        let (tok_embd, output) = match g.tensor("output.weight") {
+            Some(_) => (
+                Some(l.rows("token_embd.weight", n_embd, vocab_size)?),
+                l.matrix("output.weight", n_embd, vocab_size)?,
+            ),
+            None => (None, l.matrix("token_embd.weight", n_embd, vocab_size)?),
         };
         let output_norm = l.vector("output_norm.weight", n_embd)?;
         let q_dim = n_head * head_dim;
@@ -289,9 +299,9 @@ impl Model {
 
     /// Bytes of weights held, for logs and memory accounting.
     pub fn weight_bytes(&self) -> usize {
-        let m = |m: &Matrix| m.data.len();
-        m(&self.tok_embd)
-            + self.output.as_ref().map_or(0, m)
+        let m = |m: &Matrix| m.bytes();
+        self.tok_embd.as_ref().map_or(0, |e| e.bytes())
+            + m(&self.output)
             + self
                 .layers
                 .iter()

@@ -3,64 +3,48 @@
 //! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
 //! float ones (attention, dot) with AVX2/FMA enabled.
 
-use super::blocks::{Decoder, Group};
-use super::{BlockQ8, KvView, TOKEN_TILE};
+use super::packed::Packed;
+use super::{BlockQ8, KvView, QK8};
 
-#[inline(always)]
-fn dot16(a: &[i8; 16], b: &[i8; 16]) -> i32 {
-    let mut s = 0i32;
-    for i in 0..16 {
-        s += a[i] as i32 * b[i] as i32;
-    }
-    s
-}
-
-/// Dot product of one decoded group with the matching Q8 activation blocks.
-#[inline(always)]
-fn dot_group(g: &Group, acts: &[BlockQ8]) -> f32 {
-    let mut acc = 0.0f32;
-    for (s, a) in acts.iter().enumerate().take(g.n_sub) {
-        let q: &[i8; 32] = g.q[s * 32..s * 32 + 32].try_into().unwrap();
-        let lo = dot16(q[..16].try_into().unwrap(), a.qs[..16].try_into().unwrap());
-        let hi = dot16(q[16..].try_into().unwrap(), a.qs[16..].try_into().unwrap());
-        acc += a.d * (g.sc16[2 * s] * lo as f32 + g.sc16[2 * s + 1] * hi as f32) + g.min32[s] * a.s;
-    }
-    acc
-}
-
-/// `dot(weight row r, activation row t)` for the rows in `rows`, laid out as
-/// `super::tiled_index` says: the
-/// portable kernel, and the reference the vector ones are tested against. Each (row,
-/// token) sum runs over the groups in order whatever `n_tok` is (batch invariance).
-#[inline(always)]
-pub(crate) fn rows_q8<D: Decoder>(
-    rows: &[u8],
-    n_in: usize,
-    acts: &[BlockQ8],
+/// `dot(weight row r0 + r, token t)` for `n_rows` rows from `r0`, laid out as
+/// `super::tiled_index` says: the portable kernel, and the reference the vector ones are
+/// tested against. Per (row, token): each unit's exact integer sum, then its scaled
+/// contribution added to the row's float sum, units in order whatever `n_tok` is (batch
+/// invariance).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_packed(
+    p: &Packed,
+    r0: usize,
+    n_rows: usize,
+    blocks: &[BlockQ8],
+    init: &[i32],
     n_tok: usize,
     out: &mut [f32],
 ) {
-    let row_bytes = n_in / D::BLOCK * D::BYTES;
-    let nb = n_in / 32;
-    let n_groups = n_in.div_ceil(256);
-    let n_rows = out.len() / n_tok;
-    let mut g = Group::default();
-    let mut accs = [0.0f32; TOKEN_TILE];
-    for t0 in (0..n_tok).step_by(TOKEN_TILE) {
-        let t1 = (t0 + TOKEN_TILE).min(n_tok);
-        for r in 0..n_rows {
-            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-            let accs = &mut accs[..t1 - t0];
-            accs.fill(0.0);
-            for gi in 0..n_groups {
-                D::decode_group(row, gi, &mut g);
-                for (i, acc) in accs.iter_mut().enumerate() {
-                    let t = t0 + i;
-                    *acc += dot_group(&g, &acts[t * nb + gi * 8..t * nb + gi * 8 + g.n_sub]);
+    let l = p.layout;
+    let (nb, ni) = (blocks.len() / n_tok, init.len() / n_tok);
+    for r in r0..r0 + n_rows {
+        let lane = r % 8;
+        for t in 0..n_tok {
+            let mut f = 0.0f32;
+            for u in 0..p.units {
+                let at = (r / 8) * p.units + u;
+                let start = u * l.unit;
+                let a = &blocks[t * nb + start / QK8];
+                let qs = &a.qs[start % QK8..start % QK8 + l.unit];
+                let mut acc = if ni > 0 { init[t * ni + u] } else { 0 };
+                for k in 0..l.regs() {
+                    let w = p.unpacked(at, k);
+                    for i in 0..4 {
+                        acc += w[4 * lane + i] as i32 * qs[4 * k + i] as i32;
+                    }
+                }
+                f += acc as f32 * (p.d[at].0[lane] * a.d);
+                if l.has_min {
+                    f += p.m[at].0[lane] * a.s;
                 }
             }
-            let at = t0 * n_rows + r * (t1 - t0);
-            out[at..at + t1 - t0].copy_from_slice(accs);
+            out[super::tiled_index(r - r0, t, n_rows, n_tok)] = f;
         }
     }
 }

@@ -1,16 +1,21 @@
 //! Quantized block formats and the kernels over them.
 //!
-//! Weights stay in their ggml block format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, or F32/F16
-//! rows); activations are quantized once per matmul to [`BlockQ8`] (32 int8 values and a
-//! scale, like llama.cpp's Q8_0/Q8_1), so every dot product is an integer dot product with
-//! float scales applied per block. Each weight format is first decoded into one normalized
-//! form (see `blocks.rs`), which lets one kernel serve all of them.
+//! Layout:
+//! - `blocks.rs` decodes each ggml block format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) into
+//!   one normalized form: small integers, a scale per 16 and an offset per 32;
+//! - `packed.rs` repacks a matrix, once at load, from that form into lanes (eight units of
+//!   rows side by side, see there) as a [`Weights`]; activations are quantized to Q8 per
+//!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
+//!   one with float scales per unit of 32 (16) weights;
+//! - `kernel.rs` holds the portable kernels and `avx2.rs` the x86 ones (AVX2+FMA, with
+//!   AVX-512 VNNI where present). [`Weights::dot_rows`], [`attend`] and [`dot_f32`] are the
+//!   one place where the CPU's features decide which runs.
 //!
-//! There is a portable kernel and an AVX2+FMA instantiation of it; [`dot_rows`],
-//! [`attend`] and [`dot_f32`] are the one place where the CPU's features decide which runs.
+//! F32/F16 matrices are kept as f32 and take float activations.
 
 mod blocks;
 mod kernel;
+mod packed;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -18,6 +23,7 @@ mod avx2;
 use crate::error::EngineError;
 use crate::gguf::GgmlType;
 use blocks::{Decoder, Group};
+use packed::{Layout, Packed};
 
 use half::f16;
 
@@ -77,7 +83,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K";
 
 /// Whether matmuls with this weight type use Q8 activations (true) or float activations.
-pub fn uses_q8_activations(ty: GgmlType) -> bool {
+fn uses_q8_activations(ty: GgmlType) -> bool {
     is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16)
 }
 
@@ -165,12 +171,195 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Activations for [`dot_rows`], in the form the weight type needs.
+/// A weight matrix of `rows` rows of `cols` weights, in the form the kernels read:
+/// quantized formats repacked into lanes (`packed.rs`), float ones as f32.
+pub struct Weights {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    repr: Repr,
+}
+
+enum Repr {
+    Float(Vec<f32>),
+    Packed(Packed),
+}
+
+impl Weights {
+    /// Takes `rows` ggml rows of `cols` weights of type `ty`, exactly `data`.
+    pub fn from_ggml(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Weights, EngineError> {
+        if !is_supported(ty) {
+            return Err(EngineError::BadModel(format!(
+                "{ty:?} weights are not supported (supported: {SUPPORTED_TYPES})"
+            )));
+        }
+        let rb = row_bytes(ty, cols)?;
+        if data.len() != rb * rows {
+            return Err(EngineError::BadModel(format!(
+                "{rows} rows of {cols} {ty:?} weights take {} bytes, not {}",
+                rb * rows,
+                data.len()
+            )));
+        }
+        let repr = if Layout::of(ty).is_some() {
+            Repr::Packed(Packed::from_ggml(ty, rows, cols, data))
+        } else {
+            let mut f = vec![0.0f32; rows * cols];
+            dequantize_row(ty, data, &mut f);
+            Repr::Float(f)
+        };
+        Ok(Weights {
+            ty,
+            rows,
+            cols,
+            repr,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.repr {
+            Repr::Float(f) => std::mem::size_of_val(&**f),
+            Repr::Packed(p) => p.bytes(),
+        }
+    }
+
+    /// Row `r` as floats (embedding lookups), the values ggml's dequantization gives.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        match &self.repr {
+            Repr::Float(f) => out.copy_from_slice(&f[r * self.cols..(r + 1) * self.cols]),
+            Repr::Packed(p) => p.dequantize_row(r, out),
+        }
+    }
+
+    /// Whether the matrix takes Q8 activations ([`Weights::quantize_token`]) rather than
+    /// floats.
+    pub fn takes_q8(&self) -> bool {
+        matches!(self.repr, Repr::Packed(_))
+    }
+
+    /// Integer-sum starts per token that [`Weights::quantize_token`] writes beside the
+    /// `cols / 32` Q8 blocks.
+    pub fn init_per_token(&self) -> usize {
+        match &self.repr {
+            Repr::Float(_) => 0,
+            Repr::Packed(p) => p.layout.init_per_token(self.cols),
+        }
+    }
+
+    /// Quantizes one token's activations `x` (`cols` floats) for this matrix into `blocks`
+    /// (`cols / 32`) and `init` ([`Weights::init_per_token`]).
+    pub fn quantize_token(&self, x: &[f32], blocks: &mut [BlockQ8], init: &mut [i32]) {
+        if let Repr::Packed(p) = &self.repr {
+            packed::quantize_token(p.layout, x, blocks, init);
+        }
+    }
+
+    /// `out[tiled_index(r, t, ..)] = dot(row r0 + r, token t)` for the `out.len() / n_tok`
+    /// rows from `r0`. Callers split the rows of a matrix over threads; the result does not
+    /// depend on how they split.
+    pub fn dot_rows(&self, r0: usize, acts: Acts<'_>, n_tok: usize, out: &mut [f32]) {
+        self.dot_rows_with(simd(), r0, acts, n_tok, out)
+    }
+
+    fn dot_rows_with(&self, simd: Simd, r0: usize, acts: Acts<'_>, n_tok: usize, out: &mut [f32]) {
+        let n_rows = out.len() / n_tok;
+        assert!(
+            r0 + n_rows <= self.rows,
+            "rows {r0}..{} of {}",
+            r0 + n_rows,
+            self.rows
+        );
+        match (&self.repr, acts) {
+            (Repr::Packed(p), Acts::Q8 { blocks, init }) => {
+                assert_eq!(blocks.len(), n_tok * self.cols / QK8, "activation blocks");
+                assert_eq!(init.len(), n_tok * p.layout.init_per_token(self.cols));
+                #[cfg(target_arch = "x86_64")]
+                if let Some(isa) = simd {
+                    // SAFETY: `isa` was detected on this CPU; the rows and activations were
+                    // checked above.
+                    unsafe { avx2::dot_packed(isa, p, r0, n_rows, blocks, init, n_tok, out) };
+                    return;
+                }
+                let _ = simd;
+                kernel::rows_packed(p, r0, n_rows, blocks, init, n_tok, out)
+            }
+            (Repr::Float(w), Acts::F32(x)) => {
+                let c = self.cols;
+                for r in 0..n_rows {
+                    let row = &w[(r0 + r) * c..(r0 + r + 1) * c];
+                    for t in 0..n_tok {
+                        out[tiled_index(r, t, n_rows, n_tok)] =
+                            dot_f32(row, &x[t * c..(t + 1) * c]);
+                    }
+                }
+            }
+            _ => panic!("{:?} weights got the other kind of activations", self.ty),
+        }
+    }
+}
+
+/// A matrix kept in its ggml form and only ever read one row at a time: a token embedding
+/// table beside its own output head. Packing it would cost load time and buy nothing.
+pub struct Rows {
+    ty: GgmlType,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl Rows {
+    /// Takes `rows` ggml rows of `cols` weights of type `ty`, exactly `data`.
+    pub fn from_ggml(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Rows, EngineError> {
+        let row_bytes = row_bytes(ty, cols)?;
+        if data.len() != row_bytes * rows {
+            return Err(EngineError::BadModel(format!(
+                "{rows} rows of {cols} {ty:?} weights take {} bytes, not {}",
+                row_bytes * rows,
+                data.len()
+            )));
+        }
+        Ok(Rows {
+            ty,
+            row_bytes,
+            data: data.to_vec(),
+        })
+    }
+
+    /// Row `r` as floats.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(
+            self.ty,
+            &self.data[r * self.row_bytes..(r + 1) * self.row_bytes],
+            out,
+        )
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Activations for [`Weights::dot_rows`], in the form the matrix takes.
 #[derive(Clone, Copy)]
 pub enum Acts<'a> {
-    /// `n_tok` rows of `n_in / 32` blocks, for quantized weights.
-    Q8(&'a [BlockQ8]),
-    /// `n_tok` rows of `n_in` floats, for F32/F16 weights.
+    /// `n_tok` tokens of `cols / 32` blocks and [`Weights::init_per_token`] starts each,
+    /// for quantized weights.
+    Q8 {
+        blocks: &'a [BlockQ8],
+        init: &'a [i32],
+    },
+    /// `n_tok` rows of `cols` floats, for F32/F16 weights.
     F32(&'a [f32]),
 }
 
@@ -190,69 +379,6 @@ type Simd = Option<std::convert::Infallible>;
 #[cfg(not(target_arch = "x86_64"))]
 fn simd() -> Simd {
     None
-}
-
-fn dot_rows_impl(
-    simd: Simd,
-    ty: GgmlType,
-    rows: &[u8],
-    n_in: usize,
-    acts: Acts<'_>,
-    n_tok: usize,
-    out: &mut [f32],
-) {
-    match acts {
-        Acts::Q8(a) => {
-            debug_assert_eq!(a.len(), n_tok * n_in / QK8);
-            #[cfg(target_arch = "x86_64")]
-            if let Some(isa) = simd {
-                // SAFETY: `isa` was detected on this CPU; the shapes are the caller's
-                // contract, checked again by the kernel.
-                if unsafe { avx2::dot_rows_q8(isa, ty, rows, n_in, a, n_tok, out) } {
-                    return;
-                }
-            }
-            let _ = simd;
-            match ty {
-                GgmlType::Q4_0 => kernel::rows_q8::<blocks::Q4_0>(rows, n_in, a, n_tok, out),
-                GgmlType::Q4_1 => kernel::rows_q8::<blocks::Q4_1>(rows, n_in, a, n_tok, out),
-                GgmlType::Q5_0 => kernel::rows_q8::<blocks::Q5_0>(rows, n_in, a, n_tok, out),
-                GgmlType::Q8_0 => kernel::rows_q8::<blocks::Q8_0>(rows, n_in, a, n_tok, out),
-                GgmlType::Q4K => kernel::rows_q8::<blocks::Q4K>(rows, n_in, a, n_tok, out),
-                GgmlType::Q6K => kernel::rows_q8::<blocks::Q6K>(rows, n_in, a, n_tok, out),
-                other => panic!("dot_rows: {other:?} weights need float activations"),
-            }
-        }
-        Acts::F32(x) => {
-            // Float weights are rare (none in the supported models' matrices); a plain
-            // loop over a dequantized row is enough. Works for every type, which makes it
-            // the float reference path too.
-            let rb = row_bytes(ty, n_in).expect("row size checked at load");
-            let mut w = vec![0.0f32; n_in];
-            let n_rows = out.len() / n_tok;
-            for r in 0..n_rows {
-                dequantize_row(ty, &rows[r * rb..(r + 1) * rb], &mut w);
-                for t in 0..n_tok {
-                    out[tiled_index(r, t, n_rows, n_tok)] =
-                        dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
-                }
-            }
-        }
-    }
-}
-
-/// `out[tiled_index(r, t, ..)] = dot(weight row r, activation row t)` for every row in `rows`
-/// (`out.len() / n_tok` rows of `n_in` weights of type `ty`). Callers split the rows of a
-/// matrix over threads; the result does not depend on how they split.
-pub fn dot_rows(
-    ty: GgmlType,
-    rows: &[u8],
-    n_in: usize,
-    acts: Acts<'_>,
-    n_tok: usize,
-    out: &mut [f32],
-) {
-    dot_rows_impl(simd(), ty, rows, n_in, acts, n_tok, out)
 }
 
 /// Float dot product (attention scores, float weights).
@@ -453,65 +579,100 @@ mod tests {
         assert_eq!(a[0].qs[17], 1); // 0.5 too
     }
 
-    /// Every kernel (portable and, where available, AVX2) agrees with the scalar reference
-    /// (dequantize both sides, float dot) on random blocks, for several token counts.
+    /// Q8 activations: blocks and integer-sum starts.
+    type Q8 = (Vec<BlockQ8>, Vec<i32>);
+
+    /// A matrix of random rows and its activations for `n_tok` random tokens.
+    fn random_case(
+        rng: &mut Rng,
+        ty: GgmlType,
+        n_in: usize,
+        n_rows: usize,
+        n_tok: usize,
+    ) -> (Vec<u8>, Weights, Vec<f32>, Q8) {
+        let raw: Vec<u8> = (0..n_rows)
+            .flat_map(|_| random_row(rng, ty, n_in))
+            .collect();
+        let w = Weights::from_ggml(ty, n_rows, n_in, &raw).unwrap();
+        let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.f()).collect();
+        let (nb, ni) = (n_in / QK8, w.init_per_token());
+        let mut blocks = vec![BlockQ8::default(); n_tok * nb];
+        let mut init = vec![0; n_tok * ni];
+        for t in 0..n_tok {
+            let xt = &x[t * n_in..(t + 1) * n_in];
+            let (b, i) = (
+                &mut blocks[t * nb..(t + 1) * nb],
+                &mut init[t * ni..(t + 1) * ni],
+            );
+            w.quantize_token(xt, b, i);
+        }
+        (raw, w, x, (blocks, init))
+    }
+
+    /// Token `t` (of all when `None`) of the activations.
+    fn acts_of<'a>(w: &Weights, x: &'a [f32], (b, i): &'a Q8, t: Option<usize>) -> Acts<'a> {
+        let (nb, ni, n) = (w.cols / QK8, w.init_per_token(), w.cols);
+        let (b, i, x) = match t {
+            None => (&b[..], &i[..], x),
+            Some(t) => (
+                &b[t * nb..(t + 1) * nb],
+                &i[t * ni..(t + 1) * ni],
+                &x[t * n..(t + 1) * n],
+            ),
+        };
+        if w.takes_q8() {
+            Acts::Q8 { blocks: b, init: i }
+        } else {
+            Acts::F32(x)
+        }
+    }
+
+    /// Every kernel (portable and, where available, AVX2 and VNNI) agrees with the scalar
+    /// reference (dequantize both sides, float dot) on random blocks, for several token
+    /// counts, row lengths with a partial last group (Qwen's 896) and row offsets; and a
+    /// token alone gives the very bits it gets in a batch.
     #[test]
     fn kernels_match_reference() {
         let mut rng = Rng(0x9e3779b97f4a7c15);
-        let n_in = 512 + 256;
-        let n_rows = 5;
+        let n_rows = 21;
         for &ty in &TYPES {
-            for &n_tok in &[1usize, 3, 70] {
-                let rb = row_bytes(ty, n_in).unwrap();
-                let w: Vec<u8> = (0..n_rows)
-                    .flat_map(|_| random_row(&mut rng, ty, n_in))
-                    .collect();
-                let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.f()).collect();
-                let mut q8 = vec![BlockQ8::default(); n_tok * n_in / QK8];
-                for t in 0..n_tok {
-                    quantize_row_q8(
-                        &x[t * n_in..(t + 1) * n_in],
-                        &mut q8[t * n_in / QK8..(t + 1) * n_in / QK8],
-                    );
+            for n_in in [768usize, 896] {
+                if row_bytes(ty, n_in).is_err() {
+                    continue;
                 }
-                let acts = if uses_q8_activations(ty) {
-                    Acts::Q8(&q8)
-                } else {
-                    Acts::F32(&x)
-                };
-                let mut scalar = vec![0.0f32; n_rows * n_tok];
-                dot_rows_impl(None, ty, &w, n_in, acts, n_tok, &mut scalar);
-                let simd = simd_results(ty, &w, n_in, acts, n_tok, n_rows);
-                let mut wf = vec![0.0f32; n_in];
-                for r in 0..n_rows {
-                    dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut wf);
-                    let wnorm = wf.iter().map(|v| v * v).sum::<f32>().sqrt();
-                    for t in 0..n_tok {
-                        let xr = &x[t * n_in..(t + 1) * n_in];
-                        let reference: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
-                        let got = scalar[tiled_index(r, t, n_rows, n_tok)];
-                        // Q8 activations carry ~0.4% relative error per element.
-                        let tol = 1e-2 * wnorm * (n_in as f32).sqrt() / 10.0 + 1e-4;
-                        assert!(
-                            (got - reference).abs() <= tol,
-                            "{ty:?} n_tok {n_tok} row {r} tok {t}: {got} vs {reference} (tol {tol})"
-                        );
-                        let s = simd[tiled_index(r, t, n_rows, n_tok)];
-                        assert!(
-                            (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
-                            "{ty:?}: simd {s} vs scalar {got}"
-                        );
-                        // Batch invariance inside the kernel: the same token alone.
-                        let one = &x[t * n_in..(t + 1) * n_in];
-                        let q8_one = &q8[t * n_in / QK8..(t + 1) * n_in / QK8];
-                        let acts_one = if uses_q8_activations(ty) {
-                            Acts::Q8(q8_one)
-                        } else {
-                            Acts::F32(one)
-                        };
-                        let mut alone = [0.0f32];
-                        dot_rows(ty, &w[r * rb..(r + 1) * rb], n_in, acts_one, 1, &mut alone);
-                        assert_eq!(alone[0].to_bits(), s.to_bits(), "{ty:?} row {r} tok {t}");
+                for &n_tok in &[1usize, 2, 3, 9, 70] {
+                    let (raw, w, x, acts) = random_case(&mut rng, ty, n_in, n_rows, n_tok);
+                    let rb = row_bytes(ty, n_in).unwrap();
+                    let a = acts_of(&w, &x, &acts, None);
+                    let mut scalar = vec![0.0f32; n_rows * n_tok];
+                    w.dot_rows_with(None, 0, a, n_tok, &mut scalar);
+                    let simd = simd_results(&w, a, n_tok, n_rows);
+                    let mut wf = vec![0.0f32; n_in];
+                    for r in 0..n_rows {
+                        dequantize_row(ty, &raw[r * rb..(r + 1) * rb], &mut wf);
+                        let wnorm = wf.iter().map(|v| v * v).sum::<f32>().sqrt();
+                        for t in 0..n_tok {
+                            let xr = &x[t * n_in..(t + 1) * n_in];
+                            let reference: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
+                            let got = scalar[tiled_index(r, t, n_rows, n_tok)];
+                            // Q8 activations carry ~0.4% relative error per element.
+                            let tol = 1e-2 * wnorm * (n_in as f32).sqrt() / 10.0 + 1e-4;
+                            assert!(
+                                (got - reference).abs() <= tol,
+                                "{ty:?} n_tok {n_tok} row {r} tok {t}: {got} vs {reference} (tol {tol})"
+                            );
+                            let s = simd[tiled_index(r, t, n_rows, n_tok)];
+                            assert!(
+                                (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
+                                "{ty:?}: simd {s} vs scalar {got}"
+                            );
+                            // Batch invariance inside the kernel: the same token alone, on
+                            // this row alone.
+                            let one = acts_of(&w, &x, &acts, Some(t));
+                            let mut alone = [0.0f32];
+                            w.dot_rows(r, one, 1, &mut alone);
+                            assert_eq!(alone[0].to_bits(), s.to_bits(), "{ty:?} row {r} tok {t}");
+                        }
                     }
                 }
             }
@@ -519,48 +680,72 @@ mod tests {
     }
 
     /// The vector kernels' results: the best set this CPU runs (the portable ones where
-    /// there is none), after checking that every x86 set gives the very same bits.
-    fn simd_results(
-        ty: GgmlType,
-        w: &[u8],
-        n_in: usize,
-        acts: Acts<'_>,
-        n_tok: usize,
-        n_rows: usize,
-    ) -> Vec<f32> {
+    /// there is none), after checking that every x86 set gives the very same bits, and
+    /// that splitting the rows (as threads do) changes nothing.
+    fn simd_results(w: &Weights, acts: Acts<'_>, n_tok: usize, n_rows: usize) -> Vec<f32> {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let mut best = vec![0.0f32; n_rows * n_tok];
-        dot_rows_impl(simd(), ty, w, n_in, acts, n_tok, &mut best);
+        w.dot_rows(0, acts, n_tok, &mut best);
         #[cfg(target_arch = "x86_64")]
         for isa in [avx2::Isa::Avx2, avx2::Isa::Vnni] {
             if simd().is_some_and(|have| isa == avx2::Isa::Avx2 || have == isa) {
                 let mut got = vec![0.0f32; n_rows * n_tok];
-                dot_rows_impl(Some(isa), ty, w, n_in, acts, n_tok, &mut got);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&best), "{ty:?} {isa:?}");
+                w.dot_rows_with(Some(isa), 0, acts, n_tok, &mut got);
+                assert_eq!(bits(&got), bits(&best), "{:?} {isa:?}", w.ty);
+            }
+        }
+        let split = 8.min(n_rows);
+        let (mut head, mut tail) = (
+            vec![0.0; split * n_tok],
+            vec![0.0; (n_rows - split) * n_tok],
+        );
+        w.dot_rows(0, acts, n_tok, &mut head);
+        w.dot_rows(split, acts, n_tok, &mut tail);
+        for t in 0..n_tok {
+            for r in 0..n_rows {
+                let got = if r < split {
+                    head[tiled_index(r, t, split, n_tok)]
+                } else {
+                    tail[tiled_index(r - split, t, n_rows - split, n_tok)]
+                };
+                assert_eq!(
+                    got.to_bits(),
+                    best[tiled_index(r, t, n_rows, n_tok)].to_bits()
+                );
             }
         }
         best
     }
 
-    /// A row of Qwen's width (896 = 3.5 super-blocks) exercises a partial last group.
+    /// Packed rows read back as exactly what ggml's dequantization gives, for every type.
     #[test]
-    fn partial_group_rows() {
-        let mut rng = Rng(99);
-        let n_in = 896;
-        let w = random_row(&mut rng, GgmlType::Q5_0, n_in);
-        let x: Vec<f32> = (0..n_in).map(|_| rng.f()).collect();
-        let mut q8 = vec![BlockQ8::default(); n_in / QK8];
-        quantize_row_q8(&x, &mut q8);
-        let mut got = [0.0f32];
-        dot_rows(GgmlType::Q5_0, &w, n_in, Acts::Q8(&q8), 1, &mut got);
-        let mut wf = vec![0.0f32; n_in];
-        dequantize_row(GgmlType::Q5_0, &w, &mut wf);
-        let reference: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
-        assert!(
-            (got[0] - reference).abs() < 0.05,
-            "{} vs {reference}",
-            got[0]
-        );
+    fn packed_rows_dequantize_like_ggml() {
+        let mut rng = Rng(3);
+        for &ty in &TYPES {
+            let n_in = if row_bytes(ty, 896).is_ok() { 896 } else { 512 };
+            let (raw, w, _, _) = random_case(&mut rng, ty, n_in, 3, 1);
+            let rb = row_bytes(ty, n_in).unwrap();
+            let (mut a, mut b) = (vec![0.0f32; n_in], vec![0.0f32; n_in]);
+            for r in 0..3 {
+                dequantize_row(ty, &raw[r * rb..(r + 1) * rb], &mut a);
+                w.row(r, &mut b);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{ty:?} row {r}");
+            }
+        }
+    }
+
+    /// A matrix refuses data of the wrong size and types it cannot run, with a message.
+    #[test]
+    fn weights_check_their_input() {
+        let e = Weights::from_ggml(GgmlType::Q4_0, 2, 64, &[0; 35])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("take 72 bytes"), "{e}");
+        let e = Weights::from_ggml(GgmlType::Q4K, 1, 64, &[0; 36])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("whole"), "{e}");
     }
 
     #[test]
