@@ -23,13 +23,13 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use limits::{Decision, Limit, LimitError, Limiter, Rates, Standing};
 use money::{Money, Price, Tokens};
-use store::{Account, OPEN_ACCOUNT, Outcome, Reservation, Settlement, Store, StoreError};
+use store::{Account, OPEN_ACCOUNT, Outcome, Reservation, Settlement, Source, Store, StoreError};
 
 /// Prices and limits of one model.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +48,14 @@ pub struct PlatformConfig {
     /// the previous run left unsettled.
     pub instance: String,
     /// Limits per account tier, for every model.
+    pub tiers: HashMap<String, Rates>,
+    /// Per model id (lowercase).
+    pub models: HashMap<String, ModelTerms>,
+}
+
+/// What a configuration reload may change: tier limits and per-model prices and limits.
+#[derive(Clone, Debug, Default)]
+pub struct Terms {
     pub tiers: HashMap<String, Rates>,
     /// Per model id (lowercase).
     pub models: HashMap<String, ModelTerms>,
@@ -165,6 +173,8 @@ pub struct Platform {
     settler: mpsc::UnboundedSender<Pending>,
     limiter: Limiter,
     cfg: PlatformConfig,
+    /// Prices and limits: the configuration's, replaced whole on a reload.
+    terms: RwLock<Arc<Terms>>,
     keys: Mutex<HashMap<String, CachedKey>>,
     keys_exist: Mutex<Option<(Instant, bool)>>,
     /// Ledger ids are `instance/start-time+counter`: unique across restarts and replicas
@@ -173,11 +183,12 @@ pub struct Platform {
     seq: AtomicU64,
 }
 
-/// The tokens a finished request used.
+/// The tokens a finished request used, and where the counts came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Used {
     pub tokens: Tokens,
     pub reasoning: u64,
+    pub source: Source,
 }
 
 /// A request let in: the money it holds and the windows it was counted in. Settle it
@@ -218,11 +229,16 @@ impl Platform {
         }
         let (settler, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_settlements(store.clone(), rx));
+        let terms = RwLock::new(Arc::new(Terms {
+            tiers: cfg.tiers.clone(),
+            models: cfg.models.clone(),
+        }));
         Ok(Arc::new(Platform {
             settler,
             store,
             limiter,
             cfg,
+            terms,
             keys: Mutex::new(HashMap::new()),
             keys_exist: Mutex::new(None),
             started: std::time::SystemTime::now()
@@ -307,8 +323,18 @@ impl Platform {
         *self.keys_exist.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Replaces the prices and limits (a configuration reload); requests already admitted
+    /// keep the terms they were admitted under.
+    pub fn set_terms(&self, terms: Terms) {
+        *self.terms.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(terms);
+    }
+
+    fn terms(&self) -> Arc<Terms> {
+        self.terms.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn price(&self, model: &str) -> Price {
-        self.cfg
+        self.terms()
             .models
             .get(&model.to_ascii_lowercase())
             .map(|t| t.price)
@@ -318,14 +344,14 @@ impl Platform {
     /// The limits of `tier` on `model`: the tier's (or the `default` tier's), overlaid
     /// with the model's own for that tier.
     pub fn rates(&self, tier: &str, model: &str) -> Rates {
-        let base = self
-            .cfg
+        let all = self.terms();
+        let base = all
             .tiers
             .get(tier)
-            .or_else(|| self.cfg.tiers.get("default"))
+            .or_else(|| all.tiers.get("default"))
             .copied()
             .unwrap_or_default();
-        let terms = self.cfg.models.get(&model.to_ascii_lowercase());
+        let terms = all.models.get(&model.to_ascii_lowercase());
         match terms.and_then(|t| t.limits.get(tier).or_else(|| t.limits.get("default"))) {
             Some(over) => base.overlaid(over),
             None => base,
@@ -485,6 +511,7 @@ impl Admission {
             cost,
             held: self.held,
             outcome,
+            source: used.source,
         }
     }
 }
@@ -506,6 +533,7 @@ impl Drop for Admission {
                         ..Tokens::default()
                     },
                     reasoning: 0,
+                    source: Source::default(),
                 },
                 Outcome::Error,
             ),
@@ -574,6 +602,7 @@ mod tests {
                             completion: 3,
                         },
                         reasoning: 0,
+                        source: Source::Engine,
                     };
                     a.settle(used, Outcome::Done).await.unwrap()
                 })

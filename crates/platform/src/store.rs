@@ -120,6 +120,31 @@ impl Outcome {
     }
 }
 
+/// Where a request's token counts came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// tokenfab's own engine.
+    #[default]
+    Engine,
+    /// An upstream server's `usage`.
+    Upstream,
+    /// Counted with the model's tokenizer (an upstream that reports none).
+    Counted,
+    /// Estimated from the text's length (no usage and no tokenizer).
+    Estimated,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Engine => "engine",
+            Source::Upstream => "upstream",
+            Source::Counted => "counted",
+            Source::Estimated => "estimated",
+        }
+    }
+}
+
 /// A finished request's record: its tokens, its cost, and the reservation it releases.
 #[derive(Clone, Debug)]
 pub struct Settlement {
@@ -133,6 +158,7 @@ pub struct Settlement {
     /// What [`Store::reserve`] held (zero for free models and open access).
     pub held: Money,
     pub outcome: Outcome,
+    pub source: Source,
 }
 
 /// Totals for one account and model over a period, from the daily aggregates.
@@ -173,14 +199,24 @@ fn migrator(backend: Backend) -> Migrator {
             Cow::Owned(sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"))
         }
     };
-    Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("platform"),
+    let step = |version, name, sql| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
             MigrationType::Simple,
             sql,
             false,
-        )]),
+        )
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![
+            step(1, "platform", sql),
+            step(
+                2,
+                "usage_source",
+                Cow::Borrowed(include_str!("../migrations/0002_usage_source.sql")),
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }
@@ -500,8 +536,8 @@ impl Store {
     ) -> Result<bool> {
         let inserted = sqlx::query(
             "INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, \
-             cached_tokens, reasoning_tokens, completion_tokens, cost, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             cached_tokens, reasoning_tokens, completion_tokens, cost, status, created_at, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&s.request_id)
@@ -515,6 +551,7 @@ impl Store {
         .bind(s.cost.0)
         .bind(s.outcome.as_str())
         .bind(now)
+        .bind(s.source.as_str())
         .execute(&mut **tx)
         .await?
         .rows_affected()
@@ -607,6 +644,7 @@ impl Store {
                 cost: Money(0),
                 held: Money(row.try_get("amount")?),
                 outcome: Outcome::Interrupted,
+                source: Source::default(),
             };
             if self.settle(&s).await? {
                 n += 1;
@@ -743,6 +781,7 @@ mod tests {
             cost: Money(cost),
             held: Money(held),
             outcome: Outcome::Done,
+            source: Source::Engine,
         }
     }
 

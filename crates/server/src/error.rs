@@ -107,6 +107,41 @@ impl HttpError {
         e
     }
 
+    /// 502: an upstream server failed or answered what it should not have.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("upstream_error"),
+            None,
+            message,
+        )
+    }
+
+    /// 503 with `retry-after`: no upstream backend can take the request now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("upstream_unavailable"),
+            None,
+            message,
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 504: an upstream server did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            Some("upstream_timeout"),
+            None,
+            message,
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -10,10 +10,11 @@ use serde_json::{Map, Value};
 use tokenfab_engine::sampler::{Rng, SamplingParams};
 use tokenfab_engine::scheduler::{GenerateRequest, ThinkingPlan};
 use tokenfab_engine::template::TemplateMessage;
+use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::chat::{ChatCompletionRequest, ChatMessage, MessageContent, Role};
 
 use crate::error::HttpError;
-use crate::state::{AppState, ServedModel};
+use crate::state::{Limits, ServedModel};
 
 /// Most stop strings per request (OpenAI's limit).
 const MAX_STOP: usize = 4;
@@ -22,6 +23,8 @@ const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// A validated request, ready to submit.
 pub struct ChatJob {
+    /// The id the client used.
+    pub model_id: String,
     pub model: Arc<ServedModel>,
     pub stream: bool,
     pub include_usage: bool,
@@ -80,7 +83,9 @@ fn message_text(i: usize, m: &ChatMessage) -> Result<String, HttpError> {
     }
 }
 
-fn template_messages(messages: &[ChatMessage]) -> Result<Vec<TemplateMessage>, HttpError> {
+pub(crate) fn template_messages(
+    messages: &[ChatMessage],
+) -> Result<Vec<TemplateMessage>, HttpError> {
     messages
         .iter()
         .enumerate()
@@ -113,15 +118,14 @@ fn template_messages(messages: &[ChatMessage]) -> Result<Vec<TemplateMessage>, H
         .collect()
 }
 
-/// Validates `req` against the served models and limits and builds the engine jobs.
-pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, HttpError> {
-    let model_id = req
-        .model
-        .as_deref()
-        .ok_or_else(|| bad("model", "`model` is required"))?;
-    let model = state
-        .model(model_id)
-        .ok_or_else(|| HttpError::model_not_found(model_id))?;
+/// Validates `req` for the local model `model` (served as `model_id`) and the server's
+/// limits, and builds the engine jobs.
+pub fn build(
+    req: ChatCompletionRequest,
+    model_id: &str,
+    model: Arc<ServedModel>,
+    limits: &Limits,
+) -> Result<ChatJob, HttpError> {
     let messages = req
         .messages
         .as_ref()
@@ -153,10 +157,10 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         }
     };
     let n = req.n.unwrap_or(1);
-    if n < 1 || n as usize > state.limits.max_n {
+    if n < 1 || n as usize > limits.max_n {
         return Err(bad(
             "n",
-            format!("`n` must be between 1 and {}, got {n}", state.limits.max_n),
+            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
         ));
     }
     let stop = req.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
@@ -224,7 +228,7 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
 
     // Render the conversation with the model's own template.
     let template = model.template.as_ref().ok_or_else(|| {
-        bad("messages", format!("model `{}` has no chat template; configure one (`chat_template` in the config file)", model.id))
+        bad("messages", format!("model `{model_id}` has no chat template; configure one (`chat_template` in the config file)"))
     })?;
     let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     if let Some(t) = req.enable_thinking {
@@ -249,15 +253,14 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         return Err(bad(
             param,
             format!(
-                "model `{}` always thinks: its chat template has no `enable_thinking` switch",
-                model.id
+                "model `{model_id}` always thinks: its chat template has no `enable_thinking` switch"
             ),
         ));
     }
     let text = template
         .render(&template_messages(messages)?, true, &kwargs)
         .map_err(|e| bad("messages", e.to_string()))?;
-    let prompt = encode_prompt(&model, &text);
+    let prompt = encode_prompt(&model.tokenizer, &text);
 
     let ctx = model.context_length;
     if prompt.len() >= ctx {
@@ -276,7 +279,7 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
     let room = ctx - prompt.len();
     // The operator's ceiling applies first: a request for more is served up to the ceiling
     // (finish_reason "length"), and only what will really be generated must fit the context.
-    let cap = state.limits.max_output_tokens.map(|c| c.max(1) as i64);
+    let cap = limits.max_output_tokens.map(|c| c.max(1) as i64);
     let max_tokens = max_tokens.map(|m| cap.map_or(m, |c| m.min(c)));
     let max_tokens = match max_tokens {
         None => cap.map_or(room, |c| (c as usize).min(room)),
@@ -349,6 +352,7 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
         .collect();
     Ok(ChatJob {
         prompt_tokens: prompt.len(),
+        model_id: model_id.to_owned(),
         model,
         stream: req.stream.unwrap_or(false),
         include_usage: req
@@ -363,9 +367,9 @@ pub fn build(req: ChatCompletionRequest, state: &AppState) -> Result<ChatJob, Ht
 
 /// Tokenizes a rendered prompt with special tokens parsed. Templates that print the BOS
 /// token themselves must not get a second one from the tokenizer's BOS rule.
-fn encode_prompt(model: &ServedModel, text: &str) -> Vec<u32> {
-    let mut ids = model.tokenizer.encode(text, true, true);
-    if let Some(bos) = model.tokenizer.bos_id()
+pub(crate) fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+    let mut ids = tokenizer.encode(text, true, true);
+    if let Some(bos) = tokenizer.bos_id()
         && ids.len() >= 2
         && ids[0] == bos
         && ids[1] == bos

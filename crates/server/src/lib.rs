@@ -2,11 +2,14 @@
 //!
 //! # Layout
 //! A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
-//! `Caller`) → a handler in [`routes`] → [`job`] (validate, render the chat template,
-//! tokenize, check the context) → the platform's admission (rate limits, then the most the
-//! request can cost reserved from the balance) → the model's engine handle (from
-//! [`state`]) → engine events → JSON or server-sent events → the admission settled with
-//! the tokens used. Every failure is an [`error::HttpError`] in the OpenAI shape.
+//! `Caller`) → a handler in [`routes`], which finds the model in the registry
+//! ([`state`]). A local model's request goes to [`job`] (validate, render the chat
+//! template, tokenize, check the context) → the platform's admission (rate limits, then
+//! the most the request can cost reserved from the balance) → the model's engine handle
+//! → engine events → JSON or server-sent events → the admission settled with the tokens
+//! used. An upstream model's request is admitted the same way and forwarded by
+//! [`routes::proxy`] through `tokenfab-upstream` (backend choice, retries, normalisation
+//! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
 
 pub mod auth;
 pub mod error;
@@ -24,7 +27,10 @@ use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-pub use state::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
+pub use state::{
+    AppState, Counter, DEFAULT_THINKING_BUDGET, Limits, ModelEntry, ModelType, Serve, ServedModel,
+    UpstreamModel,
+};
 
 async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
     error::HttpError::route_not_found(method.as_str(), uri.path())
@@ -35,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_body_bytes;
     let v1 = Router::new()
         .route("/chat/completions", post(routes::chat::chat_completions))
+        .route("/embeddings", post(routes::proxy::embeddings))
+        .route("/rerank", post(routes::proxy::rerank))
         .route("/models", get(routes::models::list))
         .route("/user/info", get(routes::user::info))
         .layer(axum::middleware::from_fn_with_state(

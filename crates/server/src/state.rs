@@ -1,20 +1,18 @@
-//! What the server serves: the loaded models and the limits every request is held to.
+//! What the server serves: the model registry (local engines and upstream pools, replaced
+//! whole on a configuration reload) and the limits every request is held to.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokenfab_engine::loader::ReasoningSpec;
+use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::EngineHandle;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::Platform;
+use tokenfab_upstream::pool::Pool;
 
-/// One model behind the API: its engine plus what handlers need to build prompts.
+/// One model run by tokenfab's engine: the engine plus what handlers need to build prompts.
 pub struct ServedModel {
-    /// The id clients send in `model`, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
-    pub id: String,
-    pub owned_by: String,
-    /// Unix time the model was loaded, reported by `/v1/models`.
-    pub created: u64,
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
@@ -23,6 +21,76 @@ pub struct ServedModel {
     pub reasoning: Option<ReasoningSpec>,
     /// Reasoning tokens allowed when a request gives no `thinking_budget`.
     pub thinking_budget: usize,
+}
+
+/// A model's tokenizer (and chat template), used to count what an upstream did not.
+pub struct Counter {
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Option<ChatTemplate>,
+}
+
+/// One model answered by upstream servers.
+pub struct UpstreamModel {
+    pub pool: Arc<Pool>,
+    /// Tags of a thought left inline in `content`, split into `reasoning_content`; `None`
+    /// passes `content` on as it is.
+    pub think: Option<ThinkTags>,
+    /// Bounds what a request without `max_tokens` may cost.
+    pub context_length: usize,
+    /// Counts usage when an upstream reports none; without it, usage is estimated.
+    pub counter: Option<Counter>,
+}
+
+/// Where a model's requests go.
+pub enum Serve {
+    Local(Arc<ServedModel>),
+    Upstream(Arc<UpstreamModel>),
+}
+
+/// What a model does, for `/v1/models`' filters and for which endpoints take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelType {
+    Chat,
+    Embedding,
+    Reranker,
+}
+
+impl ModelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Chat => "chat",
+            ModelType::Embedding => "embedding",
+            ModelType::Reranker => "reranker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ModelType> {
+        [ModelType::Chat, ModelType::Embedding, ModelType::Reranker]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
+    /// The endpoint that serves this type, for error messages.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            ModelType::Chat => "/v1/chat/completions",
+            ModelType::Embedding => "/v1/embeddings",
+            ModelType::Reranker => "/v1/rerank",
+        }
+    }
+}
+
+/// One model behind the API.
+pub struct ModelEntry {
+    /// The id clients send in `model`, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`.
+    pub id: String,
+    pub kind: ModelType,
+    /// SiliconFlow's finer type (defaults to the type's name).
+    pub sub_type: String,
+    pub owned_by: String,
+    /// Unix time the model was loaded, reported by `/v1/models`.
+    pub created: u64,
+    pub serve: Serve,
 }
 
 /// SiliconFlow's default `thinking_budget`.
@@ -52,7 +120,9 @@ impl Default for Limits {
 
 /// Shared by every handler.
 pub struct AppState {
-    pub models: Vec<Arc<ServedModel>>,
+    /// Replaced whole by [`AppState::set_models`]; a request keeps the entry it looked up,
+    /// so a reload never cuts one short.
+    models: RwLock<Arc<Vec<Arc<ModelEntry>>>>,
     pub limits: Limits,
     /// Keys, prices, balances and rate limits; `None` serves everyone, unbilled (an
     /// embedder that does its own accounting).
@@ -62,9 +132,36 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Looks a model up by id; ids compare case-insensitively, as users type them by hand.
-    pub fn model(&self, id: &str) -> Option<Arc<ServedModel>> {
+    pub fn new(
+        models: Vec<Arc<ModelEntry>>,
+        limits: Limits,
+        platform: Option<Arc<Platform>>,
+        admin_key_hash: Option<String>,
+    ) -> AppState {
+        AppState {
+            models: RwLock::new(Arc::new(models)),
+            limits,
+            platform,
+            admin_key_hash,
+        }
+    }
+
+    /// The models served now.
+    pub fn models(&self) -> Arc<Vec<Arc<ModelEntry>>> {
         self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves `models` from now on (a configuration reload).
+    pub fn set_models(&self, models: Vec<Arc<ModelEntry>>) {
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(models);
+    }
+
+    /// Looks a model up by id; ids compare case-insensitively, as users type them by hand.
+    pub fn model(&self, id: &str) -> Option<Arc<ModelEntry>> {
+        self.models()
             .iter()
             .find(|m| m.id.eq_ignore_ascii_case(id))
             .cloned()

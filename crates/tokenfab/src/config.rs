@@ -35,7 +35,29 @@
 //! cached_input_per_million = "0.10" # prompt tokens from the prefix cache (default: input)
 //! [models.limits.default]   # this model's limits for a tier, over the tier's own
 //! rpm = 10
+//!
+//! [[models]]                # an upstream model: answered by OpenAI-compatible servers
+//! id = "deepseek-ai/DeepSeek-R1"
+//! type = "chat"             # chat (default), embedding or reranker: /v1/models' filter
+//! sub_type = "chat"         # optional, defaults to the type
+//! context_length = 65536    # bounds the reservation of a request without max_tokens
+//! tokenizer = "Qwen/Qwen2.5-Coder-0.5B-Instruct" # optional: counts usage an upstream omits
+//! affinity = true           # conversations stay on one backend while it is not overloaded
+//! health_interval_s = 5     # probes of each backend's GET /models
+//! input_per_million = "4.00"
+//! output_per_million = "16.00"
+//! [[models.backends]]
+//! url = "http://10.0.0.5:8000/v1"   # plain HTTP, on the cluster's network
+//! model = "deepseek-r1"     # the upstream's name (default: the id)
+//! api_key_env = "VLLM_KEY"  # or api_key = "…"
+//! weight = 2                # share of requests (default 1)
+//! connect_timeout_s = 3
+//! timeout_s = 600           # until the answer starts (a whole non-streamed answer)
+//! idle_timeout_s = 120      # longest silence inside a stream
 //! ```
+//!
+//! `kill -HUP` reloads the models, prices and limits from the file without dropping
+//! requests in flight; the rest (address, ledger, threads) needs a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,17 +96,23 @@ pub struct FileConfig {
     pub models: Vec<ModelConfig>,
 }
 
-/// One served model.
-#[derive(Debug, Clone, Deserialize)]
+/// One served model: local (`source`) or upstream (`backends`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The id clients send; defaults to the source's id.
     pub id: Option<String>,
-    pub source: String,
+    /// A local model's GGUF: catalog id, local path, or `hf:org/repo/file.gguf`.
+    pub source: Option<String>,
+    /// `chat` (default), `embedding` or `reranker`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub sub_type: Option<String>,
     pub context_length: Option<usize>,
     pub chat_template_file: Option<PathBuf>,
     /// Split `<think>` thoughts into `reasoning_content`: `true`/`false` overrides the
-    /// detection from the chat template (which finds Qwen3, DeepSeek-R1, QwQ).
+    /// detection from the chat template (which finds Qwen3, DeepSeek-R1, QwQ). For upstream
+    /// models, `false` passes `content` on untouched.
     pub reasoning: Option<bool>,
     /// Tags around the thought, when not `<think>` / `</think>`.
     pub think_start: Option<String>,
@@ -98,11 +126,93 @@ pub struct ModelConfig {
     /// This model's limits per account tier, field by field over the tier's.
     #[serde(default)]
     pub limits: HashMap<String, Rates>,
+    /// Upstream: a model source whose tokenizer counts usage an upstream does not report.
+    pub tokenizer: Option<String>,
+    /// Upstream: requests sharing a conversation's beginning go to the same backend.
+    pub affinity: Option<bool>,
+    /// Upstream: seconds between health probes of each backend (default 5).
+    pub health_interval_s: Option<f64>,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One upstream server of a model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub url: String,
+    pub model: Option<String>,
+    pub api_key: Option<String>,
+    /// The environment variable holding the key (keeps it out of the file).
+    pub api_key_env: Option<String>,
+    pub weight: Option<u32>,
+    pub connect_timeout_s: Option<f64>,
+    pub timeout_s: Option<f64>,
+    pub idle_timeout_s: Option<f64>,
+}
+
+impl ModelConfig {
+    /// How the model is named in messages: its id, else its source.
+    pub fn name(&self) -> &str {
+        self.id
+            .as_deref()
+            .or(self.source.as_deref())
+            .unwrap_or("(unnamed)")
+    }
+
+    /// Refuses what cannot be served, naming the model.
+    fn check(&self) -> anyhow::Result<()> {
+        let name = self.name();
+        match (&self.source, self.backends.is_empty()) {
+            (Some(_), false) => {
+                bail!("model `{name}` has both a `source` and `backends`: pick one")
+            }
+            (None, true) => {
+                bail!("model `{name}` needs a `source` (local) or `backends` (upstream)")
+            }
+            (None, false) if self.id.is_none() => bail!("an upstream model needs an `id`"),
+            _ => {}
+        }
+        let kind = self.kind.as_deref().unwrap_or("chat");
+        if !["chat", "embedding", "reranker"].contains(&kind) {
+            bail!("model `{name}`: `type` must be chat, embedding or reranker, not `{kind}`");
+        }
+        if self.source.is_some() && kind != "chat" {
+            bail!(
+                "model `{name}`: tokenfab's engine serves chat models; an {kind} model needs `backends`"
+            );
+        }
+        for b in &self.backends {
+            if !b.url.starts_with("http://") {
+                bail!(
+                    "model `{name}`: backend `{}` must be an http:// URL (tokenfab talks plain HTTP to upstream servers on the cluster's network)",
+                    b.url
+                );
+            }
+            if b.weight == Some(0) {
+                bail!("model `{name}`: a backend's `weight` must be at least 1");
+            }
+            if b.api_key.is_some() && b.api_key_env.is_some() {
+                bail!("model `{name}`: give a backend `api_key` or `api_key_env`, not both");
+            }
+            let times = [b.connect_timeout_s, b.timeout_s, b.idle_timeout_s];
+            if times.into_iter().flatten().any(|t| !(t > 0.0 && t < 1e7)) {
+                bail!("model `{name}`: backend timeouts must be positive numbers of seconds");
+            }
+        }
+        if self
+            .health_interval_s
+            .is_some_and(|t| !(t > 0.0 && t < 1e7))
+        {
+            bail!("model `{name}`: `health_interval_s` must be a positive number of seconds");
+        }
+        Ok(())
+    }
 }
 
 /// A price in the config: `"0.50"` or `0.5`. Numbers are read through their shortest
 /// decimal form, so `0.1` is exactly one tenth, never the float nearest to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Amount {
     Text(String),
@@ -132,7 +242,7 @@ impl ModelConfig {
             a.as_ref()
                 .map(|a| {
                     a.money()
-                        .with_context(|| format!("`{what}` of model `{}`", self.source))
+                        .with_context(|| format!("`{what}` of model `{}`", self.name()))
                 })
                 .transpose()
         };
@@ -167,6 +277,8 @@ impl FileConfig {
         }
         let mut ids = std::collections::HashSet::new();
         for m in &cfg.models {
+            m.check()
+                .with_context(|| format!("the config file {} is not valid", path.display()))?;
             m.price()?;
             if let Some(id) = &m.id
                 && !ids.insert(id.to_ascii_lowercase())

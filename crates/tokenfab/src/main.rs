@@ -12,16 +12,24 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
+use tokenfab_engine::template::ChatTemplate;
+use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, ResolvedModel, catalog, default_cache_dir};
 use tokenfab_platform::store::Store;
-use tokenfab_platform::{ModelTerms, Platform, PlatformConfig};
-use tokenfab_server::{AppState, DEFAULT_THINKING_BUDGET, Limits, ServedModel};
+use tokenfab_platform::{ModelTerms, Platform, PlatformConfig, Terms};
+use tokenfab_server::{
+    AppState, Counter, DEFAULT_THINKING_BUDGET, Limits, ModelEntry, ModelType, Serve, ServedModel,
+    UpstreamModel,
+};
+use tokenfab_upstream::pool::{BackendConfig, Pool};
 
 use crate::config::{FileConfig, ModelConfig};
 
@@ -211,15 +219,56 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves a model source (fetching it on first use) and loads it.
-fn load_model(
-    m: &ModelConfig,
-    cache_dir: &std::path::Path,
+/// Unix time now, for `/v1/models`' `created`.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What building models needs besides their own configuration.
+#[derive(Clone)]
+struct Loading {
+    cache_dir: PathBuf,
     threads: usize,
-    file_cfg: &FileConfig,
-) -> anyhow::Result<ServedModel> {
-    let spec: ModelSpec = m.source.parse()?;
-    let ResolvedModel { id, path } = spec.resolve(cache_dir, true)?;
+    file_cfg: FileConfig,
+}
+
+/// A model of the configuration, resolved (and fetched on first use), loaded or connected.
+fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry> {
+    let kind = ModelType::parse(m.kind.as_deref().unwrap_or("chat")).context("model type")?;
+    let (id, serve) = match &m.source {
+        Some(source) => {
+            let (id, served) = load_local(m, source, how)?;
+            (id, Serve::Local(Arc::new(served)))
+        }
+        None => {
+            let id = m.id.clone().context("an upstream model needs an id")?;
+            (id, Serve::Upstream(Arc::new(connect_upstream(m, how)?)))
+        }
+    };
+    Ok(ModelEntry {
+        owned_by: id.split('/').next().unwrap_or("tokenfab").to_owned(),
+        sub_type: m
+            .sub_type
+            .clone()
+            .unwrap_or_else(|| kind.as_str().to_owned()),
+        kind,
+        created: unix_now(),
+        serve,
+        id,
+    })
+}
+
+/// Resolves a local model's source (fetching it on first use) and loads it.
+fn load_local(
+    m: &ModelConfig,
+    source: &str,
+    how: &Loading,
+) -> anyhow::Result<(String, ServedModel)> {
+    let spec: ModelSpec = source.parse()?;
+    let ResolvedModel { id, path } = spec.resolve(&how.cache_dir, true)?;
     let id = m.id.clone().unwrap_or(id);
     let template = m
         .chat_template_file
@@ -233,12 +282,7 @@ fn load_model(
     let mut loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
     if m.reasoning.is_some() || m.think_start.is_some() || m.think_end.is_some() {
-        let defaults = ThinkTags::default();
-        let tags = ThinkTags {
-            start: m.think_start.clone().unwrap_or(defaults.start),
-            end: m.think_end.clone().unwrap_or(defaults.end),
-        };
-        loaded.set_reasoning(m.reasoning, Some(tags));
+        loaded.set_reasoning(m.reasoning, Some(think_tags(m)));
     }
     if let Some(r) = &loaded.reasoning {
         tracing::info!(%id, start = %r.tags.start, end = %r.tags.end, switchable = r.switchable, "reasoning model");
@@ -247,34 +291,211 @@ fn load_model(
         tracing::warn!(%id, "the model has no chat template: chat requests will be refused until one is configured");
     }
     let defaults = SchedulerConfig::default();
+    let cfg = &how.file_cfg;
     let engine = scheduler::start(
         loaded.model.clone(),
         loaded.tokenizer.clone(),
         SchedulerConfig {
-            threads,
-            max_running: file_cfg.max_running.unwrap_or(defaults.max_running),
-            max_waiting: file_cfg.max_waiting.unwrap_or(defaults.max_waiting),
-            prefix_cache_bytes: file_cfg
+            threads: how.threads,
+            max_running: cfg.max_running.unwrap_or(defaults.max_running),
+            max_waiting: cfg.max_waiting.unwrap_or(defaults.max_waiting),
+            prefix_cache_bytes: cfg
                 .prefix_cache_mb
                 .map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
             ..defaults
         },
     )?;
-    let owned_by = id.split('/').next().unwrap_or("tokenfab").to_owned();
-    Ok(ServedModel {
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+    Ok((
         id,
-        owned_by,
-        engine,
-        tokenizer: loaded.tokenizer,
-        template: loaded.template,
-        context_length: loaded.context_length,
-        reasoning: loaded.reasoning,
-        thinking_budget: m.thinking_budget.unwrap_or(DEFAULT_THINKING_BUDGET).max(1),
+        ServedModel {
+            engine,
+            tokenizer: loaded.tokenizer,
+            template: loaded.template,
+            context_length: loaded.context_length,
+            reasoning: loaded.reasoning,
+            thinking_budget: m.thinking_budget.unwrap_or(DEFAULT_THINKING_BUDGET).max(1),
+        },
+    ))
+}
+
+fn think_tags(m: &ModelConfig) -> ThinkTags {
+    let defaults = ThinkTags::default();
+    ThinkTags {
+        start: m.think_start.clone().unwrap_or(defaults.start),
+        end: m.think_end.clone().unwrap_or(defaults.end),
+    }
+}
+
+/// An upstream model's backend pool (probed from now on) and its usage counter.
+fn connect_upstream(m: &ModelConfig, how: &Loading) -> anyhow::Result<UpstreamModel> {
+    let id = m.name();
+    let secs = |s: Option<f64>, default: f64| Duration::from_secs_f64(s.unwrap_or(default));
+    let backends = m
+        .backends
+        .iter()
+        .map(|b| {
+            let api_key = match &b.api_key_env {
+                Some(var) => Some(std::env::var(var).with_context(|| {
+                    format!("model `{id}`: the environment variable {var} (api_key_env) is not set")
+                })?),
+                None => b.api_key.clone(),
+            };
+            Ok(BackendConfig {
+                url: b.url.clone(),
+                api_key,
+                model: b.model.clone().unwrap_or_else(|| id.to_owned()),
+                weight: b.weight.unwrap_or(1),
+                connect_timeout: secs(b.connect_timeout_s, 3.0),
+                timeout: secs(b.timeout_s, 600.0),
+                idle_timeout: secs(b.idle_timeout_s, 120.0),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = Arc::new(
+        Pool::new(backends, m.affinity.unwrap_or(false))
+            .with_context(|| format!("model `{id}`: cannot set up its HTTP client"))?,
+    );
+    pool.watch(secs(m.health_interval_s, 5.0));
+    let counter = m
+        .tokenizer
+        .as_deref()
+        .map(|source| -> anyhow::Result<Counter> {
+            let spec: ModelSpec = source.parse()?;
+            let path = spec.resolve(&how.cache_dir, true)?.path;
+            let g = GgufFile::open(&path).with_context(|| {
+                format!("model `{id}`: cannot read the tokenizer {}", path.display())
+            })?;
+            let tokenizer = Tokenizer::from_gguf(&g)?;
+            let template = g
+                .get_str("tokenizer.chat_template")
+                .map(|src| {
+                    let text = |t: Option<u32>| {
+                        t.and_then(|i| tokenizer.token_text(i))
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    ChatTemplate::new(src, &text(tokenizer.bos_id()), &text(tokenizer.eos_id()))
+                })
+                .transpose()?;
+            Ok(Counter {
+                tokenizer: Arc::new(tokenizer),
+                template,
+            })
+        })
+        .transpose()?;
+    tracing::info!(%id, backends = m.backends.len(), "upstream model");
+    Ok(UpstreamModel {
+        pool,
+        think: (m.reasoning != Some(false)).then(|| think_tags(m)),
+        context_length: m.context_length.unwrap_or(32_768),
+        counter,
     })
+}
+
+/// The served models, each with the configuration it was built from: a reload rebuilds
+/// only what changed, so unchanged local models keep their engines (and their caches) and
+/// unchanged upstream pools their health.
+type Registry = Vec<(ModelConfig, Arc<ModelEntry>)>;
+
+fn build_registry(
+    models: &[ModelConfig],
+    previous: &Registry,
+    how: &Loading,
+) -> anyhow::Result<Registry> {
+    models
+        .iter()
+        .map(|m| {
+            let kept = previous
+                .iter()
+                .find(|(c, _)| c == m)
+                .map(|(_, e)| e.clone());
+            let entry = match kept {
+                Some(e) => e,
+                None => Arc::new(build_model(m, how)?),
+            };
+            Ok((m.clone(), entry))
+        })
+        .collect()
+}
+
+/// Prices and limits of the configuration, for the platform.
+fn terms(file_cfg: &FileConfig, registry: &Registry) -> anyhow::Result<Terms> {
+    let mut models = HashMap::new();
+    for (m, e) in registry {
+        models.insert(
+            e.id.to_ascii_lowercase(),
+            ModelTerms {
+                price: m.price()?,
+                limits: m.limits.clone(),
+            },
+        );
+    }
+    Ok(Terms {
+        tiers: file_cfg.limits.clone(),
+        models,
+    })
+}
+
+/// Serves what the configuration file says now: models, prices, limits. Requests in flight
+/// keep the models they started with.
+fn reload(
+    path: &std::path::Path,
+    registry: &mut Registry,
+    how: &Loading,
+    state: &AppState,
+) -> anyhow::Result<()> {
+    let file_cfg = FileConfig::load(path)?;
+    if file_cfg.models.is_empty() {
+        anyhow::bail!("the config file serves no models");
+    }
+    let how = Loading {
+        file_cfg: file_cfg.clone(),
+        ..how.clone()
+    };
+    let next = build_registry(&file_cfg.models, registry, &how)?;
+    let terms = terms(&file_cfg, &next)?;
+    state.set_models(next.iter().map(|(_, e)| e.clone()).collect());
+    if let Some(p) = &state.platform {
+        p.set_terms(terms);
+    }
+    *registry = next;
+    Ok(())
+}
+
+/// Reloads on every SIGHUP until the process ends.
+#[cfg(unix)]
+fn reload_on_hangup(path: PathBuf, mut registry: Registry, how: Loading, state: Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: configuration reloads are off");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+            let (p, h, s) = (path.clone(), how.clone(), state.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let r = reload(&p, &mut registry, &h, &s);
+                (r, registry)
+            })
+            .await;
+            match result {
+                Ok((r, kept)) => {
+                    registry = kept;
+                    match r {
+                        Ok(()) => tracing::info!(models = registry.len(), "configuration reloaded"),
+                        Err(e) => tracing::error!(
+                            "configuration not reloaded, still serving the previous one: {e:#}"
+                        ),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%e, "the reload panicked; SIGHUP reloads are off");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -307,22 +528,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // `--model` replaces the config file's models; with neither, the default model.
     let from_flags = |source: &str| ModelConfig {
         id: args.model_id.clone(),
-        source: source.to_owned(),
+        source: Some(source.to_owned()),
         context_length: args.context_length,
         chat_template_file: args.chat_template.clone(),
         reasoning: args.reasoning,
-        think_start: None,
-        think_end: None,
-        thinking_budget: None,
-        input_per_million: None,
-        output_per_million: None,
-        cached_input_per_million: None,
-        limits: Default::default(),
+        ..ModelConfig::default()
     };
-    let models = match &args.model {
-        Some(source) => vec![from_flags(source)],
-        None if !file_cfg.models.is_empty() => file_cfg.models.clone(),
-        None => vec![from_flags(DEFAULT_MODEL)],
+    let (models, reloadable) = match &args.model {
+        Some(source) => (vec![from_flags(source)], None),
+        None if !file_cfg.models.is_empty() => (file_cfg.models.clone(), args.config.clone()),
+        None => (vec![from_flags(DEFAULT_MODEL)], None),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -346,20 +561,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
              Create a key (`tokenfab keys create --account NAME`), or pass --allow-open"
         );
     }
-    let served = models
-        .iter()
-        .map(|m| load_model(m, &cache_dir, threads, &file_cfg).map(Arc::new))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut terms = HashMap::new();
-    for (m, s) in models.iter().zip(&served) {
-        terms.insert(
-            s.id.to_ascii_lowercase(),
-            ModelTerms {
-                price: m.price()?,
-                limits: m.limits.clone(),
-            },
-        );
-    }
+    let how = Loading {
+        cache_dir,
+        threads,
+        file_cfg: file_cfg.clone(),
+    };
+    let registry = rt.block_on(async {
+        // Upstream pools start their health probes on the runtime.
+        build_registry(&models, &Vec::new(), &how)
+    })?;
+    let terms = terms(&file_cfg, &registry)?;
     let platform_cfg = PlatformConfig {
         redis_url: args.redis.clone().or(file_cfg.redis_url.clone()),
         instance: args
@@ -367,8 +578,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .or(file_cfg.instance.clone())
             .unwrap_or_else(|| format!("{}:{port}", admin::host_name())),
-        tiers: file_cfg.limits.clone(),
-        models: terms,
+        tiers: terms.tiers,
+        models: terms.models,
     };
     let admin_key = args.admin_key.clone().or(file_cfg.admin_key.clone());
     let defaults = Limits::default();
@@ -383,12 +594,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let platform = Platform::open(store, platform_cfg)
             .await
             .context("cannot open the ledger")?;
-        let state = Arc::new(AppState {
-            models: served,
+        let state = Arc::new(AppState::new(
+            registry.iter().map(|(_, e)| e.clone()).collect(),
             limits,
-            platform: Some(platform),
-            admin_key_hash: admin_key.as_deref().map(tokenfab_platform::keys::hash),
-        });
+            Some(platform),
+            admin_key.as_deref().map(tokenfab_platform::keys::hash),
+        ));
+        match reloadable {
+            #[cfg(unix)]
+            Some(path) => reload_on_hangup(path, registry, how, state.clone()),
+            _ => drop(registry),
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another server using the port? (`--port` picks another)"))?;

@@ -18,7 +18,7 @@ use tokenfab_platform::money::Money;
 use tokenfab_platform::store::{Account, KeyRecord, StoreError};
 
 use crate::error::HttpError;
-use crate::routes::chat::parse_json;
+use crate::routes::parse_json;
 use crate::state::AppState;
 
 /// Lets a request through only with the admin key.

@@ -1,13 +1,11 @@
 //! `POST /v1/chat/completions`: submits the engine jobs and turns their events into one
 //! JSON response or a stream of server-sent events.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
@@ -17,51 +15,24 @@ use tokenfab_engine::scheduler::{
 };
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::money::Tokens;
-use tokenfab_platform::store::Outcome;
+use tokenfab_platform::store::{Outcome, Source};
 use tokenfab_platform::{Admission, Caller, Used};
 use tokenfab_wire::chat::{
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
-    ChunkChoice, CompletionTokensDetails, Delta, FinishReason, PromptTokensDetails,
-    ResponseMessage, TokenLogprob, TopLogprob, Usage,
+    ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice,
+    CompletionTokensDetails, Delta, FinishReason, PromptTokensDetails, ResponseMessage,
+    TokenLogprob, TopLogprob, Usage,
 };
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
-use crate::auth::{rate_headers, refusal};
 use crate::error::HttpError;
 use crate::job::{self, ChatJob};
 use crate::request_id::RequestId;
-use crate::state::AppState;
+use crate::routes::{
+    admit, model_request, proxy, settle, sse, sse_response, typed, with_rate_headers,
+};
+use crate::state::{AppState, ModelType, Serve};
 
 const FINGERPRINT: &str = concat!("tokenfab-", env!("CARGO_PKG_VERSION"));
-
-/// Parses a JSON body, naming the field whose type is wrong.
-pub fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<T, HttpError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            HttpError::payload_too_large(limit)
-        } else {
-            HttpError::bad_request(None, format!("could not read the request body: {e}"))
-        }
-    })?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            HttpError::bad_request(None, format!("the request body is not valid JSON: {inner}"))
-        } else if path == "." {
-            HttpError::bad_request(
-                None,
-                format!("the request body must be a JSON object: {inner}"),
-            )
-        } else {
-            HttpError::bad_request(Some(&path), format!("invalid value for `{path}`: {inner}"))
-        }
-    })
-}
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -141,6 +112,7 @@ impl Tally {
                 completion: sum(|p| p.completion),
             },
             reasoning: sum(|p| p.reasoning),
+            source: Source::Engine,
         }
     }
 
@@ -169,52 +141,42 @@ impl Tally {
     }
 }
 
-/// Records a request's usage and charge; a ledger failure is logged, never shown to a
-/// client that already has its answer.
-async fn settle(admission: Option<Admission>, used: Used, outcome: Outcome) {
-    if let Some(a) = admission
-        && let Err(e) = a.settle(used, outcome).await
-    {
-        tracing::error!(%e, "could not record a request's usage");
-    }
-}
-
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let req: ChatCompletionRequest = match parse_json(body, state.limits.max_body_bytes) {
-        Ok(r) => r,
+    let (body, entry) = match model_request(body, &state, ModelType::Chat) {
+        Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let job = match job::build(req, &state) {
+    let model = match &entry.serve {
+        Serve::Upstream(up) => return proxy::chat(&state, &caller, &entry, up, body).await,
+        Serve::Local(m) => m.clone(),
+    };
+    let job = match typed(body).and_then(|req| job::build(req, &entry.id, model, &state.limits)) {
         Ok(j) => j,
         Err(e) => return e.into_response(),
     };
-    tracing::info!(model = %job.model.id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
+    tracing::info!(model = %job.model_id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
     // Admission: the rate limits, then the most the request can cost held from the
     // balance (every choice's cap on generated tokens).
-    let admission = match &state.platform {
-        Some(p) => {
-            let most: u64 = job.choices.iter().map(|c| c.max_tokens as u64).sum();
-            match p
-                .admit(&caller, &job.model.id, job.prompt_tokens as u64, most)
-                .await
-            {
-                Ok(a) => Some(a),
-                Err(r) => return refusal(r),
-            }
-        }
-        None => None,
+    let most: u64 = job.choices.iter().map(|c| c.max_tokens as u64).sum();
+    let admission = match admit(
+        &state,
+        &caller,
+        &job.model_id,
+        job.prompt_tokens as u64,
+        most,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(refused) => return refused,
     };
     let standing = admission.as_ref().map(Admission::standing);
-    let mut resp = run(job, rid, admission).await;
-    if let Some((requests, tokens)) = standing {
-        rate_headers(resp.headers_mut(), requests, tokens);
-    }
-    resp
+    with_rate_headers(run(job, rid, admission).await, standing)
 }
 
 async fn run(job: ChatJob, rid: RequestId, admission: Option<Admission>) -> Response {
@@ -318,7 +280,7 @@ async fn complete_response(
         id,
         object: "chat.completion".into(),
         created: unix_now(),
-        model: job.model.id.clone(),
+        model: job.model_id.clone(),
         choices,
         usage: tally.usage(),
         system_fingerprint: FINGERPRINT.into(),
@@ -398,10 +360,6 @@ impl ChunkWriter {
     }
 }
 
-fn sse(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
-}
-
 fn stream_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
@@ -412,7 +370,7 @@ fn stream_response(
     let writer = ChunkWriter {
         id,
         created: unix_now(),
-        model: job.model.id.clone(),
+        model: job.model_id.clone(),
     };
     tokio::spawn(async move {
         // Every choice's events, tagged with the choice index, in arrival order.
@@ -518,15 +476,5 @@ fn stream_response(
         }
         let _ = tx.send(sse("[DONE]")).await;
     });
-    let body = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    sse_response(rx)
 }

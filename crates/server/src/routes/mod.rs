@@ -1,7 +1,165 @@
 //! HTTP handlers, one file per API area. Handlers stay thin: parsing and validation live
-//! in [`crate::job`], the engine does the work, the platform does the accounting.
+//! in [`crate::job`] (local models) and [`proxy`] (upstream ones), the engine or the
+//! upstream does the work, the platform does the accounting.
 
 pub mod admin;
 pub mod chat;
 pub mod models;
+pub mod proxy;
 pub mod user;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
+use serde_json::Value;
+use tokenfab_platform::limits::Standing;
+use tokenfab_platform::store::Outcome;
+use tokenfab_platform::{Admission, Caller, Used};
+
+use crate::auth::{rate_headers, refusal};
+use crate::error::HttpError;
+use crate::state::{AppState, ModelEntry, ModelType};
+
+/// Reads a JSON object body.
+pub fn body_value(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, HttpError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::payload_too_large(limit)
+        } else {
+            HttpError::bad_request(None, format!("could not read the request body: {e}"))
+        }
+    })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        HttpError::bad_request(None, format!("the request body is not valid JSON: {e}"))
+    })?;
+    if !v.is_object() {
+        return Err(HttpError::bad_request(
+            None,
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Reads a body into `T`, naming the field whose type is wrong.
+pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, HttpError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            HttpError::bad_request(None, format!("invalid request body: {inner}"))
+        } else {
+            HttpError::bad_request(Some(&path), format!("invalid value for `{path}`: {inner}"))
+        }
+    })
+}
+
+/// Parses a JSON body into `T`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, HttpError> {
+    typed(body_value(body, limit)?)
+}
+
+/// A model request's body and the model it names, which must be of type `kind`.
+pub fn model_request(
+    body: Result<Bytes, BytesRejection>,
+    state: &AppState,
+    kind: ModelType,
+) -> Result<(Value, Arc<ModelEntry>), HttpError> {
+    let v = body_value(body, state.limits.max_body_bytes)?;
+    let id = match v.get("model") {
+        Some(Value::String(s)) => s.as_str(),
+        None | Some(Value::Null) => {
+            return Err(HttpError::bad_request(Some("model"), "`model` is required"));
+        }
+        Some(_) => {
+            return Err(HttpError::bad_request(
+                Some("model"),
+                "`model` must be a string",
+            ));
+        }
+    };
+    let entry = state
+        .model(id)
+        .ok_or_else(|| HttpError::model_not_found(id))?;
+    if entry.kind != kind {
+        return Err(HttpError::bad_request(
+            Some("model"),
+            format!(
+                "`{}` is a {} model: send it to {}",
+                entry.id,
+                entry.kind.as_str(),
+                entry.kind.endpoint()
+            ),
+        ));
+    }
+    Ok((v, entry))
+}
+
+/// Lets a request in through the platform (rate limits, then the reservation of the most
+/// it can cost), or answers why not. `None` when the server runs without a platform.
+pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    prompt: u64,
+    most: u64,
+) -> Result<Option<Admission>, Response> {
+    match &state.platform {
+        Some(p) => p
+            .admit(caller, model, prompt, most)
+            .await
+            .map(Some)
+            .map_err(refusal),
+        None => Ok(None),
+    }
+}
+
+/// Adds the `x-ratelimit-*` headers of an admission to its answer.
+pub fn with_rate_headers(
+    mut resp: Response,
+    standing: Option<(Option<Standing>, Option<Standing>)>,
+) -> Response {
+    if let Some((requests, tokens)) = standing {
+        rate_headers(resp.headers_mut(), requests, tokens);
+    }
+    resp
+}
+
+/// Records a request's usage and charge; a ledger failure is logged, never shown to a
+/// client that already has its answer.
+pub async fn settle(admission: Option<Admission>, used: Used, outcome: Outcome) {
+    if let Some(a) = admission
+        && let Err(e) = a.settle(used, outcome).await
+    {
+        tracing::error!(%e, "could not record a request's usage");
+    }
+}
+
+/// One server-sent event.
+pub fn sse(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// A streaming response whose events come from `rx`.
+pub fn sse_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    use axum::http::{HeaderValue, header};
+    use futures_util::stream;
+    let body = stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = Response::new(axum::body::Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}

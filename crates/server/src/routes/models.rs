@@ -7,9 +7,9 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 use tokenfab_wire::models::{ModelList, ModelObject};
 
-use crate::state::AppState;
+use crate::state::{AppState, Serve};
 
-/// SiliconFlow's filters; every model served today is a chat model.
+/// SiliconFlow's filters: `type` (chat, embedding, reranker) and `sub_type`.
 #[derive(Debug, Deserialize)]
 pub struct ModelFilter {
     #[serde(rename = "type")]
@@ -21,35 +21,39 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<ModelFilter>,
 ) -> Json<ModelList> {
-    const KIND: &str = "chat";
-    let wanted = |f: &Option<String>| f.as_deref().is_none_or(|k| k.is_empty() || k == KIND);
-    let data = if wanted(&filter.kind) && wanted(&filter.sub_type) {
-        state
-            .models
-            .iter()
-            .map(|m| ModelObject {
-                id: m.id.clone(),
-                object: "model".into(),
-                created: m.created,
-                owned_by: m.owned_by.clone(),
-                kind: Some(KIND.into()),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let wanted = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|k| k.is_empty() || k == v);
+    let data = state
+        .models()
+        .iter()
+        .filter(|m| wanted(&filter.kind, m.kind.as_str()) && wanted(&filter.sub_type, &m.sub_type))
+        .map(|m| ModelObject {
+            id: m.id.clone(),
+            object: "model".into(),
+            created: m.created,
+            owned_by: m.owned_by.clone(),
+            kind: Some(m.kind.as_str().into()),
+        })
+        .collect();
     Json(ModelList {
         object: "list".into(),
         data,
     })
 }
 
-/// For load balancers: 200 with the served models once the server accepts requests.
+/// For load balancers: 200 with the served models once the server accepts requests
+/// (local ones with their running sequences, upstream ones with their backends up).
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let models: Vec<_> = state
-        .models
+        .models()
         .iter()
-        .map(|m| serde_json::json!({ "id": m.id, "running": m.engine.running() }))
+        .map(|m| match &m.serve {
+            Serve::Local(l) => serde_json::json!({ "id": m.id, "running": l.engine.running() }),
+            Serve::Upstream(u) => serde_json::json!({
+                "id": m.id,
+                "backends": u.pool.backends.len(),
+                "backends_up": u.pool.up(),
+            }),
+        })
         .collect();
     Json(serde_json::json!({ "status": "ok", "models": models }))
 }

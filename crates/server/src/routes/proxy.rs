@@ -1,0 +1,465 @@
+//! Requests for upstream models: admitted and billed like local ones, forwarded by
+//! [`tokenfab_upstream`], answered chunk by chunk.
+//!
+//! The body is passed on as the client sent it (fields tokenfab does not know included),
+//! with three changes: the upstream's model name, the operator's ceiling on `max_tokens`,
+//! and, for streams, `stream_options.include_usage` so that the upstream reports what to
+//! bill. Usage comes from the upstream when it reports it, else from counting with the
+//! model's tokenizer, else from the text's length, and the ledger records which.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use tokenfab_platform::money::Tokens;
+use tokenfab_platform::store::{Outcome, Source};
+use tokenfab_platform::{Admission, Caller, Used};
+use tokenfab_upstream::client::{self, Answer, Failure};
+use tokenfab_upstream::normalize::{self, Counts, StreamFilter};
+use tokenfab_upstream::sse::Events;
+use tokenfab_wire::chat::ChatMessage;
+use tokio::sync::mpsc;
+
+use crate::error::HttpError;
+use crate::job::{encode_prompt, template_messages};
+use crate::routes::{admit, model_request, settle, sse, sse_response, with_rate_headers};
+use crate::state::{AppState, ModelEntry, ModelType, Serve, UpstreamModel};
+
+/// The API error for a request no backend answered. Upstream bodies never reach the
+/// client, except the message of an error about the request itself.
+fn failure(f: Failure, id: &str) -> HttpError {
+    match f {
+        Failure::Unreachable => HttpError::unavailable(format!(
+            "no upstream server for `{id}` can be reached; try again later"
+        )),
+        Failure::Timeout => HttpError::gateway_timeout(format!(
+            "the upstream server for `{id}` did not answer in time"
+        )),
+        Failure::Status {
+            message: Some(m), ..
+        } => HttpError::bad_request(None, m),
+        Failure::Status { status: 429, .. } => HttpError::unavailable(format!(
+            "every upstream server for `{id}` is overloaded; try again later"
+        )),
+        Failure::Status { status, .. } if status >= 500 => HttpError::bad_gateway(format!(
+            "the upstream server for `{id}` failed (HTTP {status})"
+        )),
+        Failure::Status { status, .. } => HttpError::bad_gateway(format!(
+            "the upstream server for `{id}` refused the request (HTTP {status}); the server log has its answer"
+        )),
+        Failure::Protocol(m) => HttpError::bad_gateway(format!(
+            "the upstream server for `{id}` sent an invalid answer: {m}"
+        )),
+    }
+}
+
+/// Tokens of `text` with the model's tokenizer, else estimated from its length (about
+/// four bytes a token in English, fewer elsewhere: an estimate, recorded as one).
+fn count_text(up: &UpstreamModel, text: &str) -> (u64, Source) {
+    match &up.counter {
+        Some(c) => (
+            c.tokenizer.encode(text, false, false).len() as u64,
+            Source::Counted,
+        ),
+        None => (text.len().div_ceil(4) as u64, Source::Estimated),
+    }
+}
+
+/// The prompt's tokens: rendered with the model's chat template where there is one.
+fn count_prompt(up: &UpstreamModel, messages: &Value) -> (u64, Source) {
+    if let Some(c) = &up.counter
+        && let Some(t) = &c.template
+        && let Ok(msgs) = serde_json::from_value::<Vec<ChatMessage>>(messages.clone())
+        && let Ok(tm) = template_messages(&msgs)
+        && let Ok(text) = t.render(&tm, true, &Map::new())
+    {
+        return (
+            encode_prompt(&c.tokenizer, &text).len() as u64,
+            Source::Counted,
+        );
+    }
+    count_text(up, &messages.to_string())
+}
+
+/// A conversation's prefix for affinity: its first two messages (the system prompt and
+/// the first question), which every later turn repeats.
+fn prefix_key(messages: &[Value]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for m in messages.iter().take(2) {
+        m.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn used(c: Counts, source: Source) -> Used {
+    Used {
+        tokens: Tokens {
+            prompt: c.prompt,
+            cached: c.cached.min(c.prompt),
+            completion: c.completion,
+        },
+        reasoning: c.reasoning,
+        source,
+    }
+}
+
+fn bad(param: &str, msg: &str) -> Response {
+    HttpError::bad_request(Some(param), msg).into_response()
+}
+
+/// `POST /v1/chat/completions` for an upstream model.
+pub async fn chat(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    up: &Arc<UpstreamModel>,
+    mut body: Value,
+) -> Response {
+    let obj = body
+        .as_object_mut()
+        .expect("model_request checked an object");
+    let messages = match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        _ => return bad("messages", "`messages` must be a non-empty array"),
+    };
+    let (prompt, prompt_source) = count_prompt(up, &Value::Array(messages.clone()));
+    let affinity = up.pool.affinity().then(|| prefix_key(messages));
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return bad("stream", "`stream` must be a boolean"),
+    };
+    let want_usage = stream
+        && obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+    let requested = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_u64));
+    let cap = state.limits.max_output_tokens.map(|c| c as u64);
+    let max_tokens = match (requested, cap) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (r, c) => r.or(c),
+    };
+    if max_tokens != requested
+        && let Some(m) = max_tokens
+    {
+        obj.remove("max_completion_tokens");
+        obj.insert("max_tokens".into(), json!(m));
+    }
+    let n = obj.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let most =
+        n * max_tokens.unwrap_or_else(|| up.context_length.saturating_sub(prompt as usize) as u64);
+    if stream {
+        let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
+        if !opts.is_object() {
+            *opts = json!({});
+        }
+        opts["include_usage"] = json!(true);
+    }
+    tracing::info!(model = %entry.id, prompt_tokens = prompt, stream, "chat completion (upstream)");
+    let admission = match admit(state, caller, &entry.id, prompt, most).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let standing = admission.as_ref().map(Admission::standing);
+    let prompt = Counted {
+        tokens: prompt,
+        source: prompt_source,
+    };
+    let resp = if stream {
+        chat_stream(entry, up, body, affinity, admission, prompt, want_usage).await
+    } else {
+        chat_whole(entry, up, body, affinity, admission, prompt).await
+    };
+    with_rate_headers(resp, standing)
+}
+
+/// The prompt's count and how it was made.
+#[derive(Clone, Copy)]
+struct Counted {
+    tokens: u64,
+    source: Source,
+}
+
+impl Counted {
+    /// What a request that got no answer used.
+    fn alone(self) -> Used {
+        used(
+            Counts {
+                prompt: self.tokens,
+                ..Counts::default()
+            },
+            self.source,
+        )
+    }
+
+    /// Usage counted here: the prompt's count and `text`'s as the completion.
+    fn with_text(self, up: &UpstreamModel, text: &str) -> (Counts, Source) {
+        let (completion, source) = count_text(up, text);
+        let c = Counts {
+            prompt: self.tokens,
+            completion,
+            ..Counts::default()
+        };
+        (
+            c,
+            if self.source == source {
+                source
+            } else {
+                Source::Estimated
+            },
+        )
+    }
+}
+
+async fn chat_whole(
+    entry: &ModelEntry,
+    up: &UpstreamModel,
+    mut body: Value,
+    affinity: Option<u64>,
+    admission: Option<Admission>,
+    prompt: Counted,
+) -> Response {
+    let mut v = match client::send_whole(&up.pool, "chat/completions", &mut body, affinity).await {
+        Ok(Answer { body, .. }) => body,
+        Err(f) => {
+            settle(admission, prompt.alone(), Outcome::Error).await;
+            return failure(f, &entry.id).into_response();
+        }
+    };
+    normalize::completion(&mut v, &entry.id, up.think.as_ref());
+    let choices = v["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let cut = choices.iter().any(|c| c["finish_reason"] == "length");
+    let text: String = choices
+        .iter()
+        .flat_map(|c| ["reasoning_content", "content"].map(|k| c["message"][k].as_str()))
+        .flatten()
+        .collect();
+    let reported = v.get("usage").and_then(normalize::counts);
+    let used = match reported {
+        Some(c) => used(c, Source::Upstream),
+        None => {
+            let (c, source) = prompt.with_text(up, &text);
+            v["usage"] = normalize::usage_json(c);
+            used(c, source)
+        }
+    };
+    let outcome = if cut { Outcome::Length } else { Outcome::Done };
+    settle(admission, used, outcome).await;
+    axum::Json(v).into_response()
+}
+
+async fn chat_stream(
+    entry: &Arc<ModelEntry>,
+    up: &Arc<UpstreamModel>,
+    mut body: Value,
+    affinity: Option<u64>,
+    admission: Option<Admission>,
+    prompt: Counted,
+    want_usage: bool,
+) -> Response {
+    let Answer { body: resp, lease } =
+        match client::send_stream(&up.pool, "chat/completions", &mut body, affinity).await {
+            Ok(a) => a,
+            Err(f) => {
+                settle(admission, prompt.alone(), Outcome::Error).await;
+                return failure(f, &entry.id).into_response();
+            }
+        };
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let (entry, up) = (entry.clone(), up.clone());
+    tokio::spawn(async move {
+        // Held until the stream ends: the backend's outstanding count.
+        let lease = lease;
+        let idle = client::idle_timeout(&lease);
+        let mut filter = StreamFilter::new(&entry.id, up.think.clone());
+        let mut events = Events::default();
+        let mut bytes = resp.bytes_stream();
+        // What went wrong mid-stream: told to the client as an error event, not charged.
+        let broken = loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, bytes.next()) => n,
+                _ = tx.closed() => {
+                    // The client left: dropping the upstream response cancels it there;
+                    // what was passed on is billed.
+                    drop(bytes);
+                    let (c, source) = prompt.with_text(&up, filter.text());
+                    settle(admission, used(c, source), Outcome::ClientGone).await;
+                    return;
+                }
+            };
+            let data = match next {
+                Err(_) => {
+                    break Some(HttpError::gateway_timeout(format!(
+                        "the upstream server for `{}` went silent for {idle:?}",
+                        entry.id
+                    )));
+                }
+                Ok(Some(Ok(b))) => events.push(&b),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream stream broke off");
+                    break Some(HttpError::bad_gateway(format!(
+                        "the upstream server for `{}` broke off the answer",
+                        entry.id
+                    )));
+                }
+                Ok(None) => match events.finish() {
+                    Some(last) => vec![last],
+                    None => break None,
+                },
+            };
+            let mut failed = None;
+            for d in data {
+                match filter.event(&d) {
+                    Ok(Some(json)) => {
+                        if tx.send(sse(&json)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream stream failed");
+                        failed = Some(HttpError::bad_gateway(format!(
+                            "the upstream server for `{}` failed mid-answer",
+                            entry.id
+                        )));
+                        break;
+                    }
+                }
+            }
+            if failed.is_some() {
+                break failed;
+            }
+        };
+        let broken = broken.or_else(|| {
+            (!filter.done()).then(|| {
+                HttpError::bad_gateway(format!(
+                    "the upstream server for `{}` ended the answer early",
+                    entry.id
+                ))
+            })
+        });
+        if let Some(err) = broken {
+            settle(admission, prompt.alone(), Outcome::Error).await;
+            let _ = tx
+                .send(sse(&json!({ "error": err.body }).to_string()))
+                .await;
+            return;
+        }
+        let (usage, source) = match filter.usage().and_then(normalize::counts) {
+            Some(c) => (c, Source::Upstream),
+            None => prompt.with_text(&up, filter.text()),
+        };
+        let outcome = if filter.cut() {
+            Outcome::Length
+        } else {
+            Outcome::Done
+        };
+        // Settled before the end of the stream, as for local models.
+        settle(admission, used(usage, source), outcome).await;
+        if want_usage {
+            let chunk = filter.usage_chunk(normalize::usage_json(usage));
+            let _ = tx.send(sse(&chunk)).await;
+        }
+        let _ = tx.send(sse("[DONE]")).await;
+    });
+    sse_response(rx)
+}
+
+/// `/v1/embeddings` and `/v1/rerank` for an upstream model: one JSON answer, billed for
+/// its input tokens.
+pub async fn json(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    up: &Arc<UpstreamModel>,
+    mut body: Value,
+    path: &str,
+) -> Response {
+    let text: String = ["input", "query", "documents"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(Value::to_string)
+        .collect();
+    let (tokens, source) = count_text(up, &text);
+    let prompt = Counted { tokens, source };
+    let admission = match admit(state, caller, &entry.id, tokens, 0).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let standing = admission.as_ref().map(Admission::standing);
+    let mut v = match client::send_whole(&up.pool, path, &mut body, None).await {
+        Ok(Answer { body, .. }) => body,
+        Err(f) => {
+            settle(admission, prompt.alone(), Outcome::Error).await;
+            return with_rate_headers(failure(f, &entry.id).into_response(), standing);
+        }
+    };
+    if let Some(m) = v.get_mut("model") {
+        *m = Value::String(entry.id.clone());
+    }
+    let reported = ["usage", "tokens"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(normalize::counts))
+        .or_else(|| v.pointer("/meta/tokens").and_then(normalize::counts));
+    let used = match reported {
+        Some(c) => used(c, Source::Upstream),
+        None => prompt.alone(),
+    };
+    settle(admission, used, Outcome::Done).await;
+    with_rate_headers(axum::Json(v).into_response(), standing)
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    forward(&state, &caller, body, ModelType::Embedding, "embeddings").await
+}
+
+/// `POST /v1/rerank`.
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    forward(&state, &caller, body, ModelType::Reranker, "rerank").await
+}
+
+async fn forward(
+    state: &AppState,
+    caller: &Caller,
+    body: Result<Bytes, BytesRejection>,
+    kind: ModelType,
+    path: &str,
+) -> Response {
+    let (body, entry) = match model_request(body, state, kind) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    match &entry.serve {
+        Serve::Upstream(up) => json(state, caller, &entry, up, body, path).await,
+        // Local models are chat models (the type check above refused this one).
+        Serve::Local(_) => HttpError::bad_request(
+            Some("model"),
+            format!(
+                "`{}` is run by tokenfab's engine, which serves chat only",
+                entry.id
+            ),
+        )
+        .into_response(),
+    }
+}

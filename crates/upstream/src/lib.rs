@@ -1,0 +1,26 @@
+//! Upstream models: OpenAI-compatible servers (vLLM, SGLang, llama.cpp's `llama-server`,
+//! another tokenfab) that answer for a model tokenfab does not run itself.
+//!
+//! # Layout
+//! - [`pool`]: a model's backends, each with its weight, outstanding requests and health;
+//!   [`pool::Pool::pick`] chooses by weighted least-outstanding (or by prefix affinity),
+//!   skipping backends taken out by failures until their backoff ends or a probe finds
+//!   them healthy again ([`pool::Pool::watch`]).
+//! - [`client`]: sends one request, retrying on another backend while nothing has reached
+//!   the client yet, and classifies failures ([`client::Failure`]) for the server to map
+//!   onto the API's errors without passing on an upstream's body.
+//! - [`sse`]: splits a server-sent-event byte stream into its `data` payloads.
+//! - [`normalize`]: makes upstream answers look like tokenfab's own: the model id the
+//!   client used, the thought in `reasoning_content` whichever dialect the upstream speaks
+//!   (`reasoning_content`, vLLM's `reasoning`, or `<think>` left inline in `content`), and
+//!   the usage chunk only when the client asked for it.
+//!
+//! A request flows: the server admits it → [`client::send`] picks a backend, rewrites the
+//! model name and posts → the response's events go through [`sse::Events`] and
+//! [`normalize::StreamFilter`] chunk by chunk to the client → the usage seen (or counted
+//! by the server) settles the request.
+
+pub mod client;
+pub mod normalize;
+pub mod pool;
+pub mod sse;

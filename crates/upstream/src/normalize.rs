@@ -1,0 +1,359 @@
+//! Upstream answers made to look like tokenfab's own.
+//!
+//! - `model` is the id the client sent, not the upstream's name.
+//! - The thought is in `reasoning_content` and the answer in `content`, whatever the
+//!   upstream did: `reasoning_content` (DeepSeek, SGLang) is kept, `reasoning` (vLLM's
+//!   newer field) is renamed, and a `<think>…</think>` left inline in `content` (an
+//!   upstream without a reasoning parser) is split out with the engine's own splitter, the
+//!   same code that splits local models' output, so tags cut across chunks never leak.
+//! - Streams: the upstream is always asked for usage; its usage chunk is held back and the
+//!   server sends one (the upstream's or a counted one) only when the client asked.
+//!   Chunks left with nothing to say after the split are dropped.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+use tokenfab_engine::reasoning::{ReasoningSplitter, Split, ThinkTags, split_complete};
+
+/// Token counts an upstream reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+    pub reasoning: u64,
+}
+
+/// Reads an OpenAI `usage` object (or SiliconFlow's rerank `tokens`); `None` when it has
+/// no counts.
+pub fn counts(usage: &Value) -> Option<Counts> {
+    let n = |v: &Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(Value::as_u64)
+    };
+    let prompt = n(usage, &["prompt_tokens"]).or_else(|| n(usage, &["input_tokens"]));
+    let completion = n(usage, &["completion_tokens"]).or_else(|| n(usage, &["output_tokens"]));
+    let total = n(usage, &["total_tokens"]);
+    if prompt.is_none() && completion.is_none() && total.is_none() {
+        return None;
+    }
+    let completion = completion.unwrap_or(0);
+    Some(Counts {
+        prompt: prompt.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(completion)),
+        completion,
+        cached: n(usage, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0),
+        reasoning: n(usage, &["completion_tokens_details", "reasoning_tokens"]).unwrap_or(0),
+    })
+}
+
+/// The usage object tokenfab sends for `c`.
+pub fn usage_json(c: Counts) -> Value {
+    json!({
+        "prompt_tokens": c.prompt,
+        "completion_tokens": c.completion,
+        "total_tokens": c.prompt + c.completion,
+        "completion_tokens_details": { "reasoning_tokens": c.reasoning },
+        "prompt_tokens_details": { "cached_tokens": c.cached },
+    })
+}
+
+fn take_string(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match obj.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Null) | None => None,
+        Some(other) => {
+            obj.insert(key.to_owned(), other);
+            None
+        }
+    }
+}
+
+/// Moves vLLM's `reasoning` into `reasoning_content`; returns the thought text so far.
+fn thought_field(obj: &mut Map<String, Value>) -> String {
+    let mut thought = take_string(obj, "reasoning_content").unwrap_or_default();
+    if let Some(r) = take_string(obj, "reasoning") {
+        thought.push_str(&r);
+    }
+    thought
+}
+
+/// Rewrites a non-streamed chat completion in place: the client's model id, and each
+/// message's thought in `reasoning_content`. `tags`: split `<think>` out of `content`.
+pub fn completion(v: &mut Value, client_model: &str, tags: Option<&ThinkTags>) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".into(), Value::String(client_model.to_owned()));
+    }
+    let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for choice in choices {
+        let Some(msg) = choice.get_mut("message").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let mut thought = thought_field(msg);
+        if let Some(content) = take_string(msg, "content") {
+            let split = match tags {
+                Some(t) => split_complete(&content, t, false),
+                None => Split {
+                    reasoning: String::new(),
+                    content,
+                },
+            };
+            thought.push_str(&split.reasoning);
+            msg.insert("content".into(), Value::String(split.content));
+        }
+        if !thought.is_empty() {
+            msg.insert("reasoning_content".into(), Value::String(thought));
+        }
+    }
+}
+
+/// Why a stream cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the upstream sent an event that is not JSON: {0}")]
+    NotJson(String),
+    /// The upstream reported an error inside the stream; its message stays in the logs.
+    #[error("the upstream reported an error mid-stream")]
+    Upstream(String),
+}
+
+/// Rewrites a chat stream event by event.
+pub struct StreamFilter {
+    client_model: String,
+    tags: Option<ThinkTags>,
+    splitters: HashMap<u64, ReasoningSplitter>,
+    /// The upstream's last usage report.
+    usage: Option<Value>,
+    /// `id`, `created` and `system_fingerprint` of the last chunk, for the usage chunk.
+    meta: Map<String, Value>,
+    /// Every piece of thought and answer passed on, for counting when no usage comes.
+    text: String,
+    done: bool,
+    /// A choice finished by its length limit.
+    cut: bool,
+}
+
+impl StreamFilter {
+    pub fn new(client_model: &str, tags: Option<ThinkTags>) -> StreamFilter {
+        StreamFilter {
+            client_model: client_model.to_owned(),
+            tags,
+            splitters: HashMap::new(),
+            usage: None,
+            meta: Map::new(),
+            text: String::new(),
+            done: false,
+            cut: false,
+        }
+    }
+
+    /// One event's payload in, the payload to pass on out (`None`: nothing to send).
+    pub fn event(&mut self, data: &str) -> Result<Option<String>, StreamError> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut v: Value =
+            serde_json::from_str(data).map_err(|e| StreamError::NotJson(e.to_string()))?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(StreamError::NotJson("not an object".into()));
+        };
+        if let Some(err) = obj.get("error").filter(|e| !e.is_null()) {
+            return Err(StreamError::Upstream(err.to_string()));
+        }
+        obj.insert("model".into(), Value::String(self.client_model.clone()));
+        for key in ["id", "created", "system_fingerprint"] {
+            if let Some(x) = obj.get(key) {
+                self.meta.insert(key.into(), x.clone());
+            }
+        }
+        if let Some(u) = obj.remove("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u);
+        }
+        let Some(choices) = obj.get_mut("choices").and_then(Value::as_array_mut) else {
+            return Ok(None);
+        };
+        if choices.is_empty() {
+            // The usage chunk, held back (see the module doc).
+            return Ok(None);
+        }
+        choices.retain_mut(|c| self.choice(c));
+        if choices.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(v.to_string()))
+    }
+
+    /// Normalizes one choice of a chunk; false when it has nothing left to say.
+    fn choice(&mut self, c: &mut Value) -> bool {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+        self.cut |= c["finish_reason"] == "length";
+        let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) else {
+            return finished;
+        };
+        let mut split = Split {
+            reasoning: thought_field(delta),
+            content: String::new(),
+        };
+        if let Some(content) = take_string(delta, "content") {
+            match &self.tags {
+                Some(tags) => {
+                    let s = self
+                        .splitters
+                        .entry(index)
+                        .or_insert_with(|| ReasoningSplitter::new(tags.clone(), false))
+                        .push(&content);
+                    split.reasoning.push_str(&s.reasoning);
+                    split.content = s.content;
+                }
+                None => split.content = content,
+            }
+        }
+        if finished && let Some(s) = self.splitters.get_mut(&index) {
+            let rest = s.finish();
+            split.reasoning.push_str(&rest.reasoning);
+            split.content.push_str(&rest.content);
+        }
+        self.text.push_str(&split.reasoning);
+        self.text.push_str(&split.content);
+        if !split.reasoning.is_empty() {
+            delta.insert("reasoning_content".into(), Value::String(split.reasoning));
+        }
+        if !split.content.is_empty() {
+            delta.insert("content".into(), Value::String(split.content));
+        }
+        let says_more = c.get("logprobs").is_some_and(|l| !l.is_null());
+        let delta_len = c["delta"].as_object().map_or(0, Map::len);
+        finished || says_more || delta_len > 0
+    }
+
+    /// Whether the upstream ended the stream with `[DONE]`.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether a choice was cut by its length limit.
+    pub fn cut(&self) -> bool {
+        self.cut
+    }
+
+    /// The upstream's usage, if it reported any.
+    pub fn usage(&self) -> Option<&Value> {
+        self.usage.as_ref()
+    }
+
+    /// The thought and answer text passed on so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The usage chunk to end a stream with.
+    pub fn usage_chunk(&self, usage: Value) -> String {
+        let mut obj = self.meta.clone();
+        obj.insert("object".into(), json!("chat.completion.chunk"));
+        obj.insert("model".into(), Value::String(self.client_model.clone()));
+        obj.insert("choices".into(), json!([]));
+        obj.insert("usage".into(), usage);
+        Value::Object(obj).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish: Option<&str>) -> String {
+        json!({"id": "c1", "model": "up", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            .to_string()
+    }
+
+    /// Runs `events` through a filter; returns (thought, answer, chunks passed on).
+    fn run(events: &[String]) -> (String, String, Vec<Value>) {
+        let mut f = StreamFilter::new("client/model", Some(ThinkTags::default()));
+        let mut out = Vec::new();
+        for e in events {
+            if let Some(s) = f.event(e).unwrap() {
+                out.push(serde_json::from_str::<Value>(&s).unwrap());
+            }
+        }
+        let field = |k: &str| -> String {
+            out.iter()
+                .filter_map(|c| c["choices"][0]["delta"][k].as_str())
+                .collect()
+        };
+        (field("reasoning_content"), field("content"), out)
+    }
+
+    #[test]
+    fn every_dialect_ends_up_in_reasoning_content() {
+        let inline: Vec<String> = ["<thi", "nk>I rea", "son.</th", "ink>The ", "answer."]
+            .iter()
+            .map(|p| chunk(json!({ "content": p }), None))
+            .chain([chunk(json!({}), Some("stop"))])
+            .collect();
+        let field = |name: &str| -> Vec<String> {
+            vec![
+                chunk(json!({ "role": "assistant", "content": "" }), None),
+                chunk(json!({ name: "I reason." }), None),
+                chunk(json!({ "content": "The answer." }), None),
+                chunk(json!({}), Some("stop")),
+            ]
+        };
+        for events in [inline, field("reasoning"), field("reasoning_content")] {
+            let (thought, answer, chunks) = run(&events);
+            assert_eq!(
+                (thought.as_str(), answer.as_str()),
+                ("I reason.", "The answer.")
+            );
+            for c in &chunks {
+                assert_eq!(c["model"], "client/model");
+                let d = &c["choices"][0]["delta"];
+                assert!(d.get("reasoning").is_none(), "{c}");
+                assert!(!c.to_string().contains("think>"), "{c}");
+            }
+            assert_eq!(
+                chunks.last().unwrap()["choices"][0]["finish_reason"],
+                "stop"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_is_held_back_and_errors_stop_the_stream() {
+        let mut f = StreamFilter::new("m", None);
+        let usage = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        let ev = json!({"id": "x", "choices": [], "usage": usage}).to_string();
+        assert!(f.event(&ev).unwrap().is_none());
+        assert_eq!(counts(f.usage().unwrap()).unwrap().completion, 2);
+        assert!(f.event("[DONE]").unwrap().is_none() && f.done());
+        let end: Value = serde_json::from_str(&f.usage_chunk(usage.clone())).unwrap();
+        assert_eq!((end["id"].as_str(), &end["usage"]), (Some("x"), &usage));
+        assert!(matches!(
+            f.event(r#"{"error":{"message":"boom"}}"#),
+            Err(StreamError::Upstream(_))
+        ));
+    }
+
+    #[test]
+    fn plain_completions_are_normalized() {
+        let mut v = json!({"model": "up", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "<think>I reason.</think>The answer."}},
+            {"index": 1, "message": {"role": "assistant", "reasoning": "I reason.", "content": "The answer."}}
+        ]});
+        completion(&mut v, "client/model", Some(&ThinkTags::default()));
+        assert_eq!(v["model"], "client/model");
+        for c in v["choices"].as_array().unwrap() {
+            assert_eq!(c["message"]["reasoning_content"], "I reason.");
+            assert_eq!(c["message"]["content"], "The answer.");
+            assert!(c["message"].get("reasoning").is_none());
+        }
+        let c = counts(&json!({"prompt_tokens": 4, "total_tokens": 9})).unwrap();
+        assert_eq!((c.prompt, c.completion), (4, 0));
+        let r = counts(&json!({"input_tokens": 9, "output_tokens": 0})).unwrap();
+        assert_eq!(r.prompt, 9);
+    }
+}
