@@ -128,8 +128,14 @@ type Pending = (
 /// Most settlements committed together.
 const MAX_GROUP: usize = 256;
 
+/// How long usage rows that nobody waits for (free requests) wait for company before
+/// they are committed: at thousands of requests a second, one sync per this many rows
+/// instead of one per few.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// Commits settlements as they come, every one queued meanwhile in the same transaction:
-/// under load one sync serves many requests; alone, a settlement is committed at once.
+/// under load one sync serves many requests; alone, a settlement someone waits for is
+/// committed at once, and one nobody waits for after at most [`LINGER`].
 async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -138,6 +144,21 @@ async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
+            }
+        }
+        if batch.iter().all(|(_, ack)| ack.is_none()) {
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < MAX_GROUP {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        let waited_on = p.1.is_some();
+                        batch.push(p);
+                        if waited_on {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
             }
         }
         let group: Vec<Settlement> = batch.iter().map(|(s, _)| s.clone()).collect();
@@ -159,7 +180,7 @@ async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending
                 }
                 None => {
                     if let Err(e) = r {
-                        tracing::error!(%e, request_id = %s.request_id, "could not release a reservation");
+                        tracing::error!(%e, request_id = %s.request_id, "could not record a request's usage");
                     }
                 }
             }
@@ -466,7 +487,9 @@ impl Admission {
     }
 
     /// Records the request's usage and charges it (nothing for [`Outcome::Error`]); returns
-    /// the cost.
+    /// the cost. A charge is committed before this returns, so that a client holding its
+    /// answer sees its balance; a request that neither holds nor costs anything (a free
+    /// model) does not wait for its usage row.
     pub async fn settle(mut self, used: Used, outcome: Outcome) -> Result<Money, StoreError> {
         self.settled = true;
         let s = self.settlement(used, outcome);
@@ -480,13 +503,20 @@ impl Admission {
         {
             tracing::warn!(%e, "could not correct the token counters");
         }
+        let stopped = || StoreError::Settle("the settlement writer has stopped".into());
+        if s.cost == Money(0) && s.held == Money(0) {
+            self.platform
+                .settler
+                .send((s, None))
+                .map_err(|_| stopped())?;
+            return Ok(cost);
+        }
         let (ack, done) = oneshot::channel();
         self.platform
             .settler
             .send((s, Some(ack)))
-            .map_err(|_| StoreError::Settle("the settlement writer has stopped".into()))?;
-        done.await
-            .map_err(|_| StoreError::Settle("the settlement writer has stopped".into()))??;
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())??;
         Ok(cost)
     }
 

@@ -84,8 +84,16 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "tokenfab is listening");
+    // Small writes (stream chunks, short answers) leave at once instead of waiting for the
+    // client's acknowledgement of the previous one.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -7,6 +7,8 @@
 //!   OpenAI-compatible server: concurrent streaming chat requests, aggregate generated
 //!   tokens/s and time to first token. It speaks only the public API, so the same code
 //!   measures tokenfab and the reference (`llama-server`) and the two figures compare.
+//! - `tokenfab bench proxy`: the latency `tokenfab serve` adds in front of an upstream
+//!   that answers at once (see `proxy_bench.rs`).
 //!
 //! Both report the machine's load average: on 2 cores, another busy process halves the
 //! figures, and a number without that context misleads. `--json` prints one JSON object
@@ -42,6 +44,8 @@ enum BenchCommand {
     Engine(EngineArgs),
     /// Concurrent streaming chat requests against an OpenAI-compatible server on loopback.
     Http(HttpArgs),
+    /// The latency `tokenfab serve` adds in front of an instant upstream.
+    Proxy(crate::proxy_bench::ProxyArgs),
 }
 
 #[derive(Args)]
@@ -118,10 +122,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => run_engine(args.engine),
         Some(BenchCommand::Engine(e)) => run_engine(e),
         Some(BenchCommand::Http(h)) => run_http(h),
+        Some(BenchCommand::Proxy(p)) => crate::proxy_bench::run(p),
     }
 }
 
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
@@ -357,7 +362,7 @@ async fn one_request(job: &HttpJob, seed: i64) -> anyhow::Result<Sample> {
 }
 
 /// Nearest-rank percentile of sorted values (with 8 samples, p99 is the slowest).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -333,6 +333,66 @@ tpm = 1000
         std::fs::remove_dir_all(dir).ok();
     }
 
+    fn check(toml_text: &str) -> Result<(), String> {
+        let c: FileConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        c.models
+            .iter()
+            .try_for_each(|m| m.check())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn upstream_models_parse_and_bad_ones_are_refused() {
+        let ok = r#"[[models]]
+id = "up/r1"
+type = "chat"
+affinity = true
+[[models.backends]]
+url = "http://10.0.0.5:8000/v1"
+model = "r1"
+weight = 2
+timeout_s = 30
+"#;
+        check(ok).unwrap();
+        let c: FileConfig = toml::from_str(ok).unwrap();
+        assert_eq!(c.models[0].backends[0].weight, Some(2));
+        let refused = [
+            ("[[models]]\nid = \"x\"\n", "needs a `source`"),
+            (
+                "[[models]]\nid = \"x\"\nsource = \"a.gguf\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",
+                "both",
+            ),
+            (
+                "[[models]]\n[[models.backends]]\nurl = \"http://h/v1\"\n",
+                "needs an `id`",
+            ),
+            (
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"https://h/v1\"\n",
+                "http://",
+            ),
+            (
+                "[[models]]\nid = \"x\"\ntype = \"image\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",
+                "chat, embedding or reranker",
+            ),
+            (
+                "[[models]]\nsource = \"a.gguf\"\ntype = \"embedding\"\n",
+                "serves chat",
+            ),
+            (
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h/v1\"\nweight = 0\n",
+                "weight",
+            ),
+            (
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h/v1\"\ntimeout_s = -1\n",
+                "positive",
+            ),
+        ];
+        for (text, why) in refused {
+            let e = check(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let e = toml::from_str::<FileConfig>("prot = 1")

@@ -7,6 +7,7 @@
 mod admin;
 mod bench;
 mod config;
+mod proxy_bench;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

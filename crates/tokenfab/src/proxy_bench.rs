@@ -1,0 +1,427 @@
+//! `tokenfab bench proxy`: the latency tokenfab adds in front of an upstream.
+//!
+//! An upstream that answers at once (a fixed chat completion, served by this process on
+//! its own thread) is measured twice at the same fixed request rate, open loop: directly,
+//! then through a `tokenfab serve` child process that routes an upstream model to it, with
+//! an API key, rate limits and the ledger on (a free model: nothing is reserved). Each
+//! request is its own task, started on schedule whatever the earlier ones are doing, so a
+//! slow answer never delays the next request (no coordinated omission); its latency runs
+//! from its send to the end of its answer (the timer's millisecond ticks would otherwise
+//! add up to a millisecond of the generator's own to both sides). Added latency is the
+//! difference of the two sides' percentiles. The sides alternate over `--rounds` rounds and
+//! each keeps its best percentiles, as `bench/run.sh` does: on two shared cores a stray
+//! process can stall either side for milliseconds. A closed-loop run then finds the
+//! requests/s tokenfab passes with `--concurrency` requests in flight. Loopback only,
+//! bounded request counts.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Json;
+use axum::routing::{get, post};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Requests per second of the open-loop runs.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Requests per open-loop run (at most 100000).
+    #[arg(long, default_value_t = 20000)]
+    requests: usize,
+    /// Alternating rounds of the two open-loop runs; each side keeps its best.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Requests in flight in the closed-loop throughput run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The instant upstream's answer.
+fn completion(model: &str) -> Value {
+    json!({
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}
+    })
+}
+
+/// Serves the instant upstream on its own thread and runtime; returns its port.
+fn start_upstream() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route(
+                    "/v1/chat/completions",
+                    post(|Json(body): Json<Value>| async move {
+                        Json(completion(body["model"].as_str().unwrap_or("echo")))
+                    }),
+                )
+                .route(
+                    "/v1/models",
+                    get(|| async { Json(json!({"object": "list", "data": []})) }),
+                );
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await.expect("upstream");
+        });
+    });
+    Ok(port)
+}
+
+/// The tokenfab under test, killed on drop.
+struct Front {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tokenfab(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let db = format!("sqlite://{}", dir.join("ledger.db").display());
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .args(["--database", &db])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("cannot run tokenfab")
+}
+
+/// Starts `tokenfab serve` routing `bench/echo` to the upstream; returns it and an API key.
+fn start_front(upstream: u16) -> anyhow::Result<(Front, u16, String)> {
+    let dir = std::env::temp_dir().join(format!("tokenfab-proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("tokenfab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nid = \"bench/echo\"\n[[models.backends]]\nurl = \"http://127.0.0.1:{upstream}/v1\"\nmodel = \"echo\"\n[limits.default]\nrpm = 10000000\ntpm = 1000000000\n"
+        ),
+    )?;
+    let out = tokenfab(&dir, &["accounts", "create", "bench"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cannot create the bench account: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokenfab(&dir, &["keys", "create", "--account", "bench"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sk-"))
+        .context("no key in `tokenfab keys create`'s output")?
+        .to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let db = format!("sqlite://{}", dir.join("ledger.db").display());
+    // Logging as a default `serve` logs (every request at info), into a file.
+    let log = dir.join("serve.log");
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--port", &port.to_string(), "--config"])
+        .arg(&config)
+        .args(["--database", &db])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("cannot start tokenfab serve")?;
+    let front = Front { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tokenfab serve did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((front, port, key))
+}
+
+/// One run's latencies (ms, sorted) and its wall time.
+struct Run {
+    latencies: Vec<f64>,
+    errors: usize,
+    wall: Duration,
+}
+
+impl Run {
+    fn pct(&self, p: f64) -> f64 {
+        crate::bench::percentile(&self.latencies, p)
+    }
+
+    fn rate(&self) -> f64 {
+        (self.latencies.len() + self.errors) as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// One side's best over rounds.
+#[derive(Default)]
+struct Best {
+    p50: f64,
+    p99: f64,
+    rps: f64,
+    errors: usize,
+}
+
+impl Best {
+    fn add(&mut self, r: &Run) {
+        let first = self.rps == 0.0;
+        let better = |old: f64, new: f64| if first { new } else { old.min(new) };
+        self.p50 = better(self.p50, r.pct(50.0));
+        self.p99 = better(self.p99, r.pct(99.0));
+        self.rps = self.rps.max(r.rate());
+        self.errors += r.errors;
+    }
+}
+
+fn client(key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {k}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+fn body(model: &str) -> String {
+    json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
+        .to_string()
+}
+
+async fn send(client: &reqwest::Client, url: &str, body: &str) -> bool {
+    match client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+    {
+        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `n` requests at `rate` per second, each timed from its send.
+async fn open_loop(client: reqwest::Client, url: String, body: String, rate: u32, n: usize) -> Run {
+    let (client, url, body) = (Arc::new(client), Arc::new(url), Arc::new(body));
+    let start = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = start + gap * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (c, u, b) = (client.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = send(&c, &u, &b).await;
+            (ok, t.elapsed().as_secs_f64() * 1e3)
+        }));
+    }
+    let mut results = Vec::with_capacity(n);
+    for t in tasks {
+        results.push(t.await.unwrap_or((false, 0.0)));
+    }
+    summarize(results, start)
+}
+
+/// (success, latency in ms) per request.
+fn summarize(results: Vec<(bool, f64)>, start: Instant) -> Run {
+    let errors = results.iter().filter(|(ok, _)| !ok).count();
+    let mut latencies: Vec<f64> = results
+        .into_iter()
+        .filter(|(ok, _)| *ok)
+        .map(|(_, ms)| ms)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Run {
+        latencies,
+        errors,
+        wall: start.elapsed(),
+    }
+}
+
+/// `n` requests, `concurrency` in flight at a time.
+async fn closed_loop(
+    client: reqwest::Client,
+    url: String,
+    body: String,
+    concurrency: usize,
+    n: usize,
+) -> Run {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (client, url, body) = (Arc::new(client), Arc::new(url), Arc::new(body));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (c, u, b, next) = (client.clone(), url.clone(), body.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let t = Instant::now();
+                    let ok = send(&c, &u, &b).await;
+                    out.push((ok, t.elapsed().as_secs_f64() * 1e3));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    summarize(all, start)
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let n = args.requests.clamp(100, 100_000);
+    let upstream = start_upstream()?;
+    let (_front, port, key) = start_front(upstream)?;
+    // The generator's own runtime: one thread, like a client process.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let direct_url = format!("http://127.0.0.1:{upstream}/v1/chat/completions");
+    let front_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let load = crate::bench::load_average();
+    let rounds = args.rounds.clamp(1, 10);
+    let (direct, front, max) = rt.block_on(async {
+        // Warm-up: connections, caches, the key cache.
+        open_loop(
+            client(None)?,
+            direct_url.clone(),
+            body("echo"),
+            args.rate,
+            200,
+        )
+        .await;
+        open_loop(
+            client(Some(&key))?,
+            front_url.clone(),
+            body("bench/echo"),
+            args.rate,
+            200,
+        )
+        .await;
+        let (mut direct, mut front) = (Best::default(), Best::default());
+        for _ in 0..rounds {
+            direct.add(
+                &open_loop(
+                    client(None)?,
+                    direct_url.clone(),
+                    body("echo"),
+                    args.rate,
+                    n,
+                )
+                .await,
+            );
+            front.add(
+                &open_loop(
+                    client(Some(&key))?,
+                    front_url.clone(),
+                    body("bench/echo"),
+                    args.rate,
+                    n,
+                )
+                .await,
+            );
+        }
+        let max = closed_loop(
+            client(Some(&key))?,
+            front_url,
+            body("bench/echo"),
+            args.concurrency.clamp(1, 256),
+            n,
+        )
+        .await;
+        anyhow::Ok((direct, front, max))
+    })?;
+    anyhow::ensure!(
+        direct.errors == 0 && front.errors == 0 && max.errors == 0,
+        "failed requests: direct {}, through tokenfab {}, closed loop {}",
+        direct.errors,
+        front.errors,
+        max.errors
+    );
+    let added = |p50: bool| {
+        if p50 {
+            front.p50 - direct.p50
+        } else {
+            front.p99 - direct.p99
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "rate": args.rate, "requests": n, "rounds": rounds,
+                "direct_ms": {"p50": direct.p50, "p99": direct.p99, "rps": direct.rps},
+                "through_ms": {"p50": front.p50, "p99": front.p99, "rps": front.rps},
+                "added_ms": {"p50": added(true), "p99": added(false)},
+                "closed_loop": {"concurrency": args.concurrency, "rps": max.rate(), "p50_ms": max.pct(50.0), "p99_ms": max.pct(99.0)},
+                "load_before": load,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "proxy overhead: {n} requests at {} req/s, open loop, best of {rounds} alternating rounds (load average before: {load})",
+        args.rate
+    );
+    println!("| figure | direct | through tokenfab | added |");
+    println!("|---|---|---|---|");
+    println!(
+        "| p50 latency, ms | {:.3} | {:.3} | {:.3} |",
+        direct.p50,
+        front.p50,
+        added(true)
+    );
+    println!(
+        "| p99 latency, ms | {:.3} | {:.3} | {:.3} |",
+        direct.p99,
+        front.p99,
+        added(false)
+    );
+    println!(
+        "| achieved requests/s | {:.0} | {:.0} | |",
+        direct.rps, front.rps
+    );
+    println!(
+        "closed loop, {} in flight: {:.0} requests/s through tokenfab (p50 {:.3} ms, p99 {:.3} ms)",
+        args.concurrency,
+        max.rate(),
+        max.pct(50.0),
+        max.pct(99.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! A scripted OpenAI-compatible upstream for proxy tests: an axum server on a free loopback
+//! port, on a thread (and tokio runtime) of its own so it outlives any one test runtime.
+//!
+//! It records every request, counts streams its client abandoned, can be made unhealthy,
+//! and answers chat by the request's `model` (the upstream name tokenfab sends):
+//! `plain`, `think-inline`, `reasoning-field`, `reasoning-content`, `no-usage`, `slow`,
+//! `fail-mid`, `status-500`, `status-400`, `hang` (any other name answers as `plain`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub const CHAT: &str = "/v1/chat/completions";
+const PLAIN: &str = "Hello from the stub.";
+const USAGE: (u64, u64) = (11, 5);
+
+/// One request as the stub received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    /// The JSON body (`Null` for none or non-JSON).
+    pub body: Value,
+    /// The `Authorization` header.
+    pub auth: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    log: Mutex<Vec<Recorded>>,
+    cancelled: AtomicUsize,
+    unhealthy: AtomicBool,
+}
+
+/// The running stub; stops when dropped.
+pub struct Stub {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stub {
+    /// Listens before returning, so the base URL answers at once.
+    pub fn start() -> Stub {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(handle).with_state(state);
+                tokio::select! {
+                    r = axum::serve(listener, app) => r.unwrap(),
+                    _ = stopped => {}
+                }
+            });
+            // Open connections and sleeping handlers (`hang`) die with the runtime.
+            rt.shutdown_background();
+        });
+        Stub {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The OpenAI base URL: `http://127.0.0.1:PORT/v1`.
+    pub fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request so far, health probes included, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// The chat-completions requests so far.
+    pub fn chats(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == CHAT)
+            .collect()
+    }
+
+    /// Streamed answers whose body was dropped before its end.
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Unhealthy: every route answers 503 before any byte.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn handle(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    s.log.lock().unwrap().push(Recorded {
+        path: path.clone(),
+        body: body.clone(),
+        auth,
+    });
+    if s.unhealthy.load(Ordering::SeqCst) {
+        let e = json!({"error": {"message": "the stub is down", "type": "service_unavailable"}});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(e)).into_response();
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/health") => Json(json!({"status": "ok"})).into_response(),
+        (Method::GET, "/v1/models") => {
+            let names = [
+                "plain",
+                "think-inline",
+                "reasoning-field",
+                "reasoning-content",
+                "no-usage",
+                "slow",
+                "fail-mid",
+                "status-500",
+                "status-400",
+                "hang",
+                "embed",
+                "rerank",
+            ];
+            let data: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "stub"}))
+                .collect();
+            Json(json!({"object": "list", "data": data})).into_response()
+        }
+        (Method::POST, CHAT) => chat(&s, &body).await,
+        (Method::POST, "/v1/embeddings") => embeddings(&body),
+        (Method::POST, "/v1/rerank") => rerank(&body),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": "no such route", "type": "invalid_request_error"}})),
+        )
+            .into_response(),
+    }
+}
+
+/// What a chat model name answers: delta pieces `(field, text)` in order.
+struct Script {
+    pieces: Vec<(&'static str, String)>,
+    /// Before each streamed piece.
+    gap: Duration,
+    /// Before a whole (non-streamed) answer.
+    delay: Duration,
+    usage: bool,
+    /// The stream breaks off after the pieces, without a finish or `[DONE]`.
+    abort: bool,
+}
+
+fn words(field: &'static str, text: &str) -> Vec<(&'static str, String)> {
+    text.split_inclusive(' ')
+        .map(|w| (field, w.to_owned()))
+        .collect()
+}
+
+fn script(model: &str) -> Script {
+    let mut s = Script {
+        pieces: words("content", PLAIN),
+        gap: Duration::ZERO,
+        delay: Duration::ZERO,
+        usage: true,
+        abort: false,
+    };
+    match model {
+        "think-inline" => {
+            s.pieces = ["<thi", "nk>I rea", "son.</th", "ink>The ", "answer."]
+                .iter()
+                .map(|p| ("content", (*p).to_owned()))
+                .collect();
+        }
+        "reasoning-field" | "reasoning-content" => {
+            let field = if model == "reasoning-field" {
+                "reasoning"
+            } else {
+                "reasoning_content"
+            };
+            s.pieces = words(field, "I reason.");
+            s.pieces.extend(words("content", "The answer."));
+        }
+        "no-usage" => s.usage = false,
+        "slow" => {
+            s.pieces = vec![("content", "tick ".to_owned()); 30];
+            s.gap = Duration::from_millis(200);
+            s.delay = Duration::from_secs(2);
+        }
+        "fail-mid" => {
+            s.pieces = words("content", "one two three ");
+            // Each piece is flushed before the next, so the break comes after them.
+            s.gap = Duration::from_millis(50);
+            s.abort = true;
+        }
+        _ => {}
+    }
+    s
+}
+
+async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
+    let model = req["model"].as_str().unwrap_or_default().to_owned();
+    match model.as_str() {
+        "status-500" => {
+            let e =
+                json!({"error": {"message": "internal error: db password hunter2 at /srv/secret"}});
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(e)).into_response();
+        }
+        "status-400" => {
+            let e = json!({"error": {
+                "message": "temperature is out of range",
+                "type": "invalid_request_error",
+                "param": "temperature"
+            }});
+            return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        }
+        "hang" => tokio::time::sleep(Duration::from_secs(60)).await,
+        _ => {}
+    }
+    let script = script(&model);
+    if req["stream"].as_bool() == Some(true) {
+        let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
+        stream(s.clone(), &model, script, include_usage)
+    } else {
+        tokio::time::sleep(script.delay).await;
+        let mut message = json!({"role": "assistant", "content": ""});
+        for (field, text) in &script.pieces {
+            let joined = format!("{}{text}", message[*field].as_str().unwrap_or_default());
+            message[*field] = json!(joined);
+        }
+        let mut answer = json!({
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        });
+        if script.usage {
+            answer["usage"] = usage();
+        }
+        Json(answer).into_response()
+    }
+}
+
+fn usage() -> Value {
+    json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.0 + USAGE.1})
+}
+
+/// Counts the stream as cancelled when dropped before its last step was sent.
+struct Guard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn stream(shared: Arc<Shared>, model: &str, script: Script, include_usage: bool) -> Response {
+    let chunk = |choices: Value| {
+        json!({
+            "id": "chatcmpl-stub",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": choices,
+        })
+        .to_string()
+    };
+    let delta =
+        |d: Value, finish: Value| chunk(json!([{"index": 0, "delta": d, "finish_reason": finish}]));
+    // (wait before, data); `None` data breaks the connection.
+    let mut steps: VecDeque<(Duration, Option<String>)> = VecDeque::new();
+    steps.push_back((
+        Duration::ZERO,
+        Some(delta(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )),
+    ));
+    for (field, text) in &script.pieces {
+        let mut d = json!({});
+        d[*field] = json!(text);
+        steps.push_back((script.gap, Some(delta(d, Value::Null))));
+    }
+    if script.abort {
+        steps.push_back((script.gap, None));
+    } else {
+        steps.push_back((Duration::ZERO, Some(delta(json!({}), json!("stop")))));
+        if include_usage && script.usage {
+            let mut c: Value = serde_json::from_str(&chunk(json!([]))).unwrap();
+            c["usage"] = usage();
+            steps.push_back((Duration::ZERO, Some(c.to_string())));
+        }
+        steps.push_back((Duration::ZERO, Some("[DONE]".to_owned())));
+    }
+    let guard = Guard {
+        shared,
+        finished: false,
+    };
+    let body = futures_util::stream::unfold((steps, guard), |(mut steps, mut guard)| async move {
+        let (wait, data) = steps.pop_front()?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if steps.is_empty() {
+            guard.finished = true;
+        }
+        let item = match data {
+            Some(d) => Ok(Bytes::from(format!("data: {d}\n\n"))),
+            None => Err(std::io::Error::other("the stub breaks the stream off")),
+        };
+        Some((item, (steps, guard)))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap()
+}
+
+fn embeddings(req: &Value) -> Response {
+    let n = match &req["input"] {
+        Value::Array(a) => a.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}))
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req["model"],
+        "usage": {"prompt_tokens": 7, "total_tokens": 7},
+    }))
+    .into_response()
+}
+
+fn rerank(req: &Value) -> Response {
+    let n = req["documents"].as_array().map_or(1, Vec::len);
+    let results: Vec<Value> = (0..n)
+        .map(|i| json!({"index": i, "relevance_score": 0.9 - 0.1 * i as f64}))
+        .collect();
+    Json(json!({
+        "id": "r1",
+        "results": results,
+        "tokens": {"input_tokens": 9, "output_tokens": 0},
+    }))
+    .into_response()
+}
