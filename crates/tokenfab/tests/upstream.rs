@@ -203,11 +203,16 @@ impl Streamed {
     }
 }
 
-/// A streamed request read to its end.
-async fn stream(s: &Server, key: Option<&str>, body: &Value) -> Streamed {
+/// A streamed chat request's events as they come, once it was answered 200.
+async fn open(s: &Server, key: Option<&str>, body: &Value) -> Sse {
     let r = send(s, key, "/v1/chat/completions", body).await;
     assert_eq!(r.status(), 200, "{body}");
-    Streamed::of(&Sse::new(r).rest().await)
+    Sse::new(r)
+}
+
+/// A streamed request read to its end.
+async fn stream(s: &Server, key: Option<&str>, body: &Value) -> Streamed {
+    Streamed::of(&open(s, key, body).await.rest().await)
 }
 
 /// Asserts an OpenAI-shaped error body; returns it.
@@ -328,15 +333,7 @@ fn streams_are_passed_through_as_they_come() {
     let (s, _) = serve(&on(&stub, "up/slow", "slow"), &[]);
     run(async {
         let t0 = Instant::now();
-        let r = send(
-            &s,
-            None,
-            "/v1/chat/completions",
-            &streamed("up/slow", false),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        let mut sse = Sse::new(r);
+        let mut sse = open(&s, None, &streamed("up/slow", false)).await;
         let mut events = Vec::new();
         let mut first_content = None;
         while let Some(e) = sse.next().await {
@@ -396,15 +393,7 @@ fn a_client_hanging_up_cancels_the_upstream_stream() {
     let stub = Stub::start();
     let (s, _) = serve(&on(&stub, "up/slow", "slow"), &[]);
     run(async {
-        let r = send(
-            &s,
-            None,
-            "/v1/chat/completions",
-            &streamed("up/slow", false),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        let mut sse = Sse::new(r);
+        let mut sse = open(&s, None, &streamed("up/slow", false)).await;
         for _ in 0..2 {
             assert!(sse.next().await.is_some());
         }
@@ -474,15 +463,10 @@ fn requests_fail_over_before_the_first_byte_only() {
             "the failing backend was never tried"
         );
 
-        let r = send(
-            &s,
-            None,
-            "/v1/chat/completions",
-            &streamed("up/fail-mid", false),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        let events = Sse::new(r).rest().await;
+        let events = open(&s, None, &streamed("up/fail-mid", false))
+            .await
+            .rest()
+            .await;
         assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
         let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
         assert!(
@@ -845,9 +829,7 @@ fn sighup_reloads_models_and_running_streams_finish() {
     let stub = Stub::start();
     let (s, config) = serve(&on(&stub, "up/one", "slow"), &[]);
     run(async {
-        let r = send(&s, None, "/v1/chat/completions", &streamed("up/one", false)).await;
-        assert_eq!(r.status(), 200);
-        let mut sse = Sse::new(r);
+        let mut sse = open(&s, None, &streamed("up/one", false)).await;
         let mut events = Vec::new();
         while !events.iter().any(|e: &String| e.contains("tick")) {
             events.push(sse.next().await.expect("the stream started"));

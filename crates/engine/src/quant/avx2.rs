@@ -1,7 +1,7 @@
 //! The x86-64 kernels: AVX2+FMA+F16C, and the same code with AVX-512 VNNI's `vpdpbusd`
 //! doing the int8 dot product where the CPU has it.
 //!
-//! The quantized matmul works on [`Packed`] weights (eight rows side by side, see
+//! The quantized matmul works on packed weights (eight rows side by side, see
 //! `packed.rs`) and Q8 activations: per unit of 32 (16) weights, `unit / 4` products of a
 //! weight register with four activation bytes broadcast to every lane leave each of the
 //! eight rows' integer sums in its lane; one convert, one multiply (row scales × the
@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{F8, Packed, Reg};
+use super::packed::{F8, Job, Reg};
 use super::{BlockQ8, KvView, TOKEN_TILE};
 
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
@@ -169,7 +169,6 @@ struct Tok {
 /// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only without); the
 /// CPU has AVX2, FMA and what `D` needs.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_tokens<
     D: IDot,
     const U: usize,
@@ -237,15 +236,13 @@ unsafe fn block_tokens<
     }
 }
 
-/// `dot(weight row r0 + r, token t)` for `n_rows` rows from `r0`, laid out as
+/// `dot(weight row r0 + r, token t)` for the job's rows, laid out as
 /// `super::tiled_index` says.
 ///
 /// # Safety
-/// Those rows exist in `p`; `blocks` holds `n_tok` tokens of `p.units * U / 32` blocks and
-/// `init` `n_tok` tokens of `p.units` starts (none without a bias); the CPU has AVX2, FMA,
-/// F16C and what `D` needs.
+/// The CPU has AVX2, FMA, F16C and what `D` needs, and the job's layout is `U`, `BITS`,
+/// `MIN`, `WIDE` (its shapes are checked here).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_packed<
     D: IDot,
     const U: usize,
@@ -253,14 +250,17 @@ unsafe fn rows_packed<
     const MIN: bool,
     const WIDE: bool,
 >(
-    p: &Packed,
-    r0: usize,
-    n_rows: usize,
-    blocks: &[BlockQ8],
-    init: &[i32],
-    n_tok: usize,
+    job: &Job<'_>,
     out: &mut [f32],
 ) {
+    let Job {
+        p,
+        r0,
+        n_rows,
+        blocks,
+        init,
+        n_tok,
+    } = *job;
     let units = p.units;
     let stored = p.layout.stored_regs();
     let (nb, ni) = (units * U / 32, if MIN { 0 } else { units });
@@ -377,20 +377,12 @@ impl Isa {
 macro_rules! packed_entry {
     ($name:ident, $dot:ty, $features:literal) => {
         #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn $name<const U: usize, const BITS: u32, const MIN: bool, const WIDE: bool>(
-            p: &Packed,
-            r0: usize,
-            n_rows: usize,
-            blocks: &[BlockQ8],
-            init: &[i32],
-            n_tok: usize,
+            job: &Job<'_>,
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from the caller; this function enables the features.
-            unsafe {
-                rows_packed::<$dot, U, BITS, MIN, WIDE>(p, r0, n_rows, blocks, init, n_tok, out)
-            }
+            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE>(job, out) }
         }
     };
 }
@@ -401,29 +393,15 @@ packed_entry!(packed_vnni, VnniDot, "avx2,fma,f16c,avx512vnni,avx512vl");
 ///
 /// # Safety
 /// `isa` came from [`Isa::detect`] on this CPU; the rest as for `rows_packed`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dot_packed(
-    isa: Isa,
-    p: &Packed,
-    r0: usize,
-    n_rows: usize,
-    blocks: &[BlockQ8],
-    init: &[i32],
-    n_tok: usize,
-    out: &mut [f32],
-) {
-    let l = p.layout;
+pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
+    let l = job.p.layout;
     macro_rules! go {
         ($u:literal, $bits:literal, $min:literal, $wide:literal) => {
             // SAFETY: forwarded from the caller.
             unsafe {
                 match isa {
-                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide>(
-                        p, r0, n_rows, blocks, init, n_tok, out,
-                    ),
-                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide>(
-                        p, r0, n_rows, blocks, init, n_tok, out,
-                    ),
+                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide>(job, out),
+                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide>(job, out),
                 }
             }
         };

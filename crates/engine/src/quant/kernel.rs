@@ -3,24 +3,22 @@
 //! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
 //! float ones (attention, dot) with AVX2/FMA enabled.
 
-use super::packed::Packed;
-use super::{BlockQ8, KvView, QK8};
+use super::packed::Job;
+use super::{KvView, QK8};
 
-/// `dot(weight row r0 + r, token t)` for `n_rows` rows from `r0`, laid out as
-/// `super::tiled_index` says: the portable kernel, and the reference the vector ones are
-/// tested against. Per (row, token): each unit's exact integer sum, then its scaled
+/// `dot(weight row r0 + r, token t)` for the job's rows, laid out as `super::tiled_index`
+/// says: the portable kernel, and the reference the vector ones are tested against. Per (row, token): each unit's exact integer sum, then its scaled
 /// contribution added to the row's float sum, units in order whatever `n_tok` is (batch
 /// invariance).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rows_packed(
-    p: &Packed,
-    r0: usize,
-    n_rows: usize,
-    blocks: &[BlockQ8],
-    init: &[i32],
-    n_tok: usize,
-    out: &mut [f32],
-) {
+pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
+    let Job {
+        p,
+        r0,
+        n_rows,
+        blocks,
+        init,
+        n_tok,
+    } = *job;
     let l = p.layout;
     let (nb, ni) = (blocks.len() / n_tok, init.len() / n_tok);
     for r in r0..r0 + n_rows {

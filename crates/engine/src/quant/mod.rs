@@ -171,6 +171,24 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Bytes per row of a supported type, or why `data` is not `rows` whole rows of `cols`.
+fn check_size(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Result<usize, EngineError> {
+    if !is_supported(ty) {
+        return Err(EngineError::BadModel(format!(
+            "{ty:?} weights are not supported (supported: {SUPPORTED_TYPES})"
+        )));
+    }
+    let rb = row_bytes(ty, cols)?;
+    if data.len() != rb * rows {
+        return Err(EngineError::BadModel(format!(
+            "{rows} rows of {cols} {ty:?} weights take {} bytes, not {}",
+            rb * rows,
+            data.len()
+        )));
+    }
+    Ok(rb)
+}
+
 /// A weight matrix of `rows` rows of `cols` weights, in the form the kernels read:
 /// quantized formats repacked into lanes (`packed.rs`), float ones as f32.
 pub struct Weights {
@@ -193,19 +211,7 @@ impl Weights {
         cols: usize,
         data: &[u8],
     ) -> Result<Weights, EngineError> {
-        if !is_supported(ty) {
-            return Err(EngineError::BadModel(format!(
-                "{ty:?} weights are not supported (supported: {SUPPORTED_TYPES})"
-            )));
-        }
-        let rb = row_bytes(ty, cols)?;
-        if data.len() != rb * rows {
-            return Err(EngineError::BadModel(format!(
-                "{rows} rows of {cols} {ty:?} weights take {} bytes, not {}",
-                rb * rows,
-                data.len()
-            )));
-        }
+        check_size(ty, rows, cols, data)?;
         let repr = if Layout::of(ty).is_some() {
             Repr::Packed(Packed::from_ggml(ty, rows, cols, data))
         } else {
@@ -279,15 +285,22 @@ impl Weights {
             (Repr::Packed(p), Acts::Q8 { blocks, init }) => {
                 assert_eq!(blocks.len(), n_tok * self.cols / QK8, "activation blocks");
                 assert_eq!(init.len(), n_tok * p.layout.init_per_token(self.cols));
+                let job = packed::Job {
+                    p,
+                    r0,
+                    n_rows,
+                    blocks,
+                    init,
+                    n_tok,
+                };
                 #[cfg(target_arch = "x86_64")]
                 if let Some(isa) = simd {
-                    // SAFETY: `isa` was detected on this CPU; the rows and activations were
-                    // checked above.
-                    unsafe { avx2::dot_packed(isa, p, r0, n_rows, blocks, init, n_tok, out) };
+                    // SAFETY: `isa` was detected on this CPU; the kernel checks the shapes.
+                    unsafe { avx2::dot_packed(isa, &job, out) };
                     return;
                 }
                 let _ = simd;
-                kernel::rows_packed(p, r0, n_rows, blocks, init, n_tok, out)
+                kernel::rows_packed(&job, out)
             }
             (Repr::Float(w), Acts::F32(x)) => {
                 let c = self.cols;
@@ -320,14 +333,7 @@ impl Rows {
         cols: usize,
         data: &[u8],
     ) -> Result<Rows, EngineError> {
-        let row_bytes = row_bytes(ty, cols)?;
-        if data.len() != row_bytes * rows {
-            return Err(EngineError::BadModel(format!(
-                "{rows} rows of {cols} {ty:?} weights take {} bytes, not {}",
-                row_bytes * rows,
-                data.len()
-            )));
-        }
+        let row_bytes = check_size(ty, rows, cols, data)?;
         Ok(Rows {
             ty,
             row_bytes,

@@ -245,6 +245,19 @@ fn put_block<D: Decoder>(
     }
 }
 
+/// One call of the quantized matmul: rows `r0..r0 + n_rows` of `p` against `n_tok`
+/// tokens of Q8 activations (`blocks`, and `init` where the layout has a bias, see
+/// [`quantize_token`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub p: &'a Packed,
+    pub r0: usize,
+    pub n_rows: usize,
+    pub blocks: &'a [BlockQ8],
+    pub init: &'a [i32],
+    pub n_tok: usize,
+}
+
 /// Quantizes one token's activations `x` into Q8 `blocks` (as [`super::quantize_row_q8`])
 /// and, where the layout has a bias, each unit's integer-sum start `-bias · Σa` into `init`
 /// ([`Layout::init_per_token`] values).
