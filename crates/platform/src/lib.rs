@@ -397,7 +397,12 @@ impl Platform {
         let rates = self.rates(tier, model);
         let decision = self
             .limiter
-            .admit(account_id, model, &rates, prompt_tokens + max_completion)
+            .admit(
+                account_id,
+                model,
+                &rates,
+                prompt_tokens.saturating_add(max_completion),
+            )
             .await?;
         if let Some(limit) = decision.refused {
             let limit_value = match limit {

@@ -463,9 +463,15 @@ fn reload(
     Ok(())
 }
 
-/// Reloads on every SIGHUP until the process ends.
+/// Reloads `config` on every SIGHUP until the process ends. Without a config file (models
+/// from flags) a SIGHUP is logged and ignored rather than ending the server.
 #[cfg(unix)]
-fn reload_on_hangup(path: PathBuf, mut registry: Registry, how: Loading, state: Arc<AppState>) {
+fn reload_on_hangup(
+    config: Option<PathBuf>,
+    mut registry: Registry,
+    how: Loading,
+    state: Arc<AppState>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: configuration reloads are off");
@@ -473,6 +479,12 @@ fn reload_on_hangup(path: PathBuf, mut registry: Registry, how: Loading, state: 
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(path) = &config else {
+                tracing::warn!(
+                    "SIGHUP: nothing to reload, the models come from flags, not a config file"
+                );
+                continue;
+            };
             tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
             let (p, h, s) = (path.clone(), how.clone(), state.clone());
             let result = tokio::task::spawn_blocking(move || {
@@ -601,11 +613,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(platform),
             admin_key.as_deref().map(tokenfab_platform::keys::hash),
         ));
-        match reloadable {
-            #[cfg(unix)]
-            Some(path) => reload_on_hangup(path, registry, how, state.clone()),
-            _ => drop(registry),
-        }
+        #[cfg(unix)]
+        reload_on_hangup(reloadable, registry, how, state.clone());
+        #[cfg(not(unix))]
+        drop((reloadable, registry, how));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another server using the port? (`--port` picks another)"))?;

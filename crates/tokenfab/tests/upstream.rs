@@ -822,6 +822,27 @@ fn upstream_requests_are_billed_from_usage_or_the_tokenizer() {
 
 // ---- reload ----
 
+fn hangup(s: &Server) {
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+}
+
+/// A server whose models come from flags has nothing to reload: SIGHUP leaves it serving
+/// (a signal's default action would end it).
+#[test]
+fn a_hangup_without_a_config_file_is_ignored() {
+    let s = Server::start(&[]);
+    run(async {
+        hangup(&s);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, v) = chat(&s, &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})).await;
+        assert_eq!(status, 200, "{v}");
+    });
+}
+
 /// SIGHUP rereads the config file: the model list changes within seconds and a stream
 /// already running on a removed model still finishes.
 #[test]
@@ -836,11 +857,7 @@ fn sighup_reloads_models_and_running_streams_finish() {
         }
 
         write_config(&config, &on(&stub, "up/two", "plain"));
-        let hup = std::process::Command::new("kill")
-            .args(["-HUP", &s.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        hangup(&s);
         eventually(
             "the reloaded model list",
             Duration::from_secs(5),

@@ -71,10 +71,11 @@ fn count_text(up: &UpstreamModel, text: &str) -> (u64, Source) {
 }
 
 /// The prompt's tokens: rendered with the model's chat template where there is one.
-fn count_prompt(up: &UpstreamModel, messages: &Value) -> (u64, Source) {
+fn count_prompt(up: &UpstreamModel, messages: &[Value]) -> (u64, Source) {
     if let Some(c) = &up.counter
         && let Some(t) = &c.template
-        && let Ok(msgs) = serde_json::from_value::<Vec<ChatMessage>>(messages.clone())
+        && let Ok(msgs) =
+            serde_json::from_value::<Vec<ChatMessage>>(Value::Array(messages.to_vec()))
         && let Ok(tm) = template_messages(&msgs)
         && let Ok(text) = t.render(&tm, true, &Map::new())
     {
@@ -83,7 +84,7 @@ fn count_prompt(up: &UpstreamModel, messages: &Value) -> (u64, Source) {
             Source::Counted,
         );
     }
-    count_text(up, &messages.to_string())
+    count_text(up, &serde_json::to_string(messages).unwrap_or_default())
 }
 
 /// A conversation's prefix for affinity: its first two messages (the system prompt and
@@ -127,7 +128,7 @@ pub async fn chat(
         Some(Value::Array(m)) if !m.is_empty() => m,
         _ => return bad("messages", "`messages` must be a non-empty array"),
     };
-    let (prompt, prompt_source) = count_prompt(up, &Value::Array(messages.clone()));
+    let (prompt, prompt_source) = count_prompt(up, messages);
     let affinity = up.pool.affinity().then(|| prefix_key(messages));
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
@@ -155,8 +156,11 @@ pub async fn chat(
         obj.insert("max_tokens".into(), json!(m));
     }
     let n = obj.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    let most =
-        n * max_tokens.unwrap_or_else(|| up.context_length.saturating_sub(prompt as usize) as u64);
+    // No request generates 2^31 tokens: a larger `max_tokens` is held to that.
+    let per_choice = max_tokens
+        .unwrap_or_else(|| up.context_length.saturating_sub(prompt as usize) as u64)
+        .min(1 << 31);
+    let most = n.min(1 << 16) * per_choice;
     if stream {
         let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
         if !opts.is_object() {
