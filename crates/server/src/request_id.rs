@@ -38,8 +38,11 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
-    span.in_scope(|| tracing::info!(status = resp.status().as_u16(), "response"));
+    // Until the response head: a stream's body goes on after this.
+    let micros = started.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::info!(status = resp.status().as_u16(), micros, "response"));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
