@@ -8,8 +8,8 @@ use super::{KvView, QK8};
 
 /// `dot(weight row r0 + r, token t)` for the job's rows, laid out as `super::tiled_index`
 /// says: the portable kernel, and the reference the vector ones are tested against. Per
-/// (row, token): each unit's exact integer sum, then its scaled contribution added to the row's float sum, units in order whatever `n_tok` is (batch
-/// invariance).
+/// (row, token): each unit's exact integer sum, then its scaled contribution added to the
+/// row's float sum, units in order whatever `n_tok` is (batch invariance).
 pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
     let Job {
         p,
