@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{F8, Job, Reg};
+use super::packed::{F8, Job, Reg, stored_regs};
 use super::{BlockQ8, KvView, TOKEN_TILE};
 
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
@@ -183,11 +183,7 @@ unsafe fn block_tokens<
     units: usize,
     toks: &[Tok; TT],
 ) -> [__m256; TT] {
-    let stored = match BITS {
-        8 => U / 4,
-        4 => U / 8,
-        _ => U / 8 + 1,
-    };
+    let stored = stored_regs(U, BITS);
     // SAFETY (whole body): unit indices stay below `units` (caller's contract).
     unsafe {
         let mut f = [_mm256_setzero_ps(); TT];

@@ -74,17 +74,23 @@ impl Layout {
 
     /// Registers per unit as stored.
     pub(crate) fn stored_regs(self) -> usize {
-        match self.bits {
-            8 => self.unit / 4,
-            4 => self.unit / 8,
-            _ => self.unit / 8 + 1,
-        }
+        stored_regs(self.unit, self.bits)
     }
 
     /// Starting values of the integer sums per token: one per unit where a bias needs
     /// taking out, none otherwise.
     pub(crate) fn init_per_token(self, cols: usize) -> usize {
         if self.bias == 0 { 0 } else { cols / self.unit }
+    }
+}
+
+/// Registers per stored unit of `unit` weights of `bits` bits: bytes, or nibbles plus
+/// one register of bit planes above 4 bits.
+pub(crate) const fn stored_regs(unit: usize, bits: u32) -> usize {
+    match bits {
+        8 => unit / 4,
+        4 => unit / 8,
+        _ => unit / 8 + 1,
     }
 }
 
