@@ -161,6 +161,19 @@ fn start_front(upstream: u16) -> anyhow::Result<(Front, u16, String)> {
     Ok((front, port, key))
 }
 
+/// CPU seconds (user and system) a process has used so far, from `/proc` (Linux only);
+/// its change over a run divided by the run's requests is the CPU each request cost, a
+/// figure the scheduling noise of shared cores does not move the way it moves latency.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // The kernel's USER_HZ, 100 on every Linux architecture tokenfab builds for.
+    Some(ticks / 100.0)
+}
+
 /// One run's latencies (ms, sorted) and its wall time.
 struct Run {
     latencies: Vec<f64>,
@@ -306,7 +319,8 @@ async fn closed_loop(
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let n = args.requests.clamp(100, 100_000);
     let upstream = start_upstream()?;
-    let (_front, port, key) = start_front(upstream)?;
+    let (front_proc, port, key) = start_front(upstream)?;
+    let pid = front_proc.child.id();
     // The generator's own runtime: one thread, like a client process.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -315,7 +329,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let front_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let load = crate::bench::load_average();
     let rounds = args.rounds.clamp(1, 10);
-    let (direct, front, max) = rt.block_on(async {
+    let (direct, front, max, cpu) = rt.block_on(async {
         // Warm-up: connections, caches, the key cache.
         open_loop(
             client(None)?,
@@ -334,6 +348,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         )
         .await;
         let (mut direct, mut front) = (Best::default(), Best::default());
+        // tokenfab's CPU seconds over the open-loop runs through it.
+        let mut cpu = Some(0.0);
         for _ in 0..rounds {
             direct.add(
                 &open_loop(
@@ -345,6 +361,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 )
                 .await,
             );
+            let before = cpu_seconds(pid);
             front.add(
                 &open_loop(
                     client(Some(&key))?,
@@ -355,6 +372,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 )
                 .await,
             );
+            cpu = cpu
+                .zip(before.zip(cpu_seconds(pid)))
+                .map(|(c, (b, a))| c + a - b);
         }
         let max = closed_loop(
             client(Some(&key))?,
@@ -364,7 +384,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             n,
         )
         .await;
-        anyhow::Ok((direct, front, max))
+        anyhow::Ok((direct, front, max, cpu))
     })?;
     anyhow::ensure!(
         direct.errors == 0 && front.errors == 0 && max.errors == 0,
@@ -373,6 +393,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         front.errors,
         max.errors
     );
+    // Microseconds of tokenfab's CPU per request through it.
+    let cpu_us = cpu.map(|c| c * 1e6 / (n * rounds) as f64);
     let added = |p50: bool| {
         if p50 {
             front.p50 - direct.p50
@@ -388,6 +410,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 "direct_ms": {"p50": direct.p50, "p99": direct.p99, "rps": direct.rps},
                 "through_ms": {"p50": front.p50, "p99": front.p99, "rps": front.rps},
                 "added_ms": {"p50": added(true), "p99": added(false)},
+                "cpu_us_per_request": cpu_us,
                 "closed_loop": {"concurrency": args.concurrency, "rps": max.rate(), "p50_ms": max.pct(50.0), "p99_ms": max.pct(99.0)},
                 "load_before": load,
             })
@@ -416,6 +439,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         "| achieved requests/s | {:.0} | {:.0} | |",
         direct.rps, front.rps
     );
+    if let Some(us) = cpu_us {
+        println!("tokenfab CPU per request (user + system): {us:.0} µs");
+    }
     println!(
         "closed loop, {} in flight: {:.0} requests/s through tokenfab (p50 {:.3} ms, p99 {:.3} ms)",
         args.concurrency,
