@@ -8,6 +8,8 @@
 //! concurrent requests on any number of replicas cannot overdraw.
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -187,6 +189,7 @@ const DAY: i64 = 86_400;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
 
 /// The schema, written once: the two databases differ only in how an id column counts
@@ -249,6 +252,31 @@ const KEY_COLS: &str = "k.id AS id, k.account_id AS account_id, a.name AS accoun
      k.prefix AS prefix, k.created_at AS created_at, k.last_used_at AS last_used_at, \
      k.revoked_at AS revoked_at";
 
+/// Most rows one multi-row statement carries: 64 usage rows bind 768 parameters, far
+/// under SQLite's limit (32766) and PostgreSQL's (65535).
+const CHUNK: usize = 64;
+
+/// `($1, …, $cols), ($cols+1, …), …`: `rows` tuples of `cols` placeholders, the VALUES
+/// list of a multi-row statement (one tuple of `n` is an `IN` list of `n`). SQLite gets
+/// plain `?`s, bound in order: sqlx looks each `$n` up by its name, a walk along the list
+/// of all of them, which made binding a statement of hundreds of them quadratic (most of
+/// a group's time).
+fn tuples(backend: Backend, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = match backend {
+                Backend::Sqlite => write!(out, "{sep}?"),
+                Backend::Postgres => write!(out, "{sep}${}", r * cols + c + 1),
+            };
+        }
+        out.push(')');
+    }
+    out
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -296,7 +324,7 @@ impl Store {
             }
         };
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, backend })
     }
 
     // ---- accounts ----
@@ -516,104 +544,148 @@ impl Store {
     }
 
     /// [`Store::settle`] for several requests in one transaction (one commit, one sync):
-    /// the group commit that lets settlements keep up with many short requests.
+    /// the group commit that lets settlements keep up with many short requests. Every step
+    /// is one statement for up to [`CHUNK`] requests, not one per request: each statement
+    /// is a round trip to the database (on SQLite, to its worker thread and back), and at
+    /// thousands of requests a second those round trips cost more than the writes.
     pub async fn settle_many(&self, batch: &[Settlement]) -> Result<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
         let now = unix_now();
-        let mut out = Vec::with_capacity(batch.len());
-        for s in batch {
-            out.push(self.settle_in(&mut tx, s, now).await?);
+        let mut tx = self.pool.begin().await?;
+        // A request is settled once: a later occurrence in the group is never written, and
+        // of the first ones only those the insert returns were not settled before.
+        let mut seen = HashSet::new();
+        let first: Vec<&Settlement> = batch
+            .iter()
+            .filter(|s| seen.insert(s.request_id.as_str()))
+            .collect();
+        let mut inserted = HashSet::new();
+        for chunk in first.chunks(CHUNK) {
+            let q = format!(
+                "INSERT INTO usage_records (request_id, account_id, key_id, model, \
+                 prompt_tokens, cached_tokens, reasoning_tokens, completion_tokens, cost, \
+                 status, created_at, source) VALUES {} \
+                 ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                tuples(self.backend, chunk.len(), 12)
+            );
+            let mut query = sqlx::query(&q);
+            for s in chunk {
+                query = query
+                    .bind(&s.request_id)
+                    .bind(s.account_id)
+                    .bind(s.key_id)
+                    .bind(&s.model)
+                    .bind(s.tokens.prompt as i64)
+                    .bind(s.tokens.cached as i64)
+                    .bind(s.reasoning_tokens as i64)
+                    .bind(s.tokens.completion as i64)
+                    .bind(s.cost.0)
+                    .bind(s.outcome.as_str())
+                    .bind(now)
+                    .bind(s.source.as_str());
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get::<String, _>("request_id")?);
+            }
+        }
+        // Taken out of the set as they are met, so a later duplicate reads false.
+        let out: Vec<bool> = batch
+            .iter()
+            .map(|s| inserted.remove(&s.request_id))
+            .collect();
+        let settled: Vec<&Settlement> = batch
+            .iter()
+            .zip(&out)
+            .filter_map(|(s, &new)| new.then_some(s))
+            .collect();
+
+        // The reservation may already be gone (released as interrupted by a restart that
+        // raced this settlement): then its money was released with it.
+        let holding: Vec<&Settlement> = settled.iter().copied().filter(|s| s.held.0 > 0).collect();
+        let mut released = HashSet::new();
+        for chunk in holding.chunks(CHUNK) {
+            let q = format!(
+                "DELETE FROM reservations WHERE request_id IN {} RETURNING request_id",
+                tuples(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(&q);
+            for s in chunk {
+                query = query.bind(&s.request_id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                released.insert(row.try_get::<String, _>("request_id")?);
+            }
+        }
+
+        // Summed per account, and per account, model and day, whose upsert must not meet
+        // one key twice (PostgreSQL refuses that); both in key order, so that groups
+        // committed by several replicas take the rows' locks in the same order.
+        let mut charges: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        // requests, prompt, cached, reasoning and completion tokens, cost: the order of
+        // usage_daily's columns.
+        let mut daily: BTreeMap<(i64, &str), [i64; 6]> = BTreeMap::new();
+        for s in &settled {
+            let held = if released.contains(&s.request_id) {
+                s.held.0
+            } else {
+                0
+            };
+            let c = charges.entry(s.account_id).or_default();
+            c.0 += s.cost.0;
+            c.1 += held;
+            let row = [
+                1,
+                s.tokens.prompt as i64,
+                s.tokens.cached as i64,
+                s.reasoning_tokens as i64,
+                s.tokens.completion as i64,
+                s.cost.0,
+            ];
+            let d = daily.entry((s.account_id, &s.model)).or_default();
+            for (sum, v) in d.iter_mut().zip(row) {
+                *sum += v;
+            }
+        }
+        for (id, (cost, held)) in charges {
+            if id != OPEN_ACCOUNT && (cost != 0 || held != 0) {
+                sqlx::query(
+                    "UPDATE accounts SET balance = balance - $1, reserved = reserved - $2 \
+                     WHERE id = $3",
+                )
+                .bind(cost)
+                .bind(held)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let daily: Vec<_> = daily.into_iter().collect();
+        for chunk in daily.chunks(CHUNK) {
+            let q = format!(
+                "INSERT INTO usage_daily (account_id, model, day, requests, prompt_tokens, \
+                 cached_tokens, reasoning_tokens, completion_tokens, cost) VALUES {} \
+                 ON CONFLICT (account_id, model, day) DO UPDATE SET \
+                 requests = usage_daily.requests + excluded.requests, \
+                 prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+                 cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
+                 reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
+                 completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+                 cost = usage_daily.cost + excluded.cost",
+                tuples(self.backend, chunk.len(), 9)
+            );
+            let mut query = sqlx::query(&q);
+            for ((account_id, model), sums) in chunk {
+                query = query
+                    .bind(account_id)
+                    .bind(*model)
+                    .bind(now.div_euclid(DAY));
+                for v in sums {
+                    query = query.bind(v);
+                }
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    async fn settle_in(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        s: &Settlement,
-        now: i64,
-    ) -> Result<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, \
-             cached_tokens, reasoning_tokens, completion_tokens, cost, status, created_at, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&s.request_id)
-        .bind(s.account_id)
-        .bind(s.key_id)
-        .bind(&s.model)
-        .bind(s.tokens.prompt as i64)
-        .bind(s.tokens.cached as i64)
-        .bind(s.reasoning_tokens as i64)
-        .bind(s.tokens.completion as i64)
-        .bind(s.cost.0)
-        .bind(s.outcome.as_str())
-        .bind(now)
-        .bind(s.source.as_str())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            return Ok(false);
-        }
-        // The reservation may already be gone (released as interrupted by a restart that
-        // raced this settlement): then its money was released with it.
-        let held = if s.held.0 > 0 {
-            let gone = sqlx::query("DELETE FROM reservations WHERE request_id = $1")
-                .bind(&s.request_id)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            if gone == 1 { s.held.0 } else { 0 }
-        } else {
-            0
-        };
-        if s.account_id != OPEN_ACCOUNT && (s.cost.0 != 0 || held != 0) {
-            sqlx::query(
-                "UPDATE accounts SET balance = balance - $1, reserved = reserved - $2 WHERE id = $3",
-            )
-            .bind(s.cost.0)
-            .bind(held)
-            .bind(s.account_id)
-            .execute(&mut **tx)
-            .await?;
-        }
-        self.add_daily(tx, s, now).await?;
-        Ok(true)
-    }
-
-    async fn add_daily(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        s: &Settlement,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO usage_daily (account_id, model, day, requests, prompt_tokens, \
-             cached_tokens, reasoning_tokens, completion_tokens, cost) \
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8) \
-             ON CONFLICT (account_id, model, day) DO UPDATE SET \
-             requests = usage_daily.requests + 1, \
-             prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-             cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
-             reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
-             completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
-             cost = usage_daily.cost + excluded.cost",
-        )
-        .bind(s.account_id)
-        .bind(&s.model)
-        .bind(now.div_euclid(DAY))
-        .bind(s.tokens.prompt as i64)
-        .bind(s.tokens.cached as i64)
-        .bind(s.reasoning_tokens as i64)
-        .bind(s.tokens.completion as i64)
-        .bind(s.cost.0)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 
     /// Releases the reservations a previous run of `instance` left behind (it stopped
@@ -839,6 +911,14 @@ mod tests {
         assert_eq!(totals.len(), 1);
         assert_eq!((totals[0].requests, totals[0].cost), (2, Money(25)));
         remove_db(&path);
+    }
+
+    #[test]
+    fn tuples_number_placeholders_row_after_row() {
+        let pg = Backend::Postgres;
+        assert_eq!(tuples(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(tuples(pg, 1, 2), "($1, $2)");
+        assert_eq!(tuples(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     /// What a group of settlements returned and left in the ledger, with the tag that keeps
