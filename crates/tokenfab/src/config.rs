@@ -66,6 +66,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokenfab_platform::limits::Rates;
 use tokenfab_platform::money::{Money, Price};
+use tokenfab_upstream::http::Origin;
 
 /// The file's shape. Every field is optional; defaults give the quick start.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -183,11 +184,8 @@ impl ModelConfig {
             );
         }
         for b in &self.backends {
-            if !b.url.starts_with("http://") {
-                bail!(
-                    "model `{name}`: backend `{}` must be an http:// URL (tokenfab talks plain HTTP to upstream servers on the cluster's network)",
-                    b.url
-                );
+            if let Err(e) = Origin::parse(&b.url) {
+                bail!("model `{name}`: {e}");
             }
             if b.weight == Some(0) {
                 bail!("model `{name}`: a backend's `weight` must be at least 1");
@@ -369,6 +367,14 @@ timeout_s = 30
             (
                 "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"https://h/v1\"\n",
                 "http://",
+            ),
+            (
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h:99999/v1\"\n",
+                "invalid port",
+            ),
+            (
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://u:p@h/v1\"\n",
+                "api_key",
             ),
             (
                 "[[models]]\nid = \"x\"\ntype = \"image\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",

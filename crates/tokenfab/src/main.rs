@@ -354,7 +354,7 @@ fn connect_upstream(m: &ModelConfig, how: &Loading) -> anyhow::Result<UpstreamMo
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pool = Arc::new(
         Pool::new(backends, m.affinity.unwrap_or(false))
-            .with_context(|| format!("model `{id}`: cannot set up its HTTP client"))?,
+            .map_err(|e| anyhow::anyhow!("model `{id}`: {e}"))?,
     );
     pool.watch(secs(m.health_interval_s, 5.0));
     let counter = m

@@ -9,10 +9,15 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
 
+use crate::http::{self, Body, Response};
 use crate::pool::{Lease, Pool};
+
+/// The largest whole answer read (embeddings of many long inputs run to tens of MB).
+const MAX_ANSWER: usize = 1 << 30;
+/// The most of an error answer read.
+const MAX_ERROR: usize = 1 << 20;
 
 /// Why no backend answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,10 @@ pub enum Failure {
 pub struct Answer<T> {
     pub body: T,
     pub lease: Lease,
+}
+
+fn success(status: u16) -> bool {
+    (200..300).contains(&status)
 }
 
 /// Statuses whose upstream message concerns the client's request.
@@ -70,9 +79,9 @@ enum Attempt<T> {
 
 /// Classifies an error status: whether to retry elsewhere, and whether the backend is
 /// broken.
-async fn status_failure<T>(lease: &Lease, resp: reqwest::Response) -> Attempt<T> {
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap_or_default();
+async fn status_failure<T>(lease: &Lease, resp: Response) -> Attempt<T> {
+    let status = resp.status;
+    let body = resp.body.bytes(MAX_ERROR).await.unwrap_or_default();
     let b = &lease.backend;
     if client_status(status) {
         return Attempt::Stop(Failure::Status {
@@ -104,7 +113,7 @@ async fn attempts<T, F, Fut>(
     mut one: F,
 ) -> Result<Answer<T>, Failure>
 where
-    F: FnMut(Lease, Bytes) -> Fut,
+    F: FnMut(Lease, Vec<u8>) -> Fut,
     Fut: Future<Output = (Attempt<T>, Lease)>,
 {
     let mut tried = Vec::new();
@@ -117,8 +126,7 @@ where
                 Value::String(lease.backend.cfg.model.clone()),
             );
         }
-        let bytes = Bytes::from(body.to_string());
-        let (attempt, lease) = one(lease, bytes).await;
+        let (attempt, lease) = one(lease, body.to_string().into_bytes()).await;
         match attempt {
             Attempt::Done(body) => {
                 lease.backend.succeeded();
@@ -131,22 +139,8 @@ where
     Err(last)
 }
 
-fn post(lease: &Lease, path: &str, body: Bytes) -> reqwest::RequestBuilder {
-    let b = &lease.backend;
-    let url = format!("{}/{path}", b.cfg.url.trim_end_matches('/'));
-    let mut req = b
-        .client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(k) = &b.cfg.api_key {
-        req = req.bearer_auth(k);
-    }
-    req
-}
-
 /// An attempt that never got an answer: the backend is out, try another.
-fn unreachable<T>(lease: &Lease, e: &reqwest::Error) -> Attempt<T> {
+fn unreachable<T>(lease: &Lease, e: &http::Error) -> Attempt<T> {
     tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream backend unreachable");
     lease.backend.failed();
     Attempt::Retry(Failure::Unreachable)
@@ -168,14 +162,14 @@ pub async fn send_whole(
     attempts(pool, body, affinity, |lease, bytes| async move {
         let timeout = lease.backend.cfg.timeout;
         let exchange = async {
-            let resp = match post(&lease, path, bytes).send().await {
+            let resp = match lease.backend.client.post(path, &bytes).await {
                 Ok(r) => r,
                 Err(e) => return unreachable(&lease, &e),
             };
-            if !resp.status().is_success() {
+            if !success(resp.status) {
                 return status_failure(&lease, resp).await;
             }
-            match resp.bytes().await {
+            match resp.body.bytes(MAX_ANSWER).await {
                 Ok(b) => match serde_json::from_slice::<Value>(&b) {
                     Ok(v) => Attempt::Done(v),
                     Err(e) => {
@@ -202,13 +196,14 @@ pub async fn send_stream(
     path: &str,
     body: &mut Value,
     affinity: Option<u64>,
-) -> Result<Answer<reqwest::Response>, Failure> {
+) -> Result<Answer<Body>, Failure> {
     attempts(pool, body, affinity, |lease, bytes| async move {
         let timeout = lease.backend.cfg.timeout;
-        let attempt = match tokio::time::timeout(timeout, post(&lease, path, bytes).send()).await {
+        let sent = lease.backend.client.post(path, &bytes);
+        let attempt = match tokio::time::timeout(timeout, sent).await {
             Err(_) => timed_out(&lease),
             Ok(Err(e)) => unreachable(&lease, &e),
-            Ok(Ok(resp)) if resp.status().is_success() => Attempt::Done(resp),
+            Ok(Ok(resp)) if success(resp.status) => Attempt::Done(resp.body),
             Ok(Ok(resp)) => status_failure(&lease, resp).await,
         };
         (attempt, lease)

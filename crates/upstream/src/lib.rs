@@ -9,6 +9,8 @@
 //! - [`client`]: sends one request, retrying on another backend while nothing has reached
 //!   the client yet, and classifies failures ([`client::Failure`]) for the server to map
 //!   onto the API's errors without passing on an upstream's body.
+//! - [`http`]: the HTTP/1.1 client under [`client`]: kept-alive connections per backend,
+//!   each request written and its answer read by the request's own task.
 //! - [`sse`]: splits a server-sent-event byte stream into its `data` payloads.
 //! - [`normalize`]: makes upstream answers look like tokenfab's own: the model id the
 //!   client used, the thought in `reasoning_content` whichever dialect the upstream speaks
@@ -21,6 +23,7 @@
 //! by the server) settles the request.
 
 pub mod client;
+pub mod http;
 pub mod normalize;
 pub mod pool;
 pub mod sse;

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::http::{self, Origin};
+
 /// How to reach one upstream server for one model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendConfig {
@@ -45,18 +47,16 @@ struct Health {
 /// One backend and its live state.
 pub struct Backend {
     pub cfg: BackendConfig,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: http::Client,
     outstanding: AtomicUsize,
     health: Mutex<Health>,
 }
 
 impl Backend {
-    fn new(cfg: BackendConfig) -> Result<Backend, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+    fn new(cfg: BackendConfig) -> Result<Backend, String> {
+        let origin = Origin::parse(&cfg.url)?;
+        let client = http::Client::new(origin, cfg.api_key.as_deref(), cfg.connect_timeout)
+            .map_err(|e| format!("backend `{}`: {e}", cfg.url))?;
         Ok(Backend {
             cfg,
             client,
@@ -123,7 +123,8 @@ pub struct Pool {
 impl Pool {
     /// A pool over `configs` (at least one). `affinity`: requests sharing a conversation
     /// prefix go to the same backend while it is not overloaded.
-    pub fn new(configs: Vec<BackendConfig>, affinity: bool) -> Result<Pool, reqwest::Error> {
+    /// Refuses a backend whose URL or key this client cannot use, saying why.
+    pub fn new(configs: Vec<BackendConfig>, affinity: bool) -> Result<Pool, String> {
         let backends = configs
             .into_iter()
             .map(|c| Backend::new(c).map(Arc::new))
@@ -230,25 +231,32 @@ impl Pool {
 /// One health probe: any 2xx answer from `GET {url}/models` within the interval (at most
 /// 5 s) counts as healthy.
 async fn probe(b: &Backend, interval: Duration) {
-    let mut req = b
-        .client
-        .get(format!("{}/models", b.cfg.url.trim_end_matches('/')))
-        .timeout(interval.min(Duration::from_secs(5)));
-    if let Some(k) = &b.cfg.api_key {
-        req = req.bearer_auth(k);
-    }
-    match req.send().await {
-        Ok(r) if r.status().is_success() => b.succeeded(),
-        Ok(r) => {
-            tracing::debug!(url = %b.cfg.url, status = %r.status(), "health probe failed");
+    let exchange = async {
+        let r = b.client.get("models").await?;
+        // Read to the end, so that the connection is kept for requests.
+        let status = r.status;
+        r.body.bytes(PROBE_LIMIT).await?;
+        Ok::<_, http::Error>(status)
+    };
+    match tokio::time::timeout(interval.min(Duration::from_secs(5)), exchange).await {
+        Ok(Ok(status)) if (200..300).contains(&status) => b.succeeded(),
+        Ok(Ok(status)) => {
+            tracing::debug!(url = %b.cfg.url, status, "health probe failed");
             b.failed()
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::debug!(url = %b.cfg.url, %e, "health probe failed");
+            b.failed()
+        }
+        Err(_) => {
+            tracing::debug!(url = %b.cfg.url, "health probe timed out");
             b.failed()
         }
     }
 }
+
+/// The most of a model list a probe reads.
+const PROBE_LIMIT: usize = 16 << 20;
 
 /// A 64-bit finalizer (SplitMix64's): spreads nearby keys over the whole range.
 pub fn mix(mut x: u64) -> u64 {

@@ -14,7 +14,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokenfab_platform::money::Tokens;
 use tokenfab_platform::store::{Outcome, Source};
@@ -273,14 +272,16 @@ async fn chat_stream(
     prompt: Counted,
     want_usage: bool,
 ) -> Response {
-    let Answer { body: resp, lease } =
-        match client::send_stream(&up.pool, "chat/completions", &mut body, affinity).await {
-            Ok(a) => a,
-            Err(f) => {
-                settle(admission, prompt.alone(), Outcome::Error).await;
-                return failure(f, &entry.id).into_response();
-            }
-        };
+    let Answer {
+        body: mut upstream,
+        lease,
+    } = match client::send_stream(&up.pool, "chat/completions", &mut body, affinity).await {
+        Ok(a) => a,
+        Err(f) => {
+            settle(admission, prompt.alone(), Outcome::Error).await;
+            return failure(f, &entry.id).into_response();
+        }
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let (entry, up) = (entry.clone(), up.clone());
     tokio::spawn(async move {
@@ -289,15 +290,14 @@ async fn chat_stream(
         let idle = client::idle_timeout(&lease);
         let mut filter = StreamFilter::new(&entry.id, up.think.clone());
         let mut events = Events::default();
-        let mut bytes = resp.bytes_stream();
         // What went wrong mid-stream: told to the client as an error event, not charged.
         let broken = loop {
             let next = tokio::select! {
-                n = tokio::time::timeout(idle, bytes.next()) => n,
+                n = tokio::time::timeout(idle, upstream.chunk()) => n,
                 _ = tx.closed() => {
-                    // The client left: dropping the upstream response cancels it there;
-                    // what was passed on is billed.
-                    drop(bytes);
+                    // The client left: closing the upstream connection cancels the
+                    // answer there; what was passed on is billed.
+                    drop(upstream);
                     let (c, source) = prompt.with_text(&up, filter.text());
                     settle(admission, used(c, source), Outcome::ClientGone).await;
                     return;
@@ -310,15 +310,15 @@ async fn chat_stream(
                         entry.id
                     )));
                 }
-                Ok(Some(Ok(b))) => events.push(&b),
-                Ok(Some(Err(e))) => {
+                Ok(Ok(Some(b))) => events.push(&b),
+                Ok(Err(e)) => {
                     tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream stream broke off");
                     break Some(HttpError::bad_gateway(format!(
                         "the upstream server for `{}` broke off the answer",
                         entry.id
                     )));
                 }
-                Ok(None) => match events.finish() {
+                Ok(Ok(None)) => match events.finish() {
                     Some(last) => vec![last],
                     None => break None,
                 },
