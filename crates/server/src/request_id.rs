@@ -1,5 +1,9 @@
 //! Request ids: every response carries `x-request-id`, and every log line of the request
 //! carries the same id, so a user's report can be matched to the server's log.
+//!
+//! Each request logs one access line at info (`response`, with its status and the
+//! microseconds until the response head); handlers add the model and the prompt's tokens
+//! to the request's span ([`note_model`], [`note_prompt`]) so that line carries them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,6 +31,16 @@ fn new_id() -> String {
     format!("{start:x}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Names the request's model on its log lines.
+pub fn note_model(id: &str) {
+    tracing::Span::current().record("model", id);
+}
+
+/// Adds the prompt's token count to the request's log lines.
+pub fn note_prompt(tokens: u64) {
+    tracing::Span::current().record("prompt_tokens", tokens);
+}
+
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -36,8 +50,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(new_id);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span =
-        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), model = tracing::field::Empty, prompt_tokens = tracing::field::Empty);
     let started = std::time::Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     // Until the response head: a stream's body goes on after this.

@@ -159,7 +159,12 @@ pub async fn chat_completions(
         Ok(j) => j,
         Err(e) => return e.into_response(),
     };
-    tracing::info!(model = %job.model_id, prompt_tokens = job.prompt_tokens, n = job.choices.len(), stream = job.stream, "chat completion");
+    crate::request_id::note_prompt(job.prompt_tokens as u64);
+    tracing::debug!(
+        n = job.choices.len(),
+        stream = job.stream,
+        "chat completion"
+    );
     // Admission: the rate limits, then the most the request can cost held from the
     // balance (every choice's cap on generated tokens).
     let most: u64 = job.choices.iter().map(|c| c.max_tokens as u64).sum();

@@ -83,6 +83,7 @@ pub fn model_request(
             ));
         }
     };
+    crate::request_id::note_model(id);
     let entry = state
         .model(id)
         .ok_or_else(|| HttpError::model_not_found(id))?;

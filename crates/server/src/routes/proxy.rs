@@ -167,7 +167,8 @@ pub async fn chat(
         }
         opts["include_usage"] = json!(true);
     }
-    tracing::info!(model = %entry.id, prompt_tokens = prompt, stream, "chat completion (upstream)");
+    crate::request_id::note_prompt(prompt);
+    tracing::debug!(stream, "chat completion (upstream)");
     let admission = match admit(state, caller, &entry.id, prompt, most).await {
         Ok(a) => a,
         Err(refused) => return refused,
