@@ -552,8 +552,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None if !file_cfg.models.is_empty() => (file_cfg.models.clone(), args.config.clone()),
         None => (vec![from_flags(DEFAULT_MODEL)], None),
     };
+    // One HTTP worker per core (the engine computes on threads of its own): a gateway in
+    // front of upstreams scales with the machine.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

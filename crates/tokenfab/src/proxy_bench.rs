@@ -10,7 +10,10 @@
 //! add up to a millisecond of the generator's own to both sides). Added latency is the
 //! difference of the two sides' percentiles. The sides alternate over `--rounds` rounds and
 //! each keeps its best percentiles, as `bench/run.sh` does: on two shared cores a stray
-//! process can stall either side for milliseconds. A closed-loop run then finds the
+//! process (or the hypervisor) can stall either side for milliseconds. The added latency
+//! of each round (its two runs, a few seconds apart) is printed too, with the median over
+//! rounds, so that a reader sees the spread the best figures hide. The server's CPU time
+//! per request, read from `/proc`, is the figure noise moves least. A closed-loop run then finds the
 //! requests/s tokenfab passes with `--concurrency` requests in flight. Loopback only,
 //! bounded request counts.
 
@@ -24,6 +27,7 @@ use axum::Json;
 use axum::routing::{get, post};
 use clap::Args;
 use serde_json::{Value, json};
+use tokenfab_upstream::pool::mix;
 
 #[derive(Args)]
 pub struct ProxyArgs {
@@ -31,11 +35,15 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 2000)]
     rate: u32,
     /// Requests per open-loop run (at most 100000).
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 10000)]
     requests: usize,
     /// Alternating rounds of the two open-loop runs; each side keeps its best.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Poisson arrivals (exponential gaps from a fixed seed, the same every run) instead
+    /// of evenly spaced ones: the bursts real traffic has.
+    #[arg(long)]
+    poisson: bool,
     /// Requests in flight in the closed-loop throughput run.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -245,25 +253,57 @@ async fn send(client: &reqwest::Client, url: &str, body: &str) -> bool {
     }
 }
 
-/// `n` requests at `rate` per second, each timed from its send.
-async fn open_loop(client: reqwest::Client, url: String, body: String, rate: u32, n: usize) -> Run {
+/// When each of `n` requests is due, from the start, at `rate` per second.
+fn schedule(rate: u32, n: usize, poisson: bool) -> Vec<Duration> {
+    let rate = f64::from(rate.max(1));
+    let mut at = 0.0;
+    (0..n as u64)
+        .map(|i| {
+            let due = Duration::from_secs_f64(at);
+            at += if poisson {
+                // Uniform in (0, 1) from a fixed sequence, then an exponential gap.
+                let u = ((mix(i) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                -u.ln() / rate
+            } else {
+                1.0 / rate
+            };
+            due
+        })
+        .collect()
+}
+
+/// Requests sent on `schedule`, each timed from its send. The schedule is kept by
+/// a thread of its own, whose sleeps are exact to tens of microseconds: the runtime's
+/// timer ticks in milliseconds, and at 2000 requests/s would send them in pairs, each
+/// pair's second queued behind its first (a burst the rate does not ask for).
+async fn open_loop(
+    client: reqwest::Client,
+    url: String,
+    body: String,
+    schedule: Vec<Duration>,
+) -> Run {
+    let n = schedule.len();
     let (client, url, body) = (Arc::new(client), Arc::new(url), Arc::new(body));
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
-    let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let due = start + gap * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let (c, u, b) = (client.clone(), url.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let ok = send(&c, &u, &b).await;
-            (ok, t.elapsed().as_secs_f64() * 1e3)
-        }));
-    }
+    std::thread::spawn(move || {
+        for at in schedule {
+            std::thread::sleep((start + at).saturating_duration_since(Instant::now()));
+            let (c, u, b) = (client.clone(), url.clone(), body.clone());
+            let task = runtime.spawn(async move {
+                let t = Instant::now();
+                let ok = send(&c, &u, &b).await;
+                (ok, t.elapsed().as_secs_f64() * 1e3)
+            });
+            if tx.send(task).is_err() {
+                return;
+            }
+        }
+    });
     let mut results = Vec::with_capacity(n);
-    for t in tasks {
-        results.push(t.await.unwrap_or((false, 0.0)));
+    while let Some(task) = rx.recv().await {
+        results.push(task.await.unwrap_or((false, 0.0)));
     }
     summarize(results, start)
 }
@@ -329,49 +369,46 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let front_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let load = crate::bench::load_average();
     let rounds = args.rounds.clamp(1, 10);
-    let (direct, front, max, cpu) = rt.block_on(async {
+    let (direct, front, max, cpu, per_round) = rt.block_on(async {
         // Warm-up: connections, caches, the key cache.
         open_loop(
             client(None)?,
             direct_url.clone(),
             body("echo"),
-            args.rate,
-            200,
+            schedule(args.rate, 200, args.poisson),
         )
         .await;
         open_loop(
             client(Some(&key))?,
             front_url.clone(),
             body("bench/echo"),
-            args.rate,
-            200,
+            schedule(args.rate, 200, args.poisson),
         )
         .await;
         let (mut direct, mut front) = (Best::default(), Best::default());
+        // Each round's added (p50, p99).
+        let mut per_round = Vec::with_capacity(rounds);
         // tokenfab's CPU seconds over the open-loop runs through it.
         let mut cpu = Some(0.0);
         for _ in 0..rounds {
-            direct.add(
-                &open_loop(
-                    client(None)?,
-                    direct_url.clone(),
-                    body("echo"),
-                    args.rate,
-                    n,
-                )
-                .await,
-            );
+            let d = open_loop(
+                client(None)?,
+                direct_url.clone(),
+                body("echo"),
+                schedule(args.rate, n, args.poisson),
+            )
+            .await;
             let before = cpu_seconds(pid);
-            front.add(
-                &open_loop(
-                    client(Some(&key))?,
-                    front_url.clone(),
-                    body("bench/echo"),
-                    args.rate,
-                    n,
-                )
-                .await,
-            );
+            let f = open_loop(
+                client(Some(&key))?,
+                front_url.clone(),
+                body("bench/echo"),
+                schedule(args.rate, n, args.poisson),
+            )
+            .await;
+            per_round.push((f.pct(50.0) - d.pct(50.0), f.pct(99.0) - d.pct(99.0)));
+            direct.add(&d);
+            front.add(&f);
             cpu = cpu
                 .zip(before.zip(cpu_seconds(pid)))
                 .map(|(c, (b, a))| c + a - b);
@@ -384,7 +421,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             n,
         )
         .await;
-        anyhow::Ok((direct, front, max, cpu))
+        anyhow::Ok((direct, front, max, cpu, per_round))
     })?;
     anyhow::ensure!(
         direct.errors == 0 && front.errors == 0 && max.errors == 0,
@@ -393,6 +430,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         front.errors,
         max.errors
     );
+    let median = |p99: bool| {
+        let v: Vec<f64> = per_round
+            .iter()
+            .map(|&(a, b)| if p99 { b } else { a })
+            .collect();
+        crate::bench::median(v)
+    };
     // Microseconds of tokenfab's CPU per request through it.
     let cpu_us = cpu.map(|c| c * 1e6 / (n * rounds) as f64);
     let added = |p50: bool| {
@@ -410,6 +454,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 "direct_ms": {"p50": direct.p50, "p99": direct.p99, "rps": direct.rps},
                 "through_ms": {"p50": front.p50, "p99": front.p99, "rps": front.rps},
                 "added_ms": {"p50": added(true), "p99": added(false)},
+                "added_per_round_ms": per_round.iter().map(|&(a, b)| json!({"p50": a, "p99": b})).collect::<Vec<_>>(),
+                "added_median_ms": {"p50": median(false), "p99": median(true)},
                 "cpu_us_per_request": cpu_us,
                 "closed_loop": {"concurrency": args.concurrency, "rps": max.rate(), "p50_ms": max.pct(50.0), "p99_ms": max.pct(99.0)},
                 "load_before": load,
@@ -438,6 +484,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     println!(
         "| achieved requests/s | {:.0} | {:.0} | |",
         direct.rps, front.rps
+    );
+    let list: Vec<String> = per_round.iter().map(|r| format!("{:.3}", r.1)).collect();
+    println!(
+        "added p99 by round, ms: {} (median {:.3}; added p50 median {:.3})",
+        list.join(", "),
+        median(true),
+        median(false)
     );
     if let Some(us) = cpu_us {
         println!("tokenfab CPU per request (user + system): {us:.0} µs");
