@@ -17,8 +17,9 @@
 //!   (`reasoning_content`, vLLM's `reasoning`, or `<think>` left inline in `content`), and
 //!   the usage chunk only when the client asked for it.
 //!
-//! A request flows: the server admits it → [`client::send`] picks a backend, rewrites the
-//! model name and posts → the response's events go through [`sse::Events`] and
+//! A request flows: the server admits it → [`client::send_whole`] or
+//! [`client::send_stream`] picks a backend, rewrites the model name and posts it over an
+//! [`http::Client`] connection → the response's events go through [`sse::Events`] and
 //! [`normalize::StreamFilter`] chunk by chunk to the client → the usage seen (or counted
 //! by the server) settles the request.
 
