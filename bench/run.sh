@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The engine-speed table, tokenfab against llama.cpp, from one run:
+# The engine-speed table, tokenfab against llama.cpp, from one run, then the proxy
+# overhead table (tokenfab in front of an upstream against the upstream asked directly):
 #
 #   bench/run.sh
 #
@@ -229,3 +230,9 @@ for name, d in (("16 streams", (t16, r16)), ("8 streams", (t8, r8))):
 print(f"engine load average: tokenfab smol {tf_s['load_before']}, qwen {tf_q['load_before']}; "
       f"HTTP: tokenfab {t16['load_before']}, llama.cpp {r16['load_before']}")
 PY
+
+# What tokenfab adds in front of an upstream (issue 6's figure). Its reference is the same
+# instant upstream asked directly, alternating with the runs through `tokenfab serve`.
+echo
+echo "== proxy overhead (reference: the upstream asked directly)"
+"$tf" bench proxy
