@@ -35,6 +35,9 @@ services_start
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
+# The opt-in https client for upstreams (the `tls` feature).
+cargo clippy --release --locked -p tokenfab-upstream --features tls --all-targets -- -D warnings
 
 echo "== tests"
 cargo test --release --locked --workspace -- --test-threads=1
+cargo test --release --locked -p tokenfab-upstream --features tls -- --test-threads=1

@@ -47,13 +47,14 @@
 //! input_per_million = "4.00"
 //! output_per_million = "16.00"
 //! [[models.backends]]
-//! url = "http://10.0.0.5:8000/v1"   # plain HTTP, on the cluster's network
+//! url = "http://10.0.0.5:8000/v1"   # https:// too, in builds with `--features tls`
 //! model = "deepseek-r1"     # the upstream's name (default: the id)
 //! api_key_env = "VLLM_KEY"  # or api_key = "…"
 //! weight = 2                # share of requests (default 1)
 //! connect_timeout_s = 3
 //! timeout_s = 600           # until the answer starts (a whole non-streamed answer)
 //! idle_timeout_s = 120      # longest silence inside a stream
+//! # ca_file = "/etc/tokenfab/ca.pem"  # https backends under a private CA (tls builds)
 //! ```
 //!
 //! `kill -HUP` reloads the models, prices and limits from the file without dropping
@@ -150,6 +151,8 @@ pub struct BackendConfig {
     pub connect_timeout_s: Option<f64>,
     pub timeout_s: Option<f64>,
     pub idle_timeout_s: Option<f64>,
+    /// PEM certificates an https backend's certificate must chain to (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -365,7 +368,7 @@ timeout_s = 30
                 "needs an `id`",
             ),
             (
-                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"https://h/v1\"\n",
+                "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"ftp://h/v1\"\n",
                 "http://",
             ),
             (

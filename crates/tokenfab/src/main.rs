@@ -349,6 +349,7 @@ fn connect_upstream(m: &ModelConfig, how: &Loading) -> anyhow::Result<UpstreamMo
                 connect_timeout: secs(b.connect_timeout_s, 3.0),
                 timeout: secs(b.timeout_s, 600.0),
                 idle_timeout: secs(b.idle_timeout_s, 120.0),
+                ca_file: b.ca_file.clone(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -6,19 +6,23 @@
 //! and reads the answer: one write, usually one read, no hand-offs. `tokenfab bench
 //! proxy` measures what that buys (the README has the figures).
 //!
-//! Scope, on purpose: plain `http://` (engines on the cluster's network), `POST` and
-//! `GET`, answers framed by `content-length`, `chunked` or the connection's end.
+//! Scope, on purpose: `http://` (engines on the cluster's network) and, in builds with the
+//! `tls` feature, `https://` (rustls, the webpki roots); `POST` and `GET`; answers framed
+//! by `content-length`, `chunked` or the connection's end.
 //! Connections are kept alive and reused last-in first-out; one the server closed while
 //! idle is noticed before reuse, or by a failure before any byte of the answer, and the
 //! request then goes out once more on a fresh connection. Dropping a [`Body`] before its
 //! end closes its connection, which is how a client's hang-up reaches the upstream.
 
 use std::io;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per server; more are closed when their answers end.
@@ -49,6 +53,8 @@ pub enum Error {
 /// Where a server's API lives: `http://host:port/base`, parsed once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
+    /// `https`: the connection is wrapped in TLS.
+    tls: bool,
     /// `host:port` as written (the `Host` header).
     authority: String,
     /// The name or address to connect to (an IPv6 address without its brackets).
@@ -60,17 +66,24 @@ pub struct Origin {
 
 impl Origin {
     /// Parses a base URL such as `http://10.0.0.5:8000/v1`, refusing what this client
-    /// cannot honour (another scheme, credentials, a query) with the reason.
+    /// cannot honour (another scheme, https without the `tls` feature, credentials, a
+    /// query) with the reason.
     pub fn parse(url: &str) -> Result<Origin, String> {
-        let rest = url
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case("http://"))
-            .map(|_| &url[7..])
-            .ok_or_else(|| {
-                format!(
-                    "`{url}` is not an http:// URL (tokenfab talks plain HTTP to upstream servers)"
-                )
-            })?;
+        let scheme = |s: &str| {
+            url.get(..s.len())
+                .filter(|p| p.eq_ignore_ascii_case(s))
+                .map(|_| &url[s.len()..])
+        };
+        let (tls, rest) = match (scheme("http://"), scheme("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) if cfg!(feature = "tls") => (true, rest),
+            (_, Some(_)) => {
+                return Err(format!(
+                    "`{url}` is https, and this build has no TLS: build tokenfab with `--features tls`, or reach the upstream over plain http://"
+                ));
+            }
+            _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+        };
         if rest.contains(['?', '#']) {
             return Err(format!(
                 "`{url}` has a query or fragment; give the API's base URL"
@@ -89,7 +102,7 @@ impl Origin {
                     .map_err(|_| format!("`{url}` has an invalid port `{p}`"))?;
                 (h, port)
             }
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         let host = host
             .strip_prefix('[')
@@ -105,6 +118,7 @@ impl Origin {
             ));
         }
         Ok(Origin {
+            tls,
             authority: authority.to_owned(),
             host: host.to_owned(),
             port,
@@ -113,9 +127,70 @@ impl Origin {
     }
 }
 
+/// A connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection and what was read from it beyond the last answer's head.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
@@ -126,6 +201,8 @@ struct Idle {
 
 struct Inner {
     origin: Origin,
+    #[cfg(feature = "tls")]
+    tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     /// `Authorization` header line, when the server wants a key.
     auth: Option<String>,
@@ -145,19 +222,30 @@ pub struct Response {
 }
 
 impl Client {
-    /// A client for `origin`, sending `api_key` (if any) as a bearer token.
+    /// A client for `origin`, sending `api_key` (if any) as a bearer token. An https
+    /// origin's certificate is checked against the webpki roots, or against the PEM
+    /// certificates in `ca_file` (a private CA) when one is given.
     pub fn new(
         origin: Origin,
         api_key: Option<&str>,
         connect_timeout: Duration,
+        ca_file: Option<&Path>,
     ) -> Result<Client, String> {
         if let Some(k) = api_key
             && (k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err("an API key must be printable ASCII without spaces".into());
         }
+        if ca_file.is_some() && !origin.tls {
+            return Err("`ca_file` is for https:// backends".into());
+        }
         Ok(Client {
             inner: Arc::new(Inner {
+                #[cfg(feature = "tls")]
+                tls: match ca_file {
+                    Some(path) => tls::from_file(path)?,
+                    None => tls::connector(),
+                },
                 origin,
                 connect_timeout,
                 auth: api_key.map(|k| format!("authorization: Bearer {k}\r\n")),
@@ -248,10 +336,10 @@ impl Client {
             if since.elapsed() > MAX_IDLE_AGE {
                 continue;
             }
-            // Readable while idle means closed by the server (or unasked-for bytes):
-            // either way not reusable. The readiness is the runtime's, so an open
-            // connection costs no system call here.
-            match conn.stream.try_read(&mut [0u8; 1]) {
+            // Readable while idle means closed by the server (or unasked-for bytes, TLS
+            // records included): either way not reusable. The readiness is the
+            // runtime's, so an open connection costs no system call here.
+            match conn.stream.tcp().try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
                 _ => continue,
             }
@@ -269,21 +357,40 @@ impl Client {
         }
     }
 
+    /// A new connection, its TLS handshake included, within the connect timeout.
     async fn connect(&self) -> Result<Conn, Error> {
         let i = &self.inner;
         let o = &i.origin;
-        let stream = tokio::time::timeout(
-            i.connect_timeout,
-            TcpStream::connect((o.host.as_str(), o.port)),
-        )
-        .await
-        .map_err(|_| Error::ConnectTimeout(o.authority.clone(), i.connect_timeout))?
-        .map_err(|e| Error::Connect(o.authority.clone(), e))?;
-        stream.set_nodelay(true)?;
+        let open = async {
+            let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
+            tcp.set_nodelay(true)?;
+            if o.tls {
+                return self.handshake(tcp).await;
+            }
+            Ok(Stream::Plain(tcp))
+        };
+        let stream = tokio::time::timeout(i.connect_timeout, open)
+            .await
+            .map_err(|_| Error::ConnectTimeout(o.authority.clone(), i.connect_timeout))?
+            .map_err(|e| Error::Connect(o.authority.clone(), e))?;
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(8192),
         })
+    }
+
+    #[cfg(feature = "tls")]
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<Stream> {
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from(self.inner.origin.host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = self.inner.tls.connect(name, tcp).await?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn handshake(&self, _tcp: TcpStream) -> io::Result<Stream> {
+        unreachable!("Origin::parse refuses https without the tls feature")
     }
 }
 
@@ -306,7 +413,12 @@ struct Head {
 /// Sends `msg` and reads the answer's head (skipping interim `1xx` heads).
 async fn exchange(conn: &mut Conn, msg: &[u8]) -> Result<Head, ExchangeError> {
     conn.buf.clear();
-    if let Err(e) = conn.stream.write_all(msg).await {
+    let sent = async {
+        conn.stream.write_all(msg).await?;
+        // A TLS stream may hold the last record until flushed.
+        conn.stream.flush().await
+    };
+    if let Err(e) = sent.await {
         return Err(if broken_pipe(&e) {
             Stale
         } else {
@@ -587,6 +699,56 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
     }
 }
 
+/// The TLS client setup shared by every backend: rustls with ring, the webpki roots, and
+/// ALPN offering HTTP/1.1 only.
+#[cfg(feature = "tls")]
+mod tls {
+    use std::path::Path;
+    use std::sync::{Arc, OnceLock};
+
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+
+    pub fn config(roots: RootCertStore) -> ClientConfig {
+        let mut cfg =
+            ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg
+    }
+
+    /// A connector trusting only the PEM certificates in `path`.
+    pub fn from_file(path: &Path) -> Result<TlsConnector, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("`ca_file` {}: {e}", path.display());
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&"no certificate in it"));
+        }
+        Ok(TlsConnector::from(Arc::new(config(roots))))
+    }
+
+    /// The connector trusting the webpki roots, shared by every backend.
+    pub fn connector() -> TlsConnector {
+        static SHARED: OnceLock<TlsConnector> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let roots = RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                TlsConnector::from(Arc::new(config(roots)))
+            })
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,7 +772,7 @@ mod tests {
         let o = Origin::parse("http://vllm.internal").unwrap();
         assert_eq!((o.host.as_str(), o.port), ("vllm.internal", 80));
         for (bad, why) in [
-            ("https://h/v1", "http://"),
+            ("ftp://h/v1", "http://"),
             ("h:80/v1", "http://"),
             ("http://h:x/v1", "port"),
             ("http://u:p@h/v1", "api_key"),
@@ -652,50 +814,58 @@ mod tests {
         assert_eq!(decode(Framing::Length(3), b"abc", 1).unwrap(), b"abc");
     }
 
+    /// Answers each request on `s` with the next of `answers`, closing after the last.
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answers: Vec<&'static str>) {
+        let mut buf = Vec::new();
+        for a in answers {
+            // Read one request: its head and content-length body.
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.parse().unwrap());
+                    if buf.len() >= h + 4 + len {
+                        buf.drain(..h + 4 + len);
+                        break;
+                    }
+                }
+            }
+            if s.write_all(a.as_bytes()).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A server that answers each request on a connection with the next of `answers`,
-    /// closing after the last one; counts connections.
-    async fn server(answers: Vec<&'static str>) -> (Client, Arc<AtomicUsize>) {
+    /// closing after the last one; counts connections. Returns its port.
+    async fn serve(answers: Vec<&'static str>) -> (u16, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns = Arc::new(AtomicUsize::new(0));
         let count = conns.clone();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let answers = answers.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    for a in answers {
-                        // Read one request: its head and content-length body.
-                        loop {
-                            let mut chunk = [0u8; 4096];
-                            let n = s.read(&mut chunk).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                            let text = String::from_utf8_lossy(&buf).to_string();
-                            if let Some(h) = text.find("\r\n\r\n") {
-                                let len = text[..h]
-                                    .lines()
-                                    .find_map(|l| l.strip_prefix("content-length: "))
-                                    .map_or(0, |v| v.parse().unwrap());
-                                if buf.len() >= h + 4 + len {
-                                    buf.drain(..h + 4 + len);
-                                    break;
-                                }
-                            }
-                        }
-                        if s.write_all(a.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                tokio::spawn(answer(s, answers.clone()));
             }
         });
+        (port, conns)
+    }
+
+    /// [`serve`] and a client of it.
+    async fn server(answers: Vec<&'static str>) -> (Client, Arc<AtomicUsize>) {
+        let (port, conns) = serve(answers).await;
         let origin = Origin::parse(&format!("http://127.0.0.1:{port}/v1")).unwrap();
-        let client = Client::new(origin, Some("sk-x"), Duration::from_secs(1)).unwrap();
+        let client = Client::new(origin, Some("sk-x"), Duration::from_secs(1), None).unwrap();
         (client, conns)
     }
 
@@ -764,7 +934,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        let client = Client::new(origin, None, Duration::from_secs(1)).unwrap();
+        let client = Client::new(origin, None, Duration::from_secs(1), None).unwrap();
         assert!(matches!(
             client.get("models").await,
             Err(Error::Connect(..))
@@ -777,5 +947,79 @@ mod tests {
             client.get("models").await,
             Err(Error::Protocol(_))
         ));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let e = Origin::parse("https://api.example.com/v1").unwrap_err();
+        assert!(e.contains("--features tls"), "{e}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn https_upstreams_are_verified_and_kept_alive() {
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio_rustls::rustls::{ServerConfig, crypto};
+
+        let cert = CertificateDer::from(include_bytes!("testdata/cert.der").to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            include_bytes!("testdata/key.der").to_vec(),
+        ));
+        let server =
+            ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.clone()], key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let count = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(s).await {
+                        answer(tls, vec![OK, OK, OK]).await;
+                    }
+                });
+            }
+        });
+        let origin = Origin::parse(&format!("https://127.0.0.1:{port}/v1")).unwrap();
+        assert_eq!(Origin::parse("https://h/v1").unwrap().port, 443);
+
+        // The public roots do not vouch for a self-signed certificate.
+        let public = Client::new(origin.clone(), None, Duration::from_secs(2), None).unwrap();
+        assert!(matches!(
+            public.get("models").await,
+            Err(Error::Connect(..))
+        ));
+
+        // Trusting the test certificate through `ca_file`.
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let ca = Path::new(dir).join("src/testdata/cert.pem");
+        let client = Client::new(origin, None, Duration::from_secs(2), Some(&ca)).unwrap();
+        let not_pem = Path::new(dir).join("Cargo.toml");
+        let e = Client::new(
+            Origin::parse("https://h/v1").unwrap(),
+            None,
+            Duration::from_secs(1),
+            Some(&not_pem),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("no certificate"), "{e}");
+        for _ in 0..3 {
+            let r = client.post("chat/completions", b"{}").await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
+        }
+        // One refused handshake, then one kept-alive connection for the three requests.
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 }

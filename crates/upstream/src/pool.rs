@@ -32,6 +32,8 @@ pub struct BackendConfig {
     pub timeout: Duration,
     /// Longest silence between two chunks of a stream.
     pub idle_timeout: Duration,
+    /// PEM certificates to trust instead of the public roots (https backends).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Longest a failed backend stays out before it is tried again.
@@ -55,8 +57,13 @@ pub struct Backend {
 impl Backend {
     fn new(cfg: BackendConfig) -> Result<Backend, String> {
         let origin = Origin::parse(&cfg.url)?;
-        let client = http::Client::new(origin, cfg.api_key.as_deref(), cfg.connect_timeout)
-            .map_err(|e| format!("backend `{}`: {e}", cfg.url))?;
+        let client = http::Client::new(
+            origin,
+            cfg.api_key.as_deref(),
+            cfg.connect_timeout,
+            cfg.ca_file.as_deref(),
+        )
+        .map_err(|e| format!("backend `{}`: {e}", cfg.url))?;
         Ok(Backend {
             cfg,
             client,
@@ -279,6 +286,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            ca_file: None,
         }
     }
 
