@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::{self, Body, Response};
+use crate::http::{self, Body, Response, success};
 use crate::pool::{Lease, Pool};
 
 /// The largest whole answer read (embeddings of many long inputs run to tens of MB).
@@ -41,10 +41,6 @@ pub enum Failure {
 pub struct Answer<T> {
     pub body: T,
     pub lease: Lease,
-}
-
-fn success(status: u16) -> bool {
-    (200..300).contains(&status)
 }
 
 /// Statuses whose upstream message concerns the client's request.

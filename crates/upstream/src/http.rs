@@ -215,6 +215,11 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Whether a status says the request succeeded (2xx).
+pub fn success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
 /// The start of an answer; its body is read on demand.
 pub struct Response {
     pub status: u16,
@@ -364,6 +369,8 @@ impl Client {
         let open = async {
             let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
             tcp.set_nodelay(true)?;
+            // Without the feature, parsing refused every https origin.
+            #[cfg(feature = "tls")]
             if o.tls {
                 return self.handshake(tcp).await;
             }
@@ -386,11 +393,6 @@ impl Client {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = self.inner.tls.connect(name, tcp).await?;
         Ok(Stream::Tls(Box::new(tls)))
-    }
-
-    #[cfg(not(feature = "tls"))]
-    async fn handshake(&self, _tcp: TcpStream) -> io::Result<Stream> {
-        unreachable!("Origin::parse refuses https without the tls feature")
     }
 }
 
@@ -844,9 +846,13 @@ mod tests {
         }
     }
 
-    /// A server that answers each request on a connection with the next of `answers`,
-    /// closing after the last one; counts connections. Returns its port.
-    async fn serve(answers: Vec<&'static str>) -> (u16, Arc<AtomicUsize>) {
+    /// A loopback server handing each connection to `handle`; counts connections.
+    /// Returns its port.
+    async fn serve<F, Fut>(handle: F) -> (u16, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -855,15 +861,16 @@ mod tests {
             loop {
                 let (s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(s, answers.clone()));
+                tokio::spawn(handle(s));
             }
         });
         (port, conns)
     }
 
-    /// [`serve`] and a client of it.
+    /// A server that answers each request on a connection with the next of `answers`,
+    /// closing after the last one, and a client of it.
     async fn server(answers: Vec<&'static str>) -> (Client, Arc<AtomicUsize>) {
-        let (port, conns) = serve(answers).await;
+        let (port, conns) = serve(move |s| answer(s, answers.clone())).await;
         let origin = Origin::parse(&format!("http://127.0.0.1:{port}/v1")).unwrap();
         let client = Client::new(origin, Some("sk-x"), Duration::from_secs(1), None).unwrap();
         (client, conns)
@@ -974,22 +981,15 @@ mod tests {
                 .with_single_cert(vec![cert.clone()], key)
                 .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let count = conns.clone();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(s).await {
-                        answer(tls, vec![OK, OK, OK]).await;
-                    }
-                });
+        let (port, conns) = serve(move |s| {
+            let accept = acceptor.accept(s);
+            async move {
+                if let Ok(tls) = accept.await {
+                    answer(tls, vec![OK, OK, OK]).await;
+                }
             }
-        });
+        })
+        .await;
         let origin = Origin::parse(&format!("https://127.0.0.1:{port}/v1")).unwrap();
         assert_eq!(Origin::parse("https://h/v1").unwrap().port, 443);
 

@@ -246,7 +246,7 @@ async fn probe(b: &Backend, interval: Duration) {
         Ok::<_, http::Error>(status)
     };
     match tokio::time::timeout(interval.min(Duration::from_secs(5)), exchange).await {
-        Ok(Ok(status)) if (200..300).contains(&status) => b.succeeded(),
+        Ok(Ok(status)) if http::success(status) => b.succeeded(),
         Ok(Ok(status)) => {
             tracing::debug!(url = %b.cfg.url, status, "health probe failed");
             b.failed()
