@@ -13,9 +13,9 @@
 //! process (or the hypervisor) can stall either side for milliseconds. The added latency
 //! of each round (its two runs, a few seconds apart) is printed too, with the median over
 //! rounds, so that a reader sees the spread the best figures hide. The server's CPU time
-//! per request, read from `/proc`, is the figure noise moves least. A closed-loop run then finds the
-//! requests/s tokenfab passes with `--concurrency` requests in flight. Loopback only,
-//! bounded request counts.
+//! per request, read from `/proc`, is the figure noise moves least. A closed-loop run then
+//! finds the requests/s tokenfab passes with `--concurrency` requests in flight. Loopback
+//! only, bounded request counts.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -369,20 +369,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let front_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let load = crate::bench::load_average();
     let rounds = args.rounds.clamp(1, 10);
+    // The same send times for every run (the warm-ups use their start).
+    let plan = schedule(args.rate, n, args.poisson);
+    let warm_up = || plan[..200.min(n)].to_vec();
     let (direct, front, max, cpu, per_round) = rt.block_on(async {
         // Warm-up: connections, caches, the key cache.
-        open_loop(
-            client(None)?,
-            direct_url.clone(),
-            body("echo"),
-            schedule(args.rate, 200, args.poisson),
-        )
-        .await;
+        open_loop(client(None)?, direct_url.clone(), body("echo"), warm_up()).await;
         open_loop(
             client(Some(&key))?,
             front_url.clone(),
             body("bench/echo"),
-            schedule(args.rate, 200, args.poisson),
+            warm_up(),
         )
         .await;
         let (mut direct, mut front) = (Best::default(), Best::default());
@@ -395,7 +392,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 client(None)?,
                 direct_url.clone(),
                 body("echo"),
-                schedule(args.rate, n, args.poisson),
+                plan.clone(),
             )
             .await;
             let before = cpu_seconds(pid);
@@ -403,7 +400,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 client(Some(&key))?,
                 front_url.clone(),
                 body("bench/echo"),
-                schedule(args.rate, n, args.poisson),
+                plan.clone(),
             )
             .await;
             per_round.push((f.pct(50.0) - d.pct(50.0), f.pct(99.0) - d.pct(99.0)));
