@@ -501,3 +501,25 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_keep_the_rate() {
+        let even = schedule(2000, 1000, false);
+        assert_eq!(even[0], Duration::ZERO);
+        assert!(even.windows(2).all(|w| w[1] - w[0] == even[1] - even[0]));
+        assert!((even[999].as_secs_f64() - 0.4995).abs() < 1e-9);
+        // Poisson: the same every time, bursty, and at the asked rate on average.
+        let p = schedule(2000, 20000, true);
+        assert_eq!(p, schedule(2000, 20000, true));
+        let gaps: Vec<f64> = p.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        assert!((mean - 0.0005).abs() < 0.000_02, "{mean}");
+        // An exponential gap is shorter than half the mean about 39% of the time.
+        let short = gaps.iter().filter(|&&g| g < 0.00025).count() as f64 / gaps.len() as f64;
+        assert!((short - 0.393).abs() < 0.02, "{short}");
+    }
+}
