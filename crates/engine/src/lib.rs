@@ -4,33 +4,30 @@
 //! # Layout
 //! Data flows top to bottom:
 //! - [`gguf`]: the model container (metadata, tensor directory, mapped bytes).
-//! - [`loader`]: a GGUF file becomes a [`loader::LoadedModel`]: weights, tokenizer, template.
+//! - [`loader`]: a GGUF file becomes a [`loader::LoadedModel`]: weights, tokenizer, template,
+//!   and how the model thinks ([`loader::ReasoningSpec`], which the engine then owns).
 //! - [`template`]: a conversation becomes prompt text (the model's own Jinja template).
 //! - [`tokenizer`]: prompt text becomes token ids; generated ids become bytes.
 //! - [`scheduler`]: the engine thread; jobs arrive over a channel, every running sequence
-//!   is stepped in one batch, and tokens go back over each job's channel. Computed prompts'
-//!   and finished sequences' KV blocks go to the [`prefix_cache`], a tree of blocks keyed by
-//!   tokens, where later prompts share them.
+//!   is stepped in one batch, and tokens go back over each job's channel with their text
+//!   (made by `tokenfab-text`: whole characters, thought apart from answer, stop strings)
+//!   and their counts (`tokenfab_wire::usage::TokenUsage`). Computed prompts' and finished
+//!   sequences' KV blocks go to the [`prefix_cache`], a tree of blocks keyed by tokens,
+//!   where later prompts share them.
 //! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned paged KV
 //!   caches (reference-counted blocks of 16 positions, copied only on write), built on
 //!   [`quant`]: the quantized block formats, repacked at load eight rows to a register for
 //!   their kernels (portable, AVX2, AVX-512 VNNI), and attention over the pages.
-//! - [`sampler`]: logits become the next token; [`detok`] makes bytes into whole UTF-8
-//!   characters; [`reasoning`] splits a thinking model's thought from its answer; [`stop`]
-//!   cuts the answer at stop strings.
+//! - [`sampler`]: logits become the next token.
 
-pub mod detok;
 pub mod error;
 pub mod gguf;
 pub mod loader;
 pub mod model;
-pub mod output;
 pub mod prefix_cache;
 pub mod quant;
-pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
-pub mod stop;
 pub mod template;
 pub mod tokenizer;
 

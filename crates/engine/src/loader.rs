@@ -6,12 +6,17 @@ use std::sync::Arc;
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 use crate::model::Model;
-use crate::reasoning::ThinkTags;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
+use tokenfab_text::reasoning::ThinkTags;
+
+/// SiliconFlow's default `thinking_budget`.
+pub const DEFAULT_THINKING_BUDGET: usize = 4096;
 
 /// How a model thinks, for models that do: what the engine needs to split the thought from
-/// the answer and to close a thought when its budget is spent.
+/// the answer and to close a thought when its budget is spent. The engine owns it (the
+/// scheduler applies it to every sequence); a request carries only its own budget, and
+/// the switch that turns thinking off goes to the chat template.
 #[derive(Debug, Clone)]
 pub struct ReasoningSpec {
     pub tags: ThinkTags,
@@ -21,6 +26,8 @@ pub struct ReasoningSpec {
     /// The tokens the engine appends itself to close the thought ("\n" + end tag + "\n\n",
     /// as the model would write it).
     pub close_tokens: Vec<u32>,
+    /// Reasoning tokens a request may spend when it names no budget of its own.
+    pub budget: usize,
 }
 
 impl ReasoningSpec {
@@ -44,7 +51,19 @@ impl ReasoningSpec {
             switchable: source.contains("enable_thinking"),
             close_tokens,
             tags,
+            budget: DEFAULT_THINKING_BUDGET,
         })
+    }
+
+    /// Whether `prompt` ends inside an opened thought (R1 distills' templates end with
+    /// `<think>\n`): generation then starts in the thought.
+    pub fn opens_thought(&self, tokenizer: &Tokenizer, prompt: &[u32]) -> bool {
+        // A tag and the whitespace after it take a handful of tokens.
+        let tail = &prompt[prompt.len().saturating_sub(64)..];
+        tokenizer
+            .decode(tail, false)
+            .trim_end()
+            .ends_with(self.tags.start.as_str())
     }
 }
 
@@ -56,8 +75,6 @@ pub struct LoadedModel {
     /// `None` when neither the file nor the operator provides a chat template: such a model
     /// can still complete raw text but chat requests get a clear error.
     pub template: Option<ChatTemplate>,
-    /// The context window served: the model's own unless the operator lowered it.
-    pub context_length: usize,
     /// `Some` for reasoning models (detected from the template; see
     /// [`LoadedModel::set_reasoning`] for the operator's override).
     pub reasoning: Option<ReasoningSpec>,
@@ -103,19 +120,32 @@ impl LoadedModel {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
-            context_length,
             reasoning,
         })
     }
 
+    /// The context window served: the model's own unless the operator lowered it.
+    pub fn context_length(&self) -> usize {
+        self.model.config.context_length
+    }
+
     /// Applies the operator's reasoning settings: `enabled` overrides detection, `tags`
-    /// replaces `<think>`/`</think>`.
-    pub fn set_reasoning(&mut self, enabled: Option<bool>, tags: Option<ThinkTags>) {
+    /// replaces `<think>`/`</think>`, `budget` the default thinking budget.
+    pub fn set_reasoning(
+        &mut self,
+        enabled: Option<bool>,
+        tags: Option<ThinkTags>,
+        budget: Option<usize>,
+    ) {
         self.reasoning = ReasoningSpec::configure(
             self.template.as_ref(),
             &self.tokenizer,
             enabled,
             tags.unwrap_or_default(),
-        );
+        )
+        .map(|spec| ReasoningSpec {
+            budget: budget.map_or(spec.budget, |b| b.max(1)),
+            ..spec
+        });
     }
 }

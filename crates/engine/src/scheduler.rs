@@ -4,7 +4,7 @@
 //! channel of [`Event`]s. One dedicated OS thread owns the model, every sequence's KV cache
 //! and sampler, and runs the loop: take new jobs (up to `max_running`), build one batch with
 //! a prompt chunk or the last sampled token of each sequence, run one forward pass, sample,
-//! turn the token into text ([`crate::output`]: whole characters, thought apart from
+//! turn the token into text ([`tokenfab_text::output`]: whole characters, thought apart from
 //! answer, stop strings), send. A reasoning sequence whose thinking budget is spent gets
 //! the closing tag's tokens fed in place of sampled ones, so its answer always comes. Heavy math runs on a private rayon pool, so tokio's
 //! threads never compute and the math threads never wait on I/O.
@@ -22,12 +22,14 @@ use rayon::prelude::*;
 use std::collections::VecDeque;
 
 use crate::error::EngineError;
+use crate::loader::ReasoningSpec;
 use crate::model::{BLOCK_TOKENS, KvCache, Model, SeqInput};
-use crate::output::{OutputText, Piece};
 use crate::prefix_cache::PrefixCache;
-use crate::reasoning::{Split, ThinkTags};
 use crate::sampler::{Sampler, SamplingParams, log_softmax, top_k_logprobs};
 use crate::tokenizer::Tokenizer;
+use tokenfab_text::output::{OutputText, Piece};
+use tokenfab_text::reasoning::Split;
+use tokenfab_wire::usage::TokenUsage;
 
 /// Limits of the scheduler, chosen by the operator.
 #[derive(Debug, Clone)]
@@ -56,7 +58,8 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// One generation job: prompt tokens in, up to `max_tokens` tokens out.
+/// One generation job: prompt tokens in, up to `max_tokens` tokens out. The prompt and
+/// `max_tokens` together must fit the context window ([`EngineHandle::context_length`]).
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
@@ -67,20 +70,10 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// `Some` when the model thinks: how to split and cap its thought.
-    pub thinking: Option<ThinkingPlan>,
-}
-
-/// A reasoning request's thought: where it is, and how long it may be.
-#[derive(Debug, Clone)]
-pub struct ThinkingPlan {
-    pub tags: ThinkTags,
-    /// The prompt ends inside an opened thought (R1 distills' `<think>\n`).
-    pub opened: bool,
-    /// Most reasoning tokens, the closing tag included; when reached, the engine feeds
-    /// `close_tokens` itself and the model goes on to answer.
-    pub budget: Option<usize>,
-    pub close_tokens: Vec<u32>,
+    /// For a reasoning model, the most reasoning tokens (the closing tag included) instead
+    /// of the model's default ([`ReasoningSpec::budget`]); when they are spent, the engine
+    /// closes the thought itself and the model goes on to answer. Ignored by other models.
+    pub thinking_budget: Option<usize>,
 }
 
 /// Why a sequence ended.
@@ -110,33 +103,19 @@ pub enum Event {
         text: Split,
         logprob: Option<TokenLogprob>,
         /// The sequence's counts with this token, so that a consumer that stops listening
-        /// (a client gone mid-stream) knows what was generated and can bill it.
-        progress: Progress,
+        /// (a client gone mid-stream) knows what was generated and can bill it. Its
+        /// `reasoning` counts the tokens known so far to be inside the thought.
+        usage: TokenUsage,
     },
     /// Text released without a token of its own (held back until the end, or until a
     /// thinking budget closed the thought).
     Text(Split),
+    /// The sequence ended; `usage` holds its final counts.
     Finished {
         reason: FinishReason,
-        prompt_tokens: usize,
-        /// Every generated token, reasoning included.
-        completion_tokens: usize,
-        /// Tokens generated inside the thought, its closing tag included.
-        reasoning_tokens: usize,
-        cached_tokens: usize,
+        usage: TokenUsage,
     },
     Failed(String),
-}
-
-/// A sequence's token counts so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Generated tokens, reasoning included.
-    pub completion: usize,
-    /// Generated tokens known to be inside the thought.
-    pub reasoning: usize,
-    /// Prompt tokens served from the prefix cache.
-    pub cached: usize,
 }
 
 /// Why a job was not accepted.
@@ -146,6 +125,14 @@ pub enum SubmitError {
     Overloaded(usize),
     #[error("the inference engine has stopped")]
     Stopped,
+    #[error(
+        "the prompt ({prompt} tokens) and `max_tokens` ({max_tokens}) do not fit the context window of {context} tokens"
+    )]
+    TooLong {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
 }
 
 struct Job {
@@ -153,18 +140,29 @@ struct Job {
     events: UnboundedSender<Event>,
 }
 
-/// A cheap, cloneable handle for submitting jobs to the engine thread.
+/// A cheap, cloneable handle for submitting jobs to the engine thread, and what callers
+/// must know of the model to build them.
 #[derive(Clone)]
 pub struct EngineHandle {
     jobs: SyncSender<Job>,
     max_waiting: usize,
     running: Arc<AtomicUsize>,
+    context_length: usize,
+    reasoning: Option<Arc<ReasoningSpec>>,
 }
 
 impl EngineHandle {
     /// Queues a job. Fails at once (no waiting) when the queue is full, so callers can
     /// answer 503 instead of piling up memory.
     pub fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let context = self.context_length;
+        if req.prompt.len() + req.max_tokens > context {
+            return Err(SubmitError::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                context,
+            });
+        }
         let (tx, rx) = unbounded_channel();
         match self.jobs.try_send(Job { req, events: tx }) {
             Ok(()) => Ok(rx),
@@ -178,6 +176,16 @@ impl EngineHandle {
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }
+
+    /// The context window served: a prompt plus its `max_tokens` must fit in it.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// How the model thinks; `None` for a model that does not.
+    pub fn reasoning(&self) -> Option<&ReasoningSpec> {
+        self.reasoning.as_deref()
+    }
 }
 
 /// Starts the engine thread over a loaded model and returns its handle. The thread ends when
@@ -185,6 +193,7 @@ impl EngineHandle {
 pub fn start(
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
+    reasoning: Option<ReasoningSpec>,
     config: SchedulerConfig,
 ) -> Result<EngineHandle, EngineError> {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -196,14 +205,19 @@ pub fn start(
     let max_waiting = config.max_waiting;
     let running = Arc::new(AtomicUsize::new(0));
     let gauge = running.clone();
+    let context_length = model.config.context_length;
+    let reasoning = reasoning.map(Arc::new);
+    let spec = reasoning.clone();
     std::thread::Builder::new()
         .name("tokenfab-engine".into())
-        .spawn(move || Scheduler::new(model, tokenizer, config, pool).run(jobs_rx, &gauge))
+        .spawn(move || Scheduler::new(model, tokenizer, spec, config, pool).run(jobs_rx, &gauge))
         .map_err(|e| EngineError::BadModel(format!("cannot start the engine thread: {e}")))?;
     Ok(EngineHandle {
         jobs: jobs_tx,
         max_waiting,
         running,
+        context_length,
+        reasoning,
     })
 }
 
@@ -222,6 +236,8 @@ struct Sequence {
     generated: usize,
     sampler: Sampler,
     output: OutputText,
+    /// Most reasoning tokens, for a reasoning model.
+    thinking_budget: Option<usize>,
     /// Tokens to feed instead of sampling (a thought's closing tag after its budget).
     forced: VecDeque<u32>,
 }
@@ -229,6 +245,7 @@ struct Sequence {
 struct Scheduler {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
+    reasoning: Option<Arc<ReasoningSpec>>,
     config: SchedulerConfig,
     pool: rayon::ThreadPool,
     running: Vec<Sequence>,
@@ -243,6 +260,7 @@ impl Scheduler {
     fn new(
         model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
+        reasoning: Option<Arc<ReasoningSpec>>,
         config: SchedulerConfig,
         pool: rayon::ThreadPool,
     ) -> Self {
@@ -251,6 +269,7 @@ impl Scheduler {
         Scheduler {
             model,
             tokenizer,
+            reasoning,
             config,
             pool,
             running: Vec::new(),
@@ -344,8 +363,13 @@ impl Scheduler {
         let Job { req, events } = job;
         let seed = req.sampling.seed.unwrap_or(req.fallback_seed);
         let sampler = Sampler::new(req.sampling.clone(), seed, &req.prompt);
-        let thinking = req.thinking.as_ref().map(|t| (t.tags.clone(), t.opened));
+        let spec = self.reasoning.as_deref();
+        let thinking = spec.map(|r| {
+            let opened = r.opens_thought(&self.tokenizer, &req.prompt);
+            (r.tags.clone(), opened)
+        });
         let output = OutputText::new(req.stop.clone(), thinking);
+        let thinking_budget = spec.map(|r| req.thinking_budget.unwrap_or(r.budget));
         if req.prompt.is_empty() {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
             return;
@@ -362,6 +386,7 @@ impl Scheduler {
             generated: 0,
             sampler,
             output,
+            thinking_budget,
             forced: VecDeque::new(),
         });
     }
@@ -399,7 +424,10 @@ impl Scheduler {
         // math threads too (each sequence stays on one thread, so its events keep their
         // order).
         let prefilling: Vec<bool> = self.running.iter().map(|s| s.last.is_none()).collect();
-        let (tokenizer, context_length) = (&self.tokenizer, self.model.config.context_length);
+        let (tokenizer, close_tokens) = (
+            &self.tokenizer,
+            self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
+        );
         let outcomes: Vec<Option<FinishReason>> = self.pool.install(|| {
             self.running
                 .par_iter_mut()
@@ -411,13 +439,10 @@ impl Scheduler {
                             return None;
                         }
                     }
-                    let reason = Self::advance(s, logits, tokenizer, buf, context_length)?;
+                    let reason = Self::advance(s, logits, tokenizer, buf, close_tokens)?;
                     let _ = s.events.send(Event::Finished {
                         reason,
-                        prompt_tokens: s.req.prompt.len(),
-                        completion_tokens: s.generated,
-                        reasoning_tokens: s.output.reasoning_tokens(),
-                        cached_tokens: s.cached,
+                        usage: s.usage(),
                     });
                     Some(reason)
                 })
@@ -454,7 +479,7 @@ impl Scheduler {
         logits: &mut [f32],
         tokenizer: &Tokenizer,
         buf: &mut Vec<f32>,
-        context_length: usize,
+        close_tokens: &[u32],
     ) -> Option<FinishReason> {
         // Log-probabilities describe the model's distribution, before the sampler's changes.
         if s.req.logprobs.is_some() {
@@ -481,27 +506,22 @@ impl Scheduler {
             id: token,
             text: split,
             logprob,
-            progress: Progress {
-                completion: s.generated,
-                reasoning: s.output.reasoning_tokens(),
-                cached: s.cached,
-            },
+            usage: s.usage(),
         });
         if stopped {
             return Some(FinishReason::Stop);
         }
-        if let Some(plan) = &s.req.thinking
-            && let Some(budget) = plan.budget
+        if let Some(budget) = s.thinking_budget
             && s.output.in_thought()
             && s.forced.is_empty()
-            && s.output.reasoning_tokens() + plan.close_tokens.len() >= budget
+            && s.output.reasoning_tokens() + close_tokens.len() >= budget
         {
             let piece = s.output.force_close();
-            s.forced.extend(plan.close_tokens.iter().copied());
+            s.forced.extend(close_tokens.iter().copied());
             Self::send_text(s, piece.split);
         }
-        let full = s.req.prompt.len() + s.generated >= context_length;
-        if s.generated >= s.req.max_tokens || full {
+        // `submit` made sure the prompt and `max_tokens` fit the context.
+        if s.generated >= s.req.max_tokens {
             let tail = s.output.finish();
             Self::send_text(s, tail);
             return Some(FinishReason::Length);
@@ -512,6 +532,18 @@ impl Scheduler {
     fn send_text(s: &Sequence, split: Split) {
         if !split.is_empty() {
             let _ = s.events.send(Event::Text(split));
+        }
+    }
+}
+
+impl Sequence {
+    /// The counts so far, for the sequence's events.
+    fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt: self.req.prompt.len() as u64,
+            cached: self.cached as u64,
+            completion: self.generated as u64,
+            reasoning: self.output.reasoning_tokens() as u64,
         }
     }
 }

@@ -7,12 +7,12 @@
 
 mod common;
 
-use tokenfab_engine::detok::Utf8Stream;
 use tokenfab_engine::loader::LoadedModel;
-use tokenfab_engine::reasoning::{ThinkTags, split_complete};
 use tokenfab_engine::sampler::SamplingParams;
-use tokenfab_engine::scheduler::{self, Event, GenerateRequest, SchedulerConfig, ThinkingPlan};
+use tokenfab_engine::scheduler::{self, Event, GenerateRequest, SchedulerConfig};
 use tokenfab_engine::template::TemplateMessage;
+use tokenfab_text::reasoning::{ThinkTags, split_complete};
+use tokenfab_text::utf8::Utf8Stream;
 
 fn msg(role: &str, content: &str) -> TemplateMessage {
     TemplateMessage {
@@ -28,8 +28,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
     let mut loaded = LoadedModel::load(&path, None, Some(2048)).unwrap_or_else(|e| {
         panic!("{e}: fetch the model with `cargo run --release -- models fetch` (or set TOKENFAB_TEST_MODEL)")
     });
-    loaded.set_reasoning(Some(true), None);
-    let spec = loaded.reasoning.clone().unwrap();
+    loaded.set_reasoning(Some(true), None, None);
     let template = loaded.template.as_ref().unwrap();
     let conversation = [
         msg(
@@ -49,6 +48,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
     let engine = scheduler::start(
         loaded.model.clone(),
         loaded.tokenizer.clone(),
+        loaded.reasoning.clone(),
         SchedulerConfig {
             threads: 2,
             ..Default::default()
@@ -74,15 +74,11 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
             max_tokens: 32,
             stop: vec![],
             logprobs: None,
-            thinking: Some(ThinkingPlan {
-                tags: ThinkTags::default(),
-                opened,
-                budget: Some(if seed % 4 < 2 {
-                    4096
-                } else {
-                    6 + seed as usize
-                }),
-                close_tokens: spec.close_tokens.clone(),
+            // The engine finds the opened thought in the prompt itself.
+            thinking_budget: Some(if seed % 4 < 2 {
+                4096
+            } else {
+                6 + seed as usize
             }),
         };
         runs.push((opened, engine.submit(req).unwrap()));
@@ -102,11 +98,9 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
                     reasoning.push_str(&text.reasoning);
                     content.push_str(&text.content);
                 }
-                Event::Finished {
-                    completion_tokens,
-                    reasoning_tokens,
-                    ..
-                } => finished = Some((completion_tokens, reasoning_tokens)),
+                Event::Finished { usage, .. } => {
+                    finished = Some((usage.completion, usage.reasoning))
+                }
                 Event::Failed(e) => panic!("{e}"),
             }
         }

@@ -423,8 +423,8 @@ fn template_sources_for_reasoning_detection() {
 /// time through the engine's pipeline, they split the text exactly as decoded text does.
 #[test]
 fn r1_single_token_tags_split_the_stream() {
-    use tokenfab_engine::output::OutputText;
-    use tokenfab_engine::reasoning::ThinkTags;
+    use tokenfab_text::output::OutputText;
+    use tokenfab_text::reasoning::ThinkTags;
     let tok = &r1_header().tok;
     let ids = tok.encode(
         "<think>\n奥运会的传奇名将\n</think>\n\n有很多。",
@@ -457,7 +457,7 @@ fn r1_single_token_tags_split_the_stream() {
 #[test]
 fn reasoning_detection_from_templates() {
     use tokenfab_engine::loader::ReasoningSpec;
-    use tokenfab_engine::reasoning::ThinkTags;
+    use tokenfab_text::reasoning::ThinkTags;
     let tok = &r1_header().tok;
     let (_, r1) = r1_gguf_template();
     let spec = ReasoningSpec::configure(Some(&r1), tok, None, ThinkTags::default())

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use limits::{Decision, Limit, LimitError, Limiter, Rates, Standing};
-use money::{Money, Price, Tokens};
+use money::{Money, Price};
 use store::{Account, OPEN_ACCOUNT, Outcome, Reservation, Settlement, Source, Store, StoreError};
+use tokenfab_wire::usage::TokenUsage;
 
 /// Prices and limits of one model.
 #[derive(Clone, Debug, Default)]
@@ -207,8 +208,7 @@ pub struct Platform {
 /// The tokens a finished request used, and where the counts came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Used {
-    pub tokens: Tokens,
-    pub reasoning: u64,
+    pub tokens: TokenUsage,
     pub source: Source,
 }
 
@@ -499,7 +499,7 @@ impl Admission {
         self.settled = true;
         let s = self.settlement(used, outcome);
         let cost = s.cost;
-        let total = used.tokens.prompt + used.tokens.completion;
+        let total = used.tokens.total();
         if let Err(e) = self
             .platform
             .limiter
@@ -542,7 +542,6 @@ impl Admission {
             key_id: self.key_id,
             model: self.model.clone(),
             tokens: used.tokens,
-            reasoning_tokens: used.reasoning,
             cost,
             held: self.held,
             outcome,
@@ -563,11 +562,7 @@ impl Drop for Admission {
             Some(u) if u.tokens.completion > 0 => (u, Outcome::ClientGone),
             _ => (
                 Used {
-                    tokens: Tokens {
-                        prompt: self.prompt_tokens,
-                        ..Tokens::default()
-                    },
-                    reasoning: 0,
+                    tokens: TokenUsage::prompt(self.prompt_tokens),
                     source: Source::default(),
                 },
                 Outcome::Error,
@@ -577,7 +572,7 @@ impl Drop for Admission {
         let _ = self.platform.settler.send((s, None));
         let platform = self.platform.clone();
         let ticket = self.decision.ticket.clone();
-        let total = used.tokens.prompt + used.tokens.completion;
+        let total = used.tokens.total();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = platform.limiter.correct(&ticket, total).await;
@@ -631,12 +626,10 @@ mod tests {
                 tokio::spawn(async move {
                     let a = p.admit(&caller, "m", 10, 5).await.unwrap();
                     let used = Used {
-                        tokens: Tokens {
-                            prompt: 10,
-                            cached: 0,
+                        tokens: TokenUsage {
                             completion: 3,
+                            ..TokenUsage::prompt(10)
                         },
-                        reasoning: 0,
                         source: Source::Engine,
                     };
                     a.settle(used, Outcome::Done).await.unwrap()

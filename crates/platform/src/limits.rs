@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -121,13 +120,6 @@ pub struct Ticket {
     day: u64,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Why the counters could not be reached (Redis only).
 #[derive(Debug, thiserror::Error)]
 #[error("rate-limit store error: {0}")]
@@ -219,7 +211,7 @@ impl Limiter {
         rates: &Rates,
         tokens: u64,
     ) -> Result<Decision, LimitError> {
-        let now = now_secs();
+        let now = tokenfab_wire::time::unix_now();
         let key = format!("tokenfab:rl:{account}:{model}");
         let ticket = Ticket {
             key: key.clone(),

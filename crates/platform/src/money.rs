@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use tokenfab_wire::usage::TokenUsage;
 
 /// Micro-units per unit of currency.
 pub const MICROS: i64 = 1_000_000;
@@ -76,17 +77,6 @@ pub struct Price {
     pub cached_input_per_million: Option<Money>,
 }
 
-/// The tokens a request is charged for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tokens {
-    /// All prompt tokens, cached ones included.
-    pub prompt: u64,
-    /// The part of `prompt` served from the prefix cache.
-    pub cached: u64,
-    /// Every generated token; reasoning tokens are output tokens too.
-    pub completion: u64,
-}
-
 impl Price {
     pub fn is_free(&self) -> bool {
         self.input_per_million.0 == 0
@@ -95,8 +85,9 @@ impl Price {
     }
 
     /// The exact cost: each token class times its price, summed, divided by a million and
-    /// rounded up to the micro-unit once per request.
-    pub fn cost(&self, t: Tokens) -> Money {
+    /// rounded up to the micro-unit once per request. Reasoning tokens are output tokens
+    /// (`completion` includes them).
+    pub fn cost(&self, t: TokenUsage) -> Money {
         let cached = t.cached.min(t.prompt);
         let cached_price = self
             .cached_input_per_million
@@ -120,10 +111,9 @@ impl Price {
             output_per_million: self.output_per_million,
             cached_input_per_million: None,
         }
-        .cost(Tokens {
-            prompt,
-            cached: 0,
+        .cost(TokenUsage {
             completion: max_completion,
+            ..TokenUsage::prompt(prompt)
         })
     }
 }
@@ -156,10 +146,11 @@ mod tests {
             cached_input_per_million: Some("0.5".parse().unwrap()),
         };
         // 100 × 1.33 + 20 × 0.5 + 10 × 4 = 133 + 10 + 40 micro-units.
-        let t = Tokens {
+        let t = TokenUsage {
             prompt: 120,
             cached: 20,
             completion: 10,
+            reasoning: 4,
         };
         assert_eq!(p.cost(t), Money(183));
         // One token at 0.1 per million is a tenth of a micro-unit: rounded up to one.
@@ -167,11 +158,7 @@ mod tests {
             input_per_million: "0.1".parse().unwrap(),
             ..Price::default()
         };
-        let one = Tokens {
-            prompt: 1,
-            ..Tokens::default()
-        };
-        assert_eq!(cheap.cost(one), Money(1));
+        assert_eq!(cheap.cost(TokenUsage::prompt(1)), Money(1));
         assert!(Price::default().is_free());
         // 120 × 1.33 + 10 × 4 = 199.6 micro-units, rounded up.
         assert_eq!(p.most(120, 10), Money(200));

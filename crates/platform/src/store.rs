@@ -10,14 +10,14 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::keys;
-use crate::money::{Money, Tokens};
+use crate::money::Money;
+use tokenfab_wire::usage::TokenUsage;
 
 /// What can go wrong with the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +154,7 @@ pub struct Settlement {
     pub account_id: i64,
     pub key_id: Option<i64>,
     pub model: String,
-    pub tokens: Tokens,
-    pub reasoning_tokens: u64,
+    pub tokens: TokenUsage,
     pub cost: Money,
     /// What [`Store::reserve`] held (zero for free models and open access).
     pub held: Money,
@@ -176,11 +175,9 @@ pub struct UsageTotal {
     pub cost: Money,
 }
 
+/// The clock ([`tokenfab_wire::time::unix_now`]) as the ledger stores it (`BIGINT`).
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    tokenfab_wire::time::unix_now() as i64
 }
 
 const DAY: i64 = 86_400;
@@ -576,7 +573,7 @@ impl Store {
                     .bind(&s.model)
                     .bind(s.tokens.prompt as i64)
                     .bind(s.tokens.cached as i64)
-                    .bind(s.reasoning_tokens as i64)
+                    .bind(s.tokens.reasoning as i64)
                     .bind(s.tokens.completion as i64)
                     .bind(s.cost.0)
                     .bind(s.outcome.as_str())
@@ -636,7 +633,7 @@ impl Store {
                 1,
                 s.tokens.prompt as i64,
                 s.tokens.cached as i64,
-                s.reasoning_tokens as i64,
+                s.tokens.reasoning as i64,
                 s.tokens.completion as i64,
                 s.cost.0,
             ];
@@ -707,12 +704,7 @@ impl Store {
                 account_id: row.try_get("account_id")?,
                 key_id: row.try_get("key_id")?,
                 model: row.try_get("model")?,
-                tokens: Tokens {
-                    prompt: row.try_get::<i64, _>("prompt_tokens")? as u64,
-                    cached: 0,
-                    completion: 0,
-                },
-                reasoning_tokens: 0,
+                tokens: TokenUsage::prompt(row.try_get::<i64, _>("prompt_tokens")? as u64),
                 cost: Money(0),
                 held: Money(row.try_get("amount")?),
                 outcome: Outcome::Interrupted,
@@ -802,7 +794,7 @@ mod tests {
         pub async fn usage_row(
             &self,
             request_id: &str,
-        ) -> Result<Option<(Tokens, u64, Money, String)>> {
+        ) -> Result<Option<(TokenUsage, Money, String)>> {
             let row = sqlx::query(
             "SELECT prompt_tokens, cached_tokens, reasoning_tokens, completion_tokens, cost, status \
              FROM usage_records WHERE request_id = $1",
@@ -812,12 +804,12 @@ mod tests {
         .await?;
             row.map(|r| {
                 Ok((
-                    Tokens {
+                    TokenUsage {
                         prompt: r.try_get::<i64, _>("prompt_tokens")? as u64,
                         cached: r.try_get::<i64, _>("cached_tokens")? as u64,
                         completion: r.try_get::<i64, _>("completion_tokens")? as u64,
+                        reasoning: r.try_get::<i64, _>("reasoning_tokens")? as u64,
                     },
-                    r.try_get::<i64, _>("reasoning_tokens")? as u64,
                     Money(r.try_get("cost")?),
                     r.try_get("status")?,
                 ))
@@ -849,12 +841,10 @@ mod tests {
             account_id: account,
             key_id: None,
             model: "m".into(),
-            tokens: Tokens {
-                prompt: 10,
-                cached: 0,
+            tokens: TokenUsage {
                 completion: 5,
+                ..TokenUsage::prompt(10)
             },
-            reasoning_tokens: 0,
             cost: Money(cost),
             held: Money(held),
             outcome: Outcome::Done,
@@ -896,7 +886,7 @@ mod tests {
         assert_eq!(store.recover("me", 86_400).await.unwrap(), 1);
         let acc = store.account("a").await.unwrap();
         assert_eq!((acc.balance, acc.reserved), (Money(75), Money(0)));
-        let (_, _, cost, status) = store.usage_row("r2").await.unwrap().unwrap();
+        let (_, cost, status) = store.usage_row("r2").await.unwrap().unwrap();
         assert_eq!((cost, status.as_str()), (Money(0), "interrupted"));
         // A late settlement of the released request is refused: charged once, never twice.
         assert!(!store.settle(&settlement("r2", a.id, 30, 40)).await.unwrap());
@@ -929,7 +919,7 @@ mod tests {
         /// Balance and reserved of the two accounts.
         accounts: Vec<(Money, Money)>,
         /// Every request's usage row, in the group's order.
-        rows: Vec<Option<(Tokens, u64, Money, String)>>,
+        rows: Vec<Option<(TokenUsage, Money, String)>>,
         daily: Vec<UsageTotal>,
     }
 
@@ -971,12 +961,12 @@ mod tests {
             let account = [a.id, b.id, OPEN_ACCOUNT][i as usize % 3];
             let mut s = settlement(&format!("{tag}-r{i}"), account, (i % 7 * 10) as i64, 0);
             s.model = format!("{tag}-m{}", i % 75);
-            s.tokens = Tokens {
+            s.tokens = TokenUsage {
                 prompt: i + 1,
                 cached: i / 2,
                 completion: 3 * i,
+                reasoning: i % 5,
             };
-            s.reasoning_tokens = i % 5;
             if account != OPEN_ACCOUNT && i % 4 != 3 {
                 s.held = Money(s.cost.0 + 5);
                 hold(&s, &instance).await;
@@ -1073,7 +1063,7 @@ mod tests {
             })
             .collect();
         // The daily totals agree with the rows: one request and one cost per row.
-        let costs: i64 = rows.iter().map(|r| r.as_ref().unwrap().2.0).sum();
+        let costs: i64 = rows.iter().map(|r| r.as_ref().unwrap().1.0).sum();
         assert_eq!(
             daily.iter().map(|t| t.requests).sum::<i64>(),
             ids.len() as i64
@@ -1092,8 +1082,8 @@ mod tests {
 
     /// A name no earlier run used (a PostgreSQL ledger outlives one test).
     fn unique(tag: &str) -> String {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         format!("{tag}-{}-{nanos}", std::process::id())

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
+use tokenfab_engine::loader::ReasoningSpec;
 use tokenfab_engine::sampler::{Rng, SamplingParams};
-use tokenfab_engine::scheduler::{GenerateRequest, ThinkingPlan};
+use tokenfab_engine::scheduler::GenerateRequest;
 use tokenfab_engine::template::TemplateMessage;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::chat::{ChatCompletionRequest, ChatMessage, MessageContent, Role};
 
 use crate::error::HttpError;
+use crate::routes::typed;
 use crate::state::{Limits, ServedModel};
 
 /// Most stop strings per request (OpenAI's limit).
@@ -118,25 +120,76 @@ pub(crate) fn template_messages(
         .collect()
 }
 
-/// Validates `req` for the local model `model` (served as `model_id`) and the server's
-/// limits, and builds the engine jobs.
-pub fn build(
-    req: ChatCompletionRequest,
-    model_id: &str,
-    model: Arc<ServedModel>,
-    limits: &Limits,
-) -> Result<ChatJob, HttpError> {
-    let messages = req
-        .messages
-        .as_ref()
-        .ok_or_else(|| bad("messages", "`messages` is required"))?;
-    if messages.is_empty() {
-        return Err(bad(
-            "messages",
-            "`messages` must contain at least one message",
-        ));
-    }
+/// Request fields that change what the model must produce and that this server does not
+/// honour yet, with what to send instead. Refused by name: ignoring one would answer an
+/// agent's constrained request with unconstrained prose and a 200.
+const UNHONOURED: &[(&str, &str)] = &[
+    (
+        "functions",
+        "the legacy `functions` field is not supported; send `tools`",
+    ),
+    (
+        "function_call",
+        "the legacy `function_call` field is not supported; send `tool_choice`",
+    ),
+    (
+        "guided_json",
+        "guided decoding (`guided_json`) is not available yet",
+    ),
+    (
+        "guided_regex",
+        "guided decoding (`guided_regex`) is not available yet",
+    ),
+    (
+        "guided_choice",
+        "guided decoding (`guided_choice`) is not available yet",
+    ),
+    (
+        "guided_grammar",
+        "guided decoding (`guided_grammar`) is not available yet",
+    ),
+    (
+        "structured_outputs",
+        "constrained decoding (`structured_outputs`) is not available yet",
+    ),
+    (
+        "grammar",
+        "grammar-constrained decoding (`grammar`) is not available yet",
+    ),
+    (
+        "json_schema",
+        "schema-constrained decoding (`json_schema`) is not available yet",
+    ),
+];
 
+/// Refuses, by name, a field in [`UNHONOURED`] (a `null` one says nothing and passes).
+pub(crate) fn refuse_unhonoured(body: &Value) -> Result<(), HttpError> {
+    for (field, why) in UNHONOURED {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(bad(
+                field,
+                format!("{why}; send the request without `{field}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a request asks for, checked without the model.
+#[derive(Debug)]
+struct Asked {
+    sampling: SamplingParams,
+    n: u64,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    logprobs: bool,
+    top_logprobs: usize,
+    /// `max_completion_tokens` or `max_tokens` (the field's name and value), if given.
+    max_tokens: Option<(&'static str, i64)>,
+}
+
+/// Validates every field that needs no model, and refuses what cannot be honoured.
+fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpError> {
     check_range("temperature", req.temperature, 0.0, 2.0)?;
     check_range("top_p", req.top_p, 0.0, 1.0)?;
     if req.top_p == Some(0.0) {
@@ -205,12 +258,42 @@ pub fn build(
             ));
         }
     }
-    let mut logit_bias = HashMap::new();
+    let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(m), _) => Some(("max_completion_tokens", m)),
+        (None, m) => m.map(|m| ("max_tokens", m)),
+    };
+    Ok(Asked {
+        sampling: SamplingParams {
+            temperature: req.temperature.unwrap_or(1.0),
+            top_p: req.top_p.unwrap_or(1.0),
+            top_k,
+            min_p: req.min_p.unwrap_or(0.0),
+            frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: req.presence_penalty.unwrap_or(0.0),
+            repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
+            seed: None,
+            logit_bias: HashMap::new(),
+        },
+        n: n as u64,
+        seed: req.seed.map(|s| s as u64),
+        stop,
+        logprobs,
+        top_logprobs,
+        max_tokens,
+    })
+}
+
+/// `logit_bias` checked against the model's vocabulary.
+fn logit_bias(
+    req: &ChatCompletionRequest,
+    vocab_size: usize,
+) -> Result<HashMap<u32, f32>, HttpError> {
+    let mut out = HashMap::new();
     for (k, v) in req.logit_bias.iter().flatten() {
         let id: u32 = k
             .parse()
             .ok()
-            .filter(|&id: &u32| (id as usize) < model.tokenizer.vocab_size())
+            .filter(|&id: &u32| (id as usize) < vocab_size)
             .ok_or_else(|| {
                 bad(
                     "logit_bias",
@@ -223,16 +306,60 @@ pub fn build(
                 format!("`logit_bias` values must be between -100 and 100, got {v}"),
             ));
         }
-        logit_bias.insert(id, *v);
+        out.insert(id, *v);
     }
+    Ok(out)
+}
 
-    // Render the conversation with the model's own template.
-    let template = model.template.as_ref().ok_or_else(|| {
-        bad("messages", format!("model `{model_id}` has no chat template; configure one (`chat_template` in the config file)"))
-    })?;
+/// OpenAI's and SiliconFlow's `reasoning_effort`, as a thinking budget for a reasoning
+/// model: `none` turns thinking off (like `enable_thinking: false`), the others cap the
+/// thought. An explicit `thinking_budget` or `enable_thinking` wins over it.
+fn effort_budget(effort: &str) -> Result<Option<usize>, HttpError> {
+    Ok(Some(match effort {
+        "none" => return Ok(None),
+        "minimal" => 256,
+        "low" => 1024,
+        "medium" => 4096,
+        "high" => 16384,
+        other => {
+            return Err(bad(
+                "reasoning_effort",
+                format!(
+                    "`reasoning_effort` must be one of none, minimal, low, medium, high; got `{other}`"
+                ),
+            ));
+        }
+    }))
+}
+
+/// How a request thinks: the chat template's variables (with `enable_thinking` where the
+/// request or its `reasoning_effort` set it) and the request's own thinking budget, checked
+/// against how the model thinks (`reasoning`, `None` for a model that does not) and its
+/// context window.
+fn thinking(
+    req: &ChatCompletionRequest,
+    model_id: &str,
+    reasoning: Option<&ReasoningSpec>,
+    context_length: usize,
+) -> Result<(Map<String, Value>, Option<usize>), HttpError> {
     let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     if let Some(t) = req.enable_thinking {
         kwargs.insert("enable_thinking".into(), Value::Bool(t));
+    }
+    let effort = match req.reasoning_effort.as_deref() {
+        None => None,
+        Some(_) if reasoning.is_none() => {
+            return Err(bad(
+                "reasoning_effort",
+                format!(
+                    "model `{model_id}` does not reason: send the request without `reasoning_effort`"
+                ),
+            ));
+        }
+        Some(e) => Some(effort_budget(e)?),
+    };
+    if effort == Some(None) && !kwargs.contains_key("enable_thinking") {
+        kwargs.insert("enable_thinking".into(), Value::Bool(false));
     }
     let thinking_off = match kwargs.get("enable_thinking") {
         None | Some(Value::Null) => false,
@@ -244,11 +371,17 @@ pub fn build(
             ));
         }
     };
-    if thinking_off && model.reasoning.as_ref().is_some_and(|r| !r.switchable) {
+    if thinking_off && reasoning.is_some_and(|r| !r.switchable) {
         let param = if req.enable_thinking.is_some() {
             "enable_thinking"
-        } else {
+        } else if req
+            .chat_template_kwargs
+            .as_ref()
+            .is_some_and(|k| k.contains_key("enable_thinking"))
+        {
             "chat_template_kwargs.enable_thinking"
+        } else {
+            "reasoning_effort"
         };
         return Err(bad(
             param,
@@ -257,96 +390,116 @@ pub fn build(
             ),
         ));
     }
-    let text = template
-        .render(&template_messages(messages)?, true, &kwargs)
-        .map_err(|e| bad("messages", e.to_string()))?;
-    let prompt = encode_prompt(&model.tokenizer, &text);
-
-    let ctx = model.context_length;
-    if prompt.len() >= ctx {
-        return Err(HttpError::context_exceeded(
-            "messages",
-            format!(
-                "This model's maximum context length is {ctx} tokens, but the messages take {} tokens; shorten the conversation",
-                prompt.len()
-            ),
-        ));
-    }
-    let (max_param, max_tokens) = match (req.max_completion_tokens, req.max_tokens) {
-        (Some(m), _) => ("max_completion_tokens", Some(m)),
-        (None, m) => ("max_tokens", m),
-    };
-    let room = ctx - prompt.len();
-    // The operator's ceiling applies first: a request for more is served up to the ceiling
-    // (finish_reason "length"), and only what will really be generated must fit the context.
-    let cap = limits.max_output_tokens.map(|c| c.max(1) as i64);
-    let max_tokens = max_tokens.map(|m| cap.map_or(m, |c| m.min(c)));
-    let max_tokens = match max_tokens {
-        None => cap.map_or(room, |c| (c as usize).min(room)),
-        Some(m) if m < 1 => {
-            return Err(bad(
-                max_param,
-                format!("`{max_param}` must be at least 1, got {m}"),
-            ));
-        }
-        Some(m) if m as usize > room => {
-            return Err(HttpError::context_exceeded(
-                max_param,
-                format!(
-                    "This model's maximum context length is {ctx} tokens; the messages take {} and `{max_param}` asks for {m}, {} too many",
-                    prompt.len(),
-                    m as usize - room
-                ),
-            ));
-        }
-        Some(m) => m as usize,
-    };
-
-    let thinking = match (&model.reasoning, req.thinking_budget) {
-        (_, Some(b)) if b < 1 || b as usize >= model.context_length => {
+    let budget = match req.thinking_budget {
+        Some(b) if b < 1 || b as usize >= context_length => {
             return Err(bad(
                 "thinking_budget",
                 format!(
                     "`thinking_budget` must be between 1 and {}, got {b}",
-                    model.context_length - 1
+                    context_length - 1
                 ),
             ));
         }
-        (None, _) => None,
-        (Some(spec), budget) => Some(ThinkingPlan {
-            tags: spec.tags.clone(),
-            // The template opened the thought: generation starts inside it.
-            opened: text.trim_end().ends_with(spec.tags.start.as_str()),
-            budget: Some(budget.map_or(model.thinking_budget, |b| b as usize)),
-            close_tokens: spec.close_tokens.clone(),
-        }),
+        Some(b) => Some(b as usize),
+        // An effort's budget is held to the context window, which no thought outgrows.
+        None => effort
+            .flatten()
+            .map(|b| b.min(context_length.saturating_sub(1).max(1))),
     };
+    Ok((kwargs, budget))
+}
 
-    let sampling = SamplingParams {
-        temperature: req.temperature.unwrap_or(1.0),
-        top_p: req.top_p.unwrap_or(1.0),
-        top_k,
-        min_p: req.min_p.unwrap_or(0.0),
-        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
-        presence_penalty: req.presence_penalty.unwrap_or(0.0),
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        seed: None,
-        logit_bias,
-    };
-    let base_seed = req.seed.map(|s| s as u64);
-    let choices = (0..n as u64)
+/// The tokens each choice may generate: what the request asked (`asked`), held to the
+/// operator's ceiling (`cap`: a request for more is served up to it, with
+/// `finish_reason: "length"`), and then to what fits the context window beside the prompt.
+fn max_tokens(
+    prompt: usize,
+    context_length: usize,
+    asked: Option<(&'static str, i64)>,
+    cap: Option<usize>,
+) -> Result<usize, HttpError> {
+    let ctx = context_length;
+    if prompt >= ctx {
+        return Err(HttpError::context_exceeded(
+            "messages",
+            format!(
+                "This model's maximum context length is {ctx} tokens, but the messages take {prompt} tokens; shorten the conversation"
+            ),
+        ));
+    }
+    let room = ctx - prompt;
+    let cap = cap.map(|c| c.max(1) as i64);
+    match asked.map(|(param, m)| (param, cap.map_or(m, |c| m.min(c)))) {
+        None => Ok(cap.map_or(room, |c| (c as usize).min(room))),
+        Some((param, m)) if m < 1 => {
+            Err(bad(param, format!("`{param}` must be at least 1, got {m}")))
+        }
+        Some((param, m)) if m as usize > room => Err(HttpError::context_exceeded(
+            param,
+            format!(
+                "This model's maximum context length is {ctx} tokens; the messages take {prompt} and `{param}` asks for {m}, {} too many",
+                m as usize - room
+            ),
+        )),
+        Some((_, m)) => Ok(m as usize),
+    }
+}
+
+/// Validates the request body `body` for the local model `model` (served as `model_id`)
+/// and the server's limits, renders and tokenizes its conversation, and builds the
+/// engine jobs.
+pub fn build(
+    body: Value,
+    model_id: &str,
+    model: Arc<ServedModel>,
+    limits: &Limits,
+) -> Result<ChatJob, HttpError> {
+    refuse_unhonoured(&body)?;
+    let req: ChatCompletionRequest = typed(body)?;
+    let messages = req
+        .messages
+        .as_ref()
+        .ok_or_else(|| bad("messages", "`messages` is required"))?;
+    if messages.is_empty() {
+        return Err(bad(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    let mut asked = asked(&req, limits)?;
+    asked.sampling.logit_bias = logit_bias(&req, model.tokenizer.vocab_size())?;
+    let engine = &model.engine;
+    let context_length = engine.context_length();
+
+    // Render the conversation with the model's own template.
+    let template = model.template.as_ref().ok_or_else(|| {
+        bad("messages", format!("model `{model_id}` has no chat template; configure one (`chat_template` in the config file)"))
+    })?;
+    let (kwargs, thinking_budget) = thinking(&req, model_id, engine.reasoning(), context_length)?;
+    let text = template
+        .render(&template_messages(messages)?, true, &kwargs)
+        .map_err(|e| bad("messages", e.to_string()))?;
+    let prompt = encode_prompt(&model.tokenizer, &text);
+    let max_tokens = max_tokens(
+        prompt.len(),
+        context_length,
+        asked.max_tokens,
+        limits.max_output_tokens,
+    )?;
+
+    let choices = (0..asked.n)
         .map(|i| {
-            let mut sampling = sampling.clone();
+            let mut sampling = asked.sampling.clone();
             // Choice i of a seeded request is reproducible and differs from choice j.
-            sampling.seed = base_seed.map(|s| s.wrapping_add(i));
+            sampling.seed = asked.seed.map(|s| s.wrapping_add(i));
             GenerateRequest {
                 prompt: prompt.clone(),
                 sampling,
                 fallback_seed: fresh_seed(),
                 max_tokens,
-                stop: stop.clone(),
-                logprobs: logprobs.then_some(top_logprobs),
-                thinking: thinking.clone(),
+                stop: asked.stop.clone(),
+                logprobs: asked.logprobs.then_some(asked.top_logprobs),
+                thinking_budget,
             }
         })
         .collect();
@@ -360,7 +513,7 @@ pub fn build(
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
-        logprobs,
+        logprobs: asked.logprobs,
         choices,
     })
 }

@@ -6,13 +6,15 @@
 //! ([`state`]). A local model's request goes to [`job`] (validate, render the chat
 //! template, tokenize, check the context) → the platform's admission (rate limits, then
 //! the most the request can cost reserved from the balance) → the model's engine handle
-//! → engine events → JSON or server-sent events → the admission settled with the tokens
-//! used. An upstream model's request is admitted the same way and forwarded by
+//! → engine events, folded into the answer by [`fold`] (the one place events become
+//! choices, usage and billing) → JSON or server-sent events → the admission settled with
+//! the tokens used. An upstream model's request is admitted the same way and forwarded by
 //! [`routes::proxy`] through `tokenfab-upstream` (backend choice, retries, normalisation
 //! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
 
 pub mod auth;
 pub mod error;
+pub mod fold;
 pub mod job;
 pub mod request_id;
 pub mod routes;
@@ -28,8 +30,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 pub use state::{
-    AppState, Counter, DEFAULT_THINKING_BUDGET, Limits, ModelEntry, ModelType, Serve, ServedModel,
-    UpstreamModel,
+    AppState, Counter, Limits, ModelEntry, ModelType, Serve, ServedModel, UpstreamModel,
 };
 
 async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {

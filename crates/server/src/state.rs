@@ -3,24 +3,20 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokenfab_engine::loader::ReasoningSpec;
-use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::EngineHandle;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::Platform;
+use tokenfab_text::reasoning::ThinkTags;
 use tokenfab_upstream::pool::Pool;
 
 /// One model run by tokenfab's engine: the engine plus what handlers need to build prompts.
+/// The model's context window and how it thinks are the engine's
+/// ([`EngineHandle::context_length`], [`EngineHandle::reasoning`]).
 pub struct ServedModel {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
-    pub context_length: usize,
-    /// `Some` for reasoning models: the thought is split into `reasoning_content`.
-    pub reasoning: Option<ReasoningSpec>,
-    /// Reasoning tokens allowed when a request gives no `thinking_budget`.
-    pub thinking_budget: usize,
 }
 
 /// A model's tokenizer (and chat template), used to count what an upstream did not.
@@ -92,9 +88,6 @@ pub struct ModelEntry {
     pub created: u64,
     pub serve: Serve,
 }
-
-/// SiliconFlow's default `thinking_budget`.
-pub const DEFAULT_THINKING_BUDGET: usize = 4096;
 
 /// Request limits that protect the server from oversized work.
 #[derive(Debug, Clone)]

@@ -146,10 +146,10 @@ fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     let loaded = LoadedModel::load(&resolved.path, None, None)?;
     let model = &loaded.model;
     anyhow::ensure!(
-        args.prompt + args.generate <= loaded.context_length,
+        args.prompt + args.generate <= loaded.context_length(),
         "prompt + generate ({}) exceeds the context window ({})",
         args.prompt + args.generate,
-        loaded.context_length
+        loaded.context_length()
     );
     // A real text prompt, repeated to the wanted length.
     let text = "The history of the Olympic Games goes back to ancient Greece, where athletes competed \

@@ -19,7 +19,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::loader::LoadedModel;
-use tokenfab_engine::reasoning::ThinkTags;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
@@ -27,9 +26,9 @@ use tokenfab_models::{DEFAULT_MODEL, ModelSpec, ResolvedModel, catalog, default_
 use tokenfab_platform::store::Store;
 use tokenfab_platform::{ModelTerms, Platform, PlatformConfig, Terms};
 use tokenfab_server::{
-    AppState, Counter, DEFAULT_THINKING_BUDGET, Limits, ModelEntry, ModelType, Serve, ServedModel,
-    UpstreamModel,
+    AppState, Counter, Limits, ModelEntry, ModelType, Serve, ServedModel, UpstreamModel,
 };
+use tokenfab_text::reasoning::ThinkTags;
 use tokenfab_upstream::pool::{BackendConfig, Pool};
 
 use crate::config::{FileConfig, ModelConfig};
@@ -220,14 +219,6 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Unix time now, for `/v1/models`' `created`.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What building models needs besides their own configuration.
 #[derive(Clone)]
 struct Loading {
@@ -256,7 +247,7 @@ fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry> {
             .clone()
             .unwrap_or_else(|| kind.as_str().to_owned()),
         kind,
-        created: unix_now(),
+        created: tokenfab_wire::time::unix_now(),
         serve,
         id,
     })
@@ -282,8 +273,12 @@ fn load_local(
     tracing::info!(%id, path = %path.display(), "loading model");
     let mut loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
-    if m.reasoning.is_some() || m.think_start.is_some() || m.think_end.is_some() {
-        loaded.set_reasoning(m.reasoning, Some(think_tags(m)));
+    if m.reasoning.is_some()
+        || m.think_start.is_some()
+        || m.think_end.is_some()
+        || m.thinking_budget.is_some()
+    {
+        loaded.set_reasoning(m.reasoning, Some(think_tags(m)), m.thinking_budget);
     }
     if let Some(r) = &loaded.reasoning {
         tracing::info!(%id, start = %r.tags.start, end = %r.tags.end, switchable = r.switchable, "reasoning model");
@@ -296,6 +291,7 @@ fn load_local(
     let engine = scheduler::start(
         loaded.model.clone(),
         loaded.tokenizer.clone(),
+        loaded.reasoning,
         SchedulerConfig {
             threads: how.threads,
             max_running: cfg.max_running.unwrap_or(defaults.max_running),
@@ -312,9 +308,6 @@ fn load_local(
             engine,
             tokenizer: loaded.tokenizer,
             template: loaded.template,
-            context_length: loaded.context_length,
-            reasoning: loaded.reasoning,
-            thinking_budget: m.thinking_budget.unwrap_or(DEFAULT_THINKING_BUDGET).max(1),
         },
     ))
 }

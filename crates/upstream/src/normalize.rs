@@ -4,8 +4,10 @@
 //! - The thought is in `reasoning_content` and the answer in `content`, whatever the
 //!   upstream did: `reasoning_content` (DeepSeek, SGLang) is kept, `reasoning` (vLLM's
 //!   newer field) is renamed, and a `<think>…</think>` left inline in `content` (an
-//!   upstream without a reasoning parser) is split out with the engine's own splitter, the
+//!   upstream without a reasoning parser) is split out with tokenfab's own splitter (`tokenfab-text`), the
 //!   same code that splits local models' output, so tags cut across chunks never leak.
+//! - Usage is read with [`TokenUsage::from_reported`](tokenfab_wire::usage::TokenUsage)
+//!   and written back from it, as for local models.
 //! - Streams: the upstream is always asked for usage; its usage chunk is held back and the
 //!   server sends one (the upstream's or a counted one) only when the client asked.
 //!   Chunks left with nothing to say after the split are dropped.
@@ -13,50 +15,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
-use tokenfab_engine::reasoning::{ReasoningSplitter, Split, ThinkTags, split_complete};
-
-/// Token counts an upstream reported.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub prompt: u64,
-    pub completion: u64,
-    pub cached: u64,
-    pub reasoning: u64,
-}
-
-/// Reads an OpenAI `usage` object (or SiliconFlow's rerank `tokens`); `None` when it has
-/// no counts.
-pub fn counts(usage: &Value) -> Option<Counts> {
-    let n = |v: &Value, path: &[&str]| {
-        path.iter()
-            .try_fold(v, |v, k| v.get(k))
-            .and_then(Value::as_u64)
-    };
-    let prompt = n(usage, &["prompt_tokens"]).or_else(|| n(usage, &["input_tokens"]));
-    let completion = n(usage, &["completion_tokens"]).or_else(|| n(usage, &["output_tokens"]));
-    let total = n(usage, &["total_tokens"]);
-    if prompt.is_none() && completion.is_none() && total.is_none() {
-        return None;
-    }
-    let completion = completion.unwrap_or(0);
-    Some(Counts {
-        prompt: prompt.unwrap_or_else(|| total.unwrap_or(0).saturating_sub(completion)),
-        completion,
-        cached: n(usage, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0),
-        reasoning: n(usage, &["completion_tokens_details", "reasoning_tokens"]).unwrap_or(0),
-    })
-}
-
-/// The usage object tokenfab sends for `c`.
-pub fn usage_json(c: Counts) -> Value {
-    json!({
-        "prompt_tokens": c.prompt,
-        "completion_tokens": c.completion,
-        "total_tokens": c.prompt + c.completion,
-        "completion_tokens_details": { "reasoning_tokens": c.reasoning },
-        "prompt_tokens_details": { "cached_tokens": c.cached },
-    })
-}
+use tokenfab_text::reasoning::{ReasoningSplitter, Split, ThinkTags, split_complete};
 
 fn take_string(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
     match obj.remove(key) {
@@ -128,8 +87,9 @@ pub struct StreamFilter {
     usage: Option<Value>,
     /// `id`, `created` and `system_fingerprint` of the last chunk, for the usage chunk.
     meta: Map<String, Value>,
-    /// Every piece of thought and answer passed on, for counting when no usage comes.
-    text: String,
+    /// The thought and the answer passed on, for counting what the upstream did not.
+    thought: String,
+    answer: String,
     done: bool,
     /// A choice finished by its length limit.
     cut: bool,
@@ -143,7 +103,8 @@ impl StreamFilter {
             splitters: HashMap::new(),
             usage: None,
             meta: Map::new(),
-            text: String::new(),
+            thought: String::new(),
+            answer: String::new(),
             done: false,
             cut: false,
         }
@@ -218,8 +179,8 @@ impl StreamFilter {
             split.reasoning.push_str(&rest.reasoning);
             split.content.push_str(&rest.content);
         }
-        self.text.push_str(&split.reasoning);
-        self.text.push_str(&split.content);
+        self.thought.push_str(&split.reasoning);
+        self.answer.push_str(&split.content);
         if !split.reasoning.is_empty() {
             delta.insert("reasoning_content".into(), Value::String(split.reasoning));
         }
@@ -246,9 +207,14 @@ impl StreamFilter {
         self.usage.as_ref()
     }
 
-    /// The thought and answer text passed on so far.
-    pub fn text(&self) -> &str {
-        &self.text
+    /// The thought passed on so far (every choice's).
+    pub fn thought(&self) -> &str {
+        &self.thought
+    }
+
+    /// The answer passed on so far (every choice's).
+    pub fn answer(&self) -> &str {
+        &self.answer
     }
 
     /// The usage chunk to end a stream with.
@@ -265,6 +231,7 @@ impl StreamFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokenfab_wire::usage::TokenUsage;
 
     fn chunk(delta: Value, finish: Option<&str>) -> String {
         json!({"id": "c1", "model": "up", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -328,7 +295,8 @@ mod tests {
         let usage = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
         let ev = json!({"id": "x", "choices": [], "usage": usage}).to_string();
         assert!(f.event(&ev).unwrap().is_none());
-        assert_eq!(counts(f.usage().unwrap()).unwrap().completion, 2);
+        let reported = TokenUsage::from_reported(f.usage().unwrap()).unwrap();
+        assert_eq!(reported.completion, 2);
         assert!(f.event("[DONE]").unwrap().is_none() && f.done());
         let end: Value = serde_json::from_str(&f.usage_chunk(usage.clone())).unwrap();
         assert_eq!((end["id"].as_str(), &end["usage"]), (Some("x"), &usage));
@@ -351,9 +319,5 @@ mod tests {
             assert_eq!(c["message"]["content"], "The answer.");
             assert!(c["message"].get("reasoning").is_none());
         }
-        let c = counts(&json!({"prompt_tokens": 4, "total_tokens": 9})).unwrap();
-        assert_eq!((c.prompt, c.completion), (4, 0));
-        let r = counts(&json!({"input_tokens": 9, "output_tokens": 0})).unwrap();
-        assert_eq!(r.prompt, 9);
     }
 }

@@ -38,6 +38,8 @@ pub struct ChatCompletionRequest {
     pub enable_thinking: Option<bool>,
     /// SiliconFlow: cap on reasoning tokens.
     pub thinking_budget: Option<i64>,
+    /// OpenAI and SiliconFlow: `none`, `minimal`, `low`, `medium` or `high`.
+    pub reasoning_effort: Option<String>,
     /// vLLM: extra variables handed to the chat template (e.g. `enable_thinking`).
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }

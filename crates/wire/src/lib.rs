@@ -4,6 +4,9 @@
 //! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
 //! - [`models`]: `GET /v1/models`.
 //! - [`error`]: the one error body every failing route returns.
+//! - [`usage`]: [`usage::TokenUsage`], the token counts every layer passes, and the one
+//!   conversion to and from the API's `usage` object.
+//! - [`time`]: the one wall clock (Unix seconds).
 //!
 //! Requests keep every field optional and unknown fields ignored, as the OpenAI API does;
 //! validation of values (ranges, limits) belongs to the server, which knows the model.
@@ -11,5 +14,7 @@
 pub mod chat;
 pub mod error;
 pub mod models;
+pub mod time;
+pub mod usage;
 
 pub use error::{ApiError, ErrorBody};

@@ -9,37 +9,27 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
-use tokenfab_engine::reasoning::Split;
 use tokenfab_engine::scheduler::{
-    Event, FinishReason as EngineFinish, Progress, TokenLogprob as EngineLogprob,
+    Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
 };
 use tokenfab_engine::tokenizer::Tokenizer;
-use tokenfab_platform::money::Tokens;
-use tokenfab_platform::store::{Outcome, Source};
-use tokenfab_platform::{Admission, Caller, Used};
+use tokenfab_platform::{Admission, Caller};
+use tokenfab_text::reasoning::Split;
 use tokenfab_wire::chat::{
-    ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice,
-    CompletionTokensDetails, Delta, FinishReason, PromptTokensDetails, ResponseMessage,
-    TokenLogprob, TopLogprob, Usage,
+    ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice, Delta, FinishReason,
+    ResponseMessage, TokenLogprob, TopLogprob, Usage,
 };
+use tokenfab_wire::time::unix_now;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use crate::error::HttpError;
+use crate::fold::{Fold, Step};
 use crate::job::{self, ChatJob};
 use crate::request_id::RequestId;
-use crate::routes::{
-    admit, model_request, proxy, settle, sse, sse_response, typed, with_rate_headers,
-};
+use crate::routes::{admit, model_request, proxy, sse, sse_response, with_rate_headers};
 use crate::state::{AppState, ModelType, Serve};
 
 const FINGERPRINT: &str = concat!("tokenfab-", env!("CARGO_PKG_VERSION"));
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn finish_reason(r: EngineFinish) -> FinishReason {
     match r {
@@ -74,73 +64,6 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
     }
 }
 
-/// Token counts of a request's choices as they arrive: the usage reported to the client
-/// and the usage billed, also when the client leaves before the end.
-struct Tally {
-    prompt: usize,
-    choices: Vec<Progress>,
-    /// Whether any choice was cut by its length limit.
-    cut: bool,
-}
-
-impl Tally {
-    fn new(prompt: usize, n: usize) -> Tally {
-        Tally {
-            prompt,
-            choices: vec![Progress::default(); n],
-            cut: false,
-        }
-    }
-
-    fn finished(&mut self, i: usize, completion: usize, reasoning: usize, cached: usize) {
-        self.choices[i] = Progress {
-            completion,
-            reasoning,
-            cached,
-        };
-    }
-
-    /// Totals over the choices; the prompt is counted once, as OpenAI does, with the best
-    /// prefix-cache hit of its choices.
-    fn used(&self) -> Used {
-        let sum = |f: fn(&Progress) -> usize| self.choices.iter().map(f).sum::<usize>() as u64;
-        let cached = self.choices.iter().map(|p| p.cached).max().unwrap_or(0) as u64;
-        Used {
-            tokens: Tokens {
-                prompt: self.prompt as u64,
-                cached: cached.min(self.prompt as u64),
-                completion: sum(|p| p.completion),
-            },
-            reasoning: sum(|p| p.reasoning),
-            source: Source::Engine,
-        }
-    }
-
-    fn usage(&self) -> Usage {
-        let u = self.used();
-        Usage {
-            prompt_tokens: u.tokens.prompt,
-            completion_tokens: u.tokens.completion,
-            total_tokens: u.tokens.prompt + u.tokens.completion,
-            completion_tokens_details: CompletionTokensDetails {
-                reasoning_tokens: u.reasoning,
-            },
-            prompt_tokens_details: PromptTokensDetails {
-                cached_tokens: u.tokens.cached,
-            },
-        }
-    }
-
-    /// How the request ended, for the ledger, when every choice finished.
-    fn outcome(&self) -> Outcome {
-        if self.cut {
-            Outcome::Length
-        } else {
-            Outcome::Done
-        }
-    }
-}
-
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
@@ -155,7 +78,7 @@ pub async fn chat_completions(
         Serve::Upstream(up) => return proxy::chat(&state, &caller, &entry, up, body).await,
         Serve::Local(m) => m.clone(),
     };
-    let job = match typed(body).and_then(|req| job::build(req, &entry.id, model, &state.limits)) {
+    let job = match job::build(body, &entry.id, model, &state.limits) {
         Ok(j) => j,
         Err(e) => return e.into_response(),
     };
@@ -185,109 +108,95 @@ pub async fn chat_completions(
 }
 
 async fn run(job: ChatJob, rid: RequestId, admission: Option<Admission>) -> Response {
+    let fold = Fold::new(job.prompt_tokens, job.choices.len(), admission);
     let mut receivers = Vec::with_capacity(job.choices.len());
     for r in job.choices.iter().cloned() {
         // On failure the receivers already taken are dropped, which cancels those jobs.
         match job.model.engine.submit(r) {
             Ok(rx) => receivers.push(rx),
             Err(e) => {
-                let used = Tally::new(job.prompt_tokens, 0).used();
-                settle(admission, used, Outcome::Error).await;
+                fold.fail().await;
                 return HttpError::overloaded(e.to_string()).into_response();
             }
         }
     }
     let id = format!("chatcmpl-{}", rid.0);
     if job.stream {
-        stream_response(job, receivers, id, admission)
+        stream_response(job, receivers, id, fold)
     } else {
-        match complete_response(job, receivers, id, admission).await {
+        match complete_response(job, receivers, id, fold).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         }
     }
 }
 
+/// One choice's answer, collected.
+#[derive(Default)]
+struct Collected {
+    reasoning: String,
+    content: String,
+    logprobs: ChoiceLogprobs,
+}
+
 async fn complete_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
     id: String,
-    mut admission: Option<Admission>,
+    mut fold: Fold,
 ) -> Result<Response, HttpError> {
     let tok = &job.model.tokenizer;
-    let mut choices = Vec::with_capacity(receivers.len());
-    let mut tally = Tally::new(job.prompt_tokens, receivers.len());
+    let mut collected: Vec<Collected> = receivers.iter().map(|_| Collected::default()).collect();
     for (index, mut rx) in receivers.into_iter().enumerate() {
-        let (mut reasoning, mut content) = (String::new(), String::new());
-        let mut logprobs = ChoiceLogprobs::default();
-        let mut finish = None;
-        let mut append = |t: Split| {
-            reasoning.push_str(&t.reasoning);
-            content.push_str(&t.content);
-        };
+        // If the client hangs up, this handler is dropped mid-loop with the fold, whose
+        // admission then bills what was generated.
         while let Some(ev) = rx.recv().await {
-            match ev {
-                Event::Token {
-                    id,
-                    text,
-                    logprob,
-                    progress,
-                } => {
-                    append(text);
-                    tally.choices[index] = progress;
-                    // If the client hangs up, this handler is dropped mid-loop: the
-                    // admission then bills what was generated.
-                    if let Some(a) = admission.as_mut() {
-                        a.record(tally.used());
-                    }
-                    if let Some(lp) = logprob {
-                        logprobs.content.push(wire_logprob(tok, id, &lp));
+            let c = &mut collected[index];
+            match fold.apply(index, ev) {
+                Step::Text { text, token, .. } => {
+                    c.reasoning.push_str(&text.reasoning);
+                    c.content.push_str(&text.content);
+                    if let Some((id, lp)) = token {
+                        c.logprobs.content.push(wire_logprob(tok, id, &lp));
                     }
                 }
-                Event::Text(t) => append(t),
-                Event::Finished {
-                    reason,
-                    completion_tokens,
-                    reasoning_tokens,
-                    cached_tokens,
-                    ..
-                } => {
-                    tally.finished(index, completion_tokens, reasoning_tokens, cached_tokens);
-                    tally.cut |= reason == EngineFinish::Length;
-                    finish = Some(finish_reason(reason));
-                }
-                Event::Failed(msg) => {
-                    settle(admission, tally.used(), Outcome::Error).await;
+                Step::Finished { .. } => {}
+                Step::Failed(msg) => {
+                    fold.fail().await;
                     return Err(HttpError::internal(format!("generation failed: {msg}")));
                 }
             }
         }
-        let Some(finish) = finish else {
-            settle(admission, tally.used(), Outcome::Error).await;
-            return Err(HttpError::internal(
-                "the engine ended a generation without finishing it",
-            ));
-        };
-        choices.push(Choice {
+    }
+    let Some(reasons) = fold.finish_reasons() else {
+        fold.fail().await;
+        return Err(HttpError::internal(
+            "the engine ended a generation without finishing it",
+        ));
+    };
+    let usage = fold.settle().await;
+    let choices = collected
+        .into_iter()
+        .zip(reasons)
+        .enumerate()
+        .map(|(index, (c, reason))| Choice {
             index: index as u32,
             message: ResponseMessage {
                 role: "assistant".into(),
-                content: Some(content),
-                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                content: Some(c.content),
+                reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
             },
-            logprobs: job.logprobs.then_some(logprobs),
-            finish_reason: Some(finish),
-        });
-    }
-    // Settled before the answer leaves: a client that has its answer sees its balance.
-    settle(admission, tally.used(), tally.outcome()).await;
+            logprobs: job.logprobs.then_some(c.logprobs),
+            finish_reason: Some(finish_reason(reason)),
+        })
+        .collect();
     let body = ChatCompletion {
         id,
         object: "chat.completion".into(),
         created: unix_now(),
         model: job.model_id.clone(),
         choices,
-        usage: tally.usage(),
+        usage: usage.into(),
         system_fingerprint: FINGERPRINT.into(),
     };
     Ok(axum::Json(body).into_response())
@@ -369,7 +278,7 @@ fn stream_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
     id: String,
-    admission: Option<Admission>,
+    mut fold: Fold,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let writer = ChunkWriter {
@@ -390,74 +299,41 @@ fn stream_response(
             .collect();
         let mut events = stream::select_all(tagged);
         let tok = job.model.tokenizer.clone();
-        let n = job.choices.len();
-        let mut tally = Tally::new(job.prompt_tokens, n);
-        // The client went away: what was generated (every event already delivered by the
-        // engine) is billed, then dropping the receivers cancels generation.
-        macro_rules! client_gone {
-            () => {{
-                while let Some(Some((i, ev))) = events.next().now_or_never() {
-                    match ev {
-                        Event::Token { progress, .. } => tally.choices[i] = progress,
-                        Event::Finished {
-                            completion_tokens,
-                            reasoning_tokens,
-                            cached_tokens,
-                            ..
-                        } => tally.finished(i, completion_tokens, reasoning_tokens, cached_tokens),
-                        Event::Text(_) | Event::Failed(_) => {}
-                    }
-                }
-                drop(events);
-                settle(admission, tally.used(), Outcome::ClientGone).await;
-                return;
-            }};
-        }
-        for i in 0..n {
+        // The client went away: every event the engine already delivered is folded in,
+        // then the fold's drop bills it and dropping the receivers cancels generation.
+        let client_gone = |mut fold: Fold, mut events: stream::SelectAll<_>| {
+            while let Some(Some((i, ev))) = events.next().now_or_never() {
+                fold.apply(i, ev);
+            }
+        };
+        for i in 0..job.choices.len() {
             let role = Delta {
                 role: Some("assistant".into()),
                 ..Default::default()
             };
             if tx.send(writer.choice(i, role, None, None)).await.is_err() {
-                client_gone!();
+                return client_gone(fold, events);
             }
         }
-        let mut finished = 0;
         loop {
             let next = tokio::select! {
                 e = events.next() => e,
-                _ = tx.closed() => client_gone!(),
+                _ = tx.closed() => return client_gone(fold, events),
             };
             let Some((i, ev)) = next else { break };
-            let bytes = match ev {
-                Event::Token {
-                    id,
-                    text,
-                    logprob,
-                    progress,
-                } => {
-                    tally.choices[i] = progress;
-                    let lp = logprob.map(|lp| ChoiceLogprobs {
+            let bytes = match fold.apply(i, ev) {
+                Step::Text { text, token, .. } => {
+                    let lp = token.map(|(id, lp)| ChoiceLogprobs {
                         content: vec![wire_logprob(&tok, id, &lp)],
                     });
                     writer.text(i, text, lp)
                 }
-                Event::Text(text) => writer.text(i, text, None),
-                Event::Finished {
-                    reason,
-                    completion_tokens,
-                    reasoning_tokens,
-                    cached_tokens,
-                    ..
-                } => {
-                    tally.finished(i, completion_tokens, reasoning_tokens, cached_tokens);
-                    tally.cut |= reason == EngineFinish::Length;
-                    finished += 1;
+                Step::Finished { reason, .. } => {
                     writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
                 }
-                Event::Failed(msg) => {
+                Step::Failed(msg) => {
                     tracing::error!(%msg, "generation failed mid-stream");
-                    settle(admission, tally.used(), Outcome::Error).await;
+                    fold.fail().await;
                     let err = HttpError::internal(format!("generation failed: {msg}"));
                     let _ = tx
                         .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
@@ -466,18 +342,18 @@ fn stream_response(
                 }
             };
             if !bytes.is_empty() && tx.send(bytes).await.is_err() {
-                client_gone!();
+                return client_gone(fold, events);
             }
         }
-        if finished < n {
-            settle(admission, tally.used(), Outcome::Error).await;
+        if fold.finish_reasons().is_none() {
+            fold.fail().await;
             return;
         }
         // Settled before the end of the stream: a client that has read `[DONE]` sees its
         // balance.
-        settle(admission, tally.used(), tally.outcome()).await;
+        let usage = fold.settle().await;
         if job.include_usage {
-            let _ = tx.send(writer.chunk(Vec::new(), Some(tally.usage()))).await;
+            let _ = tx.send(writer.chunk(Vec::new(), Some(usage.into()))).await;
         }
         let _ = tx.send(sse("[DONE]")).await;
     });

@@ -15,13 +15,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tokenfab_platform::money::Tokens;
 use tokenfab_platform::store::{Outcome, Source};
 use tokenfab_platform::{Admission, Caller, Used};
 use tokenfab_upstream::client::{self, Answer, Failure};
-use tokenfab_upstream::normalize::{self, Counts, StreamFilter};
+use tokenfab_upstream::normalize::{self, StreamFilter};
 use tokenfab_upstream::sse::Events;
-use tokenfab_wire::chat::ChatMessage;
+use tokenfab_wire::chat::{ChatMessage, Usage};
+use tokenfab_wire::usage::TokenUsage;
 use tokio::sync::mpsc;
 
 use crate::error::HttpError;
@@ -96,16 +96,37 @@ fn prefix_key(messages: &[Value]) -> u64 {
     h.finish()
 }
 
-fn used(c: Counts, source: Source) -> Used {
-    Used {
-        tokens: Tokens {
-            prompt: c.prompt,
-            cached: c.cached.min(c.prompt),
-            completion: c.completion,
-        },
-        reasoning: c.reasoning,
-        source,
+fn used(tokens: TokenUsage, source: Source) -> Used {
+    Used { tokens, source }
+}
+
+/// The API's `usage` object for `u`.
+fn usage_value(u: TokenUsage) -> Value {
+    serde_json::to_value(Usage::from(u)).unwrap_or_default()
+}
+
+/// The least exact of two counts' sources: a usage is as exact as its weakest part.
+fn weaker(a: Source, b: Source) -> Source {
+    let rank = |s: Source| match s {
+        Source::Engine | Source::Upstream => 0,
+        Source::Counted => 1,
+        Source::Estimated => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// Usage an upstream reported, completed where it left reasoning tokens out (an upstream
+/// whose reasoning parser splits the thought but does not count it, as llama.cpp's
+/// server does): the thought passed on (`thought`) is counted here, and the ledger
+/// records the count's source.
+fn reported(up: &UpstreamModel, usage: &Value, thought: &str) -> Option<(TokenUsage, Source)> {
+    let mut u = TokenUsage::from_reported(usage)?;
+    if TokenUsage::reports_reasoning(usage) || thought.is_empty() {
+        return Some((u, Source::Upstream));
     }
+    let (reasoning, source) = count_text(up, thought);
+    u.reasoning = reasoning.min(u.completion);
+    Some((u, weaker(Source::Upstream, source)))
 }
 
 fn bad(param: &str, msg: &str) -> Response {
@@ -196,31 +217,24 @@ struct Counted {
 impl Counted {
     /// What a request that got no answer used.
     fn alone(self) -> Used {
-        used(
-            Counts {
-                prompt: self.tokens,
-                ..Counts::default()
-            },
-            self.source,
-        )
+        used(TokenUsage::prompt(self.tokens), self.source)
     }
 
-    /// Usage counted here: the prompt's count and `text`'s as the completion.
-    fn with_text(self, up: &UpstreamModel, text: &str) -> (Counts, Source) {
-        let (completion, source) = count_text(up, text);
-        let c = Counts {
-            prompt: self.tokens,
-            completion,
-            ..Counts::default()
+    /// Usage counted here: the prompt's count, `thought`'s as reasoning and `thought` and
+    /// `answer` together as the completion.
+    fn with_text(self, up: &UpstreamModel, thought: &str, answer: &str) -> (TokenUsage, Source) {
+        let (reasoning, r_source) = if thought.is_empty() {
+            (0, self.source)
+        } else {
+            count_text(up, thought)
         };
-        (
-            c,
-            if self.source == source {
-                source
-            } else {
-                Source::Estimated
-            },
-        )
+        let (rest, source) = count_text(up, answer);
+        let u = TokenUsage {
+            completion: reasoning + rest,
+            reasoning,
+            ..TokenUsage::prompt(self.tokens)
+        };
+        (u, weaker(weaker(self.source, source), r_source))
     }
 }
 
@@ -245,20 +259,21 @@ async fn chat_whole(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let cut = choices.iter().any(|c| c["finish_reason"] == "length");
-    let text: String = choices
-        .iter()
-        .flat_map(|c| ["reasoning_content", "content"].map(|k| c["message"][k].as_str()))
-        .flatten()
-        .collect();
-    let reported = v.get("usage").and_then(normalize::counts);
-    let used = match reported {
-        Some(c) => used(c, Source::Upstream),
-        None => {
-            let (c, source) = prompt.with_text(up, &text);
-            v["usage"] = normalize::usage_json(c);
-            used(c, source)
-        }
+    let field = |k: &str| -> String {
+        choices
+            .iter()
+            .filter_map(|c| c["message"][k].as_str())
+            .collect()
     };
+    let (thought, answer) = (field("reasoning_content"), field("content"));
+    let (usage, source) = match v.get("usage").and_then(|u| reported(up, u, &thought)) {
+        Some(r) => r,
+        None => prompt.with_text(up, &thought, &answer),
+    };
+    if source != Source::Upstream {
+        v["usage"] = usage_value(usage);
+    }
+    let used = used(usage, source);
     let outcome = if cut { Outcome::Length } else { Outcome::Done };
     settle(admission, used, outcome).await;
     axum::Json(v).into_response()
@@ -299,7 +314,7 @@ async fn chat_stream(
                     // The client left: closing the upstream connection cancels the
                     // answer there; what was passed on is billed.
                     drop(upstream);
-                    let (c, source) = prompt.with_text(&up, filter.text());
+                    let (c, source) = prompt.with_text(&up, filter.thought(), filter.answer());
                     settle(admission, used(c, source), Outcome::ClientGone).await;
                     return;
                 }
@@ -362,9 +377,12 @@ async fn chat_stream(
                 .await;
             return;
         }
-        let (usage, source) = match filter.usage().and_then(normalize::counts) {
-            Some(c) => (c, Source::Upstream),
-            None => prompt.with_text(&up, filter.text()),
+        let (usage, source) = match filter
+            .usage()
+            .and_then(|u| reported(&up, u, filter.thought()))
+        {
+            Some(r) => r,
+            None => prompt.with_text(&up, filter.thought(), filter.answer()),
         };
         let outcome = if filter.cut() {
             Outcome::Length
@@ -374,7 +392,7 @@ async fn chat_stream(
         // Settled before the end of the stream, as for local models.
         settle(admission, used(usage, source), outcome).await;
         if want_usage {
-            let chunk = filter.usage_chunk(normalize::usage_json(usage));
+            let chunk = filter.usage_chunk(usage_value(usage));
             let _ = tx.send(sse(&chunk)).await;
         }
         let _ = tx.send(sse("[DONE]")).await;
@@ -416,8 +434,11 @@ pub async fn json(
     }
     let reported = ["usage", "tokens"]
         .iter()
-        .find_map(|k| v.get(*k).and_then(normalize::counts))
-        .or_else(|| v.pointer("/meta/tokens").and_then(normalize::counts));
+        .find_map(|k| v.get(*k).and_then(TokenUsage::from_reported))
+        .or_else(|| {
+            v.pointer("/meta/tokens")
+                .and_then(TokenUsage::from_reported)
+        });
     let used = match reported {
         Some(c) => used(c, Source::Upstream),
         None => prompt.alone(),

@@ -5,9 +5,9 @@
 //! "\n\n" must not end a reasoning model in the middle of its first paragraph of thought),
 //! and the splitter must see whole characters so a tag next to Chinese text is found.
 
-use crate::detok::Utf8Stream;
 use crate::reasoning::{ReasoningSplitter, Split, ThinkTags};
 use crate::stop::StopMatcher;
+use crate::utf8::Utf8Stream;
 
 /// What one push produced.
 #[derive(Debug, Default)]

@@ -1,0 +1,208 @@
+//! The one fold of a local request's engine events into its answer: each choice's counts
+//! and finish reason, the request's usage, and its billing. The whole answer collects the
+//! fold's [`Step`]s; the stream sends each as it comes; both end through the fold.
+//!
+//! The fold holds the request's admission and records the usage on it after every event,
+//! so a request that ends without settling (a client that hangs up drops the handler or
+//! the stream task, and the fold with it) is billed by the admission's drop for exactly
+//! what was generated, whichever path it was on.
+
+use tokenfab_engine::scheduler::{Event, FinishReason, TokenLogprob};
+use tokenfab_platform::store::{Outcome, Source};
+use tokenfab_platform::{Admission, Used};
+use tokenfab_text::reasoning::Split;
+use tokenfab_wire::usage::TokenUsage;
+
+use crate::routes::settle;
+
+/// What one engine event means for the answer.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Text released for choice `index` (either field may be empty: text held back), with
+    /// the token that released it and its log-probabilities when they were asked for.
+    Text {
+        index: usize,
+        text: Split,
+        token: Option<(u32, TokenLogprob)>,
+    },
+    /// Choice `index` ended.
+    Finished { index: usize, reason: FinishReason },
+    /// Generation failed; the request ends with an error.
+    Failed(String),
+}
+
+/// One request's choices as their events arrive.
+pub struct Fold {
+    prompt: u64,
+    choices: Vec<(TokenUsage, Option<FinishReason>)>,
+    admission: Option<Admission>,
+}
+
+impl Fold {
+    pub fn new(prompt_tokens: usize, n: usize, admission: Option<Admission>) -> Fold {
+        Fold {
+            prompt: prompt_tokens as u64,
+            choices: vec![(TokenUsage::default(), None); n],
+            admission,
+        }
+    }
+
+    /// Folds in an event of choice `index`.
+    pub fn apply(&mut self, index: usize, event: Event) -> Step {
+        let step = match event {
+            Event::Token {
+                id,
+                text,
+                logprob,
+                usage,
+            } => {
+                self.choices[index].0 = usage;
+                Step::Text {
+                    index,
+                    text,
+                    token: logprob.map(|lp| (id, lp)),
+                }
+            }
+            Event::Text(text) => Step::Text {
+                index,
+                text,
+                token: None,
+            },
+            Event::Finished { reason, usage } => {
+                self.choices[index] = (usage, Some(reason));
+                Step::Finished { index, reason }
+            }
+            Event::Failed(msg) => Step::Failed(msg),
+        };
+        let used = self.used();
+        if let Some(a) = self.admission.as_mut() {
+            a.record(used);
+        }
+        step
+    }
+
+    /// The request's usage so far: the choices' generated tokens add up, the prompt counts
+    /// once.
+    pub fn usage(&self) -> TokenUsage {
+        self.choices
+            .iter()
+            .fold(TokenUsage::prompt(self.prompt), |all, (u, _)| all.merge(*u))
+    }
+
+    fn used(&self) -> Used {
+        Used {
+            tokens: self.usage(),
+            source: Source::Engine,
+        }
+    }
+
+    /// Every choice's finish reason, once all have finished.
+    pub fn finish_reasons(&self) -> Option<Vec<FinishReason>> {
+        self.choices.iter().map(|(_, f)| *f).collect()
+    }
+
+    /// Ends a request whose every choice finished: its usage is settled (and charged)
+    /// before the answer leaves, so a client that has its answer sees its balance. A
+    /// request with a choice left unfinished is settled as an error instead. Returns the
+    /// usage to report.
+    pub async fn settle(mut self) -> TokenUsage {
+        let outcome = match self.finish_reasons() {
+            Some(r) if r.contains(&FinishReason::Length) => Outcome::Length,
+            Some(_) => Outcome::Done,
+            None => Outcome::Error,
+        };
+        let used = self.used();
+        settle(self.admission.take(), used, outcome).await;
+        used.tokens
+    }
+
+    /// Ends a request that failed in the server: recorded, not charged.
+    pub async fn fail(mut self) {
+        let used = self.used();
+        settle(self.admission.take(), used, Outcome::Error).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(completion: u64, reasoning: u64, cached: u64) -> TokenUsage {
+        TokenUsage {
+            prompt: 10,
+            cached,
+            completion,
+            reasoning,
+        }
+    }
+
+    fn token(n: u64) -> Event {
+        Event::Token {
+            id: 7,
+            text: Split {
+                reasoning: String::new(),
+                content: "x".into(),
+            },
+            logprob: None,
+            usage: usage(n, 0, 4),
+        }
+    }
+
+    #[test]
+    fn choices_fold_into_one_usage_and_their_finish_reasons() {
+        let mut f = Fold::new(10, 2, None);
+        assert_eq!(f.usage(), TokenUsage::prompt(10));
+        assert!(matches!(
+            f.apply(0, token(1)),
+            Step::Text {
+                index: 0,
+                token: None,
+                ..
+            }
+        ));
+        f.apply(1, token(1));
+        f.apply(1, Event::Text(Split::default()));
+        assert_eq!(f.usage().completion, 2);
+        assert_eq!(f.finish_reasons(), None);
+        let end = |n, reason| Event::Finished {
+            reason,
+            usage: usage(n, 1, 6),
+        };
+        assert_eq!(
+            f.apply(0, end(3, FinishReason::Stop)),
+            Step::Finished {
+                index: 0,
+                reason: FinishReason::Stop
+            }
+        );
+        f.apply(1, end(5, FinishReason::Length));
+        assert_eq!(f.usage(), usage(8, 2, 6));
+        assert_eq!(
+            f.finish_reasons(),
+            Some(vec![FinishReason::Stop, FinishReason::Length])
+        );
+        assert!(matches!(
+            f.apply(0, Event::Failed("boom".into())),
+            Step::Failed(m) if m == "boom"
+        ));
+    }
+
+    #[test]
+    fn logprobs_ride_on_their_token() {
+        let mut f = Fold::new(3, 1, None);
+        let lp = TokenLogprob {
+            logprob: -0.5,
+            top: vec![(7, -0.5)],
+        };
+        let step = f.apply(
+            0,
+            Event::Token {
+                id: 7,
+                text: Split::default(),
+                logprob: Some(lp.clone()),
+                usage: usage(1, 0, 0),
+            },
+        );
+        assert!(matches!(step, Step::Text { token: Some((7, l)), .. } if l == lp));
+    }
+}
