@@ -26,6 +26,8 @@ use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::model::SeqInput;
 use tokenfab_engine::sampler::argmax;
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, default_cache_dir};
+use tokenfab_upstream::http::{Client, Origin, Response, success};
+use tokenfab_upstream::sse::Events;
 
 /// `tokenfab bench`: with no subcommand, the engine bench, so that the form the README
 /// and the issues have always used (`tokenfab bench --model X`) keeps working.
@@ -235,29 +237,78 @@ fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
 
 /// Refuses anything but plain HTTP to this machine: a load generator pointed elsewhere is
 /// a denial of service, and the figures only mean something on the machine being measured.
-fn check_loopback(url: &str) -> anyhow::Result<reqwest::Url> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("`{url}` is not a URL"))?;
-    anyhow::ensure!(
-        parsed.scheme() == "http",
-        "`{url}`: only http:// to loopback is measured"
-    );
-    let host = parsed.host_str().unwrap_or_default();
+fn check_loopback(url: &str) -> anyhow::Result<Origin> {
+    let rest = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+        .with_context(|| format!("`{url}`: only http:// to loopback is measured"))?;
+    let origin = Origin::parse(url).map_err(anyhow::Error::msg)?;
+    // The host as `Origin::parse` reads it (which has checked the URL's syntax): the
+    // authority before the path, less its port, less an IPv6 address's brackets.
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => h,
+        _ => authority,
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     anyhow::ensure!(
         loopback,
         "`{url}`: the load generator only talks to loopback (127.0.0.1, ::1, localhost)"
     );
-    Ok(parsed)
+    Ok(origin)
+}
+
+/// The longest answer read whole (the model list, an error's body).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// `fut`, failed when it takes longer than `limit`: a stuck server must not hang the run.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no complete answer within {limit:?}"))?
+}
+
+/// Where the requests go, and with which key.
+struct Server {
+    origin: Origin,
+    api_key: Option<String>,
+    /// Per request, from connecting to the answer's end.
+    timeout: Duration,
+}
+
+impl Server {
+    /// A client with a pool of its own, for one request, so that each request opens a
+    /// connection and closes it at its end: a loopback connect costs microseconds, the
+    /// same on both servers, and no idle kept-alive connection holds one of llama-server's
+    /// HTTP threads (or races its closing) between requests.
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(
+            self.origin.clone(),
+            self.api_key.as_deref(),
+            self.timeout,
+            None,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("HTTP client")
+    }
 }
 
 /// What every request of a run shares.
 struct HttpJob {
-    client: reqwest::Client,
+    server: Server,
+    /// `{base}/chat/completions`, for messages.
     chat_url: String,
     model: String,
     prompt: String,
@@ -280,8 +331,13 @@ struct Sample {
     finish_reason: Option<String>,
 }
 
-/// One streaming chat request, read to `[DONE]`.
+/// One streaming chat request, read to `[DONE]`, within the run's per-request timeout.
 async fn one_request(job: &HttpJob, seed: i64) -> anyhow::Result<Sample> {
+    let what = format!("POST {}", job.chat_url);
+    within(job.server.timeout, &what, stream_request(job, seed, &what)).await
+}
+
+async fn stream_request(job: &HttpJob, seed: i64, what: &str) -> anyhow::Result<Sample> {
     let body = json!({
         "model": job.model,
         "messages": [{"role": "user", "content": job.prompt}],
@@ -292,17 +348,15 @@ async fn one_request(job: &HttpJob, seed: i64) -> anyhow::Result<Sample> {
         "seed": seed,
     });
     let t0 = Instant::now();
-    let mut resp = job
-        .client
-        .post(&job.chat_url)
-        .json(&body)
-        .send()
+    let Response { status, mut body } = job
+        .server
+        .client()?
+        .post("chat/completions", body.to_string().as_bytes())
         .await
-        .with_context(|| format!("POST {}", job.chat_url))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        anyhow::bail!("POST {}: {status}: {text}", job.chat_url);
+        .context(what.to_owned())?;
+    if !success(status) {
+        let text = body.bytes(MAX_ANSWER).await.unwrap_or_default();
+        anyhow::bail!("{what}: {status}: {}", String::from_utf8_lossy(&text));
     }
     let mut sample = Sample {
         ttft: None,
@@ -314,43 +368,43 @@ async fn one_request(job: &HttpJob, seed: i64) -> anyhow::Result<Sample> {
     let mut text_chunks = 0;
     let mut usage_tokens = None;
     let mut done = false;
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(bytes) = resp.chunk().await.context("reading the stream")? {
-        buf.extend_from_slice(&bytes);
-        // Server-sent events: one `data: {json}` per line, blank lines between events.
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(data) = line.trim().strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim();
-            if data == "[DONE]" {
-                done = true;
-                continue;
+    let mut events = Events::default();
+    let mut on_event = |data: String| -> anyhow::Result<()> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            done = true;
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(data)
+            .with_context(|| format!("a stream chunk is not JSON: {data}"))?;
+        if let Some(err) = v.get("error") {
+            anyhow::bail!("the server streamed an error: {err}");
+        }
+        for choice in v["choices"].as_array().into_iter().flatten() {
+            let delta = &choice["delta"];
+            let has_text = ["content", "reasoning_content"]
+                .iter()
+                .any(|k| delta[k].as_str().is_some_and(|s| !s.is_empty()));
+            if has_text {
+                text_chunks += 1;
+                sample.ttft.get_or_insert_with(|| t0.elapsed());
             }
-            let v: Value = serde_json::from_str(data)
-                .with_context(|| format!("a stream chunk is not JSON: {data}"))?;
-            if let Some(err) = v.get("error") {
-                anyhow::bail!("the server streamed an error: {err}");
-            }
-            for choice in v["choices"].as_array().into_iter().flatten() {
-                let delta = &choice["delta"];
-                let has_text = ["content", "reasoning_content"]
-                    .iter()
-                    .any(|k| delta[k].as_str().is_some_and(|s| !s.is_empty()));
-                if has_text {
-                    text_chunks += 1;
-                    sample.ttft.get_or_insert_with(|| t0.elapsed());
-                }
-                if let Some(r) = choice["finish_reason"].as_str() {
-                    sample.finish_reason = Some(r.to_owned());
-                }
-            }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                usage_tokens = Some(n as usize);
+            if let Some(r) = choice["finish_reason"].as_str() {
+                sample.finish_reason = Some(r.to_owned());
             }
         }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            usage_tokens = Some(n as usize);
+        }
+        Ok(())
+    };
+    while let Some(bytes) = body.chunk().await.context("reading the stream")? {
+        for data in events.push(&bytes) {
+            on_event(data)?;
+        }
+    }
+    if let Some(data) = events.finish() {
+        on_event(data)?;
     }
     sample.total = t0.elapsed();
     anyhow::ensure!(done, "the stream ended without `data: [DONE]`");
@@ -371,7 +425,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn run_http(args: HttpArgs) -> anyhow::Result<()> {
-    let base = check_loopback(&args.url)?;
+    let origin = check_loopback(&args.url)?;
     let requests = args.requests.unwrap_or(args.concurrency).clamp(1, 10_000);
     let concurrency = args.concurrency.clamp(1, requests);
     // One thread: the generator shares the cores with the server it measures, and parsing
@@ -380,44 +434,32 @@ fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(http_main(args, base, requests, concurrency))
+    rt.block_on(http_main(args, origin, requests, concurrency))
 }
 
 async fn http_main(
     args: HttpArgs,
-    base: reqwest::Url,
+    origin: Origin,
     requests: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let base = base.as_str().trim_end_matches('/').to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(key) = &args.api_key {
-        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
-            .context("the API key is not a valid header value")?;
-        v.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, v);
-    }
-    let client = reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(args.timeout))
-        .no_proxy()
-        // A fresh connection per request: reusing one the server is about to close (as
-        // llama-server's HTTP library does after a stream) fails the run at random, and a
-        // loopback connect costs microseconds, the same on both servers.
-        .pool_max_idle_per_host(0)
-        .build()
-        .context("HTTP client")?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let server = Server {
+        origin,
+        api_key: args.api_key.clone(),
+        timeout: Duration::from_secs(args.timeout),
+    };
     let model = match args.model.clone() {
         Some(m) => m,
         None => {
-            let models: Value = client
-                .get(format!("{base}/models"))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .with_context(|| format!("GET {base}/models"))?
-                .json()
-                .await?;
+            let what = format!("GET {base}/models");
+            let models: Value = within(server.timeout, &what, async {
+                let r = server.client()?.get("models").await.context(what.clone())?;
+                anyhow::ensure!(success(r.status), "{what}: {}", r.status);
+                let bytes = r.body.bytes(MAX_ANSWER).await.context(what.clone())?;
+                serde_json::from_slice(&bytes).with_context(|| format!("{what}: not JSON"))
+            })
+            .await?;
             models["data"][0]["id"]
                 .as_str()
                 .with_context(|| format!("GET {base}/models lists no model; pass --model"))?
@@ -425,7 +467,7 @@ async fn http_main(
         }
     };
     let job = Arc::new(HttpJob {
-        client,
+        server,
         chat_url: format!("{base}/chat/completions"),
         model,
         prompt: args.prompt.clone(),
@@ -547,6 +589,7 @@ mod tests {
             "http://127.0.0.1:8000/v1",
             "http://localhost:8000/v1",
             "http://[::1]:8000/v1",
+            "HTTP://LOCALHOST/v1/",
         ] {
             assert!(check_loopback(ok).is_ok(), "{ok}");
         }
@@ -555,6 +598,10 @@ mod tests {
             "http://example.invalid/v1",
             "https://127.0.0.1/v1",
             "not a url",
+            // Hosts that only start like loopback.
+            "http://127.0.0.1:8000@example.invalid/v1",
+            "http://localhost.example.invalid/v1",
+            "http://[::]:8000/v1",
         ] {
             assert!(check_loopback(bad).is_err(), "{bad}");
         }

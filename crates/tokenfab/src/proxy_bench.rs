@@ -27,6 +27,7 @@ use axum::Json;
 use axum::routing::{get, post};
 use clap::Args;
 use serde_json::{Value, json};
+use tokenfab_upstream::http::{Client, Origin, success};
 use tokenfab_upstream::pool::mix;
 
 #[derive(Args)]
@@ -219,38 +220,32 @@ impl Best {
     }
 }
 
-fn client(key: Option<&str>) -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(k) = key {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {k}").parse()?,
-        );
-    }
-    Ok(reqwest::Client::builder()
-        .default_headers(headers)
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?)
+/// The longest a request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for the API at `base` (`http://127.0.0.1:PORT/v1`), with a pool of its own:
+/// each run starts with no connection open, as the other side's did.
+fn client(base: &str, key: Option<&str>) -> anyhow::Result<Client> {
+    let origin = Origin::parse(base).map_err(anyhow::Error::msg)?;
+    Client::new(origin, key, REQUEST_TIMEOUT, None).map_err(anyhow::Error::msg)
 }
 
-fn body(model: &str) -> String {
+fn body(model: &str) -> Vec<u8> {
     json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
         .to_string()
+        .into_bytes()
 }
 
-async fn send(client: &reqwest::Client, url: &str, body: &str) -> bool {
-    match client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-    {
-        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-        Err(_) => false,
-    }
+/// One chat completion, read whole; whether it succeeded in time.
+async fn send(client: &Client, body: &[u8]) -> bool {
+    let exchange = async {
+        let r = client.post("chat/completions", body).await.ok()?;
+        (success(r.status) && r.body.bytes(1 << 20).await.is_ok()).then_some(())
+    };
+    matches!(
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await,
+        Ok(Some(()))
+    )
 }
 
 /// When each of `n` requests is due, from the start, at `rate` per second.
@@ -276,24 +271,19 @@ fn schedule(rate: u32, n: usize, poisson: bool) -> Vec<Duration> {
 /// a thread of its own, whose sleeps are exact to tens of microseconds: the runtime's
 /// timer ticks in milliseconds, and at 2000 requests/s would send them in pairs, each
 /// pair's second queued behind its first (a burst the rate does not ask for).
-async fn open_loop(
-    client: reqwest::Client,
-    url: String,
-    body: String,
-    schedule: Vec<Duration>,
-) -> Run {
+async fn open_loop(client: Client, body: Vec<u8>, schedule: Vec<Duration>) -> Run {
     let n = schedule.len();
-    let (client, url, body) = (Arc::new(client), Arc::new(url), Arc::new(body));
+    let body = Arc::new(body);
     let runtime = tokio::runtime::Handle::current();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
     std::thread::spawn(move || {
         for at in schedule {
             std::thread::sleep((start + at).saturating_duration_since(Instant::now()));
-            let (c, u, b) = (client.clone(), url.clone(), body.clone());
+            let (c, b) = (client.clone(), body.clone());
             let task = runtime.spawn(async move {
                 let t = Instant::now();
-                let ok = send(&c, &u, &b).await;
+                let ok = send(&c, &b).await;
                 (ok, t.elapsed().as_secs_f64() * 1e3)
             });
             if tx.send(task).is_err() {
@@ -325,24 +315,18 @@ fn summarize(results: Vec<(bool, f64)>, start: Instant) -> Run {
 }
 
 /// `n` requests, `concurrency` in flight at a time.
-async fn closed_loop(
-    client: reqwest::Client,
-    url: String,
-    body: String,
-    concurrency: usize,
-    n: usize,
-) -> Run {
+async fn closed_loop(client: Client, body: Vec<u8>, concurrency: usize, n: usize) -> Run {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (client, url, body) = (Arc::new(client), Arc::new(url), Arc::new(body));
+    let body = Arc::new(body);
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (c, u, b, next) = (client.clone(), url.clone(), body.clone(), next.clone());
+            let (c, b, next) = (client.clone(), body.clone(), next.clone());
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                     let t = Instant::now();
-                    let ok = send(&c, &u, &b).await;
+                    let ok = send(&c, &b).await;
                     out.push((ok, t.elapsed().as_secs_f64() * 1e3));
                 }
                 out
@@ -365,8 +349,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let direct_url = format!("http://127.0.0.1:{upstream}/v1/chat/completions");
-    let front_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let direct_url = format!("http://127.0.0.1:{upstream}/v1");
+    let front_url = format!("http://127.0.0.1:{port}/v1");
     let load = crate::bench::load_average();
     let rounds = args.rounds.clamp(1, 10);
     // The same send times for every run (the warm-ups use their start).
@@ -374,10 +358,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let warm_up = || plan[..200.min(n)].to_vec();
     let (direct, front, max, cpu, per_round) = rt.block_on(async {
         // Warm-up: connections, caches, the key cache.
-        open_loop(client(None)?, direct_url.clone(), body("echo"), warm_up()).await;
+        open_loop(client(&direct_url, None)?, body("echo"), warm_up()).await;
         open_loop(
-            client(Some(&key))?,
-            front_url.clone(),
+            client(&front_url, Some(&key))?,
             body("bench/echo"),
             warm_up(),
         )
@@ -388,17 +371,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         // tokenfab's CPU seconds over the open-loop runs through it.
         let mut cpu = Some(0.0);
         for _ in 0..rounds {
-            let d = open_loop(
-                client(None)?,
-                direct_url.clone(),
-                body("echo"),
-                plan.clone(),
-            )
-            .await;
+            let d = open_loop(client(&direct_url, None)?, body("echo"), plan.clone()).await;
             let before = cpu_seconds(pid);
             let f = open_loop(
-                client(Some(&key))?,
-                front_url.clone(),
+                client(&front_url, Some(&key))?,
                 body("bench/echo"),
                 plan.clone(),
             )
@@ -411,8 +387,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .map(|(c, (b, a))| c + a - b);
         }
         let max = closed_loop(
-            client(Some(&key))?,
-            front_url,
+            client(&front_url, Some(&key))?,
             body("bench/echo"),
             args.concurrency.clamp(1, 256),
             n,
