@@ -531,3 +531,230 @@ pub(crate) fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     }
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(v: Value) -> ChatCompletionRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The field a 400 names.
+    fn param(e: HttpError) -> String {
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{e:?}");
+        e.body.param.unwrap_or_default()
+    }
+
+    fn asked_err(v: Value) -> String {
+        param(asked(&req(v), &Limits::default()).unwrap_err())
+    }
+
+    fn spec(switchable: bool) -> ReasoningSpec {
+        ReasoningSpec {
+            tags: Default::default(),
+            switchable,
+            close_tokens: vec![1, 2],
+            budget: 4096,
+        }
+    }
+
+    #[test]
+    fn fields_that_constrain_the_output_are_refused_by_name() {
+        for (field, _) in UNHONOURED {
+            let body = json!({ "model": "m", "messages": [], *field: {"type": "object"} });
+            assert_eq!(param(refuse_unhonoured(&body).unwrap_err()), *field);
+        }
+        let body = json!({"model": "m", "guided_json": null, "unknown_field": 1});
+        assert!(refuse_unhonoured(&body).is_ok());
+    }
+
+    #[test]
+    fn every_sampling_field_is_range_checked() {
+        for (field, value) in [
+            ("temperature", json!(2.5)),
+            ("top_p", json!(0.0)),
+            ("top_p", json!(1.5)),
+            ("min_p", json!(-0.1)),
+            ("frequency_penalty", json!(3)),
+            ("presence_penalty", json!(-3)),
+            ("repetition_penalty", json!(0)),
+            ("top_k", json!(-2)),
+            ("n", json!(0)),
+            ("n", json!(9)),
+            ("stop", json!(["a", "b", "c", "d", "e"])),
+            ("top_logprobs", json!(21)),
+        ] {
+            let mut body = json!({ field: value });
+            if field == "top_logprobs" {
+                body["logprobs"] = json!(true);
+            }
+            assert_eq!(asked_err(body), field, "{field} = {value}");
+        }
+        assert_eq!(asked_err(json!({"top_logprobs": 2})), "top_logprobs");
+        assert_eq!(asked_err(json!({"tools": [{"type": "function"}]})), "tools");
+        assert_eq!(
+            asked_err(json!({"response_format": {"type": "json_object"}})),
+            "response_format"
+        );
+        let ok = asked(
+            &req(
+                json!({"top_k": -1, "n": 2, "stop": "x", "logprobs": true, "top_logprobs": 3,
+                "seed": 7, "max_tokens": 9, "max_completion_tokens": 5,
+                "response_format": {"type": "text"}, "tools": []}),
+            ),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.sampling.top_k, ok.n, ok.seed, ok.stop, ok.top_logprobs),
+            (0, 2, Some(7), vec!["x".to_string()], 3)
+        );
+        // `max_completion_tokens` is OpenAI's newer name and wins.
+        assert_eq!(ok.max_tokens, Some(("max_completion_tokens", 5)));
+    }
+
+    #[test]
+    fn max_tokens_fit_the_context_and_the_operators_ceiling() {
+        let exceeded = |e: HttpError| {
+            assert_eq!(e.body.code.as_deref(), Some("context_length_exceeded"));
+            e.body.param.unwrap()
+        };
+        assert_eq!(
+            exceeded(max_tokens(100, 100, None, None).unwrap_err()),
+            "messages"
+        );
+        assert_eq!(
+            exceeded(max_tokens(90, 100, Some(("max_tokens", 11)), None).unwrap_err()),
+            "max_tokens"
+        );
+        assert_eq!(
+            max_tokens(90, 100, Some(("max_tokens", 10)), None).unwrap(),
+            10
+        );
+        assert_eq!(max_tokens(90, 100, None, None).unwrap(), 10);
+        // The ceiling applies before the context check: asking for more is served up to it.
+        assert_eq!(
+            max_tokens(90, 100, Some(("max_tokens", 50)), Some(4)).unwrap(),
+            4
+        );
+        assert_eq!(max_tokens(90, 100, None, Some(4)).unwrap(), 4);
+        assert_eq!(max_tokens(98, 100, None, Some(4)).unwrap(), 2);
+        assert_eq!(
+            param(max_tokens(1, 100, Some(("max_completion_tokens", 0)), None).unwrap_err()),
+            "max_completion_tokens"
+        );
+    }
+
+    #[test]
+    fn thinking_switches_budgets_and_reasoning_effort() {
+        let think = |v: Value, r: Option<&ReasoningSpec>| thinking(&req(v), "m", r, 1000);
+        let (always, switchable) = (spec(false), spec(true));
+        // A budget is checked against the context window, for every model.
+        assert_eq!(
+            param(think(json!({"thinking_budget": 0}), None).unwrap_err()),
+            "thinking_budget"
+        );
+        assert_eq!(
+            param(think(json!({"thinking_budget": 1000}), Some(&always)).unwrap_err()),
+            "thinking_budget"
+        );
+        let (_, b) = think(json!({"thinking_budget": 999}), Some(&always)).unwrap();
+        assert_eq!(b, Some(999));
+        // Off: a 400 for a model that always thinks, named after the field that asked.
+        for (body, field) in [
+            (json!({"enable_thinking": false}), "enable_thinking"),
+            (
+                json!({"chat_template_kwargs": {"enable_thinking": false}}),
+                "chat_template_kwargs.enable_thinking",
+            ),
+            (json!({"reasoning_effort": "none"}), "reasoning_effort"),
+        ] {
+            assert_eq!(param(think(body, Some(&always)).unwrap_err()), field);
+        }
+        let (kwargs, b) = think(json!({"reasoning_effort": "none"}), Some(&switchable)).unwrap();
+        assert_eq!((kwargs["enable_thinking"].clone(), b), (json!(false), None));
+        let (kwargs, _) = think(json!({"enable_thinking": true}), Some(&switchable)).unwrap();
+        assert_eq!(kwargs["enable_thinking"], json!(true));
+        assert_eq!(
+            param(
+                think(
+                    json!({"chat_template_kwargs": {"enable_thinking": "no"}}),
+                    None
+                )
+                .unwrap_err()
+            ),
+            "chat_template_kwargs.enable_thinking"
+        );
+        // Efforts are budgets, held to the context; an explicit budget or switch wins.
+        assert_eq!(
+            think(json!({"reasoning_effort": "minimal"}), Some(&always))
+                .unwrap()
+                .1,
+            Some(256)
+        );
+        assert_eq!(
+            think(json!({"reasoning_effort": "high"}), Some(&always))
+                .unwrap()
+                .1,
+            Some(999)
+        );
+        let both = json!({"reasoning_effort": "low", "thinking_budget": 77});
+        assert_eq!(think(both, Some(&always)).unwrap().1, Some(77));
+        let both = json!({"reasoning_effort": "none", "enable_thinking": true});
+        assert_eq!(
+            think(both, Some(&switchable)).unwrap().0["enable_thinking"],
+            json!(true)
+        );
+        assert_eq!(
+            param(think(json!({"reasoning_effort": "extreme"}), Some(&always)).unwrap_err()),
+            "reasoning_effort"
+        );
+        // A model that does not think cannot honour an effort.
+        assert_eq!(
+            param(think(json!({"reasoning_effort": "low"}), None).unwrap_err()),
+            "reasoning_effort"
+        );
+        assert_eq!(think(json!({}), Some(&always)).unwrap().1, None);
+    }
+
+    #[test]
+    fn messages_become_template_inputs() {
+        let msgs: Vec<ChatMessage> = serde_json::from_value(json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null, "reasoning": "hm",
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "f"}
+        ]))
+        .unwrap();
+        let t = template_messages(&msgs).unwrap();
+        let roles: Vec<&str> = t.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+        assert_eq!((t[1].content.as_str(), t[2].content.as_str()), ("ab", ""));
+        assert_eq!(t[2].extra["reasoning_content"], json!("hm"));
+        assert_eq!(t[2].extra["tool_calls"][0]["id"], json!("c1"));
+        assert_eq!(
+            (
+                t[3].extra["tool_call_id"].clone(),
+                t[3].extra["name"].clone()
+            ),
+            (json!("c1"), json!("f"))
+        );
+        let bad_part: Vec<ChatMessage> = serde_json::from_value(json!([
+            {"role": "user", "content": [{"type": "image_url"}]}
+        ]))
+        .unwrap();
+        assert_eq!(
+            param(template_messages(&bad_part).unwrap_err()),
+            "messages[0].content"
+        );
+        let no_content: Vec<ChatMessage> =
+            serde_json::from_value(json!([{"role": "user"}])).unwrap();
+        assert_eq!(
+            param(template_messages(&no_content).unwrap_err()),
+            "messages[0].content"
+        );
+    }
+}

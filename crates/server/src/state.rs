@@ -8,6 +8,7 @@ use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::Platform;
 use tokenfab_text::reasoning::ThinkTags;
+use tokenfab_upstream::dialect::Dialect;
 use tokenfab_upstream::pool::Pool;
 
 /// One model run by tokenfab's engine: the engine plus what handlers need to build prompts.
@@ -35,6 +36,8 @@ pub struct UpstreamModel {
     pub context_length: usize,
     /// Counts usage when an upstream reports none; without it, usage is estimated.
     pub counter: Option<Counter>,
+    /// The engine the backends run, for its spelling of the thinking fields.
+    pub dialect: Dialect,
 }
 
 /// Where a model's requests go.

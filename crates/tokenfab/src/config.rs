@@ -43,6 +43,7 @@
 //! context_length = 65536    # bounds the reservation of a request without max_tokens
 //! tokenizer = "Qwen/Qwen2.5-Coder-0.5B-Instruct" # optional: counts usage an upstream omits
 //! affinity = true           # conversations stay on one backend while it is not overloaded
+//! dialect = "vllm"           # the backends' engine: enable_thinking / thinking_budget in its fields
 //! health_interval_s = 5     # probes of each backend's GET /models
 //! input_per_million = "4.00"
 //! output_per_million = "16.00"
@@ -67,6 +68,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokenfab_platform::limits::Rates;
 use tokenfab_platform::money::{Money, Price};
+use tokenfab_upstream::dialect::Dialect;
 use tokenfab_upstream::http::Origin;
 
 /// The file's shape. Every field is optional; defaults give the quick start.
@@ -134,6 +136,9 @@ pub struct ModelConfig {
     pub affinity: Option<bool>,
     /// Upstream: seconds between health probes of each backend (default 5).
     pub health_interval_s: Option<f64>,
+    /// Upstream: the engine the backends run (`openai`, `tokenfab`, `vllm`, `llama.cpp`,
+    /// `sglang`), for its spelling of `enable_thinking` and `thinking_budget`.
+    pub dialect: Option<String>,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -200,6 +205,14 @@ impl ModelConfig {
             if times.into_iter().flatten().any(|t| !(t > 0.0 && t < 1e7)) {
                 bail!("model `{name}`: backend timeouts must be positive numbers of seconds");
             }
+        }
+        if let Some(d) = &self.dialect
+            && (self.backends.is_empty() || Dialect::parse(d).is_none())
+        {
+            bail!(
+                "model `{name}`: `dialect` is for upstream models and is one of {}, not `{d}`",
+                Dialect::names()
+            );
         }
         if self
             .health_interval_s
@@ -348,6 +361,7 @@ tpm = 1000
 id = "up/r1"
 type = "chat"
 affinity = true
+dialect = "llama.cpp"
 [[models.backends]]
 url = "http://10.0.0.5:8000/v1"
 model = "r1"
@@ -394,6 +408,14 @@ timeout_s = 30
             (
                 "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h/v1\"\ntimeout_s = -1\n",
                 "positive",
+            ),
+            (
+                "[[models]]\nid = \"x\"\ndialect = \"ollama\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",
+                "one of openai, tokenfab, vllm, llama.cpp, sglang",
+            ),
+            (
+                "[[models]]\nsource = \"a.gguf\"\ndialect = \"vllm\"\n",
+                "for upstream models",
             ),
         ];
         for (text, why) in refused {

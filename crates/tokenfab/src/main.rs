@@ -29,6 +29,7 @@ use tokenfab_server::{
     AppState, Counter, Limits, ModelEntry, ModelType, Serve, ServedModel, UpstreamModel,
 };
 use tokenfab_text::reasoning::ThinkTags;
+use tokenfab_upstream::dialect::Dialect;
 use tokenfab_upstream::pool::{BackendConfig, Pool};
 
 use crate::config::{FileConfig, ModelConfig};
@@ -384,6 +385,11 @@ fn connect_upstream(m: &ModelConfig, how: &Loading) -> anyhow::Result<UpstreamMo
         think: (m.reasoning != Some(false)).then(|| think_tags(m)),
         context_length: m.context_length.unwrap_or(32_768),
         counter,
+        dialect: m
+            .dialect
+            .as_deref()
+            .and_then(Dialect::parse)
+            .unwrap_or_default(),
     })
 }
 

@@ -12,6 +12,8 @@
 //! - [`http`]: the HTTP/1.1 client under [`client`]: kept-alive connections per backend,
 //!   each request written and its answer read by the request's own task.
 //! - [`sse`]: splits a server-sent-event byte stream into its `data` payloads.
+//! - [`dialect`]: the upstream engine's own fields for `enable_thinking` and
+//!   `thinking_budget` (vLLM's, llama.cpp's, SGLang's), rewritten before a request goes up.
 //! - [`normalize`]: makes upstream answers look like tokenfab's own: the model id the
 //!   client used, the thought in `reasoning_content` whichever dialect the upstream speaks
 //!   (`reasoning_content`, vLLM's `reasoning`, or `<think>` left inline in `content`), and
@@ -24,6 +26,7 @@
 //! by the server) settles the request.
 
 pub mod client;
+pub mod dialect;
 pub mod http;
 pub mod normalize;
 pub mod pool;

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::error::HttpError;
 use crate::job::{encode_prompt, template_messages};
 use crate::routes::{admit, model_request, settle, sse, sse_response, with_rate_headers};
-use crate::state::{AppState, ModelEntry, ModelType, Serve, UpstreamModel};
+use crate::state::{AppState, Counter, ModelEntry, ModelType, Serve, UpstreamModel};
 
 /// The API error for a request no backend answered. Upstream bodies never reach the
 /// client, except the message of an error about the request itself.
@@ -59,8 +59,8 @@ fn failure(f: Failure, id: &str) -> HttpError {
 
 /// Tokens of `text` with the model's tokenizer, else estimated from its length (about
 /// four bytes a token in English, fewer elsewhere: an estimate, recorded as one).
-fn count_text(up: &UpstreamModel, text: &str) -> (u64, Source) {
-    match &up.counter {
+fn count_text(counter: Option<&Counter>, text: &str) -> (u64, Source) {
+    match counter {
         Some(c) => (
             c.tokenizer.encode(text, false, false).len() as u64,
             Source::Counted,
@@ -83,7 +83,10 @@ fn count_prompt(up: &UpstreamModel, messages: &[Value]) -> (u64, Source) {
             Source::Counted,
         );
     }
-    count_text(up, &serde_json::to_string(messages).unwrap_or_default())
+    count_text(
+        up.counter.as_ref(),
+        &serde_json::to_string(messages).unwrap_or_default(),
+    )
 }
 
 /// A conversation's prefix for affinity: its first two messages (the system prompt and
@@ -119,12 +122,16 @@ fn weaker(a: Source, b: Source) -> Source {
 /// whose reasoning parser splits the thought but does not count it, as llama.cpp's
 /// server does): the thought passed on (`thought`) is counted here, and the ledger
 /// records the count's source.
-fn reported(up: &UpstreamModel, usage: &Value, thought: &str) -> Option<(TokenUsage, Source)> {
+fn reported(
+    counter: Option<&Counter>,
+    usage: &Value,
+    thought: &str,
+) -> Option<(TokenUsage, Source)> {
     let mut u = TokenUsage::from_reported(usage)?;
     if TokenUsage::reports_reasoning(usage) || thought.is_empty() {
         return Some((u, Source::Upstream));
     }
-    let (reasoning, source) = count_text(up, thought);
+    let (reasoning, source) = count_text(counter, thought);
     u.reasoning = reasoning.min(u.completion);
     Some((u, weaker(Source::Upstream, source)))
 }
@@ -150,6 +157,9 @@ pub async fn chat(
     };
     let (prompt, prompt_source) = count_prompt(up, messages);
     let affinity = up.pool.affinity().then(|| prefix_key(messages));
+    if let Err(e) = up.dialect.rewrite_thinking(obj) {
+        return bad(e.field, &e.to_string());
+    }
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -226,9 +236,9 @@ impl Counted {
         let (reasoning, r_source) = if thought.is_empty() {
             (0, self.source)
         } else {
-            count_text(up, thought)
+            count_text(up.counter.as_ref(), thought)
         };
-        let (rest, source) = count_text(up, answer);
+        let (rest, source) = count_text(up.counter.as_ref(), answer);
         let u = TokenUsage {
             completion: reasoning + rest,
             reasoning,
@@ -266,7 +276,10 @@ async fn chat_whole(
             .collect()
     };
     let (thought, answer) = (field("reasoning_content"), field("content"));
-    let (usage, source) = match v.get("usage").and_then(|u| reported(up, u, &thought)) {
+    let (usage, source) = match v
+        .get("usage")
+        .and_then(|u| reported(up.counter.as_ref(), u, &thought))
+    {
         Some(r) => r,
         None => prompt.with_text(up, &thought, &answer),
     };
@@ -379,7 +392,7 @@ async fn chat_stream(
         }
         let (usage, source) = match filter
             .usage()
-            .and_then(|u| reported(&up, u, filter.thought()))
+            .and_then(|u| reported(up.counter.as_ref(), u, filter.thought()))
         {
             Some(r) => r,
             None => prompt.with_text(&up, filter.thought(), filter.answer()),
@@ -415,7 +428,7 @@ pub async fn json(
         .filter_map(|k| body.get(*k))
         .map(Value::to_string)
         .collect();
-    let (tokens, source) = count_text(up, &text);
+    let (tokens, source) = count_text(up.counter.as_ref(), &text);
     let prompt = Counted { tokens, source };
     let admission = match admit(state, caller, &entry.id, tokens, 0).await {
         Ok(a) => a,
@@ -487,5 +500,36 @@ async fn forward(
             ),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_tokens_an_upstream_left_out_are_counted() {
+        let thought = "I reason about it at some length.";
+        let full = json!({"prompt_tokens": 5, "completion_tokens": 20,
+            "completion_tokens_details": {"reasoning_tokens": 12}});
+        let (u, source) = reported(None, &full, thought).unwrap();
+        assert_eq!((u.reasoning, source), (12, Source::Upstream));
+        // llama.cpp's server splits the thought but reports no reasoning tokens: estimated
+        // here (no tokenizer configured) and recorded as an estimate.
+        let bare = json!({"prompt_tokens": 5, "completion_tokens": 20});
+        let (u, source) = reported(None, &bare, thought).unwrap();
+        assert_eq!((u.prompt, u.completion), (5, 20));
+        assert_eq!(
+            (u.reasoning, source),
+            (thought.len().div_ceil(4) as u64, Source::Estimated)
+        );
+        // Never more reasoning than completion; no thought, nothing to count.
+        let short = json!({"prompt_tokens": 5, "completion_tokens": 3});
+        assert_eq!(reported(None, &short, thought).unwrap().0.reasoning, 3);
+        assert_eq!(
+            reported(None, &bare, "").unwrap(),
+            (TokenUsage::from_reported(&bare).unwrap(), Source::Upstream)
+        );
+        assert!(reported(None, &json!({}), thought).is_none());
     }
 }
