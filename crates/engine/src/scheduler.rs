@@ -6,8 +6,10 @@
 //! a prompt chunk or the last sampled token of each sequence, run one forward pass, sample,
 //! turn the token into text ([`tokenfab_text::output`]: whole characters, thought apart from
 //! answer, stop strings), send. A reasoning sequence whose thinking budget is spent gets
-//! the closing tag's tokens fed in place of sampled ones, so its answer always comes. Heavy math runs on a private rayon pool, so tokio's
-//! threads never compute and the math threads never wait on I/O.
+//! the closing tag's tokens fed in place of sampled ones, so its answer always comes.
+//! Heavy math runs on a private rayon pool, so the math threads never wait on I/O and an
+//! async caller's threads never compute here (the HTTP server also renders and tokenizes
+//! prompts off its runtime, on tokio's blocking pool).
 //!
 //! A sequence whose receiver is dropped (the client went away) is removed before the next
 //! step, so generation stops at once and its KV cache is freed.

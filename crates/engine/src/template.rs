@@ -48,10 +48,7 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 /// Templates such as Llama 3's print today's date; `strftime_now("%d %b %Y")` is all they
 /// use, so a small formatter over the UTC date is enough.
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = tokenfab_wire::time::unix_now();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

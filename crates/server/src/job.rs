@@ -249,6 +249,15 @@ fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpErro
             "tool calling is not available for this model yet; send the request without `tools`",
         ));
     }
+    // Without tools there is nothing to call: only the choices that ask for no call hold.
+    if let Some(tc) = &req.tool_choice
+        && !(tc.is_null() || tc == "none" || tc == "auto")
+    {
+        return Err(bad(
+            "tool_choice",
+            "`tool_choice` can only be `none` or `auto` without `tools`",
+        ));
+    }
     if let Some(rf) = &req.response_format {
         let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
         if kind != "text" {
@@ -594,6 +603,7 @@ mod tests {
         }
         assert_eq!(asked_err(json!({"top_logprobs": 2})), "top_logprobs");
         assert_eq!(asked_err(json!({"tools": [{"type": "function"}]})), "tools");
+        assert_eq!(asked_err(json!({"tool_choice": "required"})), "tool_choice");
         assert_eq!(
             asked_err(json!({"response_format": {"type": "json_object"}})),
             "response_format"
@@ -602,7 +612,7 @@ mod tests {
             &req(
                 json!({"top_k": -1, "n": 2, "stop": "x", "logprobs": true, "top_logprobs": 3,
                 "seed": 7, "max_tokens": 9, "max_completion_tokens": 5,
-                "response_format": {"type": "text"}, "tools": []}),
+                "response_format": {"type": "text"}, "tools": [], "tool_choice": "auto"}),
             ),
             &Limits::default(),
         )

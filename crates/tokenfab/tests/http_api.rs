@@ -374,6 +374,20 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             400,
             Some("messages[0].role"),
         );
+        // Fields that would constrain the output, which the model cannot honour yet, are
+        // refused by name rather than ignored; so is an effort for a model that does not
+        // reason.
+        for (field, value) in [
+            ("guided_json", json!({"type": "object"})),
+            ("guided_choice", json!(["yes", "no"])),
+            ("json_schema", json!({"type": "object"})),
+            ("functions", json!([{"name": "f", "parameters": {}}])),
+            ("function_call", json!("auto")),
+            ("reasoning_effort", json!("low")),
+        ] {
+            let body = json!({"model": MODEL, "messages": msgs, field: value});
+            check(raw(body.to_string()).await, 400, Some(field));
+        }
         // A prompt longer than the context window.
         let long = "hello ".repeat(9000);
         let (status, v) = raw(

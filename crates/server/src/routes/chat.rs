@@ -78,9 +78,17 @@ pub async fn chat_completions(
         Serve::Upstream(up) => return proxy::chat(&state, &caller, &entry, up, body).await,
         Serve::Local(m) => m.clone(),
     };
-    let job = match job::build(body, &entry.id, model, &state.limits) {
-        Ok(j) => j,
-        Err(e) => return e.into_response(),
+    // Rendering and tokenizing take milliseconds for long conversations (an 8K-token one:
+    // about 2.6 ms), which would stall every other connection on this runtime worker.
+    let (id, limits) = (entry.id.clone(), state.limits.clone());
+    let built = tokio::task::spawn_blocking(move || job::build(body, &id, model, &limits)).await;
+    let job = match built {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => {
+            return HttpError::internal(format!("could not prepare the request: {e}"))
+                .into_response();
+        }
     };
     crate::request_id::note_prompt(job.prompt_tokens as u64);
     tracing::debug!(
