@@ -68,6 +68,14 @@ impl Rng {
     }
 }
 
+#[cfg(test)]
+impl Rng {
+    /// Uniform in [-1, 1]: random weights and activations for the kernels' tests.
+    pub(crate) fn next_signed_f32(&mut self) -> f32 {
+        (self.next_f64() * 2.0 - 1.0) as f32
+    }
+}
+
 /// Per-sequence sampling state: the parameters, the generator, and the token counts the
 /// penalties need (kept incrementally so a step costs O(vocab), not O(history)).
 #[derive(Debug, Clone)]

@@ -477,50 +477,36 @@ pub fn exp_nonpositive(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Small deterministic generator so the tests need no extra crates.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn byte(&mut self) -> u8 {
-            (self.next() >> 24) as u8
-        }
-        fn f(&mut self) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
+    use crate::sampler::Rng;
 
     /// Random blocks with sane f16 scales (random bytes would give NaN/inf scales).
     fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
         let (block, bytes) = ty.block_layout().unwrap();
         let mut out = Vec::new();
         for _ in 0..n / block {
-            let mut b: Vec<u8> = (0..bytes).map(|_| rng.byte()).collect();
+            let mut b: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
             let put = |b: &mut Vec<u8>, off: usize, v: f32| {
                 b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
             };
             match ty {
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => put(&mut b, 0, rng.f() * 0.1),
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                    put(&mut b, 0, rng.next_signed_f32() * 0.1)
+                }
                 GgmlType::Q4_1 => {
-                    put(&mut b, 0, rng.f() * 0.1);
-                    put(&mut b, 2, rng.f() * 0.5);
+                    put(&mut b, 0, rng.next_signed_f32() * 0.1);
+                    put(&mut b, 2, rng.next_signed_f32() * 0.5);
                 }
                 GgmlType::Q4K => {
-                    put(&mut b, 0, rng.f() * 0.01);
-                    put(&mut b, 2, rng.f() * 0.01);
+                    put(&mut b, 0, rng.next_signed_f32() * 0.01);
+                    put(&mut b, 2, rng.next_signed_f32() * 0.01);
                 }
-                GgmlType::Q6K => put(&mut b, 208, rng.f() * 0.01),
+                GgmlType::Q6K => put(&mut b, 208, rng.next_signed_f32() * 0.01),
                 GgmlType::F16 => {
                     for i in 0..block {
-                        put(&mut b, 2 * i, rng.f())
+                        put(&mut b, 2 * i, rng.next_signed_f32())
                     }
                 }
-                GgmlType::F32 => b.copy_from_slice(&rng.f().to_le_bytes()),
+                GgmlType::F32 => b.copy_from_slice(&rng.next_signed_f32().to_le_bytes()),
                 _ => unreachable!(),
             }
             out.extend_from_slice(&b);
@@ -555,8 +541,8 @@ mod tests {
     /// Q8_0 round trip: activations quantize to within half a step.
     #[test]
     fn q8_activation_roundtrip() {
-        let mut rng = Rng(7);
-        let x: Vec<f32> = (0..256).map(|_| rng.f() * 3.0).collect();
+        let mut rng = Rng::new(7);
+        let x: Vec<f32> = (0..256).map(|_| rng.next_signed_f32() * 3.0).collect();
         let mut q = vec![BlockQ8::default(); 8];
         quantize_row_q8(&x, &mut q);
         for (i, &v) in x.iter().enumerate() {
@@ -568,8 +554,8 @@ mod tests {
     /// The vector quantizer gives the scalar one's bits, rounding ties away from zero.
     #[test]
     fn q8_quantizers_agree() {
-        let mut rng = Rng(11);
-        let mut x: Vec<f32> = (0..32 * 40).map(|_| rng.f() * 5.0).collect();
+        let mut rng = Rng::new(11);
+        let mut x: Vec<f32> = (0..32 * 40).map(|_| rng.next_signed_f32() * 5.0).collect();
         // A block scaled by exactly 1 (amax 127) with ties at every half.
         for (i, v) in x[..32].iter_mut().enumerate() {
             *v = i as f32 * 0.5 - 8.0;
@@ -600,7 +586,7 @@ mod tests {
             .flat_map(|_| random_row(rng, ty, n_in))
             .collect();
         let w = Weights::from_ggml(ty, n_rows, n_in, &raw).unwrap();
-        let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.f()).collect();
+        let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.next_signed_f32()).collect();
         let (nb, ni) = (n_in / QK8, w.init_per_token());
         let mut blocks = vec![BlockQ8::default(); n_tok * nb];
         let mut init = vec![0; n_tok * ni];
@@ -639,7 +625,7 @@ mod tests {
     /// token alone gives the very bits it gets in a batch.
     #[test]
     fn kernels_match_reference() {
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut rng = Rng::new(0x9e3779b97f4a7c15);
         let n_rows = 21;
         for &ty in &TYPES {
             for n_in in [768usize, 896] {
@@ -726,7 +712,7 @@ mod tests {
     /// Packed rows read back as exactly what ggml's dequantization gives, for every type.
     #[test]
     fn packed_rows_dequantize_like_ggml() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for &ty in &TYPES {
             let n_in = if row_bytes(ty, 896).is_ok() { 896 } else { 512 };
             let (raw, w, _, _) = random_case(&mut rng, ty, n_in, 3, 1);
@@ -756,16 +742,18 @@ mod tests {
 
     #[test]
     fn attention_matches_naive_softmax() {
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         let mut buf = Vec::new();
         for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
             let (stride, offset, page_rows) = (2 * hd, hd, 16);
             let pages = n_pos.div_ceil(page_rows);
             let k: Vec<f32> = (0..pages * page_rows * stride)
-                .map(|_| rng.f() * 2.0)
+                .map(|_| rng.next_signed_f32() * 2.0)
                 .collect();
-            let v: Vec<f32> = (0..pages * page_rows * stride).map(|_| rng.f()).collect();
-            let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
+            let v: Vec<f32> = (0..pages * page_rows * stride)
+                .map(|_| rng.next_signed_f32())
+                .collect();
+            let q: Vec<f32> = (0..hd).map(|_| rng.next_signed_f32()).collect();
             let kp: Vec<&[f32]> = k.chunks(page_rows * stride).collect();
             let vp: Vec<&[f32]> = v.chunks(page_rows * stride).collect();
             let view = KvView {
