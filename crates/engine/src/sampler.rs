@@ -9,7 +9,7 @@
 //! produce the same tokens across tokenfab releases, and general-purpose RNG crates do not
 //! promise value stability across versions.
 
-use crate::quant;
+use crate::model;
 use std::collections::HashMap;
 
 /// The sampling knobs of one request, already validated by the server.
@@ -236,7 +236,7 @@ impl Sampler {
         let w = &mut self.weights;
         w.clear();
         w.extend(logits.iter().map(|&l| (l * inv_t - max).min(0.0)));
-        quant::exp_nonpositive(w);
+        model::exp_nonpositive(w);
         // Tokens that cannot be drawn (-inf or NaN logits) weigh nothing.
         for (w, l) in w.iter_mut().zip(logits) {
             if !l.is_finite() {

@@ -5,11 +5,14 @@
 //! later. [`Model::forward`] runs one step for a batch of sequences; each sequence brings
 //! its own [`KvCache`], so one model serves many conversations.
 
+mod attention;
 mod forward;
 mod kv;
 
 pub use forward::{Scratch, SeqInput};
 pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvPool};
+
+pub(crate) use attention::exp_nonpositive;
 
 use crate::error::EngineError;
 use crate::gguf::{GgufFile, TensorInfo};
