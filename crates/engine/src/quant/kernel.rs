@@ -1,7 +1,7 @@
 //! The portable kernels: plain loops over fixed-size arrays that LLVM vectorizes as far as
 //! the target allows, used where no vector kernel set is detected and as the reference the
 //! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
-//! float ones (attention, dot) with AVX2/FMA enabled.
+//! float dot product with AVX2/FMA enabled.
 
 use super::QK8;
 use super::packed::Job;

@@ -8,8 +8,13 @@
 //!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
 //!   one with float scales per unit of 32 (16) weights;
 //! - `kernel.rs` holds the portable kernels and `avx2.rs` the x86 ones (AVX2+FMA, with
-//!   AVX-512 VNNI where present). [`Weights::dot_rows`], [`attend`] and [`dot_f32`] are the
-//!   one place where the CPU's features decide which runs.
+//!   AVX-512 VNNI where present).
+//!
+//! Which of them runs is decided in one place: `simd()`, detected once, names the vector
+//! kernel set this CPU has, and every kernel entry point of the engine runs it when there
+//! is one, the portable kernel otherwise: here [`Weights::dot_rows`], [`quantize_row_q8`]
+//! and [`dot_f32`], and the model's attention and softmax exponential
+//! (`model/attention`), which build on this module.
 //!
 //! F32/F16 matrices are kept as f32 and take float activations.
 
@@ -369,21 +374,22 @@ pub enum Acts<'a> {
     F32(&'a [f32]),
 }
 
-/// The vector kernel set this CPU runs (x86-64: AVX2, or AVX2 with AVX-512 VNNI), or
-/// `None` for the portable kernels. Detected once: it is asked on every matmul.
+/// A vector kernel set: on x86-64 AVX2, or AVX2 with AVX-512 VNNI; none elsewhere.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn simd() -> Option<avx2::Isa> {
-    static ISA: std::sync::OnceLock<Option<avx2::Isa>> = std::sync::OnceLock::new();
-    *ISA.get_or_init(avx2::Isa::detect)
-}
-
-#[cfg(target_arch = "x86_64")]
-type Simd = Option<avx2::Isa>;
+pub(crate) type Simd = Option<avx2::Isa>;
 #[cfg(not(target_arch = "x86_64"))]
-type Simd = Option<std::convert::Infallible>;
+pub(crate) type Simd = Option<std::convert::Infallible>;
 
-#[cfg(not(target_arch = "x86_64"))]
+/// The vector kernel set this CPU runs, or `None` for the portable kernels: the one place
+/// where the engine reads the CPU's features. Detected once, since it is asked on every
+/// matmul; every kernel entry point asks it (see the module doc).
 pub(crate) fn simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *ISA.get_or_init(avx2::Isa::detect)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     None
 }
 

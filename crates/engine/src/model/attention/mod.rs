@@ -3,7 +3,8 @@
 //! Layout:
 //! - this file: [`KvView`] (one head's view of the cache pages), [`attend`] and
 //!   [`exp_nonpositive`] (which the sampler's softmax also uses), each running the vector
-//!   kernel when `quant::simd` found one;
+//!   kernel when `quant::simd()`, the engine's one reading of the CPU's features, names a
+//!   vector kernel set;
 //! - `kernel.rs` holds the portable attention, the reference the vector one is tested
 //!   against, and `avx2.rs` the x86 kernels (AVX2+FMA): attention for the common head
 //!   sizes and the eight-lane exponential it shares with [`exp_nonpositive`].
