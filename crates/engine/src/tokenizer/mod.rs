@@ -21,7 +21,6 @@ mod pretokenize;
 mod spm;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::EngineError;
 use crate::gguf::{GgufFile, MetaValue};
@@ -119,64 +118,18 @@ const FIM_REP_TEXTS: &[&str] = &[
 ];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 
-/// FxHash: the vocabulary maps are hashed on every symbol pair while encoding, and SipHash's
-/// flood resistance buys nothing for a fixed table built from the model file.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8-byte chunk")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buf) ^ ((rest.len() as u64) << 59));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        // Spread entropy into the high bits that hashbrown uses for its control bytes.
-        self.hash.rotate_left(26)
-    }
-}
-
-pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
+/// The hasher of the vocabulary maps, which are probed on every symbol pair while encoding:
+/// foldhash (already in the build, through serde_json) rather than SipHash, whose flood
+/// resistance buys nothing for a table built from the model file. Its fixed seed keeps
+/// every run's tables alike. Chosen by measuring encode speed against rustc-hash and the
+/// hand-written FxHash it replaces (equal or faster on every vocabulary tried).
+pub(crate) type VocabHash = foldhash::fast::FixedState;
 
 /// The vocabulary proper: texts, scores and attributes by id, and the reverse map.
 #[derive(Debug)]
 pub(crate) struct Vocab {
     pub tokens: Vec<String>,
-    pub text_to_id: HashMap<String, u32, FxBuild>,
+    pub text_to_id: HashMap<String, u32, VocabHash>,
     pub scores: Vec<f32>,
     pub attrs: Vec<u16>,
     /// SentencePiece byte fallback: `<0xXX>`, else the byte itself as a one-char token.
@@ -253,8 +206,8 @@ impl Tokenizer {
             return Err(meta_err("empty or oversized token list"));
         }
         let mut tokens = Vec::with_capacity(n);
-        let mut text_to_id: HashMap<String, u32, FxBuild> =
-            HashMap::with_capacity_and_hasher(n, FxBuild::default());
+        let mut text_to_id: HashMap<String, u32, VocabHash> =
+            HashMap::with_capacity_and_hasher(n, VocabHash::default());
         for (i, v) in token_vals.iter().enumerate() {
             let mut t = v
                 .as_str()
@@ -768,9 +721,9 @@ mod tests {
     }
 
     #[test]
-    fn fx_hash_distinguishes_short_strings() {
+    fn vocab_hash_distinguishes_short_strings() {
         use std::hash::BuildHasher;
-        let h = |s: &str| FxBuild::default().hash_one(s);
+        let h = |s: &str| VocabHash::default().hash_one(s);
         assert_ne!(h("a"), h("a\0"));
         assert_ne!(h("ab"), h("ba"));
     }
