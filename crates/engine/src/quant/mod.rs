@@ -55,13 +55,13 @@ impl Default for BlockQ8 {
 }
 
 /// Tokens per tile of the kernels: a pass over a weight row serves this many tokens, and
-/// [`dot_rows`] lays its results out tile by tile ([`tiled_index`]).
+/// [`Weights::dot_rows`] lays its results out tile by tile ([`tiled_index`]).
 pub const TOKEN_TILE: usize = 64;
 
-/// Where [`dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows` rows
-/// and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each row-major,
-/// so that a row's results for a tile are adjacent and the caller's transposition into
-/// token-major order reads whole cache lines.
+/// Where [`Weights::dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows`
+/// rows and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each
+/// row-major, so that a row's results for a tile are adjacent and the caller's
+/// transposition into token-major order reads whole cache lines.
 pub fn tiled_index(r: usize, t: usize, n_rows: usize, n_tok: usize) -> usize {
     let t0 = t / TOKEN_TILE * TOKEN_TILE;
     let nt = (n_tok - t0).min(TOKEN_TILE);
