@@ -1,9 +1,16 @@
-//! GGUF container reader: metadata, tensor directory, and zero-copy tensor bytes.
+//! GGUF container reader: metadata, tensor directory, and tensor bytes borrowed from the
+//! file's memory mapping.
 //!
-//! The file is memory-mapped so that a 500 MB model costs page cache, not heap, and so that
-//! several engines in one process could share it. Everything is validated at open time
-//! (tensor data inside the file, known alignment) so that later code can index without
-//! re-checking; a truncated download is refused here with a message that says so.
+//! The mapping serves the load, not inference: opening reads only the header and the
+//! metadata (onto the heap), [`GgufFile::tensor_data`] hands out slices of the mapping, and
+//! `Model::load` copies every tensor out of them into buffers of its own, repacking the
+//! quantized matrices and keeping even the token-embedding table as an owned copy.
+//! `LoadedModel::load` drops the file when the model, tokenizer and template are built, so a
+//! served model costs heap about the size of its file, and while it loads the mapped pages
+//! it has read come on top (resident memory peaks near twice the file's size). Everything
+//! is validated at open time (tensor data inside the file, known alignment) so that later
+//! code can index without re-checking; a truncated download is refused here with a message
+//! that says so.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -9,7 +9,7 @@
 //! produce the same tokens across tokenfab releases, and general-purpose RNG crates do not
 //! promise value stability across versions.
 
-use crate::quant;
+use crate::model;
 use std::collections::HashMap;
 
 /// The sampling knobs of one request, already validated by the server.
@@ -65,6 +65,14 @@ impl Rng {
     /// Uniform in [0, 1) with 53 bits of precision.
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(test)]
+impl Rng {
+    /// Uniform in [-1, 1]: random weights and activations for the kernels' tests.
+    pub(crate) fn next_signed_f32(&mut self) -> f32 {
+        (self.next_f64() * 2.0 - 1.0) as f32
     }
 }
 
@@ -228,7 +236,7 @@ impl Sampler {
         let w = &mut self.weights;
         w.clear();
         w.extend(logits.iter().map(|&l| (l * inv_t - max).min(0.0)));
-        quant::exp_nonpositive(w);
+        model::exp_nonpositive(w);
         // Tokens that cannot be drawn (-inf or NaN logits) weigh nothing.
         for (w, l) in w.iter_mut().zip(logits) {
             if !l.is_finite() {

@@ -14,6 +14,7 @@ mod common;
 use serde_json::Value;
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::model::{Model, SeqInput};
+use tokenfab_engine::sampler::Rng;
 
 fn load(path: PathBuf) -> Model {
     let g = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -381,27 +382,14 @@ fn bad_inputs_are_errors() {
     assert!(err.contains("at least one token"), "{err}");
 }
 
-/// splitmix64: a tiny fixed-seed generator, so the random batches need no extra crate.
-struct SplitMix64(u64);
+/// Uniform in `lo..=hi`.
+fn range(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
 
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-
-    fn tokens(&mut self, n: usize) -> Vec<u32> {
-        // Ordinary text ids, well inside both vocabularies.
-        (0..n).map(|_| self.range(100, 20_000) as u32).collect()
-    }
+/// `n` ordinary text ids, well inside both vocabularies.
+fn tokens(rng: &mut Rng, n: usize) -> Vec<u32> {
+    (0..n).map(|_| range(rng, 100, 20_000) as u32).collect()
 }
 
 /// The target sequence's steps: prompt chunks and decode tokens, fixed (teacher-forced) so
@@ -453,10 +441,10 @@ fn batch_invariance_random(model: &Model, compositions: usize, seed: u64) {
         .num_threads(3)
         .build()
         .unwrap();
-    let mut rng = SplitMix64(seed);
+    let mut rng = Rng::new(seed);
     let mut scratch = model.new_scratch();
     for comp in 0..compositions {
-        let size = 2 + (comp + rng.range(0, 7)) % 8;
+        let size = 2 + (comp + range(&mut rng, 0, 7)) % 8;
         let mut kvs: Vec<_> = (0..size).map(|_| model.new_kv_cache()).collect();
         for (si, (step, want)) in steps.iter().zip(&alone).enumerate() {
             // Slot 0 is the target; the others are neighbours.
@@ -464,17 +452,17 @@ fn batch_invariance_random(model: &Model, compositions: usize, seed: u64) {
                 .map(|i| {
                     if i == 0 {
                         step.clone()
-                    } else if rng.range(0, 2) == 0 {
-                        let n = rng.range(1, 40);
-                        rng.tokens(n)
+                    } else if range(&mut rng, 0, 2) == 0 {
+                        let n = range(&mut rng, 1, 40);
+                        tokens(&mut rng, n)
                     } else {
-                        rng.tokens(1)
+                        tokens(&mut rng, 1)
                     }
                 })
                 .collect();
             let mut order: Vec<usize> = (0..size).collect();
             for i in (1..size).rev() {
-                order.swap(i, rng.range(0, i));
+                order.swap(i, range(&mut rng, 0, i));
             }
             let mut slots: Vec<Option<&mut _>> = kvs.iter_mut().map(Some).collect();
             let mut batch: Vec<SeqInput> = order
@@ -513,9 +501,9 @@ fn batch_invariance_random_qwen2() {
 #[test]
 fn batch_invariance_across_passes() {
     let model = smollm2();
-    let mut rng = SplitMix64(0x5eed_0003);
-    let neighbour = rng.tokens(450);
-    let target = rng.tokens(200);
+    let mut rng = Rng::new(0x5eed_0003);
+    let neighbour = tokens(&mut rng, 450);
+    let target = tokens(&mut rng, 200);
     let alone = run_alone(model, std::slice::from_ref(&target)).remove(0);
     let mut scratch = model.new_scratch();
     let (mut kn, mut kt) = (model.new_kv_cache(), model.new_kv_cache());
@@ -541,7 +529,7 @@ fn batch_invariance_across_passes() {
         max_abs_diff(&logits[1], &alone)
     );
 
-    let long = rng.tokens(600);
+    let long = tokens(&mut rng, 600);
     let whole = run_alone(model, std::slice::from_ref(&long)).remove(0);
     let halves = run_alone(model, &[long[..300].to_vec(), long[300..].to_vec()]);
     assert!(

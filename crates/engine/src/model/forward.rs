@@ -42,10 +42,11 @@
 
 use rayon::prelude::*;
 
+use super::attention::{self, KvView};
 use super::kv::{BLOCK_TOKENS, Pages};
 use super::{KvCache, Matrix, Model, RopeStyle};
 use crate::error::EngineError;
-use crate::quant::{self, Acts, BlockQ8, KvView, QK8, TOKEN_TILE};
+use crate::quant::{Acts, BlockQ8, QK8, TOKEN_TILE};
 
 /// One sequence's part of a batch: the new tokens and the cache they extend.
 pub struct SeqInput<'a> {
@@ -462,7 +463,7 @@ impl Model {
                         offset: (h / group) * hd,
                     };
                     let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    quant::attend(qh, &view, pos + 1, scale, out, scores);
+                    attention::attend(qh, &view, pos + 1, scale, out, scores);
                 });
             drop(pages);
 

@@ -4,12 +4,19 @@
 //! `Model` is `'static + Send + Sync`, independent of the file, and free to be repacked
 //! later. [`Model::forward`] runs one step for a batch of sequences; each sequence brings
 //! its own [`KvCache`], so one model serves many conversations.
+//!
+//! Layout: this file loads the weights; `forward.rs` is the step, `kv.rs` the paged cache
+//! and its pool, `attention/` the attention of one head over those pages (with the softmax
+//! exponential the sampler borrows). The matmuls are `quant`'s.
 
+mod attention;
 mod forward;
 mod kv;
 
 pub use forward::{Scratch, SeqInput};
 pub use kv::{BLOCK_TOKENS, KvBlock, KvCache, KvPool};
+
+pub(crate) use attention::exp_nonpositive;
 
 use crate::error::EngineError;
 use crate::gguf::{GgufFile, TensorInfo};

@@ -1,10 +1,10 @@
 //! The portable kernels: plain loops over fixed-size arrays that LLVM vectorizes as far as
 //! the target allows, used where no vector kernel set is detected and as the reference the
 //! vector kernels are tested against. `#[inline(always)]` so that `avx2.rs` can compile the
-//! float ones (attention, dot) with AVX2/FMA enabled.
+//! float dot product with AVX2/FMA enabled.
 
+use super::QK8;
 use super::packed::Job;
-use super::{KvView, QK8};
 
 /// `dot(weight row r0 + r, token t)` for the job's rows, laid out as `super::tiled_index`
 /// says: the portable kernel, and the reference the vector ones are tested against. Per
@@ -66,40 +66,4 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
-}
-
-/// Causal attention of one query head over the first `n_pos` positions of `kv`: scores
-/// into `scores`, softmax, then the weighted sum of values. Two passes over a score
-/// buffer instead of an online softmax: no rescaling of the output per position, and the
-/// exponentials run as one vectorizable loop.
-#[inline(always)]
-pub(crate) fn attend(
-    q: &[f32],
-    kv: &KvView<'_>,
-    n_pos: usize,
-    scale: f32,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let hd = q.len();
-    scores.clear();
-    scores.extend((0..n_pos).map(|j| dot_f32(q, &kv.k_row(j)[..hd]) * scale));
-    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut l = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - m).exp();
-        l += *s;
-    }
-    out.fill(0.0);
-    for (j, &w) in scores.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(&kv.v_row(j)[..hd]) {
-            *o += w * x;
-        }
-    }
-    if l > 0.0 {
-        let inv = 1.0 / l;
-        for o in out.iter_mut() {
-            *o *= inv;
-        }
-    }
 }

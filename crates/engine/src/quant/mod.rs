@@ -8,8 +8,13 @@
 //!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
 //!   one with float scales per unit of 32 (16) weights;
 //! - `kernel.rs` holds the portable kernels and `avx2.rs` the x86 ones (AVX2+FMA, with
-//!   AVX-512 VNNI where present). [`Weights::dot_rows`], [`attend`] and [`dot_f32`] are the
-//!   one place where the CPU's features decide which runs.
+//!   AVX-512 VNNI where present).
+//!
+//! Which of them runs is decided in one place: `simd()`, detected once, names the vector
+//! kernel set this CPU has, and every kernel entry point of the engine runs it when there
+//! is one, the portable kernel otherwise: here [`Weights::dot_rows`], [`quantize_row_q8`]
+//! and [`dot_f32`], and the model's attention and softmax exponential
+//! (`model/attention`), which build on this module.
 //!
 //! F32/F16 matrices are kept as f32 and take float activations.
 
@@ -50,13 +55,13 @@ impl Default for BlockQ8 {
 }
 
 /// Tokens per tile of the kernels: a pass over a weight row serves this many tokens, and
-/// [`dot_rows`] lays its results out tile by tile ([`tiled_index`]).
+/// [`Weights::dot_rows`] lays its results out tile by tile ([`tiled_index`]).
 pub const TOKEN_TILE: usize = 64;
 
-/// Where [`dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows` rows
-/// and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each row-major,
-/// so that a row's results for a tile are adjacent and the caller's transposition into
-/// token-major order reads whole cache lines.
+/// Where [`Weights::dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows`
+/// rows and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each
+/// row-major, so that a row's results for a tile are adjacent and the caller's
+/// transposition into token-major order reads whole cache lines.
 pub fn tiled_index(r: usize, t: usize, n_rows: usize, n_tok: usize) -> usize {
     let t0 = t / TOKEN_TILE * TOKEN_TILE;
     let nt = (n_tok - t0).min(TOKEN_TILE);
@@ -369,21 +374,22 @@ pub enum Acts<'a> {
     F32(&'a [f32]),
 }
 
-/// The vector kernel set this CPU runs (x86-64: AVX2, or AVX2 with AVX-512 VNNI), or
-/// `None` for the portable kernels. Detected once: it is asked on every matmul.
+/// A vector kernel set: on x86-64 AVX2, or AVX2 with AVX-512 VNNI; none elsewhere.
 #[cfg(target_arch = "x86_64")]
-fn simd() -> Option<avx2::Isa> {
-    static ISA: std::sync::OnceLock<Option<avx2::Isa>> = std::sync::OnceLock::new();
-    *ISA.get_or_init(avx2::Isa::detect)
-}
-
-#[cfg(target_arch = "x86_64")]
-type Simd = Option<avx2::Isa>;
+pub(crate) type Simd = Option<avx2::Isa>;
 #[cfg(not(target_arch = "x86_64"))]
-type Simd = Option<std::convert::Infallible>;
+pub(crate) type Simd = Option<std::convert::Infallible>;
 
-#[cfg(not(target_arch = "x86_64"))]
-fn simd() -> Simd {
+/// The vector kernel set this CPU runs, or `None` for the portable kernels: the one place
+/// where the engine reads the CPU's features. Detected once, since it is asked on every
+/// matmul; every kernel entry point asks it (see the module doc).
+pub(crate) fn simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *ISA.get_or_init(avx2::Isa::detect)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     None
 }
 
@@ -397,130 +403,39 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     kernel::dot_f32(a, b)
 }
 
-/// One head's view of a paged KV cache: position `j`'s key row starts at `offset` in row
-/// `j % page_rows` (of `stride` floats) of page `j / page_rows`, and likewise for values.
-/// Grouped-query heads share cache rows by using different offsets, without copying.
-pub struct KvView<'a> {
-    pub k: &'a [&'a [f32]],
-    pub v: &'a [&'a [f32]],
-    /// Positions per page; a power of two.
-    pub page_rows: usize,
-    pub stride: usize,
-    pub offset: usize,
-}
-
-impl KvView<'_> {
-    /// Key row of position `j`, from this head's offset to the end of the cache row.
-    #[inline(always)]
-    fn k_row(&self, j: usize) -> &[f32] {
-        let r = (j % self.page_rows) * self.stride + self.offset;
-        &self.k[j / self.page_rows][r..]
-    }
-
-    #[inline(always)]
-    fn v_row(&self, j: usize) -> &[f32] {
-        let r = (j % self.page_rows) * self.stride + self.offset;
-        &self.v[j / self.page_rows][r..]
-    }
-
-    /// Panics unless `n_pos` positions of heads of `hd` dimensions are all inside the
-    /// pages: the vector kernel reads through pointers and relies on it.
-    fn check(&self, n_pos: usize, hd: usize) {
-        assert!(self.page_rows.is_power_of_two());
-        assert!(self.offset + hd <= self.stride);
-        assert!(n_pos <= self.k.len().min(self.v.len()) * self.page_rows);
-        let need = self.page_rows * self.stride;
-        assert!(
-            self.k.iter().chain(self.v.iter()).all(|p| p.len() >= need),
-            "a KV page is shorter than {need} floats"
-        );
-    }
-}
-
-/// Causal attention for one query head over the first `n_pos` positions of `kv`, softmax
-/// included. `scores` is working memory (`n_pos` floats, rounded up), kept by the caller
-/// across calls so that attention does not allocate.
-pub fn attend(
-    q: &[f32],
-    kv: &KvView<'_>,
-    n_pos: usize,
-    scale: f32,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    kv.check(n_pos, q.len());
-    assert_eq!(q.len(), out.len());
-    #[cfg(target_arch = "x86_64")]
-    if simd().is_some() {
-        // SAFETY: avx2 and fma were detected at runtime; `check` bounded every row read.
-        unsafe { avx2::attend(q, kv, n_pos, scale, out, scores) };
-        return;
-    }
-    kernel::attend(q, kv, n_pos, scale, out, scores)
-}
-
-/// `x = exp(x)` for every element, all of them ≤ 0 (a softmax after subtracting the
-/// maximum); vectorized where the CPU allows, within a few units in the last place of
-/// `f32::exp`. Values below -87.3 give the smallest normal float, not 0.
-pub fn exp_nonpositive(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd().is_some() {
-        // SAFETY: avx2 and fma were detected at runtime.
-        unsafe { avx2::exp_nonpositive(x) };
-        return;
-    }
-    for v in x {
-        *v = v.exp();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Small deterministic generator so the tests need no extra crates.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn byte(&mut self) -> u8 {
-            (self.next() >> 24) as u8
-        }
-        fn f(&mut self) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
+    use crate::sampler::Rng;
 
     /// Random blocks with sane f16 scales (random bytes would give NaN/inf scales).
     fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
         let (block, bytes) = ty.block_layout().unwrap();
         let mut out = Vec::new();
         for _ in 0..n / block {
-            let mut b: Vec<u8> = (0..bytes).map(|_| rng.byte()).collect();
+            let mut b: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
             let put = |b: &mut Vec<u8>, off: usize, v: f32| {
                 b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
             };
             match ty {
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => put(&mut b, 0, rng.f() * 0.1),
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                    put(&mut b, 0, rng.next_signed_f32() * 0.1)
+                }
                 GgmlType::Q4_1 => {
-                    put(&mut b, 0, rng.f() * 0.1);
-                    put(&mut b, 2, rng.f() * 0.5);
+                    put(&mut b, 0, rng.next_signed_f32() * 0.1);
+                    put(&mut b, 2, rng.next_signed_f32() * 0.5);
                 }
                 GgmlType::Q4K => {
-                    put(&mut b, 0, rng.f() * 0.01);
-                    put(&mut b, 2, rng.f() * 0.01);
+                    put(&mut b, 0, rng.next_signed_f32() * 0.01);
+                    put(&mut b, 2, rng.next_signed_f32() * 0.01);
                 }
-                GgmlType::Q6K => put(&mut b, 208, rng.f() * 0.01),
+                GgmlType::Q6K => put(&mut b, 208, rng.next_signed_f32() * 0.01),
                 GgmlType::F16 => {
                     for i in 0..block {
-                        put(&mut b, 2 * i, rng.f())
+                        put(&mut b, 2 * i, rng.next_signed_f32())
                     }
                 }
-                GgmlType::F32 => b.copy_from_slice(&rng.f().to_le_bytes()),
+                GgmlType::F32 => b.copy_from_slice(&rng.next_signed_f32().to_le_bytes()),
                 _ => unreachable!(),
             }
             out.extend_from_slice(&b);
@@ -555,8 +470,8 @@ mod tests {
     /// Q8_0 round trip: activations quantize to within half a step.
     #[test]
     fn q8_activation_roundtrip() {
-        let mut rng = Rng(7);
-        let x: Vec<f32> = (0..256).map(|_| rng.f() * 3.0).collect();
+        let mut rng = Rng::new(7);
+        let x: Vec<f32> = (0..256).map(|_| rng.next_signed_f32() * 3.0).collect();
         let mut q = vec![BlockQ8::default(); 8];
         quantize_row_q8(&x, &mut q);
         for (i, &v) in x.iter().enumerate() {
@@ -568,8 +483,8 @@ mod tests {
     /// The vector quantizer gives the scalar one's bits, rounding ties away from zero.
     #[test]
     fn q8_quantizers_agree() {
-        let mut rng = Rng(11);
-        let mut x: Vec<f32> = (0..32 * 40).map(|_| rng.f() * 5.0).collect();
+        let mut rng = Rng::new(11);
+        let mut x: Vec<f32> = (0..32 * 40).map(|_| rng.next_signed_f32() * 5.0).collect();
         // A block scaled by exactly 1 (amax 127) with ties at every half.
         for (i, v) in x[..32].iter_mut().enumerate() {
             *v = i as f32 * 0.5 - 8.0;
@@ -600,7 +515,7 @@ mod tests {
             .flat_map(|_| random_row(rng, ty, n_in))
             .collect();
         let w = Weights::from_ggml(ty, n_rows, n_in, &raw).unwrap();
-        let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.f()).collect();
+        let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.next_signed_f32()).collect();
         let (nb, ni) = (n_in / QK8, w.init_per_token());
         let mut blocks = vec![BlockQ8::default(); n_tok * nb];
         let mut init = vec![0; n_tok * ni];
@@ -639,7 +554,7 @@ mod tests {
     /// token alone gives the very bits it gets in a batch.
     #[test]
     fn kernels_match_reference() {
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut rng = Rng::new(0x9e3779b97f4a7c15);
         let n_rows = 21;
         for &ty in &TYPES {
             for n_in in [768usize, 896] {
@@ -726,7 +641,7 @@ mod tests {
     /// Packed rows read back as exactly what ggml's dequantization gives, for every type.
     #[test]
     fn packed_rows_dequantize_like_ggml() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for &ty in &TYPES {
             let n_in = if row_bytes(ty, 896).is_ok() { 896 } else { 512 };
             let (raw, w, _, _) = random_case(&mut rng, ty, n_in, 3, 1);
@@ -752,84 +667,5 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("whole"), "{e}");
-    }
-
-    #[test]
-    fn attention_matches_naive_softmax() {
-        let mut rng = Rng(5);
-        let mut buf = Vec::new();
-        for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
-            let (stride, offset, page_rows) = (2 * hd, hd, 16);
-            let pages = n_pos.div_ceil(page_rows);
-            let k: Vec<f32> = (0..pages * page_rows * stride)
-                .map(|_| rng.f() * 2.0)
-                .collect();
-            let v: Vec<f32> = (0..pages * page_rows * stride).map(|_| rng.f()).collect();
-            let q: Vec<f32> = (0..hd).map(|_| rng.f()).collect();
-            let kp: Vec<&[f32]> = k.chunks(page_rows * stride).collect();
-            let vp: Vec<&[f32]> = v.chunks(page_rows * stride).collect();
-            let view = KvView {
-                k: &kp,
-                v: &vp,
-                page_rows,
-                stride,
-                offset,
-            };
-            let scale = 1.0 / (hd as f32).sqrt();
-            // Pages are consecutive here, so position j is row j of the flat arrays.
-            let scores: Vec<f32> = (0..n_pos)
-                .map(|j| {
-                    (0..hd)
-                        .map(|i| q[i] * k[j * stride + offset + i])
-                        .sum::<f32>()
-                        * scale
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-            let z: f32 = e.iter().sum();
-            let mut out = vec![0.0f32; hd];
-            attend(&q, &view, n_pos, scale, &mut out, &mut buf);
-            let mut out_scalar = vec![0.0f32; hd];
-            kernel::attend(&q, &view, n_pos, scale, &mut out_scalar, &mut buf);
-            for i in 0..hd {
-                let want: f32 = (0..n_pos)
-                    .map(|j| e[j] / z * v[j * stride + offset + i])
-                    .sum();
-                assert!(
-                    (out[i] - want).abs() < 1e-5,
-                    "hd {hd} n {n_pos}: {} vs {want}",
-                    out[i]
-                );
-                assert!((out_scalar[i] - want).abs() < 1e-5);
-            }
-        }
-    }
-
-    /// The vector exponential against the library one over the softmax's range (down to
-    /// -86.9; below -87.3 it returns the smallest normal float, documented).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_is_accurate() {
-        if simd().is_none() {
-            return;
-        }
-        let xs: Vec<f32> = (0..19304).map(|i| -(i as f32) * 0.0045).collect();
-        for chunk in xs.chunks_exact(8) {
-            let got = avx2::exp_neg8(chunk.try_into().unwrap());
-            for (g, x) in got.iter().zip(chunk) {
-                let want = x.exp();
-                assert!(
-                    (g - want).abs() <= 4.0 * f32::EPSILON * want,
-                    "exp({x}) = {g}, want {want}"
-                );
-            }
-        }
-        // The slice form, remainder included, agrees with the eight-at-a-time one.
-        let mut ys = xs[..1003].to_vec();
-        exp_nonpositive(&mut ys);
-        for (y, x) in ys.iter().zip(&xs) {
-            assert!((y - x.exp()).abs() <= 4.0 * f32::EPSILON * x.exp(), "{x}");
-        }
     }
 }

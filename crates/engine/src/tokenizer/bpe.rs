@@ -11,14 +11,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::pretokenize::{PreConfig, PreTokenizer, byte_to_unicode};
-use super::{FxBuild, Vocab};
+use super::{Vocab, VocabHash};
 use crate::error::EngineError;
 
 /// The BPE model: merge table, pre-tokenizer and byte mapping.
 #[derive(Debug)]
 pub(crate) struct Bpe {
     /// (left id, right id) -> (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32), FxBuild>,
+    merges: HashMap<(u32, u32), (u32, u32), VocabHash>,
     pre: PreTokenizer,
     cfg: PreConfig,
     /// Token id of each byte as a starting symbol: the GPT-2 character for byte-level
@@ -46,8 +46,8 @@ impl Bpe {
         cfg: PreConfig,
     ) -> Result<Self, EngineError> {
         let pre = PreTokenizer::new(&cfg.regexes)?;
-        let mut table: HashMap<(u32, u32), (u32, u32), FxBuild> =
-            HashMap::with_capacity_and_hasher(merges.len(), FxBuild::default());
+        let mut table: HashMap<(u32, u32), (u32, u32), VocabHash> =
+            HashMap::with_capacity_and_hasher(merges.len(), VocabHash::default());
         let mut concat = String::new();
         for (rank, m) in merges.iter().enumerate() {
             // llama.cpp: split at the first space after the first byte.

@@ -1,0 +1,182 @@
+//! Attention over the paged KV cache, and the softmax's exponential.
+//!
+//! Layout:
+//! - this file: [`KvView`] (one head's view of the cache pages), [`attend`] and
+//!   [`exp_nonpositive`] (which the sampler's softmax also uses), each running the vector
+//!   kernel when `quant::simd()`, the engine's one reading of the CPU's features, names a
+//!   vector kernel set;
+//! - `kernel.rs` holds the portable attention, the reference the vector one is tested
+//!   against, and `avx2.rs` the x86 kernels (AVX2+FMA): attention for the common head
+//!   sizes and the eight-lane exponential it shares with [`exp_nonpositive`].
+
+mod kernel;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+use crate::quant::simd;
+
+/// One head's view of a paged KV cache: position `j`'s key row starts at `offset` in row
+/// `j % page_rows` (of `stride` floats) of page `j / page_rows`, and likewise for values.
+/// Grouped-query heads share cache rows by using different offsets, without copying.
+pub struct KvView<'a> {
+    pub k: &'a [&'a [f32]],
+    pub v: &'a [&'a [f32]],
+    /// Positions per page; a power of two.
+    pub page_rows: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl KvView<'_> {
+    /// Key row of position `j`, from this head's offset to the end of the cache row.
+    #[inline(always)]
+    fn k_row(&self, j: usize) -> &[f32] {
+        let r = (j % self.page_rows) * self.stride + self.offset;
+        &self.k[j / self.page_rows][r..]
+    }
+
+    #[inline(always)]
+    fn v_row(&self, j: usize) -> &[f32] {
+        let r = (j % self.page_rows) * self.stride + self.offset;
+        &self.v[j / self.page_rows][r..]
+    }
+
+    /// Panics unless `n_pos` positions of heads of `hd` dimensions are all inside the
+    /// pages: the vector kernel reads through pointers and relies on it.
+    fn check(&self, n_pos: usize, hd: usize) {
+        assert!(self.page_rows.is_power_of_two());
+        assert!(self.offset + hd <= self.stride);
+        assert!(n_pos <= self.k.len().min(self.v.len()) * self.page_rows);
+        let need = self.page_rows * self.stride;
+        assert!(
+            self.k.iter().chain(self.v.iter()).all(|p| p.len() >= need),
+            "a KV page is shorter than {need} floats"
+        );
+    }
+}
+
+/// Causal attention for one query head over the first `n_pos` positions of `kv`, softmax
+/// included. `scores` is working memory (`n_pos` floats, rounded up), kept by the caller
+/// across calls so that attention does not allocate.
+pub fn attend(
+    q: &[f32],
+    kv: &KvView<'_>,
+    n_pos: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    kv.check(n_pos, q.len());
+    assert_eq!(q.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd().is_some() {
+        // SAFETY: avx2 and fma were detected at runtime; `check` bounded every row read.
+        unsafe { avx2::attend(q, kv, n_pos, scale, out, scores) };
+        return;
+    }
+    kernel::attend(q, kv, n_pos, scale, out, scores)
+}
+
+/// `x = exp(x)` for every element, all of them ≤ 0 (a softmax after subtracting the
+/// maximum); vectorized where the CPU allows, within a few units in the last place of
+/// `f32::exp`. Values below -87.3 give the smallest normal float, not 0.
+pub fn exp_nonpositive(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd().is_some() {
+        // SAFETY: avx2 and fma were detected at runtime.
+        unsafe { avx2::exp_nonpositive(x) };
+        return;
+    }
+    for v in x {
+        *v = v.exp();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Rng;
+
+    #[test]
+    fn attention_matches_naive_softmax() {
+        let mut rng = Rng::new(5);
+        let mut buf = Vec::new();
+        for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
+            let (stride, offset, page_rows) = (2 * hd, hd, 16);
+            let pages = n_pos.div_ceil(page_rows);
+            let k: Vec<f32> = (0..pages * page_rows * stride)
+                .map(|_| rng.next_signed_f32() * 2.0)
+                .collect();
+            let v: Vec<f32> = (0..pages * page_rows * stride)
+                .map(|_| rng.next_signed_f32())
+                .collect();
+            let q: Vec<f32> = (0..hd).map(|_| rng.next_signed_f32()).collect();
+            let kp: Vec<&[f32]> = k.chunks(page_rows * stride).collect();
+            let vp: Vec<&[f32]> = v.chunks(page_rows * stride).collect();
+            let view = KvView {
+                k: &kp,
+                v: &vp,
+                page_rows,
+                stride,
+                offset,
+            };
+            let scale = 1.0 / (hd as f32).sqrt();
+            // Pages are consecutive here, so position j is row j of the flat arrays.
+            let scores: Vec<f32> = (0..n_pos)
+                .map(|j| {
+                    (0..hd)
+                        .map(|i| q[i] * k[j * stride + offset + i])
+                        .sum::<f32>()
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let mut out = vec![0.0f32; hd];
+            attend(&q, &view, n_pos, scale, &mut out, &mut buf);
+            let mut out_scalar = vec![0.0f32; hd];
+            kernel::attend(&q, &view, n_pos, scale, &mut out_scalar, &mut buf);
+            for i in 0..hd {
+                let want: f32 = (0..n_pos)
+                    .map(|j| e[j] / z * v[j * stride + offset + i])
+                    .sum();
+                assert!(
+                    (out[i] - want).abs() < 1e-5,
+                    "hd {hd} n {n_pos}: {} vs {want}",
+                    out[i]
+                );
+                assert!((out_scalar[i] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// The vector exponential against the library one over the softmax's range (down to
+    /// -86.9; below -87.3 it returns the smallest normal float, documented).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_accurate() {
+        if simd().is_none() {
+            return;
+        }
+        let xs: Vec<f32> = (0..19304).map(|i| -(i as f32) * 0.0045).collect();
+        for chunk in xs.chunks_exact(8) {
+            let got = avx2::exp_neg8(chunk.try_into().unwrap());
+            for (g, x) in got.iter().zip(chunk) {
+                let want = x.exp();
+                assert!(
+                    (g - want).abs() <= 4.0 * f32::EPSILON * want,
+                    "exp({x}) = {g}, want {want}"
+                );
+            }
+        }
+        // The slice form, remainder included, agrees with the eight-at-a-time one.
+        let mut ys = xs[..1003].to_vec();
+        exp_nonpositive(&mut ys);
+        for (y, x) in ys.iter().zip(&xs) {
+            assert!((y - x.exp()).abs() <= 4.0 * f32::EPSILON * x.exp(), "{x}");
+        }
+    }
+}
