@@ -36,6 +36,17 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().0,
         }
     }
+
+    /// Whether a write that failed proves that none of its bytes left. A socket's write
+    /// takes all or nothing of what it reports; a TLS stream's may have sent records of
+    /// the bytes before failing on a later one.
+    fn failed_write_sends_nothing(&self) -> bool {
+        match self {
+            Stream::Plain(_) => true,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => false,
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -166,11 +177,12 @@ impl Client {
             };
             match exchange(&mut conn, &msg).await {
                 Ok(head) => return Ok(Response::new(head, self.clone(), conn)),
-                // The server had closed the kept-alive connection (its idle timeout, a
-                // restart) before reading the request: the others are likely as stale.
-                Err(Stale) if reused => self.lock().clear(),
-                Err(Stale) => return Err(Error::Closed),
-                Err(Failed(e)) => return Err(e),
+                // Nothing of the request left: the server had closed the kept-alive
+                // connection (its idle timeout, a restart), and the others are likely as
+                // stale. Once any of it was written, a missing answer is the caller's: the
+                // server may have received the request and be acting on it.
+                Err(Error::Unsent(_)) if reused => self.lock().clear(),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -261,156 +273,109 @@ impl Client {
     }
 }
 
-/// How a failed exchange failed.
-enum ExchangeError {
-    /// The connection ended or broke before any byte of an answer: on a reused
-    /// connection, the server's closing it while idle, so the request goes out again.
-    Stale,
-    Failed(Error),
-}
-use ExchangeError::{Failed, Stale};
-
 /// Sends `msg` and reads the answer's head (skipping interim `1xx` heads).
-async fn exchange(conn: &mut Conn, msg: &[u8]) -> Result<Head, ExchangeError> {
+async fn exchange(conn: &mut Conn, msg: &[u8]) -> Result<Head, Error> {
     conn.buf.clear();
-    let sent = async {
-        conn.stream.write_all(msg).await?;
-        // A TLS stream may hold the last record until flushed.
-        conn.stream.flush().await
-    };
-    if let Err(e) = sent.await {
-        return Err(if broken_pipe(&e) {
-            Stale
-        } else {
-            Failed(e.into())
-        });
-    }
+    write(&mut conn.stream, msg).await?;
     let mut got_any = false;
     loop {
         if !conn.buf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.buf).map_err(Failed)? {
+            if let Some(head) = parse_head(&mut conn.buf)? {
                 return Ok(head);
             }
             if conn.buf.len() > MAX_HEAD {
-                return Err(Failed(Error::Protocol(
-                    "the response head is too large".into(),
-                )));
+                return Err(Error::Protocol("the response head is too large".into()));
             }
         }
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if !got_any => return Err(Stale),
-            Ok(0) => return Err(Failed(Error::Closed)),
+            Ok(0) if !got_any => {
+                return Err(Error::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(Error::Closed),
             Ok(_) => got_any = true,
-            Err(e) if !got_any && broken_pipe(&e) => return Err(Stale),
-            Err(e) => return Err(Failed(e.into())),
+            Err(e) if !got_any => return Err(Error::Unanswered(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-fn broken_pipe(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-    )
+/// Writes and flushes `msg`. Fails with [`Error::Unsent`] only when none of it can have
+/// left: then, and only then, may it go out again.
+async fn write(stream: &mut Stream, msg: &[u8]) -> Result<(), Error> {
+    let mut rest = msg;
+    while !rest.is_empty() {
+        let failed = match stream.write(rest).await {
+            Ok(0) => io::ErrorKind::WriteZero.into(),
+            Ok(n) => {
+                rest = &rest[n..];
+                continue;
+            }
+            Err(e) => e,
+        };
+        let untouched = rest.len() == msg.len() && stream.failed_write_sends_nothing();
+        return Err(if untouched {
+            Error::Unsent(failed)
+        } else {
+            failed.into()
+        });
+    }
+    // A TLS stream may hold the last record until flushed.
+    stream.flush().await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::net::TcpListener;
-
-    /// Answers each request on `s` with the next of `answers`, closing after the last.
-    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answers: Vec<&'static str>) {
-        let mut buf = Vec::new();
-        for a in answers {
-            // Read one request: its head and content-length body.
-            loop {
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(h) = text.find("\r\n\r\n") {
-                    let len = text[..h]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |v| v.parse().unwrap());
-                    if buf.len() >= h + 4 + len {
-                        buf.drain(..h + 4 + len);
-                        break;
-                    }
-                }
-            }
-            if s.write_all(a.as_bytes()).await.is_err() || s.flush().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// A loopback server handing each connection to `handle`; counts connections.
-    /// Returns its port.
-    async fn serve<F, Fut>(handle: F) -> (u16, Arc<AtomicUsize>)
-    where
-        F: Fn(TcpStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let count = conns.clone();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(handle(s));
-            }
-        });
-        (port, conns)
-    }
-
-    /// A server that answers each request on a connection with the next of `answers`,
-    /// closing after the last one, and a client of it.
-    async fn server(answers: Vec<&'static str>) -> (Client, Arc<AtomicUsize>) {
-        let (port, conns) = serve(move |s| answer(s, answers.clone())).await;
-        let origin = Origin::parse(&format!("http://127.0.0.1:{port}/v1")).unwrap();
-        let client = Client::new(origin, Some("sk-x"), Duration::from_secs(1), None).unwrap();
-        (client, conns)
-    }
-
-    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    use crate::http::testing::{OK, server};
+    #[cfg(feature = "tls")]
+    use crate::http::testing::{answer, serve};
 
     #[tokio::test]
     async fn keeps_connections_alive() {
-        let (client, conns) = server(vec![OK, OK, OK]).await;
+        let (client, seen) = server(vec![OK, OK, OK]).await;
         for _ in 0..3 {
             let r = client.post("chat/completions", b"{}").await.unwrap();
             assert_eq!(r.status, 200);
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.conns(), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_server_closed_is_replaced() {
         // One answer per connection, then the server closes it.
-        let (client, conns) = server(vec![OK]).await;
+        let (client, seen) = server(vec![OK]).await;
         for _ in 0..3 {
             let r = client.post("chat/completions", b"{}").await.unwrap();
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
             // Let the close arrive (as a server's idle timeout would), or not.
             tokio::task::yield_now().await;
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.conns(), 3);
+    }
+
+    /// A request written on a kept-alive connection that then ends without an answer is
+    /// not sent again: the server may have received it, and be acting on it.
+    #[tokio::test]
+    async fn a_request_the_server_may_have_received_is_not_sent_again() {
+        // The first request is answered; the second is read whole, then the server closes.
+        let (client, seen) = server(vec![OK, ""]).await;
+        let r = client.post("chat/completions", b"{}").await.unwrap();
+        assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
+        let e = match client.post("chat/completions", b"{}").await {
+            Ok(r) => panic!("answered {} after the server closed", r.status),
+            Err(e) => e,
+        };
+        assert!(e.sent(), "{e}");
+        assert!(e.to_string().contains("may have received"), "{e}");
+        assert_eq!(seen.requests(), 2, "{e}");
+        assert_eq!(seen.conns(), 1);
     }
 
     #[tokio::test]
     async fn interim_heads_chunked_and_close_delimited_answers() {
-        let (client, conns) = server(vec![
+        let (client, seen) = server(vec![
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
             "HTTP/1.1 503 Busy\r\nconnection: close\r\n\r\nno luck",
         ])
@@ -420,7 +385,7 @@ mod tests {
         let r = client.get("models").await.unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.body.bytes(100).await.unwrap(), "no luck");
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.conns(), 1);
         // The close-delimited answer used the connection up.
         assert!(client.lock().is_empty());
         let big = client.post("x", b"{}").await.unwrap();
@@ -430,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_body_closes_its_connection() {
         // An answer that never ends.
-        let (client, conns) = server(vec![
+        let (client, seen) = server(vec![
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
         ])
         .await;
@@ -438,7 +403,7 @@ mod tests {
             let mut r = client.post("x", b"{}").await.unwrap();
             assert_eq!(r.body.chunk().await.unwrap().unwrap(), "ab");
         }
-        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(seen.conns(), 2);
     }
 
     #[tokio::test]
@@ -480,11 +445,11 @@ mod tests {
                 .with_single_cert(vec![cert.clone()], key)
                 .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let (port, conns) = serve(move |s| {
+        let (port, seen) = serve(move |s, seen| {
             let accept = acceptor.accept(s);
             async move {
-                if let Ok(tls) = accept.await {
-                    answer(tls, vec![OK, OK, OK]).await;
+                if let Ok(mut tls) = accept.await {
+                    answer(&mut tls, &[OK, OK, OK], &seen).await;
                 }
             }
         })
@@ -519,6 +484,6 @@ mod tests {
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
         }
         // One refused handshake, then one kept-alive connection for the three requests.
-        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(seen.conns(), 2);
     }
 }

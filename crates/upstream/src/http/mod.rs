@@ -10,9 +10,12 @@
 //! `tls` feature, `https://` (rustls, the webpki roots); `POST` and `GET`; answers framed
 //! by `content-length`, `chunked` or the connection's end.
 //! Connections are kept alive and reused last-in first-out; one the server closed while
-//! idle is noticed before reuse, or by a failure before any byte of the answer, and the
-//! request then goes out once more on a fresh connection. Dropping a [`Body`] before its
-//! end closes its connection, which is how a client's hang-up reaches the upstream.
+//! idle is noticed before reuse, or by a write that fails before any byte of the request
+//! left, and the request then goes out on a fresh connection. Once any of it was written,
+//! a request is never sent again: without an answer it fails with an error that says the
+//! server may have received it ([`Error::sent`]), as hyper's client does (it retries only
+//! requests it had not begun to write). Dropping a [`Body`] before its end closes its
+//! connection, which is how a client's hang-up reaches the upstream.
 //!
 //! # Layout
 //! - `origin`: [`Origin`], a backend's base URL parsed once into what the client needs
@@ -28,6 +31,8 @@
 mod conn;
 mod origin;
 mod response;
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -38,13 +43,23 @@ pub use conn::Client;
 pub use origin::Origin;
 pub use response::{Body, Response};
 
-/// What went wrong on the wire.
+/// What went wrong on the wire. [`Error::sent`] tells whether the server may have
+/// received the request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, io::Error),
     #[error("connecting to {0} took longer than {1:?}")]
     ConnectTimeout(String, Duration),
+    /// A fresh connection failed before any byte of the request was written.
+    #[error("the connection failed before the request was sent: {0}")]
+    Unsent(io::Error),
+    /// The request was written; the connection then ended or broke before any byte of an
+    /// answer.
+    #[error(
+        "the server closed the connection without answering ({0}); it may have received the request"
+    )]
+    Unanswered(io::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("the server closed the connection before the answer ended")]
@@ -53,6 +68,18 @@ pub enum Error {
     Protocol(String),
     #[error("the answer is larger than {0} bytes")]
     TooLarge(usize),
+}
+
+impl Error {
+    /// Whether the server may have received the request, and may be acting on it: true
+    /// unless connecting failed or the request's first write did. Only a request that
+    /// was not sent may go to another server.
+    pub fn sent(&self) -> bool {
+        !matches!(
+            self,
+            Error::Connect(..) | Error::ConnectTimeout(..) | Error::Unsent(_)
+        )
+    }
 }
 
 /// Whether a status says the request succeeded (2xx).
