@@ -39,6 +39,9 @@ fn failure(f: Failure, id: &str) -> HttpError {
         Failure::Timeout => HttpError::gateway_timeout(format!(
             "the upstream server for `{id}` did not answer in time"
         )),
+        Failure::Broken => HttpError::bad_gateway(format!(
+            "the upstream server for `{id}` broke off without answering; it may have received the request"
+        )),
         Failure::Status {
             message: Some(m), ..
         } => HttpError::bad_request(None, m),

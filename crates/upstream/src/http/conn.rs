@@ -153,29 +153,49 @@ impl Client {
         })
     }
 
-    /// `POST {base}/{path}` with a JSON body.
-    pub async fn post(&self, path: &str, json: &[u8]) -> Result<Response, Error> {
-        self.request("POST", path, Some(json)).await
+    /// `POST {base}/{path}` with a JSON body; the answer's head must come by `deadline`.
+    pub async fn post(
+        &self,
+        path: &str,
+        json: &[u8],
+        deadline: Instant,
+    ) -> Result<Response, Error> {
+        self.request("POST", path, Some(json), deadline).await
     }
 
-    /// `GET {base}/{path}`.
-    pub async fn get(&self, path: &str) -> Result<Response, Error> {
-        self.request("GET", path, None).await
+    /// `GET {base}/{path}`; the answer's head must come by `deadline`.
+    pub async fn get(&self, path: &str, deadline: Instant) -> Result<Response, Error> {
+        self.request("GET", path, None, deadline).await
     }
 
+    /// Connecting (within the connect timeout too), writing and the answer's head, all by
+    /// `deadline`. When it passes, [`Error::Timeout`] says whether any of the request was
+    /// written by then.
     async fn request(
         &self,
         method: &str,
         path: &str,
         json: Option<&[u8]>,
+        deadline: Instant,
     ) -> Result<Response, Error> {
         let msg = self.message(method, path, json);
+        let mut sent = false;
+        let send = self.send(&msg, &mut sent);
+        match tokio::time::timeout_at(deadline.into(), send).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { sent }),
+        }
+    }
+
+    /// Sends `msg` on the most recent idle connection, or on a new one, and reads the
+    /// answer's head; `sent` turns true once any byte of `msg` was written.
+    async fn send(&self, msg: &[u8], sent: &mut bool) -> Result<Response, Error> {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match exchange(&mut conn, &msg).await {
+            match exchange(&mut conn, msg, sent).await {
                 Ok(head) => return Ok(Response::new(head, self.clone(), conn)),
                 // Nothing of the request left: the server had closed the kept-alive
                 // connection (its idle timeout, a restart), and the others are likely as
@@ -274,9 +294,9 @@ impl Client {
 }
 
 /// Sends `msg` and reads the answer's head (skipping interim `1xx` heads).
-async fn exchange(conn: &mut Conn, msg: &[u8]) -> Result<Head, Error> {
+async fn exchange(conn: &mut Conn, msg: &[u8], sent: &mut bool) -> Result<Head, Error> {
     conn.buf.clear();
-    write(&mut conn.stream, msg).await?;
+    write(&mut conn.stream, msg, sent).await?;
     let mut got_any = false;
     loop {
         if !conn.buf.is_empty() {
@@ -299,14 +319,16 @@ async fn exchange(conn: &mut Conn, msg: &[u8]) -> Result<Head, Error> {
     }
 }
 
-/// Writes and flushes `msg`. Fails with [`Error::Unsent`] only when none of it can have
-/// left: then, and only then, may it go out again.
-async fn write(stream: &mut Stream, msg: &[u8]) -> Result<(), Error> {
+/// Writes and flushes `msg`, setting `sent` once any of it was written. Fails with
+/// [`Error::Unsent`] only when none of it can have left: then, and only then, may it go
+/// out again.
+async fn write(stream: &mut Stream, msg: &[u8], sent: &mut bool) -> Result<(), Error> {
     let mut rest = msg;
     while !rest.is_empty() {
         let failed = match stream.write(rest).await {
             Ok(0) => io::ErrorKind::WriteZero.into(),
             Ok(n) => {
+                *sent = true;
                 rest = &rest[n..];
                 continue;
             }
@@ -327,15 +349,16 @@ async fn write(stream: &mut Stream, msg: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::testing::{OK, server};
-    #[cfg(feature = "tls")]
-    use crate::http::testing::{answer, serve};
+    use crate::http::testing::{OK, answer, client, serve, server, soon};
 
     #[tokio::test]
     async fn keeps_connections_alive() {
         let (client, seen) = server(vec![OK, OK, OK]).await;
         for _ in 0..3 {
-            let r = client.post("chat/completions", b"{}").await.unwrap();
+            let r = client
+                .post("chat/completions", b"{}", soon())
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
         }
@@ -347,7 +370,10 @@ mod tests {
         // One answer per connection, then the server closes it.
         let (client, seen) = server(vec![OK]).await;
         for _ in 0..3 {
-            let r = client.post("chat/completions", b"{}").await.unwrap();
+            let r = client
+                .post("chat/completions", b"{}", soon())
+                .await
+                .unwrap();
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
             // Let the close arrive (as a server's idle timeout would), or not.
             tokio::task::yield_now().await;
@@ -361,9 +387,12 @@ mod tests {
     async fn a_request_the_server_may_have_received_is_not_sent_again() {
         // The first request is answered; the second is read whole, then the server closes.
         let (client, seen) = server(vec![OK, ""]).await;
-        let r = client.post("chat/completions", b"{}").await.unwrap();
+        let r = client
+            .post("chat/completions", b"{}", soon())
+            .await
+            .unwrap();
         assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
-        let e = match client.post("chat/completions", b"{}").await {
+        let e = match client.post("chat/completions", b"{}", soon()).await {
             Ok(r) => panic!("answered {} after the server closed", r.status),
             Err(e) => e,
         };
@@ -373,6 +402,35 @@ mod tests {
         assert_eq!(seen.conns(), 1);
     }
 
+    /// The deadline covers connecting, writing and the answer's head; its error says
+    /// whether the request had been written by then.
+    #[tokio::test]
+    async fn timeouts_say_whether_the_request_was_sent() {
+        // Reads a request and never answers.
+        let (port, seen) = serve(|mut s, seen| async move {
+            answer(&mut s, &[""], &seen).await;
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let by = Instant::now() + Duration::from_millis(200);
+        let e = client(port).post("x", b"{}", by).await.err().unwrap();
+        assert!(matches!(e, Error::Timeout { sent: true }), "{e:?}");
+        assert!(e.sent());
+        assert_eq!(seen.requests(), 1);
+
+        // A server whose accept queue is full: the kernel drops the next connection's
+        // handshake, so it never opens.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = socket.listen(0).unwrap();
+        let port = full.local_addr().unwrap().port();
+        let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let by = Instant::now() + Duration::from_millis(200);
+        let e = client(port).get("models", by).await.err().unwrap();
+        assert!(matches!(e, Error::Timeout { sent: false }), "{e:?}");
+        assert!(!e.sent());
+    }
+
     #[tokio::test]
     async fn interim_heads_chunked_and_close_delimited_answers() {
         let (client, seen) = server(vec![
@@ -380,15 +438,15 @@ mod tests {
             "HTTP/1.1 503 Busy\r\nconnection: close\r\n\r\nno luck",
         ])
         .await;
-        let r = client.get("models").await.unwrap();
+        let r = client.get("models", soon()).await.unwrap();
         assert_eq!(r.body.bytes(100).await.unwrap(), "ab");
-        let r = client.get("models").await.unwrap();
+        let r = client.get("models", soon()).await.unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.body.bytes(100).await.unwrap(), "no luck");
         assert_eq!(seen.conns(), 1);
         // The close-delimited answer used the connection up.
         assert!(client.lock().is_empty());
-        let big = client.post("x", b"{}").await.unwrap();
+        let big = client.post("x", b"{}", soon()).await.unwrap();
         assert!(matches!(big.body.bytes(1).await, Err(Error::TooLarge(1))));
     }
 
@@ -400,7 +458,7 @@ mod tests {
         ])
         .await;
         for _ in 0..2 {
-            let mut r = client.post("x", b"{}").await.unwrap();
+            let mut r = client.post("x", b"{}", soon()).await.unwrap();
             assert_eq!(r.body.chunk().await.unwrap().unwrap(), "ab");
         }
         assert_eq!(seen.conns(), 2);
@@ -414,15 +472,15 @@ mod tests {
         let origin = Origin::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let client = Client::new(origin, None, Duration::from_secs(1), None).unwrap();
         assert!(matches!(
-            client.get("models").await,
+            client.get("models", soon()).await,
             Err(Error::Connect(..))
         ));
         let (client, _) = server(vec!["HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"]).await;
-        let r = client.get("models").await.unwrap();
+        let r = client.get("models", soon()).await.unwrap();
         assert!(matches!(r.body.bytes(100).await, Err(Error::Closed)));
         let (client, _) = server(vec!["not http\r\n\r\n"]).await;
         assert!(matches!(
-            client.get("models").await,
+            client.get("models", soon()).await,
             Err(Error::Protocol(_))
         ));
     }
@@ -460,7 +518,7 @@ mod tests {
         // The public roots do not vouch for a self-signed certificate.
         let public = Client::new(origin.clone(), None, Duration::from_secs(2), None).unwrap();
         assert!(matches!(
-            public.get("models").await,
+            public.get("models", soon()).await,
             Err(Error::Connect(..))
         ));
 
@@ -479,7 +537,10 @@ mod tests {
         .unwrap();
         assert!(e.contains("no certificate"), "{e}");
         for _ in 0..3 {
-            let r = client.post("chat/completions", b"{}").await.unwrap();
+            let r = client
+                .post("chat/completions", b"{}", soon())
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
             assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
         }

@@ -60,6 +60,9 @@ pub enum Error {
         "the server closed the connection without answering ({0}); it may have received the request"
     )]
     Unanswered(io::Error),
+    /// The deadline passed; `sent`: once some of the request was written.
+    #[error("the server did not answer in time")]
+    Timeout { sent: bool },
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("the server closed the connection before the answer ended")]
@@ -72,13 +75,14 @@ pub enum Error {
 
 impl Error {
     /// Whether the server may have received the request, and may be acting on it: true
-    /// unless connecting failed or the request's first write did. Only a request that
-    /// was not sent may go to another server.
+    /// unless connecting failed, the request's first write did, or the deadline passed
+    /// before it. Only a request that was not sent may go to another server.
     pub fn sent(&self) -> bool {
-        !matches!(
-            self,
-            Error::Connect(..) | Error::ConnectTimeout(..) | Error::Unsent(_)
-        )
+        match self {
+            Error::Connect(..) | Error::ConnectTimeout(..) | Error::Unsent(_) => false,
+            Error::Timeout { sent } => *sent,
+            _ => true,
+        }
     }
 }
 

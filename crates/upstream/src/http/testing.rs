@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -10,6 +10,11 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{Client, Origin};
 
 pub const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// A deadline no loopback answer should come near.
+pub fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
 
 /// What a loopback server saw.
 #[derive(Default)]
@@ -90,7 +95,11 @@ pub async fn server(answers: Vec<&'static str>) -> (Client, Arc<Seen>) {
         async move { answer(&mut s, &answers, &seen).await }
     })
     .await;
+    (client(port), seen)
+}
+
+/// A client of the loopback server on `port`.
+pub fn client(port: u16) -> Client {
     let origin = Origin::parse(&format!("http://127.0.0.1:{port}/v1")).unwrap();
-    let client = Client::new(origin, Some("sk-x"), Duration::from_secs(1), None).unwrap();
-    (client, seen)
+    Client::new(origin, Some("sk-x"), Duration::from_secs(1), None).unwrap()
 }
