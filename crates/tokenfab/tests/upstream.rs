@@ -579,6 +579,33 @@ fn upstream_errors_map_to_safe_openai_errors() {
     });
 }
 
+/// An upstream that sends an error's head and then none of its body is given up on within
+/// the backend's timeout, streamed or not, and its status still decides (502).
+#[test]
+fn an_error_head_followed_by_silence_fails_in_time() {
+    let stub = Stub::start();
+    let toml = model(
+        "up/silent",
+        "",
+        &[backend(&stub.base(), "silent-500", "timeout_s = 1")],
+    );
+    let (s, _) = serve(&toml, &[]);
+    run(async {
+        for b in [streamed("up/silent", false), body("up/silent")] {
+            let t0 = Instant::now();
+            let sent = send(&s, None, "/v1/chat/completions", &b);
+            let r = tokio::time::timeout(Duration::from_secs(20), sent)
+                .await
+                .unwrap_or_else(|_| panic!("no answer within 20 s: {b}"));
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 502, "{text}");
+            openai_error(&text);
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        }
+    });
+}
+
 // ---- model kinds ----
 
 /// `/v1/models` lists local and upstream models and filters them by `type` / `sub_type`;

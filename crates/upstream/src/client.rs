@@ -213,11 +213,17 @@ fn lost(backend: &Backend, e: http::Error) -> Miss {
     Miss::of(&e)
 }
 
-/// An error answer, with its body (for the message and the log).
-async fn refused(backend: &Backend, resp: Response) -> Miss {
+/// An error answer, its body read by `deadline` or within the idle timeout, whichever
+/// ends first: a server going silent after the head cannot hold the request.
+async fn refused(backend: &Backend, resp: Response, deadline: Instant) -> Miss {
     let cfg = &backend.cfg;
     let status = resp.status;
-    let body = resp.body.bytes(MAX_ERROR).await.unwrap_or_default();
+    let by = deadline.min(Instant::now() + cfg.idle_timeout);
+    let body = timeout_at(by.into(), resp.body.bytes(MAX_ERROR))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     if !client_status(status) {
         let text = String::from_utf8_lossy(&body[..body.len().min(500)]);
         tracing::warn!(url = %cfg.url, model = %cfg.model, status, body = %text, "upstream answered with an error");
@@ -240,7 +246,7 @@ pub async fn send_whole(
             .await
             .map_err(|e| lost(&backend, e))?;
         if !success(resp.status) {
-            return Err(refused(&backend, resp).await);
+            return Err(refused(&backend, resp, deadline).await);
         }
         let whole = timeout_at(deadline.into(), resp.body.bytes(MAX_ANSWER))
             .await
@@ -271,7 +277,7 @@ pub async fn send_stream(
         if success(resp.status) {
             Ok(resp.body)
         } else {
-            Err(refused(&backend, resp).await)
+            Err(refused(&backend, resp, deadline).await)
         }
     })
     .await
@@ -451,5 +457,39 @@ mod tests {
             assert_eq!(failure, Some(Failure::Broken));
         }
         assert_eq!(seen_a.requests() + seen_b.requests(), 2);
+    }
+
+    /// An error's head, then silence: its body is waited for only within the backend's
+    /// time, and the status still decides.
+    #[tokio::test]
+    async fn an_error_answer_that_goes_silent_is_given_up_on_in_time() {
+        async fn silent(mut s: TcpStream, seen: Arc<Seen>) {
+            let head = "HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\n";
+            answer(&mut s, &[head], &seen).await;
+            std::future::pending::<()>().await;
+        }
+        let (port, _) = serve(silent).await;
+        let timeout = Duration::from_millis(300);
+        let pool = Pool::new(vec![backend(port, timeout)], false).unwrap();
+        for stream in [true, false] {
+            let t0 = Instant::now();
+            let mut body = json!({"stream": stream});
+            let failure = async {
+                if stream {
+                    send_stream(&pool, "chat/completions", &mut body, None)
+                        .await
+                        .err()
+                } else {
+                    send_whole(&pool, "chat/completions", &mut body, None)
+                        .await
+                        .err()
+                }
+            };
+            let failure = tokio::time::timeout(Duration::from_secs(5), failure)
+                .await
+                .expect("no answer within 5 s");
+            assert_eq!(failure, Some(unanswered(500)), "stream: {stream}");
+            assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        }
     }
 }

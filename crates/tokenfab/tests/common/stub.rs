@@ -4,7 +4,8 @@
 //! It records every request, counts streams its client abandoned, can be made unhealthy,
 //! and answers chat by the request's `model` (the upstream name tokenfab sends):
 //! `plain`, `think-inline`, `reasoning-field`, `reasoning-content`, `no-usage`, `slow`,
-//! `fail-mid`, `status-500`, `status-400`, `hang` (any other name answers as `plain`).
+//! `fail-mid`, `status-500`, `status-400`, `hang`, `silent-500` (an error's head, then
+//! nothing of the body it promised) (any other name answers as `plain`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -157,6 +158,7 @@ async fn handle(
                 "status-500",
                 "status-400",
                 "hang",
+                "silent-500",
                 "embed",
                 "rerank",
             ];
@@ -251,6 +253,14 @@ async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
                 "param": "temperature"
             }});
             return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        }
+        "silent-500" => {
+            let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            return Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .header(header::CONTENT_LENGTH, 100)
+                .body(Body::from_stream(never))
+                .unwrap();
         }
         "hang" => tokio::time::sleep(Duration::from_secs(60)).await,
         _ => {}
