@@ -42,10 +42,12 @@ pub enum Failure {
     Broken,
     /// A backend's error status. `message` is the upstream's own error message for
     /// statuses that describe the client's request (400, 413, 422), and `None` for the
-    /// others, whose bodies stay in the logs.
+    /// others, whose bodies stay in the logs. `retry_after`: the seconds its
+    /// `retry-after` header asked an overloaded client to wait (429, 503).
     Status {
         status: u16,
         message: Option<String>,
+        retry_after: Option<u64>,
     },
     /// A backend answered with something that is not what the API promises.
     Protocol(String),
@@ -87,8 +89,12 @@ enum Miss {
     Broken,
     /// The request was sent; the backend's timeout ran out before the answer came.
     Late,
-    /// An error status, with what was read of its body.
-    Status { status: u16, body: Bytes },
+    /// An error status, with what was read of its body and its `retry-after`.
+    Status {
+        status: u16,
+        body: Bytes,
+        retry_after: Option<u64>,
+    },
     /// An answer that is not what the API promises.
     Invalid(String),
 }
@@ -129,12 +135,17 @@ fn judge(miss: Miss) -> Verdict {
         Miss::Broken => verdict(true, false, Failure::Broken),
         Miss::Late => verdict(true, false, Failure::Timeout),
         Miss::Invalid(m) => verdict(false, false, Failure::Protocol(m)),
-        Miss::Status { status, body } => {
+        Miss::Status {
+            status,
+            body,
+            retry_after,
+        } => {
             let failure = Failure::Status {
                 status,
                 message: client_status(status)
                     .then(|| error_message(&body))
                     .flatten(),
+                retry_after,
             };
             match status {
                 500.. => verdict(true, true, failure),
@@ -217,7 +228,7 @@ fn lost(backend: &Backend, e: http::Error) -> Miss {
 /// ends first: a server going silent after the head cannot hold the request.
 async fn refused(backend: &Backend, resp: Response, deadline: Instant) -> Miss {
     let cfg = &backend.cfg;
-    let status = resp.status;
+    let (status, retry_after) = (resp.status, resp.retry_after);
     let by = deadline.min(Instant::now() + cfg.idle_timeout);
     let body = timeout_at(by.into(), resp.body.bytes(MAX_ERROR))
         .await
@@ -228,7 +239,11 @@ async fn refused(backend: &Backend, resp: Response, deadline: Instant) -> Miss {
         let text = String::from_utf8_lossy(&body[..body.len().min(500)]);
         tracing::warn!(url = %cfg.url, model = %cfg.model, status, body = %text, "upstream answered with an error");
     }
-    Miss::Status { status, body }
+    Miss::Status {
+        status,
+        body,
+        retry_after,
+    }
 }
 
 /// Posts `body` to `path` (e.g. `chat/completions`) and reads the whole JSON answer.
@@ -303,6 +318,7 @@ mod tests {
         Miss::Status {
             status,
             body: Bytes::copy_from_slice(body.as_bytes()),
+            retry_after: None,
         }
     }
 
@@ -314,10 +330,12 @@ mod tests {
         }
     }
 
-    fn unanswered(status: u16) -> Failure {
+    /// An error status without a message for the client.
+    fn bare(status: u16) -> Failure {
         Failure::Status {
             status,
             message: None,
+            retry_after: None,
         }
     }
 
@@ -370,13 +388,27 @@ mod tests {
     fn failing_and_overloaded_backends_pass_the_request_on() {
         let secret = r#"{"error": {"message": "db password hunter2"}}"#;
         for s in [500, 502, 503, 504] {
-            assert_eq!(judge(status(s, secret)), verdict(true, true, unanswered(s)));
+            assert_eq!(judge(status(s, secret)), verdict(true, true, bare(s)));
         }
         // Overloaded, not broken: it stays in.
-        assert_eq!(
-            judge(status(429, secret)),
-            verdict(false, true, unanswered(429))
-        );
+        assert_eq!(judge(status(429, secret)), verdict(false, true, bare(429)));
+    }
+
+    #[test]
+    fn overloaded_answers_keep_their_retry_after() {
+        for s in [429, 503] {
+            let miss = Miss::Status {
+                status: s,
+                body: Bytes::new(),
+                retry_after: Some(7),
+            };
+            let failure = Failure::Status {
+                status: s,
+                message: None,
+                retry_after: Some(7),
+            };
+            assert_eq!(judge(miss).failure, failure);
+        }
     }
 
     #[test]
@@ -384,6 +416,7 @@ mod tests {
         let message = |status, m: &str| Failure::Status {
             status,
             message: Some(m.into()),
+            retry_after: None,
         };
         let answers = [
             (
@@ -399,12 +432,12 @@ mod tests {
         }
         assert_eq!(
             judge(status(400, "not json")),
-            verdict(false, false, unanswered(400))
+            verdict(false, false, bare(400))
         );
         // Other refusals keep their bodies in the logs.
         for s in [401, 403, 404, 409] {
             let body = r#"{"error": {"message": "no key sk-secret"}}"#;
-            assert_eq!(judge(status(s, body)), verdict(false, false, unanswered(s)));
+            assert_eq!(judge(status(s, body)), verdict(false, false, bare(s)));
         }
     }
 
@@ -415,7 +448,7 @@ mod tests {
         assert_eq!(r.last, Failure::Unreachable);
         assert_eq!(r.missed(judge(Miss::Unsent)), Ok(()));
         assert_eq!(r.missed(judge(status(429, ""))), Ok(()));
-        assert_eq!(r.last, unanswered(429));
+        assert_eq!(r.last, bare(429));
         assert_eq!(r.missed(judge(Miss::Broken)), Err(Failure::Broken));
     }
 
@@ -488,7 +521,7 @@ mod tests {
             let failure = tokio::time::timeout(Duration::from_secs(5), failure)
                 .await
                 .expect("no answer within 5 s");
-            assert_eq!(failure, Some(unanswered(500)), "stream: {stream}");
+            assert_eq!(failure, Some(bare(500)), "stream: {stream}");
             assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         }
     }

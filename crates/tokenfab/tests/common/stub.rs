@@ -4,8 +4,9 @@
 //! It records every request, counts streams its client abandoned, can be made unhealthy,
 //! and answers chat by the request's `model` (the upstream name tokenfab sends):
 //! `plain`, `think-inline`, `reasoning-field`, `reasoning-content`, `no-usage`, `slow`,
-//! `fail-mid`, `status-500`, `status-400`, `hang`, `silent-500` (an error's head, then
-//! nothing of the body it promised) (any other name answers as `plain`).
+//! `fail-mid`, `status-500`, `status-400`, `status-429` (with `retry-after: 7`), `hang`,
+//! `silent-500` (an error's head, then nothing of the body it promised) (any other name
+//! answers as `plain`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -157,6 +158,7 @@ async fn handle(
                 "fail-mid",
                 "status-500",
                 "status-400",
+                "status-429",
                 "hang",
                 "silent-500",
                 "embed",
@@ -261,6 +263,11 @@ async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
                 .header(header::CONTENT_LENGTH, 100)
                 .body(Body::from_stream(never))
                 .unwrap();
+        }
+        "status-429" => {
+            let e = json!({"error": {"message": "slow down", "type": "rate_limit_error"}});
+            let wait = [(header::RETRY_AFTER, "7")];
+            return (StatusCode::TOO_MANY_REQUESTS, wait, Json(e)).into_response();
         }
         "hang" => tokio::time::sleep(Duration::from_secs(60)).await,
         _ => {}

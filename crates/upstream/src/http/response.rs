@@ -14,6 +14,9 @@ const MAX_LINE: usize = 4096;
 /// The start of an answer; its body is read on demand.
 pub struct Response {
     pub status: u16,
+    /// The `retry-after` header of an overloaded server, in seconds (an HTTP date is
+    /// ignored).
+    pub retry_after: Option<u64>,
     pub body: Body,
 }
 
@@ -22,6 +25,7 @@ impl Response {
     pub(super) fn new(head: Head, client: Client, conn: Conn) -> Response {
         Response {
             status: head.status,
+            retry_after: head.retry_after,
             body: Body {
                 client,
                 conn: Some(conn),
@@ -32,11 +36,12 @@ impl Response {
     }
 }
 
-/// An answer's head, as far as framing its body goes.
+/// An answer's head: what frames its body, and the headers callers read.
 pub(super) struct Head {
     status: u16,
     framing: Framing,
     keep_alive: bool,
+    retry_after: Option<u64>,
 }
 
 /// Parses a complete head off the front of `buf`, skipping interim `1xx` ones; `None`
@@ -51,6 +56,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     };
     let status = r.code.unwrap_or(0);
     let mut keep_alive = r.version == Some(1);
+    let mut retry_after = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
@@ -72,6 +78,8 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
                 .rsplit(',')
                 .next()
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = value.parse::<u64>().ok();
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -107,6 +115,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         status,
         framing,
         keep_alive,
+        retry_after,
     }))
 }
 
@@ -313,5 +322,15 @@ mod tests {
         assert!(decode(Framing::Chunked(Chunk::Size), long, 1).is_err());
         assert!(decode(Framing::Chunked(Chunk::Size), b"zz\r\n", 4).is_err());
         assert_eq!(decode(Framing::Length(3), b"abc", 1).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn heads_keep_retry_after_in_seconds() {
+        let head = |wire: &str| parse_head(&mut BytesMut::from(wire)).unwrap().unwrap();
+        let h = head("HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!((h.status, h.retry_after), (429, Some(7)));
+        let date = "HTTP/1.1 503 Busy\r\nretry-after: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n";
+        assert_eq!(head(date).retry_after, None);
+        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").retry_after, None);
     }
 }
