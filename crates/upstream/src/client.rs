@@ -1,8 +1,8 @@
 //! Sending one request to a model's backends.
 //!
-//! A request goes to another backend only when it cannot have had an effect on the one
-//! tried: that one could not be reached (nothing was sent), answered 5xx (it failed), or
-//! answered 429 (overloaded, not broken). Once the request was written and no answer came
+//! A request goes to another backend only when the one tried did not take it on: that
+//! one could not be reached (nothing was sent), or answered 5xx (it failed) or 429
+//! (overloaded, not broken). Once the request was written and no answer came
 //! (the connection ended or broke, or the backend's timeout ran out), it is never sent
 //! elsewhere: the upstream may be executing it. Other 4xx answers describe the request
 //! itself and are returned at once. Retries happen only while nothing has reached the

@@ -60,7 +60,8 @@ pub enum Error {
         "the server closed the connection without answering ({0}); it may have received the request"
     )]
     Unanswered(io::Error),
-    /// The deadline passed; `sent`: once some of the request was written.
+    /// The deadline passed: while connecting (`sent` false), or once some of the request
+    /// was written.
     #[error("the server did not answer in time")]
     Timeout { sent: bool },
     #[error("{0}")]
