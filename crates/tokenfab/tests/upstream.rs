@@ -579,6 +579,56 @@ fn upstream_errors_map_to_safe_openai_errors() {
     });
 }
 
+/// When every backend is overloaded, the client is told to come back when the upstream
+/// said it could: its `retry-after` is passed on with the 503, streamed or not.
+#[test]
+fn an_overloaded_upstreams_retry_after_reaches_the_client() {
+    let stub = Stub::start();
+    let (s, _) = serve(&on(&stub, "up/busy", "status-429"), &[]);
+    run(async {
+        for b in [body("up/busy"), streamed("up/busy", false)] {
+            let r = send(&s, None, "/v1/chat/completions", &b).await;
+            let status = r.status().as_u16();
+            let wait = r.headers().get("retry-after").cloned();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 503, "{text}");
+            assert_eq!(
+                wait.as_ref().and_then(|v| v.to_str().ok()),
+                Some("7"),
+                "{b}"
+            );
+            openai_error(&text);
+        }
+    });
+}
+
+/// An upstream that sends an error's head and then none of its body is given up on within
+/// the backend's timeout, streamed or not, and its status still decides (502).
+#[test]
+fn an_error_head_followed_by_silence_fails_in_time() {
+    let stub = Stub::start();
+    let toml = model(
+        "up/silent",
+        "",
+        &[backend(&stub.base(), "silent-500", "timeout_s = 1")],
+    );
+    let (s, _) = serve(&toml, &[]);
+    run(async {
+        for b in [streamed("up/silent", false), body("up/silent")] {
+            let t0 = Instant::now();
+            let sent = send(&s, None, "/v1/chat/completions", &b);
+            let r = tokio::time::timeout(Duration::from_secs(20), sent)
+                .await
+                .unwrap_or_else(|_| panic!("no answer within 20 s: {b}"));
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 502, "{text}");
+            openai_error(&text);
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        }
+    });
+}
+
 // ---- model kinds ----
 
 /// `/v1/models` lists local and upstream models and filters them by `type` / `sub_type`;

@@ -1,18 +1,29 @@
 //! Sending one request to a model's backends.
 //!
-//! A backend that cannot be reached, times out, or answers 5xx is taken out (see
-//! [`crate::pool`]) and the request goes to another one; so does one answered 429
-//! (overloaded, not broken). This happens only while nothing has reached the client:
-//! [`send_whole`] has the whole answer before it returns, [`send_stream`] returns at the
-//! first byte of a successful stream, after which the caller owns the failure. Other
-//! 4xx answers describe the request itself and are returned at once.
+//! A request goes to another backend only when the one tried did not take it on: that
+//! one could not be reached (nothing was sent), or answered 5xx (it failed) or 429
+//! (overloaded, not broken). Once the request was written and no answer came
+//! (the connection ended or broke, or the backend's timeout ran out), it is never sent
+//! elsewhere: the upstream may be executing it. Other 4xx answers describe the request
+//! itself and are returned at once. Retries happen only while nothing has reached the
+//! client: [`send_whole`] has the whole answer before it returns, [`send_stream`] returns
+//! at the first byte of a successful stream, after which the caller owns the failure.
+//! Backends that fail as servers (unreachable, broken off, too slow, 5xx) are taken out
+//! for a backoff (see [`crate::pool`]).
+//!
+//! The policy is pure, and tested without a network: `judge` turns what an attempt came
+//! to (a `Miss`) into a `Verdict`, and `Retry` follows one request through the backends.
+//! `attempts` does the I/O around it.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
+use tokio::time::timeout_at;
 
 use crate::http::{self, Body, Response, success};
-use crate::pool::{Lease, Pool};
+use crate::pool::{Backend, Lease, Pool};
 
 /// The largest whole answer read (embeddings of many long inputs run to tens of MB).
 const MAX_ANSWER: usize = 1 << 30;
@@ -22,16 +33,21 @@ const MAX_ERROR: usize = 1 << 20;
 /// Why no backend answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// No backend could be reached (or none is configured).
+    /// No backend could be reached (or none is configured): the request went nowhere.
     Unreachable,
-    /// A backend took longer than its timeout.
+    /// The request was sent and the backend's timeout ran out before its answer (the
+    /// head of a stream, the whole of any other answer).
     Timeout,
+    /// The request was sent and the connection ended or broke before the answer did.
+    Broken,
     /// A backend's error status. `message` is the upstream's own error message for
     /// statuses that describe the client's request (400, 413, 422), and `None` for the
-    /// others, whose bodies stay in the logs.
+    /// others, whose bodies stay in the logs. `retry_after`: the seconds its
+    /// `retry-after` header asked an overloaded client to wait (429, 503).
     Status {
         status: u16,
         message: Option<String>,
+        retry_after: Option<u64>,
     },
     /// A backend answered with something that is not what the API promises.
     Protocol(String),
@@ -64,44 +80,108 @@ fn error_message(body: &[u8]) -> Option<String> {
     Some(text.chars().take(1000).collect())
 }
 
-/// What one attempt came to.
-enum Attempt<T> {
-    Done(T),
-    /// Try another backend.
-    Retry(Failure),
-    /// Give this to the client.
-    Stop(Failure),
+/// What an attempt on one backend came to, when it is not an answer to pass on.
+#[derive(Debug)]
+enum Miss {
+    /// Nothing was sent: connecting failed or timed out, or the first write did.
+    Unsent,
+    /// The request was sent; the connection then ended or broke before the answer did.
+    Broken,
+    /// The request was sent; the backend's timeout ran out before the answer came.
+    Late,
+    /// An error status, with what was read of its body and its `retry-after`.
+    Status {
+        status: u16,
+        body: Bytes,
+        retry_after: Option<u64>,
+    },
+    /// An answer that is not what the API promises.
+    Invalid(String),
 }
 
-/// Classifies an error status: whether to retry elsewhere, and whether the backend is
-/// broken.
-async fn status_failure<T>(lease: &Lease, resp: Response) -> Attempt<T> {
-    let status = resp.status;
-    let body = resp.body.bytes(MAX_ERROR).await.unwrap_or_default();
-    let b = &lease.backend;
-    if client_status(status) {
-        return Attempt::Stop(Failure::Status {
-            status,
-            message: error_message(&body),
-        });
+impl Miss {
+    /// What a transport error means for the attempt.
+    fn of(e: &http::Error) -> Miss {
+        match e {
+            e if !e.sent() => Miss::Unsent,
+            http::Error::Timeout { .. } => Miss::Late,
+            http::Error::Protocol(_) | http::Error::TooLarge(_) => Miss::Invalid(e.to_string()),
+            _ => Miss::Broken,
+        }
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-    tracing::warn!(url = %b.cfg.url, model = %b.cfg.model, status, body = %text, "upstream answered with an error");
-    if status >= 500 {
-        b.failed();
-    }
-    let failure = Failure::Status {
-        status,
-        message: None,
+}
+
+/// What follows a miss.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    /// Take the backend out for a backoff: it failed as a server, rather than being
+    /// overloaded or refusing the request.
+    down: bool,
+    /// Another backend may be tried: the request had no effect on this one.
+    retry: bool,
+    /// What the client is told if the request ends here.
+    failure: Failure,
+}
+
+/// The retry policy.
+fn judge(miss: Miss) -> Verdict {
+    let verdict = |down, retry, failure| Verdict {
+        down,
+        retry,
+        failure,
     };
-    if status >= 500 || status == 429 {
-        Attempt::Retry(failure)
-    } else {
-        Attempt::Stop(failure)
+    match miss {
+        Miss::Unsent => verdict(true, true, Failure::Unreachable),
+        Miss::Broken => verdict(true, false, Failure::Broken),
+        Miss::Late => verdict(true, false, Failure::Timeout),
+        Miss::Invalid(m) => verdict(false, false, Failure::Protocol(m)),
+        Miss::Status {
+            status,
+            body,
+            retry_after,
+        } => {
+            let failure = Failure::Status {
+                status,
+                message: client_status(status)
+                    .then(|| error_message(&body))
+                    .flatten(),
+                retry_after,
+            };
+            match status {
+                500.. => verdict(true, true, failure),
+                429 => verdict(false, true, failure),
+                _ => verdict(false, false, failure),
+            }
+        }
     }
 }
 
-/// Tries the backends in turn (each at most once) until one answers.
+/// One request's way through a model's backends: those tried, and what the client is
+/// told if none answers.
+struct Retry {
+    tried: Vec<usize>,
+    last: Failure,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            tried: Vec::new(),
+            last: Failure::Unreachable,
+        }
+    }
+
+    /// Takes in the verdict on the backend just tried: `Err` when the request ends here.
+    fn missed(&mut self, verdict: Verdict) -> Result<(), Failure> {
+        if !verdict.retry {
+            return Err(verdict.failure);
+        }
+        self.last = verdict.failure;
+        Ok(())
+    }
+}
+
+/// Tries the backends in turn (each at most once) until one answers or the policy stops.
 async fn attempts<T, F, Fut>(
     pool: &Pool,
     body: &mut Value,
@@ -109,43 +189,61 @@ async fn attempts<T, F, Fut>(
     mut one: F,
 ) -> Result<Answer<T>, Failure>
 where
-    F: FnMut(Lease, Vec<u8>) -> Fut,
-    Fut: Future<Output = (Attempt<T>, Lease)>,
+    F: FnMut(Arc<Backend>, Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<T, Miss>>,
 {
-    let mut tried = Vec::new();
-    let mut last = Failure::Unreachable;
-    while let Some((i, lease)) = pool.pick(&tried, affinity) {
-        tried.push(i);
+    let mut retry = Retry::new();
+    while let Some((i, lease)) = pool.pick(&retry.tried, affinity) {
+        retry.tried.push(i);
         if let Some(obj) = body.as_object_mut() {
             obj.insert(
                 "model".into(),
                 Value::String(lease.backend.cfg.model.clone()),
             );
         }
-        let (attempt, lease) = one(lease, body.to_string().into_bytes()).await;
-        match attempt {
-            Attempt::Done(body) => {
+        match one(lease.backend.clone(), body.to_string().into_bytes()).await {
+            Ok(body) => {
                 lease.backend.succeeded();
                 return Ok(Answer { body, lease });
             }
-            Attempt::Retry(f) => last = f,
-            Attempt::Stop(f) => return Err(f),
+            Err(miss) => {
+                let verdict = judge(miss);
+                if verdict.down {
+                    lease.backend.failed();
+                }
+                retry.missed(verdict)?;
+            }
         }
     }
-    Err(last)
+    Err(retry.last)
 }
 
-/// An attempt that never got an answer: the backend is out, try another.
-fn unreachable<T>(lease: &Lease, e: &http::Error) -> Attempt<T> {
-    tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream backend unreachable");
-    lease.backend.failed();
-    Attempt::Retry(Failure::Unreachable)
+/// A transport error on `backend`, logged.
+fn lost(backend: &Backend, e: http::Error) -> Miss {
+    tracing::warn!(url = %backend.cfg.url, %e, sent = e.sent(), "upstream request failed");
+    Miss::of(&e)
 }
 
-fn timed_out<T>(lease: &Lease) -> Attempt<T> {
-    tracing::warn!(url = %lease.backend.cfg.url, timeout = ?lease.backend.cfg.timeout, "upstream backend timed out");
-    lease.backend.failed();
-    Attempt::Retry(Failure::Timeout)
+/// An error answer, its body read by `deadline` or within the idle timeout, whichever
+/// ends first: a server going silent after the head cannot hold the request.
+async fn refused(backend: &Backend, resp: Response, deadline: Instant) -> Miss {
+    let cfg = &backend.cfg;
+    let (status, retry_after) = (resp.status, resp.retry_after);
+    let by = deadline.min(Instant::now() + cfg.idle_timeout);
+    let body = timeout_at(by.into(), resp.body.bytes(MAX_ERROR))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if !client_status(status) {
+        let text = String::from_utf8_lossy(&body[..body.len().min(500)]);
+        tracing::warn!(url = %cfg.url, model = %cfg.model, status, body = %text, "upstream answered with an error");
+    }
+    Miss::Status {
+        status,
+        body,
+        retry_after,
+    }
 }
 
 /// Posts `body` to `path` (e.g. `chat/completions`) and reads the whole JSON answer.
@@ -155,31 +253,22 @@ pub async fn send_whole(
     body: &mut Value,
     affinity: Option<u64>,
 ) -> Result<Answer<Value>, Failure> {
-    attempts(pool, body, affinity, |lease, bytes| async move {
-        let timeout = lease.backend.cfg.timeout;
-        let exchange = async {
-            let resp = match lease.backend.client.post(path, &bytes).await {
-                Ok(r) => r,
-                Err(e) => return unreachable(&lease, &e),
-            };
-            if !success(resp.status) {
-                return status_failure(&lease, resp).await;
-            }
-            match resp.body.bytes(MAX_ANSWER).await {
-                Ok(b) => match serde_json::from_slice::<Value>(&b) {
-                    Ok(v) => Attempt::Done(v),
-                    Err(e) => {
-                        Attempt::Stop(Failure::Protocol(format!("the answer is not JSON: {e}")))
-                    }
-                },
-                Err(e) => unreachable(&lease, &e),
-            }
-        };
-        let attempt = match tokio::time::timeout(timeout, exchange).await {
-            Ok(a) => a,
-            Err(_) => timed_out(&lease),
-        };
-        (attempt, lease)
+    attempts(pool, body, affinity, |backend, bytes| async move {
+        let deadline = Instant::now() + backend.cfg.timeout;
+        let resp = backend
+            .client
+            .post(path, &bytes, deadline)
+            .await
+            .map_err(|e| lost(&backend, e))?;
+        if !success(resp.status) {
+            return Err(refused(&backend, resp, deadline).await);
+        }
+        let whole = timeout_at(deadline.into(), resp.body.bytes(MAX_ANSWER))
+            .await
+            .unwrap_or(Err(http::Error::Timeout { sent: true }))
+            .map_err(|e| lost(&backend, e))?;
+        serde_json::from_slice(&whole)
+            .map_err(|e| Miss::Invalid(format!("the answer is not JSON: {e}")))
     })
     .await
 }
@@ -193,16 +282,18 @@ pub async fn send_stream(
     body: &mut Value,
     affinity: Option<u64>,
 ) -> Result<Answer<Body>, Failure> {
-    attempts(pool, body, affinity, |lease, bytes| async move {
-        let timeout = lease.backend.cfg.timeout;
-        let sent = lease.backend.client.post(path, &bytes);
-        let attempt = match tokio::time::timeout(timeout, sent).await {
-            Err(_) => timed_out(&lease),
-            Ok(Err(e)) => unreachable(&lease, &e),
-            Ok(Ok(resp)) if success(resp.status) => Attempt::Done(resp.body),
-            Ok(Ok(resp)) => status_failure(&lease, resp).await,
-        };
-        (attempt, lease)
+    attempts(pool, body, affinity, |backend, bytes| async move {
+        let deadline = Instant::now() + backend.cfg.timeout;
+        let resp = backend
+            .client
+            .post(path, &bytes, deadline)
+            .await
+            .map_err(|e| lost(&backend, e))?;
+        if success(resp.status) {
+            Ok(resp.body)
+        } else {
+            Err(refused(&backend, resp, deadline).await)
+        }
     })
     .await
 }
@@ -210,4 +301,228 @@ pub async fn send_stream(
 /// The idle timeout of the backend a lease holds.
 pub fn idle_timeout(lease: &Lease) -> Duration {
     lease.backend.cfg.idle_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use serde_json::json;
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::http::testing::{Seen, answer, serve};
+    use crate::pool::BackendConfig;
+
+    fn status(status: u16, body: &str) -> Miss {
+        Miss::Status {
+            status,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            retry_after: None,
+        }
+    }
+
+    fn verdict(down: bool, retry: bool, failure: Failure) -> Verdict {
+        Verdict {
+            down,
+            retry,
+            failure,
+        }
+    }
+
+    /// An error status without a message for the client.
+    fn bare(status: u16) -> Failure {
+        Failure::Status {
+            status,
+            message: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_request_that_was_not_sent_goes_to_the_next_backend() {
+        let errors = [
+            http::Error::Connect("h:1".into(), ErrorKind::ConnectionRefused.into()),
+            http::Error::ConnectTimeout("h:1".into(), Duration::from_secs(3)),
+            http::Error::Unsent(ErrorKind::BrokenPipe.into()),
+            http::Error::Timeout { sent: false },
+        ];
+        for e in errors {
+            let v = judge(Miss::of(&e));
+            assert_eq!(v, verdict(true, true, Failure::Unreachable), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_was_sent_and_not_answered_goes_nowhere_else() {
+        let errors = [
+            (
+                http::Error::Unanswered(ErrorKind::UnexpectedEof.into()),
+                Failure::Broken,
+            ),
+            (
+                http::Error::Unanswered(ErrorKind::ConnectionReset.into()),
+                Failure::Broken,
+            ),
+            (
+                http::Error::Io(ErrorKind::ConnectionReset.into()),
+                Failure::Broken,
+            ),
+            (http::Error::Closed, Failure::Broken),
+            (http::Error::Timeout { sent: true }, Failure::Timeout),
+        ];
+        for (e, failure) in errors {
+            assert_eq!(judge(Miss::of(&e)), verdict(true, false, failure), "{e}");
+        }
+        // An answer, if not one that makes sense: the backend is up.
+        for e in [
+            http::Error::Protocol("bad".into()),
+            http::Error::TooLarge(9),
+        ] {
+            let f = Failure::Protocol(e.to_string());
+            assert_eq!(judge(Miss::of(&e)), verdict(false, false, f));
+        }
+    }
+
+    #[test]
+    fn failing_and_overloaded_backends_pass_the_request_on() {
+        let secret = r#"{"error": {"message": "db password hunter2"}}"#;
+        for s in [500, 502, 503, 504] {
+            assert_eq!(judge(status(s, secret)), verdict(true, true, bare(s)));
+        }
+        // Overloaded, not broken: it stays in.
+        assert_eq!(judge(status(429, secret)), verdict(false, true, bare(429)));
+    }
+
+    #[test]
+    fn overloaded_answers_keep_their_retry_after() {
+        for s in [429, 503] {
+            let miss = Miss::Status {
+                status: s,
+                body: Bytes::new(),
+                retry_after: Some(7),
+            };
+            let failure = Failure::Status {
+                status: s,
+                message: None,
+                retry_after: Some(7),
+            };
+            assert_eq!(judge(miss).failure, failure);
+        }
+    }
+
+    #[test]
+    fn client_errors_stop_with_the_upstreams_message() {
+        let message = |status, m: &str| Failure::Status {
+            status,
+            message: Some(m.into()),
+            retry_after: None,
+        };
+        let answers = [
+            (
+                400,
+                r#"{"error": {"message": "temperature is out of range"}}"#,
+                "temperature is out of range",
+            ),
+            (413, r#"{"detail": "too long"}"#, "too long"),
+            (422, r#"{"message": "bad field"}"#, "bad field"),
+        ];
+        for (s, body, m) in answers {
+            assert_eq!(judge(status(s, body)), verdict(false, false, message(s, m)));
+        }
+        assert_eq!(
+            judge(status(400, "not json")),
+            verdict(false, false, bare(400))
+        );
+        // Other refusals keep their bodies in the logs.
+        for s in [401, 403, 404, 409] {
+            let body = r#"{"error": {"message": "no key sk-secret"}}"#;
+            assert_eq!(judge(status(s, body)), verdict(false, false, bare(s)));
+        }
+    }
+
+    #[test]
+    fn a_request_ends_at_a_verdict_that_stops_it_or_with_the_last_failure() {
+        let mut r = Retry::new();
+        // No backend at all.
+        assert_eq!(r.last, Failure::Unreachable);
+        assert_eq!(r.missed(judge(Miss::Unsent)), Ok(()));
+        assert_eq!(r.missed(judge(status(429, ""))), Ok(()));
+        assert_eq!(r.last, bare(429));
+        assert_eq!(r.missed(judge(Miss::Broken)), Err(Failure::Broken));
+    }
+
+    fn backend(port: u16, timeout: Duration) -> BackendConfig {
+        BackendConfig {
+            url: format!("http://127.0.0.1:{port}/v1"),
+            api_key: None,
+            model: "m".into(),
+            weight: 1,
+            connect_timeout: Duration::from_secs(1),
+            timeout,
+            idle_timeout: Duration::from_secs(60),
+            ca_file: None,
+        }
+    }
+
+    /// A backend that read the request and closed without answering may be executing
+    /// it: it goes to no other backend.
+    #[tokio::test]
+    async fn a_request_a_backend_may_have_received_goes_to_no_other() {
+        async fn close(mut s: TcpStream, seen: Arc<Seen>) {
+            answer(&mut s, &[""], &seen).await;
+        }
+        let (a, seen_a) = serve(close).await;
+        let (b, seen_b) = serve(close).await;
+        let second = Duration::from_secs(1);
+        let pool = Pool::new(vec![backend(a, second), backend(b, second)], false).unwrap();
+        for stream in [false, true] {
+            let mut body = json!({"stream": stream});
+            let failure = if stream {
+                send_stream(&pool, "chat/completions", &mut body, None)
+                    .await
+                    .err()
+            } else {
+                send_whole(&pool, "chat/completions", &mut body, None)
+                    .await
+                    .err()
+            };
+            assert_eq!(failure, Some(Failure::Broken));
+        }
+        assert_eq!(seen_a.requests() + seen_b.requests(), 2);
+    }
+
+    /// An error's head, then silence: its body is waited for only within the backend's
+    /// time, and the status still decides.
+    #[tokio::test]
+    async fn an_error_answer_that_goes_silent_is_given_up_on_in_time() {
+        async fn silent(mut s: TcpStream, seen: Arc<Seen>) {
+            let head = "HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\n";
+            answer(&mut s, &[head], &seen).await;
+            std::future::pending::<()>().await;
+        }
+        let (port, _) = serve(silent).await;
+        let timeout = Duration::from_millis(300);
+        let pool = Pool::new(vec![backend(port, timeout)], false).unwrap();
+        for stream in [true, false] {
+            let t0 = Instant::now();
+            let mut body = json!({"stream": stream});
+            let failure = async {
+                if stream {
+                    send_stream(&pool, "chat/completions", &mut body, None)
+                        .await
+                        .err()
+                } else {
+                    send_whole(&pool, "chat/completions", &mut body, None)
+                        .await
+                        .err()
+                }
+            };
+            let failure = tokio::time::timeout(Duration::from_secs(5), failure)
+                .await
+                .expect("no answer within 5 s");
+            assert_eq!(failure, Some(bare(500)), "stream: {stream}");
+            assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        }
+    }
 }

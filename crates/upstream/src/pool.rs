@@ -238,14 +238,15 @@ impl Pool {
 /// One health probe: any 2xx answer from `GET {url}/models` within the interval (at most
 /// 5 s) counts as healthy.
 async fn probe(b: &Backend, interval: Duration) {
+    let deadline = Instant::now() + interval.min(Duration::from_secs(5));
     let exchange = async {
-        let r = b.client.get("models").await?;
+        let r = b.client.get("models", deadline).await?;
         // Read to the end, so that the connection is kept for requests.
         let status = r.status;
         r.body.bytes(PROBE_LIMIT).await?;
         Ok::<_, http::Error>(status)
     };
-    match tokio::time::timeout(interval.min(Duration::from_secs(5)), exchange).await {
+    match tokio::time::timeout_at(deadline.into(), exchange).await {
         Ok(Ok(status)) if http::success(status) => b.succeeded(),
         Ok(Ok(status)) => {
             tracing::debug!(url = %b.cfg.url, status, "health probe failed");

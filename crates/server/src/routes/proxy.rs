@@ -39,12 +39,24 @@ fn failure(f: Failure, id: &str) -> HttpError {
         Failure::Timeout => HttpError::gateway_timeout(format!(
             "the upstream server for `{id}` did not answer in time"
         )),
+        Failure::Broken => HttpError::bad_gateway(format!(
+            "the upstream server for `{id}` broke off without answering; it may have received the request"
+        )),
         Failure::Status {
             message: Some(m), ..
         } => HttpError::bad_request(None, m),
-        Failure::Status { status: 429, .. } => HttpError::unavailable(format!(
-            "every upstream server for `{id}` is overloaded; try again later"
-        )),
+        Failure::Status {
+            status: 429 | 503,
+            retry_after,
+            ..
+        } => {
+            let mut e = HttpError::unavailable(format!(
+                "every upstream server for `{id}` is overloaded; try again later"
+            ));
+            // The wait the upstream asked for, if it said.
+            e.retry_after = retry_after.or(e.retry_after);
+            e
+        }
         Failure::Status { status, .. } if status >= 500 => HttpError::bad_gateway(format!(
             "the upstream server for `{id}` failed (HTTP {status})"
         )),

@@ -4,7 +4,9 @@
 //! It records every request, counts streams its client abandoned, can be made unhealthy,
 //! and answers chat by the request's `model` (the upstream name tokenfab sends):
 //! `plain`, `think-inline`, `reasoning-field`, `reasoning-content`, `no-usage`, `slow`,
-//! `fail-mid`, `status-500`, `status-400`, `hang` (any other name answers as `plain`).
+//! `fail-mid`, `status-500`, `status-400`, `status-429` (with `retry-after: 7`), `hang`,
+//! `silent-500` (an error's head, then nothing of the body it promised) (any other name
+//! answers as `plain`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -156,7 +158,9 @@ async fn handle(
                 "fail-mid",
                 "status-500",
                 "status-400",
+                "status-429",
                 "hang",
+                "silent-500",
                 "embed",
                 "rerank",
             ];
@@ -251,6 +255,19 @@ async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
                 "param": "temperature"
             }});
             return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        }
+        "silent-500" => {
+            let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            return Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .header(header::CONTENT_LENGTH, 100)
+                .body(Body::from_stream(never))
+                .unwrap();
+        }
+        "status-429" => {
+            let e = json!({"error": {"message": "slow down", "type": "rate_limit_error"}});
+            let wait = [(header::RETRY_AFTER, "7")];
+            return (StatusCode::TOO_MANY_REQUESTS, wait, Json(e)).into_response();
         }
         "hang" => tokio::time::sleep(Duration::from_secs(60)).await,
         _ => {}
