@@ -348,10 +348,16 @@ async fn stream_request(job: &HttpJob, seed: i64, what: &str) -> anyhow::Result<
         "seed": seed,
     });
     let t0 = Instant::now();
-    let Response { status, mut body } = job
+    let Response {
+        status, mut body, ..
+    } = job
         .server
         .client()?
-        .post("chat/completions", body.to_string().as_bytes())
+        .post(
+            "chat/completions",
+            body.to_string().as_bytes(),
+            t0 + job.server.timeout,
+        )
         .await
         .context(what.to_owned())?;
     if !success(status) {
@@ -454,7 +460,12 @@ async fn http_main(
         None => {
             let what = format!("GET {base}/models");
             let models: Value = within(server.timeout, &what, async {
-                let r = server.client()?.get("models").await.context(what.clone())?;
+                let deadline = Instant::now() + server.timeout;
+                let r = server
+                    .client()?
+                    .get("models", deadline)
+                    .await
+                    .context(what.clone())?;
                 anyhow::ensure!(success(r.status), "{what}: {}", r.status);
                 let bytes = r.body.bytes(MAX_ANSWER).await.context(what.clone())?;
                 serde_json::from_slice(&bytes).with_context(|| format!("{what}: not JSON"))

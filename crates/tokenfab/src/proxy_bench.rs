@@ -239,7 +239,8 @@ fn body(model: &str) -> Vec<u8> {
 /// One chat completion, read whole; whether it succeeded in time.
 async fn send(client: &Client, body: &[u8]) -> bool {
     let exchange = async {
-        let r = client.post("chat/completions", body).await.ok()?;
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        let r = client.post("chat/completions", body, deadline).await.ok()?;
         (success(r.status) && r.body.bytes(1 << 20).await.is_ok()).then_some(())
     };
     matches!(

@@ -18,8 +18,11 @@ use super::{Error, Origin};
 
 /// Idle connections kept per server; more are closed when their answers end.
 const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed rather than reused.
-const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
+/// An idle connection older than this is closed rather than reused: just under the 5 s
+/// keep-alive of uvicorn (vLLM, SGLang) and llama-server, so that a server closing an
+/// idle connection as a request is written (a request that, once written, is never sent
+/// again) stays rare.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
 /// A connection, plain or TLS.
 pub(super) enum Stream {
