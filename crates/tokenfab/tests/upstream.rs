@@ -387,6 +387,85 @@ fn reasoning_dialects_become_reasoning_content() {
     });
 }
 
+/// An upstream that splits the thought but reports no reasoning tokens (llama-server with
+/// `--reasoning-format deepseek`) gets them counted; and `enable_thinking` /
+/// `thinking_budget` go up in each dialect's own fields, or are refused where the upstream
+/// cannot enforce them.
+#[test]
+fn thinking_fields_speak_the_upstreams_dialect_and_reasoning_tokens_are_counted() {
+    let stub = Stub::start();
+    let toml = [
+        model(
+            "up/vllm",
+            "dialect = \"vllm\"",
+            &[backend(&stub.base(), "reasoning-content", "")],
+        ),
+        model(
+            "up/cpp",
+            "dialect = \"llama.cpp\"",
+            &[backend(&stub.base(), "reasoning-field", "")],
+        ),
+        model(
+            "up/sglang",
+            "dialect = \"sglang\"",
+            &[backend(&stub.base(), "plain", "")],
+        ),
+    ]
+    .concat();
+    let (s, _) = serve(&toml, &[]);
+    let sent = |name: &str| {
+        stub.chats()
+            .into_iter()
+            .rev()
+            .find(|r| r.body["model"] == name)
+            .unwrap()
+            .body
+    };
+    run(async {
+        // "I reason." is 9 bytes: 3 tokens estimated (no tokenizer is configured).
+        let mut b = body("up/vllm");
+        b["enable_thinking"] = json!(false);
+        b["thinking_budget"] = json!(64);
+        let (status, v) = chat(&s, &b).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+        assert_eq!(
+            v["usage"]["completion_tokens_details"]["reasoning_tokens"], 3,
+            "{v}"
+        );
+        let up = sent("reasoning-content");
+        assert_eq!(up["chat_template_kwargs"]["enable_thinking"], false, "{up}");
+        assert_eq!(up["thinking_token_budget"], 64, "{up}");
+        assert!(up.get("enable_thinking").is_none() && up.get("thinking_budget").is_none());
+
+        let mut b = streamed("up/cpp", true);
+        b["thinking_budget"] = json!(32);
+        let out = stream(&s, None, &b).await;
+        assert_eq!(out.reasoning, "I reason.");
+        let usage = &out.usage_chunks()[0]["usage"];
+        assert_eq!(
+            usage["completion_tokens_details"]["reasoning_tokens"], 3,
+            "{usage}"
+        );
+        assert_eq!(sent("reasoning-field")["thinking_budget_tokens"], 32);
+
+        let mut b = body("up/sglang");
+        b["enable_thinking"] = json!(true);
+        assert_eq!(chat(&s, &b).await.0, 200);
+        assert_eq!(
+            sent("plain")["chat_template_kwargs"]["enable_thinking"],
+            true
+        );
+        b["thinking_budget"] = json!(16);
+        let (status, v) = chat(&s, &b).await;
+        assert_eq!(
+            (status, &v["error"]["param"]),
+            (400, &json!("thinking_budget")),
+            "{v}"
+        );
+    });
+}
+
 /// A client that hangs up mid-stream makes tokenfab drop the upstream stream too.
 #[test]
 fn a_client_hanging_up_cancels_the_upstream_stream() {
