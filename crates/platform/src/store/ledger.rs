@@ -323,8 +323,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{StoreError, UsageTotal};
     use crate::store::testing::{remove_db, temp_store};
+    use crate::store::{StoreError, UsageTotal};
 
     /// Audit queries the tests check the ledger with.
     impl Store {
