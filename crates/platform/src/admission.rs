@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 use crate::limits::{Decision, Limit, LimitError, Standing};
 use crate::money::{Money, Price};
 use crate::store::{
@@ -303,20 +301,11 @@ impl Admission {
         {
             tracing::warn!(%e, "could not correct the token counters");
         }
-        let stopped = || StoreError::Settle("the settlement writer has stopped".into());
         if s.cost == Money(0) && s.held == Money(0) {
-            self.platform
-                .settler
-                .send((s, None))
-                .map_err(|_| stopped())?;
+            self.platform.settler.queue(s)?;
             return Ok(cost);
         }
-        let (ack, done) = oneshot::channel();
-        self.platform
-            .settler
-            .send((s, Some(ack)))
-            .map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())??;
+        self.platform.settler.commit(s).await?;
         Ok(cost)
     }
 
@@ -364,7 +353,7 @@ impl Drop for Admission {
             ),
         };
         let s = self.settlement(used, outcome);
-        let _ = self.platform.settler.send((s, None));
+        let _ = self.platform.settler.queue(s);
         let platform = self.platform.clone();
         let ticket = self.decision.ticket.clone();
         let total = used.tokens.total();

@@ -40,11 +40,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use admission::CachedKey;
 use limits::{Limiter, Rates};
-use settler::{Pending, write_settlements};
+use settler::Settler;
 use store::Store;
 
 /// How the platform is set up (the ledger is opened apart, with [`Store::open`]).
@@ -64,7 +62,7 @@ pub struct PlatformConfig {
 /// The per-request face of accounts, keys, prices, balances and limits.
 pub struct Platform {
     pub store: Store,
-    settler: mpsc::UnboundedSender<Pending>,
+    settler: Settler,
     limiter: Limiter,
     cfg: PlatformConfig,
     /// Prices and limits: the configuration's, replaced whole on a reload.
@@ -95,8 +93,7 @@ impl Platform {
                 "released reservations of requests that never settled (recorded as interrupted)"
             );
         }
-        let (settler, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_settlements(store.clone(), rx));
+        let settler = Settler::start(store.clone());
         let terms = RwLock::new(Arc::new(Terms {
             tiers: cfg.tiers.clone(),
             models: cfg.models.clone(),

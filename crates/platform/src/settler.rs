@@ -13,10 +13,40 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Settlement, Store, StoreError};
 
 /// A settlement on its way to the writer, and where its answer goes.
-pub(crate) type Pending = (
+type Pending = (
     Settlement,
     Option<oneshot::Sender<Result<bool, StoreError>>>,
 );
+
+/// The writer's queue, where admissions send their settlements.
+pub(crate) struct Settler(mpsc::UnboundedSender<Pending>);
+
+impl Settler {
+    /// Starts the writer on `store`.
+    pub(crate) fn start(store: Store) -> Settler {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_settlements(store, rx));
+        Settler(tx)
+    }
+
+    /// Queues a settlement nobody waits for (a free request, a dropped admission); the
+    /// writer logs it if it cannot be recorded.
+    pub(crate) fn queue(&self, s: Settlement) -> Result<(), StoreError> {
+        self.0.send((s, None)).map_err(|_| stopped())
+    }
+
+    /// Queues a settlement and waits until its group is committed; false when the request
+    /// was settled before.
+    pub(crate) async fn commit(&self, s: Settlement) -> Result<bool, StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.0.send((s, Some(ack))).map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Settle("the settlement writer has stopped".into())
+}
 
 /// Most settlements committed together.
 const MAX_GROUP: usize = 256;
@@ -29,7 +59,7 @@ const LINGER: Duration = Duration::from_millis(20);
 /// Commits settlements as they come, every one queued meanwhile in the same transaction:
 /// under load one sync serves many requests; alone, a settlement someone waits for is
 /// committed at once, and one nobody waits for after at most [`LINGER`].
-pub(crate) async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
