@@ -138,7 +138,7 @@ impl Store {
 
     /// [`Store::settle`] for several requests in one transaction (one commit, one sync):
     /// the group commit that lets settlements keep up with many short requests. Every step
-    /// is one statement for up to [`CHUNK`] requests, not one per request: each statement
+    /// is one statement for up to `CHUNK` (64) requests, not one per request: each statement
     /// is a round trip to the database (on SQLite, to its worker thread and back), and at
     /// thousands of requests a second those round trips cost more than the writes.
     pub async fn settle_many(&self, batch: &[Settlement]) -> Result<Vec<bool>> {
