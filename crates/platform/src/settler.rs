@@ -123,7 +123,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_settlements_commit_together_and_add_up() {
-        let path = std::env::temp_dir().join(format!("tokenfab-group-{}.db", std::process::id()));
+        let db = tokenfab_testkit::temp_db("group");
         let price = Price {
             input_per_million: "1000".parse().unwrap(),
             output_per_million: "2000".parse().unwrap(),
@@ -141,9 +141,7 @@ mod tests {
                 },
             )]),
         };
-        let store = Store::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        let store = Store::open(&db.sqlite_url()).await.unwrap();
         let p = Platform::open(store, cfg).await.unwrap();
         p.store.create_account("a", "default").await.unwrap();
         p.store
@@ -188,8 +186,5 @@ mod tests {
             (totals[0].requests, totals[0].cost),
             (200, "3.20".parse().unwrap())
         );
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-        }
     }
 }

@@ -138,11 +138,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{remove_db, temp_store};
+    use crate::store::testing::temp_store;
 
     #[tokio::test]
     async fn keys_are_found_by_hash_and_revoked_by_prefix() {
-        let (store, path) = temp_store("keys").await;
+        let (store, _db) = temp_store("keys").await;
         assert!(!store.has_keys().await.unwrap());
         store.create_account("a", "pro").await.unwrap();
         let (secret, rec) = store.create_key("a").await.unwrap();
@@ -173,6 +173,5 @@ mod tests {
             store.revoke_key("#999").await,
             Err(StoreError::NoKey(_))
         ));
-        remove_db(&path);
     }
 }

@@ -323,8 +323,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{remove_db, temp_store};
+    use crate::store::testing::temp_store;
     use crate::store::{StoreError, UsageTotal};
+    use tokenfab_testkit::unique;
 
     /// Audit queries the tests check the ledger with.
     impl Store {
@@ -398,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn reserve_settle_once_and_recover() {
-        let (store, path) = temp_store("ledger").await;
+        let (store, _db) = temp_store("ledger").await;
         let a = store.create_account("a", "default").await.unwrap();
         assert!(matches!(
             store.create_account("a", "default").await,
@@ -444,7 +445,6 @@ mod tests {
         let totals = store.usage(today, today).await.unwrap();
         assert_eq!(totals.len(), 1);
         assert_eq!((totals[0].requests, totals[0].cost), (2, Money(25)));
-        remove_db(&path);
     }
 
     /// What a group of settlements returned and left in the ledger, with the tag that keeps
@@ -616,15 +616,6 @@ mod tests {
         }
     }
 
-    /// A name no earlier run used (a PostgreSQL ledger outlives one test).
-    fn unique(tag: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!("{tag}-{}-{nanos}", std::process::id())
-    }
-
     async fn settle_many_matches_one_at_a_time(store: &Store) {
         let together = settle_case(store, &unique("together"), true).await;
         let one_by_one = settle_case(store, &unique("one-by-one"), false).await;
@@ -633,9 +624,8 @@ mod tests {
 
     #[tokio::test]
     async fn settle_many_matches_one_at_a_time_on_sqlite() {
-        let (store, path) = temp_store("group").await;
+        let (store, _db) = temp_store("group").await;
         settle_many_matches_one_at_a_time(&store).await;
-        remove_db(&path);
     }
 
     /// On the PostgreSQL of scripts/services.sh (TOKENFAB_TEST_PG); skipped without one.
@@ -667,7 +657,7 @@ mod tests {
                 .collect();
             std::time::Duration::from_millis((f[0] + f[1]) * 10)
         }
-        let (store, path) = temp_store("timing").await;
+        let (store, _db) = temp_store("timing").await;
         let group = |g: usize| -> Vec<Settlement> {
             (0..256)
                 .map(|i| settlement(&format!("g{g}-{i}"), OPEN_ACCOUNT, 0, 0))
@@ -689,6 +679,5 @@ mod tests {
             cpu.as_secs_f64() * 1e3 / groups as f64,
             cpu.as_secs_f64() * 1e6 / (groups * 256) as f64
         );
-        remove_db(&path);
     }
 }

@@ -1,19 +1,12 @@
 //! Test-only: a throwaway SQLite ledger, shared by the store's tests.
 
+use tokenfab_testkit::TempPath;
+
 use super::Store;
 
-pub(super) async fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("tokenfab-store-{tag}-{}.db", std::process::id()));
-    remove_db(&path);
-    let store = Store::open(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    (store, path)
-}
-
-/// Removes a SQLite ledger with its WAL files.
-pub(super) fn remove_db(path: &std::path::Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
+/// A fresh ledger; the guard removes its files when the test ends.
+pub(super) async fn temp_store(tag: &str) -> (Store, TempPath) {
+    let db = tokenfab_testkit::temp_db(&format!("store-{tag}"));
+    let store = Store::open(&db.sqlite_url()).await.unwrap();
+    (store, db)
 }
