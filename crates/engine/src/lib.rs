@@ -33,16 +33,6 @@ pub mod tokenizer;
 
 pub use error::EngineError;
 
-/// Where the tokenizer vectors and reference templates live (see scripts/fetch-test-assets.sh).
+/// Where the tokenizer vectors and reference templates live, for the unit tests.
 #[cfg(test)]
-pub(crate) fn test_assets_dir() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("TOKENFAB_TEST_ASSETS") {
-        return p.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("tokenfab/test-assets")
-}
+pub(crate) use tokenfab_testkit::test_assets_dir;

@@ -60,11 +60,10 @@ fn r1_header() -> &'static R1Header {
         let n_tensors = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
         assert_eq!(n_tensors, 339, "the 7B Q4_K_M file lists 339 tensors");
         bytes[8..16].fill(0);
-        let tmp =
-            std::env::temp_dir().join(format!("tokenfab-r1-header-{}.gguf", std::process::id()));
+        let tmp = tokenfab_testkit::temp_path("r1-header", "gguf");
         std::fs::write(&tmp, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
         let gguf = GgufFile::open(&tmp);
-        let _ = std::fs::remove_file(&tmp);
+        drop(tmp);
         let gguf = gguf.unwrap_or_else(|e| panic!("open R1 header copy: {e}"));
         let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("R1 tokenizer: {e}"));
         R1Header { gguf, tok }

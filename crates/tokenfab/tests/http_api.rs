@@ -459,8 +459,7 @@ fn client_disconnect_stops_generation() {
 
 #[test]
 fn config_file_local_path_and_template_override() {
-    let dir = std::env::temp_dir().join(format!("tokenfab-cfg-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tokenfab_testkit::temp_dir("cfg-test");
     let spec: tokenfab_models::ModelSpec = MODEL.parse().unwrap();
     let gguf = spec
         .resolve(&tokenfab_models::default_cache_dir(), false)
@@ -520,7 +519,6 @@ fn config_file_local_path_and_template_override() {
         assert_eq!(status, 400, "{v}");
         assert_eq!(v["error"]["code"], "context_length_exceeded");
     });
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

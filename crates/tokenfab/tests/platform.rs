@@ -10,9 +10,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, run, temp_db};
+use common::{Server, run};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokenfab_testkit::{TempPath, temp_db, temp_path, unique};
 
 const ADMIN: &str = "test-admin-key-0123456789";
 /// 1000 per million prompt tokens and 2000 per million generated ones: 1000 and 2000
@@ -20,8 +21,8 @@ const ADMIN: &str = "test-admin-key-0123456789";
 const IN: i64 = 1000;
 const OUT: i64 = 2000;
 
-fn config(extra: &str) -> std::path::PathBuf {
-    let path = temp_db("config").with_extension("toml");
+fn config(extra: &str) -> TempPath {
+    let path = temp_path("config", "toml");
     std::fs::write(
         &path,
         format!(
@@ -44,28 +45,6 @@ rpm = 3
     )
     .unwrap();
     path
-}
-
-/// A SQLite ledger in the temp directory, removed (with its WAL files) on drop.
-struct Ledger {
-    path: std::path::PathBuf,
-    url: String,
-}
-
-impl Ledger {
-    fn new(tag: &str) -> Ledger {
-        let path = temp_db(tag);
-        let url = format!("sqlite://{}", path.display());
-        Ledger { path, url }
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
-        }
-    }
 }
 
 /// A server of the paid and free test models on the ledger at `db`, with the admin API
@@ -184,12 +163,13 @@ async fn settled(s: &Server, name: &str) -> (i64, i64) {
 
 #[test]
 fn keys_prices_balances_and_limits_on_sqlite() {
-    let ledger = Ledger::new("ledger");
-    let db = ledger.url.clone();
+    let ledger = temp_db("ledger");
+    let db = ledger.sqlite_url();
     let rich = account(&db, "rich", "10.00");
     let poor = account(&db, "poor", "0");
     let revoked = account(&db, "gone", "1.00");
-    let s = serve(&db, &config(""), &[]);
+    let cfg = config("");
+    let s = serve(&db, &cfg, &[]);
     run(async {
         // 401: no key, an unknown key, a revoked key; on every /v1 route.
         for key in [None, Some("sk-not-a-key")] {
@@ -407,10 +387,12 @@ async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Ve
 
 #[test]
 fn no_overdraw_under_50_concurrent_requests() {
-    let ledger = Ledger::new("overdraw");
+    let ledger = temp_db("overdraw");
+    let db = ledger.sqlite_url();
     // The most a request can cost is about 0.05: 0.20 covers four at a time.
-    let key = account(&ledger.url, "small", "0.20");
-    let s = serve(&ledger.url, &config(""), &[]);
+    let key = account(&db, "small", "0.20");
+    let cfg = config("");
+    let s = serve(&db, &cfg, &[]);
     run(async {
         let (statuses, charged) = burst(&[&s], &key, 50, 8).await;
         let ok = statuses.iter().filter(|&&c| c == 200).count();
@@ -435,18 +417,6 @@ fn services() -> (String, String) {
     let redis = std::env::var("TOKENFAB_TEST_REDIS")
         .expect("TOKENFAB_TEST_REDIS is not set: run scripts/test.sh, which starts Redis");
     (pg, redis)
-}
-
-/// A name no earlier run used (the PostgreSQL database and Redis outlive one test).
-fn unique(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }
 
 #[test]
@@ -669,11 +639,12 @@ fn the_admin_api_manages_accounts_and_keys() {
 
 #[test]
 fn an_open_server_refuses_a_public_address() {
-    let ledger = Ledger::new("public");
+    let ledger = temp_db("public");
+    let db = ledger.sqlite_url();
     let public = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
         cmd.args(["serve", "--host", "0.0.0.0", "--port", "0", "--database"])
-            .arg(&ledger.url)
+            .arg(&db)
             .env("RUST_LOG", "warn");
         cmd
     };
@@ -686,7 +657,7 @@ fn an_open_server_refuses_a_public_address() {
     );
     // With a key, the same address is served (checked by the refusal going away: the
     // server then starts, and is stopped here).
-    account(&ledger.url, "someone", "0");
+    account(&db, "someone", "0");
     let mut child = public()
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -702,9 +673,11 @@ fn an_open_server_refuses_a_public_address() {
 
 #[test]
 fn a_client_that_hangs_up_on_a_plain_answer_pays_for_what_was_generated() {
-    let ledger = Ledger::new("hangup");
-    let key = account(&ledger.url, "impatient", "5.00");
-    let s = serve(&ledger.url, &config(""), &[]);
+    let ledger = temp_db("hangup");
+    let db = ledger.sqlite_url();
+    let key = account(&db, "impatient", "5.00");
+    let cfg = config("");
+    let s = serve(&db, &cfg, &[]);
     run(async {
         // A long non-streamed answer; the client gives up before it is done.
         let r = client()

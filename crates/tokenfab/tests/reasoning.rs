@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{Server, post, run, run_seed, sse_events};
 use serde_json::{Value, json};
+use tokenfab_testkit::TempPath;
 
 const SYSTEM: &str = "Always think step by step inside <think></think> tags before answering. \
                       After </think>, give only the final answer.";
@@ -22,9 +21,9 @@ const R1_STYLE_TEMPLATE: &str = r#"{{- '<|im_start|>system\n' + system + '<|im_e
 {%- for m in messages -%}{{- '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' -}}{%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n<think>\n' -}}{%- endif -%}"#;
 
-fn start() -> (Server, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("tokenfab-reasoning-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The server of the two thinking models, and the folder of its config (removed on drop).
+fn start() -> (Server, TempPath) {
+    let dir = tokenfab_testkit::temp_dir("reasoning");
     let template = R1_STYLE_TEMPLATE
         .replace("' + system + '", &SYSTEM.replace('\n', "\\n"))
         .replace("' + example + '", &EXAMPLE.replace('\n', "\\n"));
@@ -104,7 +103,7 @@ async fn stream(s: &Server, body: &Value) -> (String, String, Vec<Value>) {
 
 #[test]
 fn thought_and_answer_split_identically_streamed_or_not() {
-    let (s, dir) = start();
+    let (s, _dir) = start();
     run(async {
         let body = json!({"model": "qwen-think", "messages": worked_example("What is 3 + 5?"),
                           "temperature": 0, "logprobs": true});
@@ -191,12 +190,11 @@ fn thought_and_answer_split_identically_streamed_or_not() {
             "{v}"
         );
     });
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn budget_and_max_tokens() {
-    let (s, dir) = start();
+    let (s, _dir) = start();
     run(async {
         let base = json!({"model": "qwen-think", "messages": worked_example("Explain why the sky is blue."),
                           "temperature": 0});
@@ -256,12 +254,11 @@ fn budget_and_max_tokens() {
             assert_eq!(v["error"]["param"], param, "{v}");
         }
     });
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn opened_thought_through_the_seed_programs() {
-    let (s, dir) = start();
+    let (s, _dir) = start();
     // The template opens `<think>\n`; the model writes only `</think>` (or is closed by the
     // 24-token budget); the seed's loops read reasoning_content and content unchanged. The
     // seed samples at temperature 1 without a seed, so the words vary from run to run: the
@@ -282,5 +279,4 @@ fn opened_thought_through_the_seed_programs() {
             "{script}: {v}"
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }

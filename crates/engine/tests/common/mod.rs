@@ -6,20 +6,11 @@
 
 use std::path::PathBuf;
 
-/// `$XDG_CACHE_HOME`, else `~/.cache`, as the fetch scripts use.
-fn cache_home() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        })
-}
+use tokenfab_testkit::cache_home;
 
 /// The test-assets folder (`TOKENFAB_TEST_ASSETS` overrides).
 pub fn assets_dir() -> PathBuf {
-    let dir = std::env::var_os("TOKENFAB_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_home().join("tokenfab/test-assets"));
+    let dir = tokenfab_testkit::test_assets_dir();
     assert!(
         dir.join("ggml-vocab-gpt-2.gguf").is_file(),
         "test assets not found in {}: run scripts/fetch-test-assets.sh (or set TOKENFAB_TEST_ASSETS)",

@@ -11,32 +11,24 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tokenfab_testkit::TempPath;
+/// upstream.rs takes it from here.
+pub use tokenfab_testkit::temp_db;
+
 pub const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
 pub struct Server {
     child: Child,
     pub base: String,
     /// The ledger file this server got when the caller named none (removed on drop).
-    own_db: Option<std::path::PathBuf>,
+    own_db: Option<TempPath>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(db) = &self.own_db {
-            for ext in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-            }
-        }
     }
-}
-
-/// A fresh SQLite ledger path in the temp directory.
-pub fn temp_db(tag: &str) -> std::path::PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("tokenfab-test-{tag}-{}-{n}.db", std::process::id()))
 }
 
 pub fn free_port() -> u16 {
@@ -65,8 +57,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(db) = &own_db {
-            cmd.arg("--database")
-                .arg(format!("sqlite://{}", db.display()));
+            cmd.arg("--database").arg(db.sqlite_url());
         }
         let child = cmd.spawn().expect("spawn tokenfab");
         let mut server = Server {
@@ -106,10 +97,9 @@ impl Server {
     }
 
     /// Kills the server with SIGKILL (no chance to clean up) and waits for it.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.own_db = None;
+    pub fn kill(self) {
+        // Dropping sends SIGKILL (`Child::kill`) and waits.
+        drop(self);
     }
 }
 

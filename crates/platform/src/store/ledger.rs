@@ -1,88 +1,16 @@
-//! The ledger: accounts, keys, credits, reservations, usage rows and daily aggregates, on
-//! SQLite (the embedded default, WAL, every commit synced) or PostgreSQL (several tokenfab
-//! replicas sharing one ledger), with one schema applied by sqlx's migrator.
-//!
-//! Money moves only inside transactions that write first (no read-then-write upgrades,
-//! which SQLite answers with "busy"), and every check that protects a balance is part of
-//! the statement that changes it (`UPDATE … WHERE balance - reserved >= amount`), so
-//! concurrent requests on any number of replicas cannot overdraw.
+//! Charging: a request holds the most it can cost before it runs ([`Store::reserve`]),
+//! and its settlement records its usage, charges what it cost and releases the hold, once
+//! ([`Store::settle`], or a group of them in one transaction: [`Store::settle_many`]).
+//! Holds a stopped server left are released by [`Store::recover`].
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::Row;
 
-use crate::keys;
+use super::schema::tuples;
+use super::{DAY, OPEN_ACCOUNT, Result, Store, unix_now};
 use crate::money::Money;
 use tokenfab_wire::usage::TokenUsage;
-
-/// What can go wrong with the ledger.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("cannot update the database schema: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("no account is named `{0}`")]
-    NoAccount(String),
-    #[error("an account named `{0}` already exists")]
-    AccountExists(String),
-    #[error("no key matches `{0}`")]
-    NoKey(String),
-    #[error("`{0}` matches several keys; give more of it")]
-    AmbiguousKey(String),
-    #[error("cannot read random bytes for a key: {0}")]
-    Random(String),
-    #[error("`{0}` is not a database URL: use sqlite://PATH or postgres://USER@HOST/DB")]
-    BadUrl(String),
-    #[error("could not record a settlement: {0}")]
-    Settle(String),
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// Which database a store talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// The account of requests made while no keys exist (the open quick start).
-pub const OPEN_ACCOUNT: i64 = 0;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub id: i64,
-    pub name: String,
-    pub tier: String,
-    /// What the account owns: credits minus settled charges.
-    pub balance: Money,
-    /// Held by requests still running.
-    pub reserved: Money,
-    pub created_at: i64,
-}
-
-impl Account {
-    /// What a new request may still reserve.
-    pub fn available(&self) -> Money {
-        Money(self.balance.0 - self.reserved.0)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: i64,
-    pub account_id: i64,
-    pub account: String,
-    pub prefix: String,
-    pub created_at: i64,
-    pub last_used_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
 
 /// Money held for a request before it runs.
 #[derive(Clone, Debug)]
@@ -162,343 +90,11 @@ pub struct Settlement {
     pub source: Source,
 }
 
-/// Totals for one account and model over a period, from the daily aggregates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageTotal {
-    pub account: String,
-    pub model: String,
-    pub requests: i64,
-    pub prompt_tokens: i64,
-    pub cached_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub completion_tokens: i64,
-    pub cost: Money,
-}
-
-/// The clock ([`tokenfab_wire::time::unix_now`]) as the ledger stores it (`BIGINT`).
-pub fn unix_now() -> i64 {
-    tokenfab_wire::time::unix_now() as i64
-}
-
-const DAY: i64 = 86_400;
-
-/// A handle on the ledger database; cheap to clone (a connection pool).
-#[derive(Clone)]
-pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
-}
-
-/// The schema, written once: the two databases differ only in how an id column counts
-/// itself, which PostgreSQL spells `BIGSERIAL`.
-fn migrator(backend: Backend) -> Migrator {
-    let sql = include_str!("../migrations/0001_platform.sql");
-    let sql = match backend {
-        Backend::Sqlite => Cow::Borrowed(sql),
-        Backend::Postgres => {
-            Cow::Owned(sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"))
-        }
-    };
-    let step = |version, name, sql| {
-        Migration::new(
-            version,
-            Cow::Borrowed(name),
-            MigrationType::Simple,
-            sql,
-            false,
-        )
-    };
-    Migrator {
-        migrations: Cow::Owned(vec![
-            step(1, "platform", sql),
-            step(
-                2,
-                "usage_source",
-                Cow::Borrowed(include_str!("../migrations/0002_usage_source.sql")),
-            ),
-        ]),
-        ..Migrator::DEFAULT
-    }
-}
-
-fn account(row: &AnyRow) -> Result<Account> {
-    Ok(Account {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        tier: row.try_get("tier")?,
-        balance: Money(row.try_get("balance")?),
-        reserved: Money(row.try_get("reserved")?),
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn key_record(row: &AnyRow) -> Result<KeyRecord> {
-    Ok(KeyRecord {
-        id: row.try_get("id")?,
-        account_id: row.try_get("account_id")?,
-        account: row.try_get("account")?,
-        prefix: row.try_get("prefix")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-const ACCOUNT_COLS: &str = "id, name, tier, balance, reserved, created_at";
-const KEY_COLS: &str = "k.id AS id, k.account_id AS account_id, a.name AS account, \
-     k.prefix AS prefix, k.created_at AS created_at, k.last_used_at AS last_used_at, \
-     k.revoked_at AS revoked_at";
-
 /// Most rows one multi-row statement carries: 64 usage rows bind 768 parameters, far
 /// under SQLite's limit (32766) and PostgreSQL's (65535).
 const CHUNK: usize = 64;
 
-/// `($1, …, $cols), ($cols+1, …), …`: `rows` tuples of `cols` placeholders, the VALUES
-/// list of a multi-row statement (one tuple of `n` is an `IN` list of `n`). SQLite gets
-/// plain `?`s, bound in order: sqlx looks each `$n` up by its name, a walk along the list
-/// of all of them, which made binding a statement of hundreds of them quadratic (most of
-/// a group's time).
-fn tuples(backend: Backend, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 6);
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            let sep = if c == 0 { "" } else { ", " };
-            let _ = match backend {
-                Backend::Sqlite => write!(out, "{sep}?"),
-                Backend::Postgres => write!(out, "{sep}${}", r * cols + c + 1),
-            };
-        }
-        out.push(')');
-    }
-    out
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
 impl Store {
-    /// Opens (creating where needed) the database at `url` and brings its schema up to
-    /// date: `sqlite://PATH` (the file is created) or `postgres://…`.
-    pub async fn open(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(StoreError::BadUrl(url.to_owned()));
-        };
-        let pool = match backend {
-            Backend::Sqlite => {
-                let url = if url.contains('?') || url.contains(":memory:") {
-                    url.to_owned()
-                } else {
-                    format!("{url}?mode=rwc")
-                };
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            // WAL lets readers run beside the writer; FULL syncs every
-                            // commit, so a settled request survives a power cut too.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?
-            }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .connect(url)
-                    .await?
-            }
-        };
-        migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend })
-    }
-
-    // ---- accounts ----
-
-    pub async fn create_account(&self, name: &str, tier: &str) -> Result<Account> {
-        let q = format!(
-            "INSERT INTO accounts (name, tier, balance, reserved, created_at) \
-             VALUES ($1, $2, 0, 0, $3) RETURNING {ACCOUNT_COLS}"
-        );
-        match sqlx::query(&q)
-            .bind(name)
-            .bind(tier)
-            .bind(unix_now())
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok(row) => account(&row),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AccountExists(name.to_owned())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn account(&self, name: &str) -> Result<Account> {
-        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE name = $1");
-        match sqlx::query(&q)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-        {
-            Some(row) => account(&row),
-            None => Err(StoreError::NoAccount(name.to_owned())),
-        }
-    }
-
-    pub async fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
-        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
-        let row = sqlx::query(&q).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(account).transpose()
-    }
-
-    pub async fn accounts(&self) -> Result<Vec<Account>> {
-        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY name");
-        let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
-        rows.iter().map(account).collect()
-    }
-
-    /// Adds `amount` (negative to take money back) to an account's balance, with a credit
-    /// row saying so, in one transaction.
-    pub async fn credit(&self, name: &str, amount: Money, note: &str) -> Result<Account> {
-        let mut tx = self.pool.begin().await?;
-        let q = format!(
-            "UPDATE accounts SET balance = balance + $1 WHERE name = $2 RETURNING {ACCOUNT_COLS}"
-        );
-        let Some(row) = sqlx::query(&q)
-            .bind(amount.0)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Err(StoreError::NoAccount(name.to_owned()));
-        };
-        let acc = account(&row)?;
-        sqlx::query(
-            "INSERT INTO credits (account_id, amount, note, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(acc.id)
-        .bind(amount.0)
-        .bind(note)
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(acc)
-    }
-
-    // ---- keys ----
-
-    /// Makes a key for an account; returns the secret (shown once) and its record.
-    pub async fn create_key(&self, account_name: &str) -> Result<(String, KeyRecord)> {
-        let acc = self.account(account_name).await?;
-        let new = keys::generate().map_err(|e| StoreError::Random(e.to_string()))?;
-        let row = sqlx::query(
-            "INSERT INTO api_keys (account_id, hash, prefix, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(acc.id)
-        .bind(&new.hash)
-        .bind(&new.prefix)
-        .bind(unix_now())
-        .fetch_one(&self.pool)
-        .await?;
-        let id: i64 = row.try_get("id")?;
-        let rec = self
-            .keys()
-            .await?
-            .into_iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| StoreError::NoKey(new.prefix.clone()))?;
-        Ok((new.secret, rec))
-    }
-
-    pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
-        let q = format!(
-            "SELECT {KEY_COLS} FROM api_keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.id"
-        );
-        let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
-        rows.iter().map(key_record).collect()
-    }
-
-    /// Revokes the key whose id (`#12` or `12`) or prefix is given.
-    pub async fn revoke_key(&self, which: &str) -> Result<KeyRecord> {
-        let all = self.keys().await?;
-        let id = which.trim_start_matches('#').parse::<i64>().ok();
-        let found: Vec<&KeyRecord> = all
-            .iter()
-            .filter(|k| Some(k.id) == id || (which.len() >= 4 && k.prefix.starts_with(which)))
-            .collect();
-        let key = match found.as_slice() {
-            [] => return Err(StoreError::NoKey(which.to_owned())),
-            [k] => *k,
-            _ => return Err(StoreError::AmbiguousKey(which.to_owned())),
-        };
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(unix_now())
-            .bind(key.id)
-            .execute(&self.pool)
-            .await?;
-        let mut key = key.clone();
-        key.revoked_at.get_or_insert(unix_now());
-        Ok(key)
-    }
-
-    /// The key with this hash and its account, revoked or not.
-    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(KeyRecord, String, Account)>> {
-        let q = format!(
-            "SELECT {KEY_COLS}, k.hash AS hash, a.name AS a_name, a.tier AS a_tier, \
-             a.balance AS a_balance, a.reserved AS a_reserved, a.created_at AS a_created_at \
-             FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $1"
-        );
-        let Some(row) = sqlx::query(&q)
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let key = key_record(&row)?;
-        let acc = Account {
-            id: key.account_id,
-            name: row.try_get("a_name")?,
-            tier: row.try_get("a_tier")?,
-            balance: Money(row.try_get("a_balance")?),
-            reserved: Money(row.try_get("a_reserved")?),
-            created_at: row.try_get("a_created_at")?,
-        };
-        Ok(Some((key, row.try_get("hash")?, acc)))
-    }
-
-    /// Whether any key was ever made: from then on every request needs one.
-    pub async fn has_keys(&self) -> Result<bool> {
-        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM api_keys")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
-    }
-
-    pub async fn touch_key(&self, id: i64, at: i64) -> Result<()> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    // ---- charging ----
-
     /// Holds `r.amount` of the account's money for a request about to run, recorded under
     /// `instance`. False when the account cannot cover it (nothing is held then).
     pub async fn reserve(&self, r: &Reservation, instance: &str) -> Result<bool> {
@@ -542,7 +138,7 @@ impl Store {
 
     /// [`Store::settle`] for several requests in one transaction (one commit, one sync):
     /// the group commit that lets settlements keep up with many short requests. Every step
-    /// is one statement for up to [`CHUNK`] requests, not one per request: each statement
+    /// is one statement for up to `CHUNK` (64) requests, not one per request: each statement
     /// is a round trip to the database (on SQLite, to its worker thread and back), and at
     /// thousands of requests a second those round trips cost more than the writes.
     pub async fn settle_many(&self, batch: &[Settlement]) -> Result<Vec<bool>> {
@@ -722,48 +318,14 @@ impl Store {
         }
         Ok(n)
     }
-
-    // ---- reports ----
-
-    /// Per account and model totals for the UTC days `from_day..=to_day` (days since the
-    /// epoch), from the daily aggregates.
-    pub async fn usage(&self, from_day: i64, to_day: i64) -> Result<Vec<UsageTotal>> {
-        let rows = sqlx::query(
-            "SELECT COALESCE(a.name, '(open access)') AS account, u.model AS model, \
-             CAST(SUM(u.requests) AS BIGINT) AS requests, \
-             CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens, \
-             CAST(SUM(u.cached_tokens) AS BIGINT) AS cached_tokens, \
-             CAST(SUM(u.reasoning_tokens) AS BIGINT) AS reasoning_tokens, \
-             CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens, \
-             CAST(SUM(u.cost) AS BIGINT) AS cost \
-             FROM usage_daily u LEFT JOIN accounts a ON a.id = u.account_id \
-             WHERE u.day >= $1 AND u.day <= $2 \
-             GROUP BY a.name, u.model ORDER BY account, model",
-        )
-        .bind(from_day)
-        .bind(to_day)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageTotal {
-                    account: r.try_get("account")?,
-                    model: r.try_get("model")?,
-                    requests: r.try_get("requests")?,
-                    prompt_tokens: r.try_get("prompt_tokens")?,
-                    cached_tokens: r.try_get("cached_tokens")?,
-                    reasoning_tokens: r.try_get("reasoning_tokens")?,
-                    completion_tokens: r.try_get("completion_tokens")?,
-                    cost: Money(r.try_get("cost")?),
-                })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::temp_store;
+    use crate::store::{StoreError, UsageTotal};
+    use tokenfab_testkit::unique;
 
     /// Audit queries the tests check the ledger with.
     impl Store {
@@ -818,23 +380,6 @@ mod tests {
         }
     }
 
-    async fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
-        let path =
-            std::env::temp_dir().join(format!("tokenfab-store-{tag}-{}.db", std::process::id()));
-        remove_db(&path);
-        let store = Store::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        (store, path)
-    }
-
-    /// Removes a SQLite ledger with its WAL files.
-    fn remove_db(path: &std::path::Path) {
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-        }
-    }
-
     fn settlement(id: &str, account: i64, cost: i64, held: i64) -> Settlement {
         Settlement {
             request_id: id.into(),
@@ -854,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn reserve_settle_once_and_recover() {
-        let (store, path) = temp_store("ledger").await;
+        let (store, _db) = temp_store("ledger").await;
         let a = store.create_account("a", "default").await.unwrap();
         assert!(matches!(
             store.create_account("a", "default").await,
@@ -900,15 +445,6 @@ mod tests {
         let totals = store.usage(today, today).await.unwrap();
         assert_eq!(totals.len(), 1);
         assert_eq!((totals[0].requests, totals[0].cost), (2, Money(25)));
-        remove_db(&path);
-    }
-
-    #[test]
-    fn tuples_number_placeholders_row_after_row() {
-        let pg = Backend::Postgres;
-        assert_eq!(tuples(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(tuples(pg, 1, 2), "($1, $2)");
-        assert_eq!(tuples(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     /// What a group of settlements returned and left in the ledger, with the tag that keeps
@@ -1080,15 +616,6 @@ mod tests {
         }
     }
 
-    /// A name no earlier run used (a PostgreSQL ledger outlives one test).
-    fn unique(tag: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!("{tag}-{}-{nanos}", std::process::id())
-    }
-
     async fn settle_many_matches_one_at_a_time(store: &Store) {
         let together = settle_case(store, &unique("together"), true).await;
         let one_by_one = settle_case(store, &unique("one-by-one"), false).await;
@@ -1097,9 +624,8 @@ mod tests {
 
     #[tokio::test]
     async fn settle_many_matches_one_at_a_time_on_sqlite() {
-        let (store, path) = temp_store("group").await;
+        let (store, _db) = temp_store("group").await;
         settle_many_matches_one_at_a_time(&store).await;
-        remove_db(&path);
     }
 
     /// On the PostgreSQL of scripts/services.sh (TOKENFAB_TEST_PG); skipped without one.
@@ -1131,7 +657,7 @@ mod tests {
                 .collect();
             std::time::Duration::from_millis((f[0] + f[1]) * 10)
         }
-        let (store, path) = temp_store("timing").await;
+        let (store, _db) = temp_store("timing").await;
         let group = |g: usize| -> Vec<Settlement> {
             (0..256)
                 .map(|i| settlement(&format!("g{g}-{i}"), OPEN_ACCOUNT, 0, 0))
@@ -1153,42 +679,5 @@ mod tests {
             cpu.as_secs_f64() * 1e3 / groups as f64,
             cpu.as_secs_f64() * 1e6 / (groups * 256) as f64
         );
-        remove_db(&path);
-    }
-
-    #[tokio::test]
-    async fn keys_are_found_by_hash_and_revoked_by_prefix() {
-        let (store, path) = temp_store("keys").await;
-        assert!(!store.has_keys().await.unwrap());
-        store.create_account("a", "pro").await.unwrap();
-        let (secret, rec) = store.create_key("a").await.unwrap();
-        assert!(store.has_keys().await.unwrap());
-        let (k, hash, acc) = store
-            .key_by_hash(&keys::hash(&secret))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((k.id, acc.tier.as_str()), (rec.id, "pro"));
-        assert_eq!(hash, keys::hash(&secret));
-        assert!(
-            store
-                .key_by_hash(&keys::hash("sk-other"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let revoked = store.revoke_key(&rec.prefix).await.unwrap();
-        assert!(revoked.revoked_at.is_some());
-        let (k, _, _) = store
-            .key_by_hash(&keys::hash(&secret))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(k.revoked_at.is_some());
-        assert!(matches!(
-            store.revoke_key("#999").await,
-            Err(StoreError::NoKey(_))
-        ));
-        remove_db(&path);
     }
 }

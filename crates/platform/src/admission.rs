@@ -1,0 +1,366 @@
+//! The platform's per-request API: who is calling ([`Platform::authenticate`]), whether
+//! the request may run ([`Platform::admit`]), and, once it ran, what it used and cost
+//! ([`Admission::settle`], or the admission's drop on a path that lost it).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::limits::{Decision, Limit, LimitError, Standing};
+use crate::money::{Money, Price};
+use crate::store::{
+    self, Account, OPEN_ACCOUNT, Outcome, Reservation, Settlement, Source, StoreError,
+};
+use crate::{Platform, keys};
+use tokenfab_wire::usage::TokenUsage;
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// No key has ever been made: the quick start, open to whoever reaches the address.
+    Open,
+    Key {
+        key_id: i64,
+        account: Account,
+    },
+}
+
+impl Caller {
+    fn account_id(&self) -> i64 {
+        match self {
+            Caller::Open => OPEN_ACCOUNT,
+            Caller::Key { account, .. } => account.id,
+        }
+    }
+}
+
+/// Why a request may not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no API key: send `Authorization: Bearer sk-…`")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("this API key has been revoked")]
+    RevokedKey,
+    #[error(
+        "rate limit reached: {limit} ({limit_value}) for model `{model}`; retry in {retry_after} s"
+    )]
+    RateLimited {
+        limit: &'static str,
+        limit_value: u64,
+        model: String,
+        retry_after: u64,
+        decision: Box<Decision>,
+    },
+    #[error(
+        "insufficient balance: this request may cost up to {needed} and the account has {available} available"
+    )]
+    InsufficientQuota { needed: Money, available: Money },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+}
+
+/// How long a looked-up key is trusted before the database is asked again: the longest a
+/// revocation made elsewhere (the CLI, another replica) takes to bite.
+const KEY_TTL: Duration = Duration::from_secs(2);
+
+pub(crate) struct CachedKey {
+    at: Instant,
+    found: Option<(i64, Option<i64>, String, Account)>,
+}
+
+/// The tokens a finished request used, and where the counts came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Used {
+    pub tokens: TokenUsage,
+    pub source: Source,
+}
+
+/// A request let in: the money it holds and the windows it was counted in. Settle it
+/// once with what it used.
+pub struct Admission {
+    platform: Arc<Platform>,
+    request_id: String,
+    account_id: i64,
+    key_id: Option<i64>,
+    model: String,
+    price: Price,
+    held: Money,
+    prompt_tokens: u64,
+    decision: Decision,
+    /// What the request has used so far ([`Admission::record`]), billed if it is dropped
+    /// unsettled after generating.
+    used: Option<Used>,
+    settled: bool,
+}
+
+impl Platform {
+    /// Whether requests need a key: once any key exists (revoked ones included), always.
+    pub async fn auth_required(&self) -> Result<bool, StoreError> {
+        if let Some((at, yes)) = *self.keys_exist.lock().unwrap_or_else(|p| p.into_inner())
+            && (yes || at.elapsed() < KEY_TTL)
+        {
+            return Ok(yes);
+        }
+        let yes = self.store.has_keys().await?;
+        *self.keys_exist.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), yes));
+        Ok(yes)
+    }
+
+    /// The caller behind an `Authorization` header value (`Bearer sk-…`).
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, Refusal> {
+        if !self.auth_required().await? {
+            return Ok(Caller::Open);
+        }
+        let secret = header
+            .and_then(|h| {
+                let (scheme, rest) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|s| !s.is_empty())
+            .ok_or(Refusal::MissingKey)?;
+        let hash = keys::hash(secret);
+        let cached = {
+            let map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&hash)
+                .filter(|c| c.at.elapsed() < KEY_TTL)
+                .map(|c| c.found.clone())
+        };
+        let found = match cached {
+            Some(f) => f,
+            None => {
+                let row = self.store.key_by_hash(&hash).await?;
+                if let Some((k, _, _)) = &row {
+                    let now = store::unix_now();
+                    // Last use is kept to the minute, not written per request.
+                    if k.revoked_at.is_none() && k.last_used_at.is_none_or(|t| now - t >= 60) {
+                        self.store.touch_key(k.id, now).await?;
+                    }
+                }
+                let f = row.map(|(k, h, a)| (k.id, k.revoked_at, h, a));
+                let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+                if map.len() > 10_000 {
+                    map.retain(|_, c| c.at.elapsed() < KEY_TTL);
+                }
+                map.insert(
+                    hash.clone(),
+                    CachedKey {
+                        at: Instant::now(),
+                        found: f.clone(),
+                    },
+                );
+                f
+            }
+        };
+        match found {
+            // The database found the row by its hash; comparing again in constant time
+            // keeps the check itself free of timing differences.
+            Some((key_id, None, stored, account)) if keys::same(&stored, &hash) => {
+                Ok(Caller::Key { key_id, account })
+            }
+            Some((_, Some(_), _, _)) => Err(Refusal::RevokedKey),
+            _ => Err(Refusal::InvalidKey),
+        }
+    }
+
+    /// Forgets cached keys (after a revocation through this process).
+    pub fn forget_keys(&self) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.keys_exist.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Lets a request run, or says why not: the rate limits first (counted on the
+    /// estimate of prompt plus the most it may generate), then the balance, from which the
+    /// most the request can cost is reserved (paid models only).
+    pub async fn admit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        model: &str,
+        prompt_tokens: u64,
+        max_completion: u64,
+    ) -> Result<Admission, Refusal> {
+        let account_id = caller.account_id();
+        let (tier, key_id) = match caller {
+            Caller::Open => ("default", None),
+            Caller::Key { key_id, account } => (account.tier.as_str(), Some(*key_id)),
+        };
+        let rates = self.rates(tier, model);
+        let decision = self
+            .limiter
+            .admit(
+                account_id,
+                model,
+                &rates,
+                prompt_tokens.saturating_add(max_completion),
+            )
+            .await?;
+        if let Some(limit) = decision.refused {
+            let limit_value = match limit {
+                Limit::Rpm => rates.rpm,
+                Limit::Tpm => rates.tpm,
+                Limit::Rpd => rates.rpd,
+                Limit::Tpd => rates.tpd,
+            }
+            .unwrap_or(0);
+            return Err(Refusal::RateLimited {
+                limit: limit.name(),
+                limit_value,
+                model: model.to_owned(),
+                retry_after: decision.retry_after,
+                decision: Box::new(decision),
+            });
+        }
+        let price = self.price(model);
+        let request_id = format!(
+            "{}/{:x}{:08x}",
+            self.cfg.instance,
+            self.started,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        tracing::debug!(ledger_id = %request_id, "admitted");
+        let mut admission = Admission {
+            platform: self.clone(),
+            request_id: request_id.clone(),
+            account_id,
+            key_id,
+            model: model.to_owned(),
+            price,
+            held: Money(0),
+            prompt_tokens,
+            decision,
+            used: None,
+            settled: false,
+        };
+        if let Caller::Key { account, .. } = caller
+            && !price.is_free()
+        {
+            let needed = price.most(prompt_tokens, max_completion);
+            let r = Reservation {
+                request_id,
+                account_id,
+                key_id,
+                model: model.to_owned(),
+                amount: needed,
+                prompt_tokens,
+            };
+            if !self.store.reserve(&r, &self.cfg.instance).await? {
+                // Not run: the token estimate goes back to the limits.
+                admission.settled = true;
+                let _ = self.limiter.correct(&admission.decision.ticket, 0).await;
+                let available = self
+                    .store
+                    .account_by_id(account.id)
+                    .await?
+                    .map_or(Money(0), |a| a.available());
+                return Err(Refusal::InsufficientQuota { needed, available });
+            }
+            admission.held = needed;
+        }
+        Ok(admission)
+    }
+
+    /// The caller's account, fresh from the ledger.
+    pub async fn account(&self, caller: &Caller) -> Result<Option<Account>, StoreError> {
+        match caller {
+            Caller::Open => Ok(None),
+            Caller::Key { account, .. } => self.store.account_by_id(account.id).await,
+        }
+    }
+}
+
+impl Admission {
+    /// Where the request's limits stand, for the `x-ratelimit-*` headers.
+    pub fn standing(&self) -> (Option<Standing>, Option<Standing>) {
+        (self.decision.requests, self.decision.tokens)
+    }
+
+    /// Notes what the request has used so far: if the request is dropped before it settles
+    /// (a client that hangs up on a non-streamed answer drops the handler with it), the
+    /// tokens generated until then are billed as `client_gone`.
+    pub fn record(&mut self, used: Used) {
+        self.used = Some(used);
+    }
+
+    /// Records the request's usage and charges it (nothing for [`Outcome::Error`]); returns
+    /// the cost. A charge is committed before this returns, so that a client holding its
+    /// answer sees its balance; a request that neither holds nor costs anything (a free
+    /// model) does not wait for its usage row.
+    pub async fn settle(mut self, used: Used, outcome: Outcome) -> Result<Money, StoreError> {
+        self.settled = true;
+        let s = self.settlement(used, outcome);
+        let cost = s.cost;
+        let total = used.tokens.total();
+        if let Err(e) = self
+            .platform
+            .limiter
+            .correct(&self.decision.ticket, total)
+            .await
+        {
+            tracing::warn!(%e, "could not correct the token counters");
+        }
+        if s.cost == Money(0) && s.held == Money(0) {
+            self.platform.settler.queue(s)?;
+            return Ok(cost);
+        }
+        self.platform.settler.commit(s).await?;
+        Ok(cost)
+    }
+
+    fn settlement(&self, used: Used, outcome: Outcome) -> Settlement {
+        let cost = match outcome {
+            Outcome::Error | Outcome::Interrupted => Money(0),
+            _ => self.price.cost(used.tokens),
+        };
+        // Never more than what was reserved: the reservation is the promise to the balance.
+        let cost = if self.held.0 > 0 {
+            cost.min(self.held)
+        } else {
+            cost
+        };
+        Settlement {
+            request_id: self.request_id.clone(),
+            account_id: self.account_id,
+            key_id: self.key_id,
+            model: self.model.clone(),
+            tokens: used.tokens,
+            cost,
+            held: self.held,
+            outcome,
+            source: used.source,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // A path that lost its admission (a dropped handler, a panic): the reservation is
+        // released; what was generated until then is billed as `client_gone`, and a
+        // request that generated nothing is recorded as an error, not charged.
+        let (used, outcome) = match self.used {
+            Some(u) if u.tokens.completion > 0 => (u, Outcome::ClientGone),
+            _ => (
+                Used {
+                    tokens: TokenUsage::prompt(self.prompt_tokens),
+                    source: Source::default(),
+                },
+                Outcome::Error,
+            ),
+        };
+        let s = self.settlement(used, outcome);
+        let _ = self.platform.settler.queue(s);
+        let platform = self.platform.clone();
+        let ticket = self.decision.ticket.clone();
+        let total = used.tokens.total();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = platform.limiter.correct(&ticket, total).await;
+            });
+        }
+    }
+}
