@@ -187,6 +187,59 @@ mod tests {
         ));
     }
 
+    /// A request that ends without settling (its handler or stream task dropped with a
+    /// client that left) is billed by the fold's admission for what was generated; one that
+    /// ends normally is settled with its usage. Both go through the same ledger.
+    #[tokio::test]
+    async fn the_ledger_gets_what_was_generated_however_the_request_ends() {
+        use std::collections::HashMap;
+        use tokenfab_platform::store::Store;
+        use tokenfab_platform::{Caller, Platform, PlatformConfig};
+        let db = tokenfab_testkit::temp_db("fold");
+        let store = Store::open(&db.sqlite_url()).await.unwrap();
+        let cfg = PlatformConfig {
+            redis_url: None,
+            instance: "fold-test".into(),
+            tiers: HashMap::new(),
+            models: HashMap::new(),
+        };
+        let p = Platform::open(store, cfg).await.unwrap();
+        let admit = |model: &'static str| {
+            let p = p.clone();
+            async move { p.admit(&Caller::Open, model, 10, 50).await.unwrap() }
+        };
+        let mut gone = Fold::new(10, 1, Some(admit("gone").await));
+        gone.apply(0, token(1));
+        gone.apply(0, token(2));
+        drop(gone);
+        let mut done = Fold::new(10, 1, Some(admit("done").await));
+        done.apply(0, token(1));
+        done.apply(
+            0,
+            Event::Finished {
+                reason: FinishReason::Stop,
+                usage: usage(3, 0, 4),
+            },
+        );
+        assert_eq!(done.settle().await.completion, 3);
+        let day = tokenfab_platform::store::unix_now().div_euclid(86_400);
+        // The dropped request's settlement is queued without an ack; the next commit has it.
+        let mut totals = Vec::new();
+        for _ in 0..200 {
+            totals = p.store.usage(day, day).await.unwrap();
+            if totals.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let completion = |m: &str| {
+            let t = totals.iter().find(|t| t.model == m).unwrap();
+            (t.requests, t.prompt_tokens, t.completion_tokens)
+        };
+        assert_eq!(completion("gone"), (1, 10, 2));
+        assert_eq!(completion("done"), (1, 10, 3));
+    }
+
     #[test]
     fn logprobs_ride_on_their_token() {
         let mut f = Fold::new(3, 1, None);
