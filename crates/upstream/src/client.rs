@@ -218,6 +218,22 @@ where
     Err(retry.last)
 }
 
+/// One post to `backend` within its timeout: a successful answer's head and the deadline
+/// left for the rest, or the miss it came to.
+async fn post(backend: &Backend, path: &str, bytes: &[u8]) -> Result<(Response, Instant), Miss> {
+    let deadline = Instant::now() + backend.cfg.timeout;
+    let resp = backend
+        .client
+        .post(path, bytes, deadline)
+        .await
+        .map_err(|e| lost(backend, e))?;
+    if success(resp.status) {
+        Ok((resp, deadline))
+    } else {
+        Err(refused(backend, resp, deadline).await)
+    }
+}
+
 /// A transport error on `backend`, logged.
 fn lost(backend: &Backend, e: http::Error) -> Miss {
     tracing::warn!(url = %backend.cfg.url, %e, sent = e.sent(), "upstream request failed");
@@ -254,15 +270,7 @@ pub async fn send_whole(
     affinity: Option<u64>,
 ) -> Result<Answer<Value>, Failure> {
     attempts(pool, body, affinity, |backend, bytes| async move {
-        let deadline = Instant::now() + backend.cfg.timeout;
-        let resp = backend
-            .client
-            .post(path, &bytes, deadline)
-            .await
-            .map_err(|e| lost(&backend, e))?;
-        if !success(resp.status) {
-            return Err(refused(&backend, resp, deadline).await);
-        }
+        let (resp, deadline) = post(&backend, path, &bytes).await?;
         let whole = timeout_at(deadline.into(), resp.body.bytes(MAX_ANSWER))
             .await
             .unwrap_or(Err(http::Error::Timeout { sent: true }))
@@ -283,17 +291,9 @@ pub async fn send_stream(
     affinity: Option<u64>,
 ) -> Result<Answer<Body>, Failure> {
     attempts(pool, body, affinity, |backend, bytes| async move {
-        let deadline = Instant::now() + backend.cfg.timeout;
-        let resp = backend
-            .client
-            .post(path, &bytes, deadline)
+        post(&backend, path, &bytes)
             .await
-            .map_err(|e| lost(&backend, e))?;
-        if success(resp.status) {
-            Ok(resp.body)
-        } else {
-            Err(refused(&backend, resp, deadline).await)
-        }
+            .map(|(resp, _)| resp.body)
     })
     .await
 }

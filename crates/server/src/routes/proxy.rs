@@ -14,20 +14,22 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokenfab_platform::store::{Outcome, Source};
-use tokenfab_platform::{Admission, Caller, Used};
+use tokenfab_platform::{Admission, Caller};
 use tokenfab_upstream::client::{self, Answer, Failure};
 use tokenfab_upstream::normalize::{self, StreamFilter};
 use tokenfab_upstream::sse::Events;
-use tokenfab_wire::chat::{ChatMessage, Usage};
 use tokenfab_wire::usage::TokenUsage;
 use tokio::sync::mpsc;
 
+mod counting;
+
+use counting::{Counted, count_prompt, count_text, reported, usage_value, used};
+
 use crate::error::HttpError;
-use crate::job::{encode_prompt, template_messages};
 use crate::routes::{admit, model_request, settle, sse, sse_response, with_rate_headers};
-use crate::state::{AppState, Counter, ModelEntry, ModelType, Serve, UpstreamModel};
+use crate::state::{AppState, ModelEntry, ModelType, Serve, UpstreamModel};
 
 /// The API error for a request no backend answered. Upstream bodies never reach the
 /// client, except the message of an error about the request itself.
@@ -69,38 +71,6 @@ fn failure(f: Failure, id: &str) -> HttpError {
     }
 }
 
-/// Tokens of `text` with the model's tokenizer, else estimated from its length (about
-/// four bytes a token in English, fewer elsewhere: an estimate, recorded as one).
-fn count_text(counter: Option<&Counter>, text: &str) -> (u64, Source) {
-    match counter {
-        Some(c) => (
-            c.tokenizer.encode(text, false, false).len() as u64,
-            Source::Counted,
-        ),
-        None => (text.len().div_ceil(4) as u64, Source::Estimated),
-    }
-}
-
-/// The prompt's tokens: rendered with the model's chat template where there is one.
-fn count_prompt(up: &UpstreamModel, messages: &[Value]) -> (u64, Source) {
-    if let Some(c) = &up.counter
-        && let Some(t) = &c.template
-        && let Ok(msgs) =
-            serde_json::from_value::<Vec<ChatMessage>>(Value::Array(messages.to_vec()))
-        && let Ok(tm) = template_messages(&msgs)
-        && let Ok(text) = t.render(&tm, true, &Map::new())
-    {
-        return (
-            encode_prompt(&c.tokenizer, &text).len() as u64,
-            Source::Counted,
-        );
-    }
-    count_text(
-        up.counter.as_ref(),
-        &serde_json::to_string(messages).unwrap_or_default(),
-    )
-}
-
 /// A conversation's prefix for affinity: its first two messages (the system prompt and
 /// the first question), which every later turn repeats.
 fn prefix_key(messages: &[Value]) -> u64 {
@@ -109,43 +79,6 @@ fn prefix_key(messages: &[Value]) -> u64 {
         m.to_string().hash(&mut h);
     }
     h.finish()
-}
-
-fn used(tokens: TokenUsage, source: Source) -> Used {
-    Used { tokens, source }
-}
-
-/// The API's `usage` object for `u`.
-fn usage_value(u: TokenUsage) -> Value {
-    serde_json::to_value(Usage::from(u)).unwrap_or_default()
-}
-
-/// The least exact of two counts' sources: a usage is as exact as its weakest part.
-fn weaker(a: Source, b: Source) -> Source {
-    let rank = |s: Source| match s {
-        Source::Engine | Source::Upstream => 0,
-        Source::Counted => 1,
-        Source::Estimated => 2,
-    };
-    if rank(b) > rank(a) { b } else { a }
-}
-
-/// Usage an upstream reported, completed where it left reasoning tokens out (an upstream
-/// whose reasoning parser splits the thought but does not count it, as llama.cpp's
-/// server does): the thought passed on (`thought`) is counted here, and the ledger
-/// records the count's source.
-fn reported(
-    counter: Option<&Counter>,
-    usage: &Value,
-    thought: &str,
-) -> Option<(TokenUsage, Source)> {
-    let mut u = TokenUsage::from_reported(usage)?;
-    if TokenUsage::reports_reasoning(usage) || thought.is_empty() {
-        return Some((u, Source::Upstream));
-    }
-    let (reasoning, source) = count_text(counter, thought);
-    u.reasoning = reasoning.min(u.completion);
-    Some((u, weaker(Source::Upstream, source)))
 }
 
 fn bad(param: &str, msg: &str) -> Response {
@@ -227,37 +160,6 @@ pub async fn chat(
         chat_whole(entry, up, body, affinity, admission, prompt).await
     };
     with_rate_headers(resp, standing)
-}
-
-/// The prompt's count and how it was made.
-#[derive(Clone, Copy)]
-struct Counted {
-    tokens: u64,
-    source: Source,
-}
-
-impl Counted {
-    /// What a request that got no answer used.
-    fn alone(self) -> Used {
-        used(TokenUsage::prompt(self.tokens), self.source)
-    }
-
-    /// Usage counted here: the prompt's count, `thought`'s as reasoning and `thought` and
-    /// `answer` together as the completion.
-    fn with_text(self, up: &UpstreamModel, thought: &str, answer: &str) -> (TokenUsage, Source) {
-        let (reasoning, r_source) = if thought.is_empty() {
-            (0, self.source)
-        } else {
-            count_text(up.counter.as_ref(), thought)
-        };
-        let (rest, source) = count_text(up.counter.as_ref(), answer);
-        let u = TokenUsage {
-            completion: reasoning + rest,
-            reasoning,
-            ..TokenUsage::prompt(self.tokens)
-        };
-        (u, weaker(weaker(self.source, source), r_source))
-    }
 }
 
 async fn chat_whole(
@@ -512,36 +414,5 @@ async fn forward(
             ),
         )
         .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasoning_tokens_an_upstream_left_out_are_counted() {
-        let thought = "I reason about it at some length.";
-        let full = json!({"prompt_tokens": 5, "completion_tokens": 20,
-            "completion_tokens_details": {"reasoning_tokens": 12}});
-        let (u, source) = reported(None, &full, thought).unwrap();
-        assert_eq!((u.reasoning, source), (12, Source::Upstream));
-        // llama.cpp's server splits the thought but reports no reasoning tokens: estimated
-        // here (no tokenizer configured) and recorded as an estimate.
-        let bare = json!({"prompt_tokens": 5, "completion_tokens": 20});
-        let (u, source) = reported(None, &bare, thought).unwrap();
-        assert_eq!((u.prompt, u.completion), (5, 20));
-        assert_eq!(
-            (u.reasoning, source),
-            (thought.len().div_ceil(4) as u64, Source::Estimated)
-        );
-        // Never more reasoning than completion; no thought, nothing to count.
-        let short = json!({"prompt_tokens": 5, "completion_tokens": 3});
-        assert_eq!(reported(None, &short, thought).unwrap().0.reasoning, 3);
-        assert_eq!(
-            reported(None, &bare, "").unwrap(),
-            (TokenUsage::from_reported(&bare).unwrap(), Source::Upstream)
-        );
-        assert!(reported(None, &json!({}), thought).is_none());
     }
 }
