@@ -6,9 +6,11 @@
 //!   [`pool::Pool::pick`] chooses by weighted least-outstanding (or by prefix affinity),
 //!   skipping backends taken out by failures until their backoff ends or a probe finds
 //!   them healthy again ([`pool::Pool::watch`]).
-//! - [`client`]: sends one request, retrying on another backend while nothing has reached
-//!   the client yet, and classifies failures ([`client::Failure`]) for the server to map
-//!   onto the API's errors without passing on an upstream's body.
+//! - [`client`]: sends one request, retrying on another backend only when the one tried
+//!   provably did not take it on (unreachable before anything was written, or a 429/5xx
+//!   answer; a pure policy with its own tests), and classifies failures
+//!   ([`client::Failure`]) for the server to map onto the API's errors without passing on
+//!   an upstream's body.
 //! - [`http`]: the HTTP/1.1 client under [`client`]: kept-alive connections per backend,
 //!   each request written and its answer read by the request's own task.
 //! - [`sse`]: splits a server-sent-event byte stream into its `data` payloads.
@@ -19,7 +21,8 @@
 //!   (`reasoning_content`, vLLM's `reasoning`, or `<think>` left inline in `content`), and
 //!   the usage chunk only when the client asked for it.
 //!
-//! A request flows: the server admits it → [`client::send_whole`] or
+//! A request flows: the server admits it (and [`dialect`] rewrites its thinking fields) →
+//! [`client::send_whole`] or
 //! [`client::send_stream`] picks a backend, rewrites the model name and posts it over an
 //! [`http::Client`] connection → the response's events go through [`sse::Events`] and
 //! [`normalize::StreamFilter`] chunk by chunk to the client → the usage seen (or counted
