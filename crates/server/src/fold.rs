@@ -49,6 +49,7 @@ impl Fold {
 
     /// Folds in an event of choice `index`.
     pub fn apply(&mut self, index: usize, event: Event) -> Step {
+        let counted = matches!(event, Event::Token { .. } | Event::Finished { .. });
         let step = match event {
             Event::Token {
                 id,
@@ -74,9 +75,12 @@ impl Fold {
             }
             Event::Failed(msg) => Step::Failed(msg),
         };
-        let used = self.used();
-        if let Some(a) = self.admission.as_mut() {
-            a.record(used);
+        // Only a token or an end changes the counts the admission would bill.
+        if counted {
+            let used = self.used();
+            if let Some(a) = self.admission.as_mut() {
+                a.record(used);
+            }
         }
         step
     }

@@ -467,6 +467,20 @@ mod tests {
 
     /// A backend that read the request and closed without answering may be executing
     /// it: it goes to no other backend.
+    /// One chat request through `pool`, whole or streamed: how it failed, if it did.
+    async fn failure(pool: &Pool, stream: bool) -> Option<Failure> {
+        let mut body = json!({"stream": stream});
+        if stream {
+            send_stream(pool, "chat/completions", &mut body, None)
+                .await
+                .err()
+        } else {
+            send_whole(pool, "chat/completions", &mut body, None)
+                .await
+                .err()
+        }
+    }
+
     #[tokio::test]
     async fn a_request_a_backend_may_have_received_goes_to_no_other() {
         async fn close(mut s: TcpStream, seen: Arc<Seen>) {
@@ -477,17 +491,7 @@ mod tests {
         let second = Duration::from_secs(1);
         let pool = Pool::new(vec![backend(a, second), backend(b, second)], false).unwrap();
         for stream in [false, true] {
-            let mut body = json!({"stream": stream});
-            let failure = if stream {
-                send_stream(&pool, "chat/completions", &mut body, None)
-                    .await
-                    .err()
-            } else {
-                send_whole(&pool, "chat/completions", &mut body, None)
-                    .await
-                    .err()
-            };
-            assert_eq!(failure, Some(Failure::Broken));
+            assert_eq!(failure(&pool, stream).await, Some(Failure::Broken));
         }
         assert_eq!(seen_a.requests() + seen_b.requests(), 2);
     }
@@ -506,22 +510,10 @@ mod tests {
         let pool = Pool::new(vec![backend(port, timeout)], false).unwrap();
         for stream in [true, false] {
             let t0 = Instant::now();
-            let mut body = json!({"stream": stream});
-            let failure = async {
-                if stream {
-                    send_stream(&pool, "chat/completions", &mut body, None)
-                        .await
-                        .err()
-                } else {
-                    send_whole(&pool, "chat/completions", &mut body, None)
-                        .await
-                        .err()
-                }
-            };
-            let failure = tokio::time::timeout(Duration::from_secs(5), failure)
+            let failed = tokio::time::timeout(Duration::from_secs(5), failure(&pool, stream))
                 .await
                 .expect("no answer within 5 s");
-            assert_eq!(failure, Some(bare(500)), "stream: {stream}");
+            assert_eq!(failed, Some(bare(500)), "stream: {stream}");
             assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         }
     }

@@ -352,19 +352,12 @@ async fn write(stream: &mut Stream, msg: &[u8], sent: &mut bool) -> Result<(), E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::testing::{OK, answer, client, serve, server, soon};
+    use crate::http::testing::{OK, answer, client, serve, server, soon, three_oks};
 
     #[tokio::test]
     async fn keeps_connections_alive() {
         let (client, seen) = server(vec![OK, OK, OK]).await;
-        for _ in 0..3 {
-            let r = client
-                .post("chat/completions", b"{}", soon())
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200);
-            assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
-        }
+        three_oks(&client).await;
         assert_eq!(seen.conns(), 1);
     }
 
@@ -539,14 +532,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("no certificate"), "{e}");
-        for _ in 0..3 {
-            let r = client
-                .post("chat/completions", b"{}", soon())
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200);
-            assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
-        }
+        three_oks(&client).await;
         // One refused handshake, then one kept-alive connection for the three requests.
         assert_eq!(seen.conns(), 2);
     }

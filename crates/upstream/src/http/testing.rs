@@ -16,6 +16,18 @@ pub fn soon() -> Instant {
     Instant::now() + Duration::from_secs(5)
 }
 
+/// Three posts in a row, each answered `ok`.
+pub async fn three_oks(client: &Client) {
+    for _ in 0..3 {
+        let r = client
+            .post("chat/completions", b"{}", soon())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.bytes(100).await.unwrap(), "ok");
+    }
+}
+
 /// What a loopback server saw.
 #[derive(Default)]
 pub struct Seen {
