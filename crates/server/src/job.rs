@@ -160,9 +160,15 @@ const UNHONOURED: &[(&str, &str)] = &[
         "json_schema",
         "schema-constrained decoding (`json_schema`) is not available yet",
     ),
+    ("audio", "this text model cannot answer with `audio`"),
+    (
+        "web_search_options",
+        "web search (`web_search_options`) is not available",
+    ),
 ];
 
-/// Refuses, by name, a field in [`UNHONOURED`] (a `null` one says nothing and passes).
+/// Refuses, by name, a field in [`UNHONOURED`] (a `null` one says nothing and passes),
+/// and `modalities` that ask for anything but text.
 pub(crate) fn refuse_unhonoured(body: &Value) -> Result<(), HttpError> {
     for (field, why) in UNHONOURED {
         if body.get(field).is_some_and(|v| !v.is_null()) {
@@ -172,7 +178,14 @@ pub(crate) fn refuse_unhonoured(body: &Value) -> Result<(), HttpError> {
             ));
         }
     }
-    Ok(())
+    match body.get("modalities") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(m)) if m.iter().all(|x| x == "text") => Ok(()),
+        Some(_) => Err(bad(
+            "modalities",
+            "this text model answers in `text` only; send `modalities: [\"text\"]` or leave it out",
+        )),
+    }
 }
 
 /// What a request asks for, checked without the model.
@@ -577,6 +590,12 @@ mod tests {
         }
         let body = json!({"model": "m", "guided_json": null, "unknown_field": 1});
         assert!(refuse_unhonoured(&body).is_ok());
+        let text_only = json!({"model": "m", "modalities": ["text"]});
+        assert!(refuse_unhonoured(&text_only).is_ok());
+        for modalities in [json!(["text", "audio"]), json!("text")] {
+            let body = json!({"model": "m", "modalities": modalities});
+            assert_eq!(param(refuse_unhonoured(&body).unwrap_err()), "modalities");
+        }
     }
 
     #[test]
