@@ -679,12 +679,17 @@ fn a_client_that_hangs_up_on_a_plain_answer_pays_for_what_was_generated() {
     let cfg = config("");
     let s = serve(&db, &cfg, &[]);
     run(async {
-        // A long non-streamed answer; the client gives up before it is done.
+        // A long non-streamed answer; the client gives up before it is done. The greedy
+        // answer to `body`'s question is 123 tokens, which an idle machine generates within
+        // the client's patience; this one runs to all 400 (about 1.7 s).
+        let mut long = body("test/paid", 400);
+        long["messages"][0]["content"] =
+            json!("Write a long story about a dragon who learns to count, with many chapters.");
         let r = client()
             .post(s.url("/v1/chat/completions"))
             .bearer_auth(&key)
             .timeout(Duration::from_millis(600))
-            .json(&body("test/paid", 400))
+            .json(&long)
             .send()
             .await;
         assert!(r.is_err(), "the answer came before the client hung up");
