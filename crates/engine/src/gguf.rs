@@ -119,6 +119,8 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    IQ4NL,
+    IQ4XS,
     BF16,
     Other(u32),
 }
@@ -140,6 +142,8 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            20 => GgmlType::IQ4NL,
+            23 => GgmlType::IQ4XS,
             30 => GgmlType::BF16,
             other => GgmlType::Other(other),
         }
@@ -163,6 +167,8 @@ impl GgmlType {
             GgmlType::Q5K => (256, 176),
             GgmlType::Q6K => (256, 210),
             GgmlType::Q8K => (256, 292),
+            GgmlType::IQ4NL => (32, 18),
+            GgmlType::IQ4XS => (256, 136),
             GgmlType::Other(_) => return None,
         })
     }

@@ -18,8 +18,9 @@
 
 use std::arch::x86_64::*;
 
+use super::blocks::IQ4_VALUES;
 use super::packed::{F8, Job, Reg, stored_regs};
-use super::{BlockQ8, TOKEN_TILE};
+use super::{BlockQ8, QK8, TOKEN_TILE};
 
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
 /// 32-bit lane, the four products of that lane's bytes.
@@ -102,9 +103,13 @@ unsafe fn bcast4(qs: *const i8, k: usize) -> __m256i {
 }
 
 /// Register `k` of a stored unit `q`, unpacked: `BITS` 8 as stored, narrower ones from
-/// their nibbles (registers `k` and `k + U / 8` share one) and bit planes (see `packed.rs`).
+/// their nibbles (registers `k` and `k + U / 8` share one) and bit planes (see `packed.rs`),
+/// `NL` nibbles looked up in IQ4's code book (plus 128) with one `vpshufb`.
 #[inline(always)]
-unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> __m256i {
+unsafe fn weights<const U: usize, const BITS: u32, const NL: bool>(
+    q: *const Reg,
+    k: usize,
+) -> __m256i {
     // SAFETY: the caller guarantees the unit's registers; AVX2.
     unsafe {
         if BITS == 8 {
@@ -118,6 +123,11 @@ unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> _
             s
         };
         let lo = _mm256_and_si256(s, _mm256_set1_epi8(0x0F));
+        if NL {
+            let lut: [u8; 16] = std::array::from_fn(|i| (IQ4_VALUES[i] as i32 + 128) as u8);
+            let lut = _mm_loadu_si128(lut.as_ptr() as *const __m128i);
+            return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(lut), lo);
+        }
         if BITS == 4 {
             return lo;
         }
@@ -140,8 +150,9 @@ unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> _
     }
 }
 
-/// One token's activations: its Q8 blocks and, for biased formats, its units' integer-sum
-/// starts.
+/// One token's activations: its Q8 blocks and, where the layout has them, its units'
+/// integers (biased formats' integer-sum starts, or the activation sums of offsets per 16;
+/// see `Layout::init_per_token`).
 #[derive(Clone, Copy)]
 struct Tok {
     blocks: *const BlockQ8,
@@ -149,13 +160,13 @@ struct Tok {
 }
 
 /// One block of eight rows against `TT` tokens: the eight rows' results for each token,
-/// lane by lane. `w` points at the block's first unit as stored (`BITS` below 8: unpacked
-/// here) or unpacked; `d` and `m` at its first unit's scales and
+/// lane by lane. `w` points at the block's first unit as stored (`BITS` below 8 or `NL`:
+/// unpacked here) or unpacked; `d` and `m` at its first unit's scales and
 /// offsets.
 ///
 /// # Safety
-/// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only without); the
-/// CPU has AVX2, FMA and what `D` needs.
+/// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only where the
+/// layout has per-token integers); the CPU has AVX2, FMA and what `D` needs.
 #[inline(always)]
 unsafe fn block_tokens<
     D: IDot,
@@ -163,6 +174,7 @@ unsafe fn block_tokens<
     const BITS: u32,
     const MIN: bool,
     const WIDE: bool,
+    const NL: bool,
     const TT: usize,
 >(
     w: *const Reg,
@@ -192,7 +204,7 @@ unsafe fn block_tokens<
             let mut odd = [_mm256_setzero_si256(); TT];
             let wu = w.add(u * stored);
             for k in 0..U / 4 {
-                let wk = weights::<U, BITS>(wu, k);
+                let wk = weights::<U, BITS, NL>(wu, k);
                 for t in 0..TT {
                     let x = bcast4(qs[t], k);
                     if TT == 1 && k % 2 == 1 {
@@ -212,7 +224,13 @@ unsafe fn block_tokens<
                 let s = _mm256_mul_ps(dl, _mm256_set1_ps(a[t].d));
                 f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), s, f[t]);
                 if MIN {
-                    f[t] = _mm256_fmadd_ps(load_f(m.add(u)), _mm256_set1_ps(a[t].s), f[t]);
+                    // Offsets per 16 take the unit's own activation sum, per 32 the block's.
+                    let sum = if U < QK8 {
+                        a[t].d * *toks[t].init.add(u) as f32
+                    } else {
+                        a[t].s
+                    };
+                    f[t] = _mm256_fmadd_ps(load_f(m.add(u)), _mm256_set1_ps(sum), f[t]);
                 }
             }
         }
@@ -225,7 +243,7 @@ unsafe fn block_tokens<
 ///
 /// # Safety
 /// The CPU has AVX2, FMA, F16C and what `D` needs, and the job's layout is `U`, `BITS`,
-/// `MIN`, `WIDE` (its shapes are checked here).
+/// `MIN`, `WIDE`, `NL` (its shapes are checked here).
 #[inline(always)]
 unsafe fn rows_packed<
     D: IDot,
@@ -233,6 +251,7 @@ unsafe fn rows_packed<
     const BITS: u32,
     const MIN: bool,
     const WIDE: bool,
+    const NL: bool,
 >(
     job: &Job<'_>,
     out: &mut [f32],
@@ -247,7 +266,8 @@ unsafe fn rows_packed<
     } = *job;
     let units = p.units;
     let stored = p.layout.stored_regs();
-    let (nb, ni) = (units * U / 32, if MIN { 0 } else { units });
+    let (nb, ni) = (units * U / 32, p.layout.init_per_token(units * U));
+    assert_eq!(ni, if MIN && U == QK8 { 0 } else { units });
     assert!(p.d.len() >= (r0 + n_rows).div_ceil(8) * units);
     assert!(blocks.len() >= n_tok * nb && init.len() >= n_tok * ni && out.len() >= n_rows * n_tok);
     assert!(!MIN || p.m.len() == p.d.len());
@@ -274,7 +294,7 @@ unsafe fn rows_packed<
         if n_tok == 1 {
             for b in b0..b1 {
                 let at = b * units;
-                let f = block_tokens::<D, U, BITS, MIN, WIDE, 1>(
+                let f = block_tokens::<D, U, BITS, MIN, WIDE, NL, 1>(
                     p.q.as_ptr().add(at * stored),
                     p.d.as_ptr().add(at),
                     p.m.as_ptr().wrapping_add(at),
@@ -299,7 +319,8 @@ unsafe fn rows_packed<
                         let q = p.q.as_ptr().add((at + u) * stored);
                         for k in 0..U / 4 {
                             let dst = scratch.as_mut_ptr().add(u * (U / 4) + k);
-                            _mm256_store_si256(dst as *mut __m256i, weights::<U, BITS>(q, k));
+                            let wk = weights::<U, BITS, NL>(q, k);
+                            _mm256_store_si256(dst as *mut __m256i, wk);
                         }
                     }
                     scratch.as_ptr()
@@ -312,7 +333,9 @@ unsafe fn rows_packed<
                     ($tt:literal) => {
                         while nt - t >= $tt {
                             let toks: [Tok; $tt] = std::array::from_fn(|i| tok(t0 + t + i));
-                            let f = block_tokens::<D, U, 8, MIN, WIDE, $tt>(w, d, m, units, &toks);
+                            let f = block_tokens::<D, U, 8, MIN, WIDE, false, $tt>(
+                                w, d, m, units, &toks,
+                            );
                             for (i, &v) in f.iter().enumerate() {
                                 lanes(b, v, &mut |r, x| out[r * nt + t + i] = x);
                             }
@@ -361,12 +384,18 @@ impl Isa {
 macro_rules! packed_entry {
     ($name:ident, $dot:ty, $features:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const U: usize, const BITS: u32, const MIN: bool, const WIDE: bool>(
+        unsafe fn $name<
+            const U: usize,
+            const BITS: u32,
+            const MIN: bool,
+            const WIDE: bool,
+            const NL: bool,
+        >(
             job: &Job<'_>,
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from the caller; this function enables the features.
-            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE>(job, out) }
+            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE, NL>(job, out) }
         }
     };
 }
@@ -380,22 +409,26 @@ packed_entry!(packed_vnni, VnniDot, "avx2,fma,f16c,avx512vnni,avx512vl");
 pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
     let l = job.p.layout;
     macro_rules! go {
-        ($u:literal, $bits:literal, $min:literal, $wide:literal) => {
+        ($u:literal, $bits:literal, $min:literal, $wide:literal, $nl:literal) => {
             // SAFETY: forwarded from the caller.
             unsafe {
                 match isa {
-                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide>(job, out),
-                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide>(job, out),
+                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide, $nl>(job, out),
+                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide, $nl>(job, out),
                 }
             }
         };
     }
-    match (l.unit, l.bits, l.has_min, l.bias == 128) {
-        (32, 4, false, false) => go!(32, 4, false, false),
-        (32, 4, true, false) => go!(32, 4, true, false),
-        (32, 5, false, false) => go!(32, 5, false, false),
-        (32, 8, false, true) => go!(32, 8, false, true),
-        (16, 6, false, false) => go!(16, 6, false, false),
+    match (l.unit, l.bits, l.has_min, l.bias == 128, l.nl) {
+        (32, 4, false, false, false) => go!(32, 4, false, false, false),
+        (32, 4, true, false, false) => go!(32, 4, true, false, false),
+        (32, 4, false, true, true) => go!(32, 4, false, true, true),
+        (32, 5, false, false, false) => go!(32, 5, false, false, false),
+        (32, 5, true, false, false) => go!(32, 5, true, false, false),
+        (32, 8, false, true, false) => go!(32, 8, false, true, false),
+        (16, 4, false, false, false) => go!(16, 4, false, false, false),
+        (16, 4, true, false, false) => go!(16, 4, true, false, false),
+        (16, 6, false, false, false) => go!(16, 6, false, false, false),
         other => unreachable!("no packed layout {other:?}"),
     }
 }

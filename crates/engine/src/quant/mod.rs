@@ -1,8 +1,9 @@
 //! Quantized block formats and the kernels over them.
 //!
 //! Layout:
-//! - `blocks.rs` decodes each ggml block format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) into
-//!   one normalized form: small integers, a scale per 16 and an offset per 32;
+//! - `blocks.rs` decodes each ggml block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
+//!   Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) into one normalized form: small integers, a scale
+//!   and an offset per 16;
 //! - `packed.rs` repacks a matrix, once at load, from that form into lanes (eight units of
 //!   rows side by side, see there) as a [`Weights`]; activations are quantized to Q8 per
 //!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
@@ -16,7 +17,7 @@
 //! and [`dot_f32`], and the model's attention and softmax exponential
 //! (`model/attention`), which build on this module.
 //!
-//! F32/F16 matrices are kept as f32 and take float activations.
+//! F32/F16/BF16 matrices are kept as f32 and take float activations.
 
 mod blocks;
 mod kernel;
@@ -77,19 +78,27 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | GgmlType::F16
             | GgmlType::Q4_0
             | GgmlType::Q4_1
+            | GgmlType::BF16
             | GgmlType::Q5_0
+            | GgmlType::Q5_1
             | GgmlType::Q8_0
+            | GgmlType::Q2K
+            | GgmlType::Q3K
             | GgmlType::Q4K
+            | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS
     )
 }
 
 /// The names used in error messages listing what is supported.
-pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K";
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Whether matmuls with this weight type use Q8 activations (true) or float activations.
 fn uses_q8_activations(ty: GgmlType) -> bool {
-    is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16)
+    is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
 /// Bytes of one row of `n` weights, or an error when `n` does not fill whole blocks (a
@@ -139,6 +148,11 @@ fn f16_row_at(data: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([data[2 * i], data[2 * i + 1]]).to_f32()
 }
 
+/// bf16 is the high half of an f32 (ggml's `GGML_BF16_TO_FP32`).
+fn bf16_row_at(data: &[u8], i: usize) -> f32 {
+    f32::from_bits((u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as u32) << 16)
+}
+
 fn f32_row_at(data: &[u8], i: usize) -> f32 {
     f32::from_le_bytes(data[4 * i..4 * i + 4].try_into().unwrap())
 }
@@ -149,7 +163,7 @@ fn dequantize_with<D: Decoder>(data: &[u8], out: &mut [f32]) {
         D::decode_group(data, gi, &mut g);
         let base = gi * 256;
         for i in 0..g.n_sub * 32 {
-            out[base + i] = g.q[i] as f32 * g.sc16[i / 16] + g.min32[i / 32];
+            out[base + i] = g.q[i] as f32 * g.sc16[i / 16] + g.min16[i / 16];
         }
     }
 }
@@ -166,12 +180,22 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             .iter_mut()
             .enumerate()
             .for_each(|(i, o)| *o = f16_row_at(data, i)),
+        GgmlType::BF16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = bf16_row_at(data, i)),
         GgmlType::Q4_0 => dequantize_with::<blocks::Q4_0>(data, out),
         GgmlType::Q4_1 => dequantize_with::<blocks::Q4_1>(data, out),
         GgmlType::Q5_0 => dequantize_with::<blocks::Q5_0>(data, out),
+        GgmlType::Q5_1 => dequantize_with::<blocks::Q5_1>(data, out),
         GgmlType::Q8_0 => dequantize_with::<blocks::Q8_0>(data, out),
+        GgmlType::Q2K => dequantize_with::<blocks::Q2K>(data, out),
+        GgmlType::Q3K => dequantize_with::<blocks::Q3K>(data, out),
         GgmlType::Q4K => dequantize_with::<blocks::Q4K>(data, out),
+        GgmlType::Q5K => dequantize_with::<blocks::Q5K>(data, out),
         GgmlType::Q6K => dequantize_with::<blocks::Q6K>(data, out),
+        GgmlType::IQ4NL => dequantize_with::<blocks::IQ4NL>(data, out),
+        GgmlType::IQ4XS => dequantize_with::<blocks::IQ4XS>(data, out),
         other => panic!("dequantize_row: unsupported type {other:?} (the loader refuses it)"),
     }
 }
@@ -418,22 +442,32 @@ mod tests {
                 b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
             };
             match ty {
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.1)
                 }
-                GgmlType::Q4_1 => {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.1);
                     put(&mut b, 2, rng.next_signed_f32() * 0.5);
                 }
-                GgmlType::Q4K => {
+                GgmlType::Q4K | GgmlType::Q5K => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.01);
                     put(&mut b, 2, rng.next_signed_f32() * 0.01);
                 }
+                GgmlType::Q2K => {
+                    put(&mut b, 80, rng.next_signed_f32() * 0.01);
+                    put(&mut b, 82, rng.next_signed_f32() * 0.01);
+                }
+                GgmlType::Q3K => put(&mut b, 108, rng.next_signed_f32() * 0.01),
                 GgmlType::Q6K => put(&mut b, 208, rng.next_signed_f32() * 0.01),
+                GgmlType::IQ4XS => put(&mut b, 0, rng.next_signed_f32() * 0.01),
                 GgmlType::F16 => {
                     for i in 0..block {
                         put(&mut b, 2 * i, rng.next_signed_f32())
                     }
+                }
+                GgmlType::BF16 => {
+                    let v = rng.next_signed_f32().to_bits() >> 16;
+                    b.copy_from_slice(&(v as u16).to_le_bytes())
                 }
                 GgmlType::F32 => b.copy_from_slice(&rng.next_signed_f32().to_le_bytes()),
                 _ => unreachable!(),
@@ -443,16 +477,34 @@ mod tests {
         out
     }
 
-    const TYPES: [GgmlType; 8] = [
+    const TYPES: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
+        GgmlType::BF16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
         GgmlType::Q4K,
+        GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
+
+    /// Every supported type is in [`TYPES`], so the kernel tests below cover it.
+    #[test]
+    fn tests_cover_every_supported_type() {
+        let n = (0..64)
+            .map(GgmlType::from_id)
+            .filter(|&t| is_supported(t))
+            .count();
+        assert_eq!(n, TYPES.len());
+        assert!(TYPES.iter().all(|&t| is_supported(t)));
+    }
 
     /// Known values: a Q4_0 block with scale 0.5 and nibbles 0..15 decodes to (n - 8) / 2.
     #[test]
