@@ -11,14 +11,16 @@ echo "== test assets (tokenizer vectors, reference templates)"
 export TOKENFAB_TEST_ASSETS="${TOKENFAB_TEST_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenfab/test-assets}"
 scripts/fetch-test-assets.sh
 
-echo "== models (SmolLM2 is the default model; Qwen2.5-Coder-0.5B covers the qwen2 architecture)"
+echo "== models (SmolLM2 is the default model; Qwen2.5-Coder-0.5B covers qwen2, gemma-3-270m gemma3)"
 cargo build --release --locked
 # `models fetch` prints the cached file's path; the engine's tests read the files there.
 TOKENFAB_TEST_MODEL="$(cargo run -q --release --locked -- models fetch HuggingFaceTB/SmolLM2-135M-Instruct)"
 TOKENFAB_TEST_MODEL_QWEN="$(cargo run -q --release --locked -- models fetch Qwen/Qwen2.5-Coder-0.5B-Instruct)"
-export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN
+TOKENFAB_TEST_MODEL_GEMMA="$(cargo run -q --release --locked -- models fetch google/gemma-3-270m)"
+export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA
 echo "$TOKENFAB_TEST_MODEL"
 echo "$TOKENFAB_TEST_MODEL_QWEN"
+echo "$TOKENFAB_TEST_MODEL_GEMMA"
 
 echo "== Python client for the seed programs"
 if [ ! -x .venv/bin/python ]; then

@@ -197,28 +197,44 @@ impl Loader<'_> {
     }
 }
 
+/// The architectures [`Model::load`] runs (`general.architecture`).
+const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+
+/// Whether this build runs models of `arch`, for listings made before a file is fetched.
+pub fn supports_architecture(arch: &str) -> bool {
+    ARCHITECTURES.contains(&arch)
+}
+
+/// Whether this build can run the model in `g`, from its header alone: the architecture and
+/// every tensor's type. [`Model::load`] runs it before allocating anything, and
+/// `tokenfab models inspect` prints its answer, which names the first offender.
+pub fn check(g: &GgufFile) -> Result<(), EngineError> {
+    let arch = g.architecture().unwrap_or("<none>");
+    if !supports_architecture(arch) {
+        return Err(EngineError::BadModel(format!(
+            "{}: architecture `{arch}` is not supported; tokenfab runs {}",
+            g.path.display(),
+            ARCHITECTURES.join(", ")
+        )));
+    }
+    let l = Loader { g, arch };
+    // A vocabulary-only GGUF (tokenizer test files) names an architecture but has no weights.
+    l.info("token_embd.weight")?;
+    g.tensors.iter().try_for_each(|t| l.check_type(t))
+}
+
 impl Model {
     /// Reads the configuration and copies the weights out of `g`. Refuses architectures and
     /// tensor types tokenfab cannot run, with a message naming them, rather than failing
     /// (or producing garbage) at the first request.
     pub fn load(g: &GgufFile) -> Result<Model, EngineError> {
+        check(g)?;
         let arch = g.architecture().unwrap_or("<none>");
         let rope_style = match arch {
-            "llama" => RopeStyle::Norm,
             "qwen2" => RopeStyle::Neox,
-            other => {
-                return Err(EngineError::BadModel(format!(
-                    "{}: architecture `{other}` is not supported; tokenfab runs llama and qwen2",
-                    g.path.display()
-                )));
-            }
+            _ => RopeStyle::Norm,
         };
         let l = Loader { g, arch };
-        // Check every tensor's type first so the error names the first offender, whatever
-        // order the weights are loaded in.
-        for t in &g.tensors {
-            l.check_type(t)?;
-        }
         let n_layer = l.meta("block_count")?;
         let n_embd = l.meta("embedding_length")?;
         let n_ff = l.meta("feed_forward_length")?;
