@@ -122,8 +122,8 @@ impl Loader<'_> {
             return Ok(());
         }
         Err(EngineError::BadModel(format!(
-            "{}: tensor {} has type {:?}, which tokenfab does not support yet (supported: {}); \
-             pick a GGUF quantized as Q4_K_M, Q4_0, Q4_1 or Q8_0",
+            "{}: tensor {} has type {}, which tokenfab does not support yet (supported: {}); \
+             pick a GGUF quantized as one of those, e.g. Q4_K_M, Q5_K_M, IQ4_XS or Q8_0",
             self.path(),
             t.name,
             t.ty,
@@ -348,7 +348,10 @@ mod tests {
                 ("general.architecture", Kv::Str(arch)),
                 ("llama.block_count", Kv::U32(1)),
             ],
-            &[("blk.0.attn_q.weight", &[block], ty, data)],
+            &[
+                ("token_embd.weight", &[1], 0, vec![0u8; 4]),
+                ("blk.0.attn_q.weight", &[block], ty, data),
+            ],
         );
         let p = write_temp(&file, name);
         let g = GgufFile::open(&p).unwrap();
@@ -365,10 +368,10 @@ mod tests {
 
     #[test]
     fn unsupported_tensor_type_is_refused_by_name() {
-        // Q3_K (type 11): 110 bytes per 256-element block.
-        let e = load("llama", 11, 110, "q3k");
+        // IQ2_XXS (type 16): 66 bytes per 256-element block.
+        let e = load("llama", 16, 66, "iq2xxs");
         assert!(
-            e.contains("blk.0.attn_q.weight") && e.contains("Q3K"),
+            e.contains("blk.0.attn_q.weight") && e.contains("IQ2_XXS"),
             "{e}"
         );
     }
