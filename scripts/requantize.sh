@@ -44,32 +44,38 @@ if [ ! -x "$quantize" ]; then
   mv "$quantize.tmp" "$quantize"
 fi
 
-# name  source  preset  sha256 of the output
+# name, source, preset, sha256 of the output, then any options for llama-quantize. The
+# presets fall back to other types on rows that are not a multiple of 256 (SmolLM2's 576,
+# Qwen2.5's 896: Q5_K -> Q5_1, Q4_K -> Q5_0, Q6_K -> Q8_0, Q2_K/Q3_K/IQ4_XS -> IQ4_NL or
+# Q4_0), so only ffn_down (rows of n_ff) gets the K and IQ4_XS types; and no preset puts
+# Q2_K on a matrix of either model, so one file asks for it on ffn_down.
 files=(
-  "smollm2-135m-instruct.Q5_1.gguf    $TOKENFAB_TEST_MODEL      Q5_1   -"
-  "smollm2-135m-instruct.Q2_K.gguf    $TOKENFAB_TEST_MODEL      Q2_K   -"
-  "smollm2-135m-instruct.Q3_K_S.gguf  $TOKENFAB_TEST_MODEL      Q3_K_S -"
-  "smollm2-135m-instruct.Q3_K_M.gguf  $TOKENFAB_TEST_MODEL      Q3_K_M -"
-  "smollm2-135m-instruct.Q3_K_L.gguf  $TOKENFAB_TEST_MODEL      Q3_K_L -"
-  "smollm2-135m-instruct.Q4_K_S.gguf  $TOKENFAB_TEST_MODEL      Q4_K_S -"
-  "smollm2-135m-instruct.Q5_K_S.gguf  $TOKENFAB_TEST_MODEL      Q5_K_S -"
-  "smollm2-135m-instruct.Q5_K_M.gguf  $TOKENFAB_TEST_MODEL      Q5_K_M -"
-  "smollm2-135m-instruct.IQ4_NL.gguf  $TOKENFAB_TEST_MODEL      IQ4_NL -"
-  "smollm2-135m-instruct.IQ4_XS.gguf  $TOKENFAB_TEST_MODEL      IQ4_XS -"
-  "smollm2-135m-instruct.BF16.gguf    $TOKENFAB_TEST_MODEL      BF16   -"
-  "qwen2.5-coder-0.5b-instruct.Q3_K_M.gguf $TOKENFAB_TEST_MODEL_QWEN Q3_K_M -"
-  "qwen2.5-coder-0.5b-instruct.Q5_K_M.gguf $TOKENFAB_TEST_MODEL_QWEN Q5_K_M -"
-  "qwen2.5-coder-0.5b-instruct.IQ4_XS.gguf $TOKENFAB_TEST_MODEL_QWEN IQ4_XS -"
+  "smollm2-135m-instruct.Q5_1.gguf    $TOKENFAB_TEST_MODEL      Q5_1   d0fe3cbb20771ac9dab0f4dd5aaa259785158177f6503d4dca32f4495dcffaea"
+  "smollm2-135m-instruct.Q2_K.gguf    $TOKENFAB_TEST_MODEL      Q2_K   c1104c3aa7038fa3e40a558df9c2ba32161364f158f4c40c8add859b6a40a073 --tensor-type ffn_down=q2_k"
+  "smollm2-135m-instruct.Q3_K_S.gguf  $TOKENFAB_TEST_MODEL      Q3_K_S ca3de3a0484059fee961521fb7f639b7876cef1cc206115b628b1f14432c71c0"
+  "smollm2-135m-instruct.Q3_K_M.gguf  $TOKENFAB_TEST_MODEL      Q3_K_M 01045a8fee6c962e4f7b0f80dccf937503738f61f987c305378fd3f527eac9d4"
+  "smollm2-135m-instruct.Q3_K_L.gguf  $TOKENFAB_TEST_MODEL      Q3_K_L 3acfe6c108190f7bb3d034e8ca6516eb3a721699d401e4a40ccabc4da212eb6f"
+  "smollm2-135m-instruct.Q4_K_S.gguf  $TOKENFAB_TEST_MODEL      Q4_K_S 7d9eb1146bf78d98207372d1db5f4aad16ec094f11f8edd661627eda54f7cf53"
+  "smollm2-135m-instruct.Q5_K_S.gguf  $TOKENFAB_TEST_MODEL      Q5_K_S d426b27bf6e06f6afe5ae60cf6457231a463f58db34d881febbd149c08007218"
+  "smollm2-135m-instruct.Q5_K_M.gguf  $TOKENFAB_TEST_MODEL      Q5_K_M 8170c7ef444692b3b2fe63459c326def0358807ef9be6e3cb020efb86a71015e"
+  "smollm2-135m-instruct.IQ4_NL.gguf  $TOKENFAB_TEST_MODEL      IQ4_NL b4d1842a26d8952bd7b609eb2062f7352aeb609c1ac5017542be18f83bc1776e"
+  "smollm2-135m-instruct.IQ4_XS.gguf  $TOKENFAB_TEST_MODEL      IQ4_XS 5a4caecc8f966f75ff79b8f1522f76aedd2381d0722df17254e212f01526c7ba"
+  "smollm2-135m-instruct.BF16.gguf    $TOKENFAB_TEST_MODEL      BF16   994c74505f109ce900a91772a38324b6635a16c1499111f1df4fb031233033d7"
+  "qwen2.5-coder-0.5b-instruct.Q3_K_S.gguf $TOKENFAB_TEST_MODEL_QWEN Q3_K_S 4c2b7aed44f09ec8f19f7e487124aa61373df85d4aa221ed91d0c6280b3ac662"
+  "qwen2.5-coder-0.5b-instruct.Q5_K_M.gguf $TOKENFAB_TEST_MODEL_QWEN Q5_K_M efd80692accef97925cd72cdac5bed6b603303737884ae43d5ccdf29eefef9c7"
+  "qwen2.5-coder-0.5b-instruct.IQ4_XS.gguf $TOKENFAB_TEST_MODEL_QWEN IQ4_XS d41453d1fe843c5690aeb9fc6ec05a3145dd3a4e5a66f55244370e6358cf2a6b"
 )
 
 mkdir -p "$out"
 failed=0
 for entry in "${files[@]}"; do
-  read -r name source preset want <<<"$entry"
+  read -r name source preset want options <<<"$entry"
   dest="$out/$name"
   if [ ! -f "$dest" ]; then
     echo "== $name" >&2
-    nice -n 19 "$quantize" --allow-requantize "$source" "$dest.tmp" "$preset" "$jobs" >"$dest.log" 2>&1 ||
+    # shellcheck disable=SC2086 # options are words
+    nice -n 19 "$quantize" --allow-requantize ${options:-} "$source" "$dest.tmp" "$preset" "$jobs" \
+      >"$dest.log" 2>&1 ||
       { echo "llama-quantize failed for $name: see $dest.log" >&2; exit 1; }
     mv "$dest.tmp" "$dest"
   fi

@@ -47,6 +47,18 @@ pub(crate) const IQ4_VALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// Each byte's index in [`IQ4_VALUES`] (for the packer, which stores indices); 0 for bytes
+/// that are no value of the table.
+pub(crate) const IQ4_INDEX: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[IQ4_VALUES[i] as u8 as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Decodes 16 bytes of IQ4 nibbles (low nibbles first, as ggml) into 32 table values.
 #[inline(always)]
 fn iq4_nibbles(qs: &[u8], q: &mut [i8]) {

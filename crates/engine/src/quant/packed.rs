@@ -279,7 +279,7 @@ fn put_block<D: Decoder>(
                 for e in 0..l.unit {
                     let q = g.q[off + e];
                     let u = if l.nl {
-                        blocks::IQ4_VALUES.iter().position(|&v| v == q).unwrap() as u8
+                        blocks::IQ4_INDEX[q as u8 as usize]
                     } else {
                         (q as i32 + l.bias) as u8
                     };
