@@ -519,6 +519,63 @@ mod tests {
         }
     }
 
+    /// Known values for each decoder added after Q4_0, from ggml's formulas worked by hand
+    /// (the requantized real-weight test checks them against llama.cpp end to end).
+    #[test]
+    fn dequantize_known_blocks() {
+        let h = |v: f32| f16::from_f32(v).to_le_bytes();
+        let dq = |ty: GgmlType, b: &[u8]| {
+            let (block, bytes) = ty.block_layout().unwrap();
+            assert_eq!(b.len(), bytes, "{ty:?}");
+            let mut out = vec![0.0f32; block];
+            dequantize_row(ty, b, &mut out);
+            out
+        };
+        // Q5_1: (nibble | fifth bit) · d + m; qh bit j is element j's fifth bit.
+        let mut b = [h(0.5), h(1.0)].concat();
+        b.extend((1u32 | 1 << 16).to_le_bytes());
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dq(GgmlType::Q5_1, &b);
+        assert_eq!([v[0], v[1], v[16], v[17]], [9.0, 1.5, 16.5, 8.0]);
+        // Q2_K: scale byte = min << 4 | scale per 16; 2-bit field j of byte 32n + l.
+        let mut b: Vec<u8> = (0..16u8).map(|j| j | 1 << 4).collect();
+        b.extend([0xE4u8; 64]);
+        b.extend([h(1.0), h(0.5)].concat());
+        let v = dq(GgmlType::Q2K, &b);
+        assert_eq!([v[0], v[40], v[200]], [-0.5, 1.5, 23.5]);
+        // Q3_K: a clear hmask bit subtracts 4; 6-bit scales minus 32, the high bits of
+        // scale 0 in bits 0..2 of byte 8.
+        let mut b = vec![0xFFu8; 32];
+        b[0] = 0xFE;
+        b.extend([0xE4u8; 64]);
+        b.extend([0x11u8; 8]);
+        b.extend([0xA8u8, 0xAA, 0xAA, 0xAA]);
+        b.extend(h(0.25));
+        let v = dq(GgmlType::Q3K, &b);
+        assert_eq!([v[0], v[1], v[32], v[16]], [31.0, 0.0, 0.25, 0.0]);
+        // Q5_K: Q4_K's scales and mins, qh bit 2k (2k + 1) the fifth bit of chunk k's low
+        // (high) nibbles.
+        let mut b = [h(0.5), h(1.0)].concat();
+        b.extend([2u8, 2, 2, 2, 1, 1, 1, 1, 0x12, 0x12, 0x12, 0x12]);
+        b.extend([0x01u8; 32]);
+        b.extend([0x21u8; 128]);
+        let v = dq(GgmlType::Q5K, &b);
+        assert_eq!([v[0], v[32], v[64], v[255]], [16.0, 1.0, 0.0, 1.0]);
+        // IQ4_NL: d · table[nibble].
+        let mut b = h(2.0).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dq(GgmlType::IQ4NL, &b);
+        assert_eq!([v[0], v[16], v[8]], [-254.0, 226.0, 2.0]);
+        // IQ4_XS: per 32, a 6-bit scale (4 bits in scales_l, 2 in scales_h) minus 32.
+        let mut b = [h(1.0), 0xAAAAu16.to_le_bytes()].concat();
+        b.extend([0x21u8; 4]);
+        b.extend([0x98u8; 128]);
+        let v = dq(GgmlType::IQ4XS, &b);
+        assert_eq!([v[0], v[16], v[32], v[48]], [1.0, 13.0, 2.0, 26.0]);
+        // BF16: the high half of an f32.
+        assert_eq!(dq(GgmlType::BF16, &0x3FC0u16.to_le_bytes()), [1.5]);
+    }
+
     /// Q8_0 round trip: activations quantize to within half a step.
     #[test]
     fn q8_activation_roundtrip() {
