@@ -280,17 +280,8 @@ unsafe fn rows_packed<
     // guarantees the CPU features.
     unsafe {
         let (b0, b1) = (r0 / 8, (r0 + n_rows).div_ceil(8));
-        // Writes the lanes of block `b` that fall in the requested rows.
-        let lanes = |b: usize, v: __m256, put: &mut dyn FnMut(usize, f32)| {
-            let mut x = [0.0f32; 8];
-            _mm256_storeu_ps(x.as_mut_ptr(), v);
-            for (j, &x) in x.iter().enumerate() {
-                let r = b * 8 + j;
-                if r >= r0 && r < r0 + n_rows {
-                    put(r - r0, x);
-                }
-            }
-        };
+        // The lanes of block `b` that fall in the requested rows, as indices into them.
+        let lanes = |b: usize| (b * 8).max(r0) - r0..(b * 8 + 8).min(r0 + n_rows) - r0;
         if n_tok == 1 {
             for b in b0..b1 {
                 let at = b * units;
@@ -301,7 +292,7 @@ unsafe fn rows_packed<
                     units,
                     &[tok(0)],
                 );
-                lanes(b, f[0], &mut |r, x| out[r] = x);
+                put_tokens(&f, b * 8, r0, lanes(b), 1, 0, out);
             }
             return;
         }
@@ -336,9 +327,7 @@ unsafe fn rows_packed<
                             let f = block_tokens::<D, U, 8, MIN, WIDE, false, $tt>(
                                 w, d, m, units, &toks,
                             );
-                            for (i, &v) in f.iter().enumerate() {
-                                lanes(b, v, &mut |r, x| out[r * nt + t + i] = x);
-                            }
+                            put_tokens(&f, b * 8, r0, lanes(b), nt, t, out);
                             t += $tt;
                         }
                     };
@@ -351,6 +340,65 @@ unsafe fn rows_packed<
             }
         }
         SCRATCH.set(scratch);
+    }
+}
+
+/// Stores `f` (token `t + i` in `f[i]`, one lane per row of the block whose first row is
+/// `first`) into `out` at `super::tiled_index`'s places: row `r`'s tokens are adjacent, at
+/// `out[(r - r0) * nt + t..]`; only the rows `rows` (relative to `r0`) are written. A whole
+/// block of eight tokens is transposed in registers and stored a row at a time.
+///
+/// # Safety
+/// AVX; `out` holds the tile's rows.
+#[inline(always)]
+unsafe fn put_tokens<const TT: usize>(
+    f: &[__m256; TT],
+    first: usize,
+    r0: usize,
+    rows: std::ops::Range<usize>,
+    nt: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    // SAFETY (whole body): indices are checked by the slices; AVX per the caller.
+    unsafe {
+        if TT == 8 && rows.len() == 8 {
+            let lo = |a, b| _mm256_unpacklo_ps(f[a], f[b]);
+            let hi = |a, b| _mm256_unpackhi_ps(f[a], f[b]);
+            let (t0, t1, t2, t3) = (lo(0, 1), hi(0, 1), lo(2, 3), hi(2, 3));
+            let (t4, t5, t6, t7) = (lo(4, 5), hi(4, 5), lo(6, 7), hi(6, 7));
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+                _mm256_shuffle_ps::<0x44>(t4, t6),
+                _mm256_shuffle_ps::<0xEE>(t4, t6),
+                _mm256_shuffle_ps::<0x44>(t5, t7),
+                _mm256_shuffle_ps::<0xEE>(t5, t7),
+            ];
+            for j in 0..8 {
+                let (a, b) = (s[j % 4], s[j % 4 + 4]);
+                let row = if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                };
+                let dst = &mut out[(rows.start + j) * nt + t..][..8];
+                _mm256_storeu_ps(dst.as_mut_ptr(), row);
+            }
+            return;
+        }
+        let mut x = [[0.0f32; 8]; TT];
+        for (x, &v) in x.iter_mut().zip(f) {
+            _mm256_storeu_ps(x.as_mut_ptr(), v);
+        }
+        for r in rows {
+            let lane = r + r0 - first;
+            for (i, x) in x.iter().enumerate() {
+                out[r * nt + t + i] = x[lane];
+            }
+        }
     }
 }
 
