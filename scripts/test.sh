@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
-# first run), installs the Python `openai` package for the client tests in .venv, and runs
+# first run), requantizes the test models into every weight type the engine runs
+# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests in .venv, and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
 # (scripts/services.sh), installed from Debian's packages when missing.
@@ -21,6 +22,12 @@ export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA
 echo "$TOKENFAB_TEST_MODEL"
 echo "$TOKENFAB_TEST_MODEL_QWEN"
 echo "$TOKENFAB_TEST_MODEL_GEMMA"
+
+echo "== requantized real-weight files (every weight type; llama-quantize is built once, cached)"
+# The last line is the folder; crates/engine/tests/requantized.rs reads the files there.
+TOKENFAB_REQUANTIZED="$(scripts/requantize.sh | tail -n 1)"
+export TOKENFAB_REQUANTIZED
+echo "$TOKENFAB_REQUANTIZED"
 
 echo "== Python client for the seed programs"
 if [ ! -x .venv/bin/python ]; then
