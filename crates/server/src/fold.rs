@@ -113,7 +113,7 @@ impl Fold {
                     .iter()
                     .fold(TokenUsage::prompt(p), |all, (u, _)| all.merge(*u))
             })
-            .fold(TokenUsage::default(), TokenUsage::add)
+            .fold(TokenUsage::default(), std::ops::Add::add)
     }
 
     fn used(&self) -> Used {

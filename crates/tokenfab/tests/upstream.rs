@@ -976,11 +976,8 @@ fn completions_are_proxied_and_billed_like_chat() {
         let key = Some(key.as_str());
         let body = |m: &str| json!({"model": m, "prompt": "Say hello.", "max_tokens": 9});
         let last_sent = || {
-            let sent = stub
-                .requests()
-                .into_iter()
-                .filter(|r| r.path == COMPLETIONS);
-            sent.last().unwrap()
+            let sent = stub.requests();
+            sent.into_iter().rfind(|r| r.path == COMPLETIONS).unwrap()
         };
 
         let b0 = settled_balance(&s, "coder").await;

@@ -45,17 +45,6 @@ impl TokenUsage {
         }
     }
 
-    /// Sequences over different prompts (a completion request's batch of prompts): every
-    /// count adds up, the prompts' too.
-    pub fn add(self, other: TokenUsage) -> TokenUsage {
-        TokenUsage {
-            prompt: self.prompt + other.prompt,
-            cached: self.cached + other.cached,
-            completion: self.completion + other.completion,
-            reasoning: self.reasoning + other.reasoning,
-        }
-    }
-
     /// Reads a reported `usage` object: OpenAI's (`prompt_tokens`, `completion_tokens`,
     /// `total_tokens` and their details), the `input_tokens` / `output_tokens` spelling, or
     /// SiliconFlow's rerank `tokens`. `None` when it holds no count at all.
@@ -89,6 +78,21 @@ impl TokenUsage {
         usage
             .pointer("/completion_tokens_details/reasoning_tokens")
             .is_some_and(Value::is_u64)
+    }
+}
+
+/// Sequences over different prompts (a completion request's batch of prompts): every
+/// count adds up, the prompts' too.
+impl std::ops::Add for TokenUsage {
+    type Output = TokenUsage;
+
+    fn add(self, other: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            prompt: self.prompt + other.prompt,
+            cached: self.cached + other.cached,
+            completion: self.completion + other.completion,
+            reasoning: self.reasoning + other.reasoning,
+        }
     }
 }
 
@@ -132,7 +136,7 @@ mod tests {
             (10, 8, 12, 4)
         );
         assert_eq!(TokenUsage::default().merge(a), a);
-        let both = a.add(b);
+        let both = a + b;
         assert_eq!(
             (both.prompt, both.cached, both.completion, both.reasoning),
             (20, 12, 12, 4)
