@@ -60,8 +60,9 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// One generation job: prompt tokens in, up to `max_tokens` tokens out. The prompt and
-/// `max_tokens` together must fit the context window ([`EngineHandle::context_length`]).
+/// One generation job: prompt tokens in, up to `max_tokens` tokens out (none at all for
+/// `max_tokens: 0`, which scores a prompt). The prompt and `max_tokens` together must fit
+/// the context window ([`EngineHandle::context_length`]).
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
@@ -72,6 +73,11 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// `Some(k)`: also report each prompt token's log-probability given the tokens before
+    /// it, with `k` alternatives (the legacy completions' `echo` with `logprobs`), in one
+    /// [`Event::Prompt`] before the first token. Such a prompt is fed one token per step
+    /// and not taken from the prefix cache, since only the last position's logits exist.
+    pub prompt_logprobs: Option<usize>,
     /// For a reasoning model, the most reasoning tokens (the closing tag included) instead
     /// of the model's default ([`ReasoningSpec::budget`]); when they are spent, the engine
     /// closes the thought itself and the model goes on to answer. Ignored by other models.
@@ -95,7 +101,8 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// What a job's channel carries, in order: tokens, then exactly one `Finished` or `Failed`.
+/// What a job's channel carries, in order: the prompt's logprobs if they were asked for,
+/// tokens, then exactly one `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A generated token and the text it completed in each field (either may be empty: a
@@ -109,6 +116,9 @@ pub enum Event {
         /// `reasoning` counts the tokens known so far to be inside the thought.
         usage: TokenUsage,
     },
+    /// The prompt's log-probabilities ([`GenerateRequest::prompt_logprobs`]): entry `i` is
+    /// prompt token `i + 1`'s (the first token has none).
+    Prompt(Vec<TokenLogprob>),
     /// Text released without a token of its own (held back until the end, or until a
     /// thinking budget closed the thought).
     Text(Split),
@@ -242,6 +252,8 @@ struct Sequence {
     thinking_budget: Option<usize>,
     /// Tokens to feed instead of sampling (a thought's closing tag after its budget).
     forced: VecDeque<u32>,
+    /// The prompt's logprobs so far, while they are being computed.
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 struct Scheduler {
@@ -376,7 +388,11 @@ impl Scheduler {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
             return;
         }
-        let kv = self.prefix.lookup(&req.prompt, self.model.new_kv_cache());
+        let kv = if req.prompt_logprobs.is_some() {
+            self.model.new_kv_cache()
+        } else {
+            self.prefix.lookup(&req.prompt, self.model.new_kv_cache())
+        };
         self.running.push(Sequence {
             fed: kv.len(),
             cached: kv.len(),
@@ -390,6 +406,7 @@ impl Scheduler {
             output,
             thinking_budget,
             forced: VecDeque::new(),
+            prompt_logprobs: Vec::new(),
         });
     }
 
@@ -401,7 +418,7 @@ impl Scheduler {
         for s in self.running.iter_mut() {
             let tokens: &[u32] = match s.last {
                 Some(ref t) => std::slice::from_ref(t),
-                None => &s.req.prompt[s.fed..(s.fed + chunk).min(s.req.prompt.len())],
+                None => &s.req.prompt[s.fed..(s.fed + s.chunk(chunk)).min(s.req.prompt.len())],
             };
             inputs.push(SeqInput {
                 tokens,
@@ -436,12 +453,29 @@ impl Scheduler {
                 .zip(logits.par_iter_mut())
                 .map_init(Vec::new, |buf, (s, logits)| {
                     if s.last.is_none() {
-                        s.fed = (s.fed + chunk).min(s.req.prompt.len());
+                        s.fed = (s.fed + s.chunk(chunk)).min(s.req.prompt.len());
+                        if let Some(k) = s.req.prompt_logprobs {
+                            // These logits predict the prompt token after the fed ones.
+                            if let Some(&next) = s.req.prompt.get(s.fed) {
+                                log_softmax(logits, buf);
+                                s.prompt_logprobs.push(TokenLogprob {
+                                    logprob: buf[next as usize],
+                                    top: top_k_logprobs(buf, k),
+                                });
+                            } else {
+                                let all = std::mem::take(&mut s.prompt_logprobs);
+                                let _ = s.events.send(Event::Prompt(all));
+                            }
+                        }
                         if s.fed < s.req.prompt.len() {
                             return None;
                         }
                     }
-                    let reason = Self::advance(s, logits, tokenizer, buf, close_tokens)?;
+                    let reason = if s.req.max_tokens == 0 {
+                        FinishReason::Length
+                    } else {
+                        Self::advance(s, logits, tokenizer, buf, close_tokens)?
+                    };
                     let _ = s.events.send(Event::Finished {
                         reason,
                         usage: s.usage(),
@@ -539,6 +573,16 @@ impl Scheduler {
 }
 
 impl Sequence {
+    /// Prompt tokens to feed this step: a chunk, or one when the prompt's logprobs are
+    /// wanted (each position's logits are read before the next token goes in).
+    fn chunk(&self, chunk: usize) -> usize {
+        if self.req.prompt_logprobs.is_some() {
+            1
+        } else {
+            chunk
+        }
+    }
+
     /// The counts so far, for the sequence's events.
     fn usage(&self) -> TokenUsage {
         TokenUsage {

@@ -74,6 +74,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
             max_tokens: 32,
             stop: vec![],
             logprobs: None,
+            prompt_logprobs: None,
             // The engine finds the opened thought in the prompt itself.
             thinking_budget: Some(if seed % 4 < 2 {
                 4096
@@ -102,6 +103,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
                     finished = Some((usage.completion, usage.reasoning))
                 }
                 Event::Failed(e) => panic!("{e}"),
+                Event::Prompt(_) => unreachable!("no prompt logprobs were asked for"),
             }
         }
         let (completion, reasoning_tokens) = finished.expect("finished");

@@ -25,6 +25,12 @@ pub enum Step {
         text: Split,
         token: Option<(u32, TokenLogprob)>,
     },
+    /// The prompt's logprobs for choice `index` (asked for by a completion's `echo`):
+    /// entry `i` is prompt token `i + 1`'s.
+    Prompt {
+        index: usize,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// Choice `index` ended.
     Finished { index: usize, reason: FinishReason },
     /// Generation failed; the request ends with an error.
@@ -33,16 +39,26 @@ pub enum Step {
 
 /// One request's choices as their events arrive.
 pub struct Fold {
-    prompt: u64,
+    /// Each prompt's tokens; choice `i` belongs to prompt `i / per_prompt`.
+    prompts: Vec<u64>,
+    per_prompt: usize,
     choices: Vec<(TokenUsage, Option<FinishReason>)>,
     admission: Option<Admission>,
 }
 
 impl Fold {
+    /// A request of `n` choices over one prompt (a chat).
     pub fn new(prompt_tokens: usize, n: usize, admission: Option<Admission>) -> Fold {
+        Fold::batch(&[prompt_tokens], n, admission)
+    }
+
+    /// A request of `per_prompt` choices over each of `prompts` (a completion batch),
+    /// choices ordered prompt after prompt.
+    pub fn batch(prompts: &[usize], per_prompt: usize, admission: Option<Admission>) -> Fold {
         Fold {
-            prompt: prompt_tokens as u64,
-            choices: vec![(TokenUsage::default(), None); n],
+            prompts: prompts.iter().map(|&p| p as u64).collect(),
+            per_prompt: per_prompt.max(1),
+            choices: vec![(TokenUsage::default(), None); prompts.len() * per_prompt],
             admission,
         }
     }
@@ -69,6 +85,7 @@ impl Fold {
                 text,
                 token: None,
             },
+            Event::Prompt(logprobs) => Step::Prompt { index, logprobs },
             Event::Finished { reason, usage } => {
                 self.choices[index] = (usage, Some(reason));
                 Step::Finished { index, reason }
@@ -85,12 +102,18 @@ impl Fold {
         step
     }
 
-    /// The request's usage so far: the choices' generated tokens add up, the prompt counts
-    /// once.
+    /// The request's usage so far: the choices' generated tokens add up, each prompt
+    /// counts once.
     pub fn usage(&self) -> TokenUsage {
-        self.choices
+        self.prompts
             .iter()
-            .fold(TokenUsage::prompt(self.prompt), |all, (u, _)| all.merge(*u))
+            .zip(self.choices.chunks(self.per_prompt))
+            .map(|(&p, choices)| {
+                choices
+                    .iter()
+                    .fold(TokenUsage::prompt(p), |all, (u, _)| all.merge(*u))
+            })
+            .fold(TokenUsage::default(), std::ops::Add::add)
     }
 
     fn used(&self) -> Used {
@@ -242,6 +265,30 @@ mod tests {
         };
         assert_eq!(completion("gone"), (1, 10, 2));
         assert_eq!(completion("done"), (1, 10, 3));
+    }
+
+    #[test]
+    fn a_batch_counts_each_prompt_once() {
+        let mut f = Fold::batch(&[10, 3], 2, None);
+        for i in 0..4 {
+            let mut ev = token(i as u64 + 1);
+            // The second prompt's sequences report its 3 tokens, 2 of them cached.
+            if let (Event::Token { usage, .. }, true) = (&mut ev, i >= 2) {
+                (usage.prompt, usage.cached) = (3, 2);
+            }
+            f.apply(i, ev);
+        }
+        let u = f.usage();
+        // Prompts 10 + 3, each with its best cache hit.
+        assert_eq!((u.prompt, u.cached, u.completion), (13, 6, 10));
+        let step = f.apply(3, Event::Prompt(vec![]));
+        assert_eq!(
+            step,
+            Step::Prompt {
+                index: 3,
+                logprobs: vec![]
+            }
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! The one place where a chat request becomes engine jobs: every field is validated (a 400
-//! names the field), the conversation is rendered through the model's template, tokenized,
-//! and checked against the context window.
+//! The one place where a request becomes engine jobs: every field is validated (a 400
+//! names the field), the prompt is built (a chat conversation rendered through the model's
+//! template; a completion's text, token ids or fill-in-the-middle parts), tokenized, and
+//! checked against the context window. Chat and completions share the sampling, stop and
+//! `max_tokens` steps ([`Knobs`], [`sampled`], [`max_tokens`]) and the job they build
+//! ([`Job`]); [`completion`] holds what only completions have.
+
+pub mod completion;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +17,9 @@ use tokenfab_engine::sampler::{Rng, SamplingParams};
 use tokenfab_engine::scheduler::GenerateRequest;
 use tokenfab_engine::template::TemplateMessage;
 use tokenfab_engine::tokenizer::Tokenizer;
-use tokenfab_wire::chat::{ChatCompletionRequest, ChatMessage, MessageContent, Role};
+use tokenfab_wire::chat::{
+    ChatCompletionRequest, ChatMessage, MessageContent, Role, StopSpec, StreamOptions,
+};
 
 use crate::error::HttpError;
 use crate::routes::typed;
@@ -24,17 +31,24 @@ const MAX_STOP: usize = 4;
 const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// A validated request, ready to submit.
-pub struct ChatJob {
+pub struct Job {
     /// The id the client used.
     pub model_id: String,
     pub model: Arc<ServedModel>,
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// Every prompt's tokens, summed (what is billed as input).
     pub prompt_tokens: usize,
-    /// One engine request per choice (`n`).
+    /// Each prompt's tokens, in order: a chat has one prompt, a completion batch several.
+    pub prompts: Vec<usize>,
+    /// One engine request per choice: `choices.len() / prompts.len()` per prompt, prompt
+    /// after prompt.
     pub choices: Vec<GenerateRequest>,
 }
+
+/// A chat request's job.
+pub type ChatJob = Job;
 
 fn bad(param: &str, msg: impl Into<String>) -> HttpError {
     HttpError::bad_request(Some(param), msg)
@@ -188,9 +202,27 @@ pub(crate) fn refuse_unhonoured(body: &Value) -> Result<(), HttpError> {
     }
 }
 
+/// The sampling, stop and length fields chat and completions share, as a request sent
+/// them.
+#[derive(Debug)]
+pub(crate) struct Knobs<'a> {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub n: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<&'a StopSpec>,
+    /// The length field's name and value, if given.
+    pub max_tokens: Option<(&'static str, i64)>,
+}
+
 /// What a request asks for, checked without the model.
 #[derive(Debug)]
-struct Asked {
+pub(crate) struct Asked {
     sampling: SamplingParams,
     n: u64,
     seed: Option<u64>,
@@ -201,44 +233,27 @@ struct Asked {
     max_tokens: Option<(&'static str, i64)>,
 }
 
-/// Validates every field that needs no model, and refuses what cannot be honoured.
+/// Validates a chat request's fields that need no model, and refuses what cannot be
+/// honoured.
 fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpError> {
-    check_range("temperature", req.temperature, 0.0, 2.0)?;
-    check_range("top_p", req.top_p, 0.0, 1.0)?;
-    if req.top_p == Some(0.0) {
-        return Err(bad("top_p", "`top_p` must be greater than 0"));
-    }
-    check_range("min_p", req.min_p, 0.0, 1.0)?;
-    check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
-    check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
-    check_range("repetition_penalty", req.repetition_penalty, 0.01, 10.0)?;
-    let top_k = match req.top_k {
-        None | Some(-1) | Some(0) => 0,
-        Some(k) if k > 0 => k as usize,
-        Some(k) => {
-            return Err(bad(
-                "top_k",
-                format!("`top_k` must be -1 (off) or positive, got {k}"),
-            ));
-        }
+    let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(m), _) => Some(("max_completion_tokens", m)),
+        (None, m) => m.map(|m| ("max_tokens", m)),
     };
-    let n = req.n.unwrap_or(1);
-    if n < 1 || n as usize > limits.max_n {
-        return Err(bad(
-            "n",
-            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
-        ));
-    }
-    let stop = req.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    if stop.len() > MAX_STOP {
-        return Err(bad(
-            "stop",
-            format!(
-                "`stop` takes at most {MAX_STOP} sequences, got {}",
-                stop.len()
-            ),
-        ));
-    }
+    let knobs = Knobs {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+        repetition_penalty: req.repetition_penalty,
+        n: req.n,
+        seed: req.seed,
+        stop: req.stop.as_ref(),
+        max_tokens,
+    };
+    let mut asked = sampled(&knobs, limits)?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match req.top_logprobs {
         None => 0,
@@ -280,10 +295,49 @@ fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpErro
             ));
         }
     }
-    let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
-        (Some(m), _) => Some(("max_completion_tokens", m)),
-        (None, m) => m.map(|m| ("max_tokens", m)),
+    asked.logprobs = logprobs;
+    asked.top_logprobs = top_logprobs;
+    Ok(asked)
+}
+
+/// Validates the sampling, stop and length fields every generating endpoint shares.
+pub(crate) fn sampled(req: &Knobs, limits: &Limits) -> Result<Asked, HttpError> {
+    check_range("temperature", req.temperature, 0.0, 2.0)?;
+    check_range("top_p", req.top_p, 0.0, 1.0)?;
+    if req.top_p == Some(0.0) {
+        return Err(bad("top_p", "`top_p` must be greater than 0"));
+    }
+    check_range("min_p", req.min_p, 0.0, 1.0)?;
+    check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
+    check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
+    check_range("repetition_penalty", req.repetition_penalty, 0.01, 10.0)?;
+    let top_k = match req.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(bad(
+                "top_k",
+                format!("`top_k` must be -1 (off) or positive, got {k}"),
+            ));
+        }
     };
+    let n = req.n.unwrap_or(1);
+    if n < 1 || n as usize > limits.max_n {
+        return Err(bad(
+            "n",
+            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
+        ));
+    }
+    let stop = req.stop.cloned().map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > MAX_STOP {
+        return Err(bad(
+            "stop",
+            format!(
+                "`stop` takes at most {MAX_STOP} sequences, got {}",
+                stop.len()
+            ),
+        ));
+    }
     Ok(Asked {
         sampling: SamplingParams {
             temperature: req.temperature.unwrap_or(1.0),
@@ -299,19 +353,19 @@ fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpErro
         n: n as u64,
         seed: req.seed.map(|s| s as u64),
         stop,
-        logprobs,
-        top_logprobs,
-        max_tokens,
+        logprobs: false,
+        top_logprobs: 0,
+        max_tokens: req.max_tokens,
     })
 }
 
 /// `logit_bias` checked against the model's vocabulary.
-fn logit_bias(
-    req: &ChatCompletionRequest,
+pub(crate) fn logit_bias(
+    bias: Option<&HashMap<String, f32>>,
     vocab_size: usize,
 ) -> Result<HashMap<u32, f32>, HttpError> {
     let mut out = HashMap::new();
-    for (k, v) in req.logit_bias.iter().flatten() {
+    for (k, v) in bias.into_iter().flatten() {
         let id: u32 = k
             .parse()
             .ok()
@@ -433,19 +487,25 @@ fn thinking(
 
 /// The tokens each choice may generate: what the request asked (`asked`), held to the
 /// operator's ceiling (`cap`: a request for more is served up to it, with
-/// `finish_reason: "length"`), and then to what fits the context window beside the prompt.
-fn max_tokens(
+/// `finish_reason: "length"`), and then to what fits the context window beside the prompt,
+/// which the 400 calls by its field (`input`: `messages` or `prompt`).
+pub(crate) fn max_tokens(
+    input: &str,
     prompt: usize,
     context_length: usize,
     asked: Option<(&'static str, i64)>,
     cap: Option<usize>,
 ) -> Result<usize, HttpError> {
     let ctx = context_length;
+    let (takes, shorten) = match input {
+        "messages" => ("the messages take", "the conversation"),
+        _ => ("the prompt takes", "the prompt"),
+    };
     if prompt >= ctx {
         return Err(HttpError::context_exceeded(
-            "messages",
+            input,
             format!(
-                "This model's maximum context length is {ctx} tokens, but the messages take {prompt} tokens; shorten the conversation"
+                "This model's maximum context length is {ctx} tokens, but {takes} {prompt} tokens; shorten {shorten}"
             ),
         ));
     }
@@ -459,7 +519,7 @@ fn max_tokens(
         Some((param, m)) if m as usize > room => Err(HttpError::context_exceeded(
             param,
             format!(
-                "This model's maximum context length is {ctx} tokens; the messages take {prompt} and `{param}` asks for {m}, {} too many",
+                "This model's maximum context length is {ctx} tokens; {takes} {prompt} and `{param}` asks for {m}, {} too many",
                 m as usize - room
             ),
         )),
@@ -489,7 +549,7 @@ pub fn build(
         ));
     }
     let mut asked = asked(&req, limits)?;
-    asked.sampling.logit_bias = logit_bias(&req, model.tokenizer.vocab_size())?;
+    asked.sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), model.tokenizer.vocab_size())?;
     let engine = &model.engine;
     let context_length = engine.context_length();
 
@@ -503,41 +563,59 @@ pub fn build(
         .map_err(|e| bad("messages", e.to_string()))?;
     let prompt = encode_prompt(&model.tokenizer, &text);
     let max_tokens = max_tokens(
+        "messages",
         prompt.len(),
         context_length,
         asked.max_tokens,
         limits.max_output_tokens,
     )?;
 
-    let choices = (0..asked.n)
-        .map(|i| {
-            let mut sampling = asked.sampling.clone();
-            // Choice i of a seeded request is reproducible and differs from choice j.
-            sampling.seed = asked.seed.map(|s| s.wrapping_add(i));
-            GenerateRequest {
-                prompt: prompt.clone(),
-                sampling,
-                fallback_seed: fresh_seed(),
-                max_tokens,
-                stop: asked.stop.clone(),
-                logprobs: asked.logprobs.then_some(asked.top_logprobs),
-                thinking_budget,
-            }
-        })
-        .collect();
-    Ok(ChatJob {
+    let choices = asked.choices(0, asked.n, |_| GenerateRequest {
+        prompt: prompt.clone(),
+        sampling: asked.sampling.clone(),
+        fallback_seed: 0,
+        max_tokens,
+        stop: asked.stop.clone(),
+        logprobs: asked.logprobs.then_some(asked.top_logprobs),
+        prompt_logprobs: None,
+        thinking_budget,
+    });
+    Ok(Job {
         prompt_tokens: prompt.len(),
+        prompts: vec![prompt.len()],
         model_id: model_id.to_owned(),
         model,
         stream: req.stream.unwrap_or(false),
-        include_usage: req
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: include_usage(req.stream_options.as_ref()),
         logprobs: asked.logprobs,
         choices,
     })
+}
+
+/// `stream_options.include_usage`, off unless asked.
+pub(crate) fn include_usage(options: Option<&StreamOptions>) -> bool {
+    options.and_then(|o| o.include_usage).unwrap_or(false)
+}
+
+impl Asked {
+    /// `count` engine requests made by `make`, each given its seed: choice `first + i` of
+    /// a seeded request is reproducible and differs from every other choice, and an
+    /// unseeded one gets a fresh seed.
+    pub(crate) fn choices(
+        &self,
+        first: u64,
+        count: u64,
+        make: impl Fn(u64) -> GenerateRequest,
+    ) -> Vec<GenerateRequest> {
+        (first..first + count)
+            .map(|i| {
+                let mut r = make(i);
+                r.sampling.seed = self.seed.map(|s| s.wrapping_add(i));
+                r.fallback_seed = fresh_seed();
+                r
+            })
+            .collect()
+    }
 }
 
 /// Tokenizes a rendered prompt with special tokens parsed. Templates that print the BOS
@@ -651,27 +729,30 @@ mod tests {
             e.body.param.unwrap()
         };
         assert_eq!(
-            exceeded(max_tokens(100, 100, None, None).unwrap_err()),
+            exceeded(max_tokens("messages", 100, 100, None, None).unwrap_err()),
             "messages"
         );
         assert_eq!(
-            exceeded(max_tokens(90, 100, Some(("max_tokens", 11)), None).unwrap_err()),
+            exceeded(max_tokens("messages", 90, 100, Some(("max_tokens", 11)), None).unwrap_err()),
             "max_tokens"
         );
         assert_eq!(
-            max_tokens(90, 100, Some(("max_tokens", 10)), None).unwrap(),
+            max_tokens("messages", 90, 100, Some(("max_tokens", 10)), None).unwrap(),
             10
         );
-        assert_eq!(max_tokens(90, 100, None, None).unwrap(), 10);
+        assert_eq!(max_tokens("messages", 90, 100, None, None).unwrap(), 10);
         // The ceiling applies before the context check: asking for more is served up to it.
         assert_eq!(
-            max_tokens(90, 100, Some(("max_tokens", 50)), Some(4)).unwrap(),
+            max_tokens("messages", 90, 100, Some(("max_tokens", 50)), Some(4)).unwrap(),
             4
         );
-        assert_eq!(max_tokens(90, 100, None, Some(4)).unwrap(), 4);
-        assert_eq!(max_tokens(98, 100, None, Some(4)).unwrap(), 2);
+        assert_eq!(max_tokens("messages", 90, 100, None, Some(4)).unwrap(), 4);
+        assert_eq!(max_tokens("messages", 98, 100, None, Some(4)).unwrap(), 2);
         assert_eq!(
-            param(max_tokens(1, 100, Some(("max_completion_tokens", 0)), None).unwrap_err()),
+            param(
+                max_tokens("messages", 1, 100, Some(("max_completion_tokens", 0)), None)
+                    .unwrap_err()
+            ),
             "max_completion_tokens"
         );
     }

@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_body_bytes;
     let v1 = Router::new()
         .route("/chat/completions", post(routes::chat::chat_completions))
+        .route("/completions", post(routes::completions::completions))
         .route("/embeddings", post(routes::proxy::embeddings))
         .route("/rerank", post(routes::proxy::rerank))
         .route("/models", get(routes::models::list))

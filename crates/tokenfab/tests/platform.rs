@@ -713,3 +713,51 @@ fn a_client_that_hangs_up_on_a_plain_answer_pays_for_what_was_generated() {
         assert_eq!(5_000_000 - bal, expected);
     });
 }
+
+/// `/v1/completions` goes through the same keys, prices and ledger as chat: a batch is
+/// charged exactly for every prompt and every generated token, a stream for what its usage
+/// chunk says, and a key without balance is refused on the paid model only.
+#[test]
+fn completions_are_charged_like_chat() {
+    let ledger = temp_db("ledger");
+    let db = ledger.sqlite_url();
+    let rich = account(&db, "rich", "10.00");
+    let poor = account(&db, "poor", "0");
+    let cfg = config("");
+    let s = serve(&db, &cfg, &[]);
+    run(async {
+        let complete = |key: &str, body: Value| {
+            client()
+                .post(s.url("/v1/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+        };
+        let (b0, _) = balance(&s, "rich").await;
+        let batch = json!({"model": "test/paid", "prompt": ["Red, green and", "One, two,"],
+            "n": 2, "max_tokens": 5, "temperature": 0});
+        let r = complete(&rich, batch).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let (b1, held) = settled(&s, "rich").await;
+        assert_eq!((b0 - b1, held), (cost(&v["usage"]), 0), "{v}");
+
+        let streamed = json!({"model": "test/paid", "prompt": "Red, green and", "max_tokens": 5,
+            "stream": true, "stream_options": {"include_usage": true}});
+        let text = complete(&rich, streamed)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let usage = stream_usage(&text);
+        let (b2, _) = settled(&s, "rich").await;
+        assert_eq!(b1 - b2, cost(&usage), "{text}");
+
+        let paid = json!({"model": "test/paid", "prompt": "Hi", "max_tokens": 2});
+        let status = complete(&poor, paid).await.unwrap().status().as_u16();
+        assert!(status == 402 || status == 403, "{status}");
+        let free = json!({"model": "test/free", "prompt": "Hi", "max_tokens": 2});
+        assert_eq!(complete(&poor, free).await.unwrap().status(), 200);
+    });
+}

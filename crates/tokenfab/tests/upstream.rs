@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use common::stub::Stub;
+use common::stub::{COMPLETIONS, Stub};
 use common::{MODEL, Server, run, temp_db};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -946,6 +946,113 @@ fn upstream_requests_are_billed_from_usage_or_the_tokenizer() {
         assert!(v["usage"]["completion_tokens"].as_i64().unwrap() > 0, "{v}");
         let b4 = settled_balance(&s, "buyer").await;
         assert_eq!(b3 - b4, cost(&v["usage"]), "{v}");
+    });
+}
+
+/// `/v1/completions` is forwarded to the upstream's `/v1/completions` like chat: the
+/// model renamed, streams passed on with usage asked upstream and sent only when asked
+/// for, and billed from the upstream's usage or, without one, the model's tokenizer.
+#[test]
+fn completions_are_proxied_and_billed_like_chat() {
+    let stub = Stub::start();
+    let prices =
+        "input_per_million = \"1000\"\noutput_per_million = \"2000\"\ncontext_length = 4096";
+    let toml = [
+        model("up/paid", prices, &[backend(&stub.base(), "plain", "")]),
+        model(
+            "up/counted",
+            &format!("{prices}\ntokenizer = \"{MODEL}\""),
+            &[backend(&stub.base(), "no-usage", "")],
+        ),
+    ]
+    .concat();
+    let (s, _) = serve(&toml, &["--admin-key", ADMIN]);
+    run(async {
+        admin(&s, "/admin/accounts", Some(json!({"name": "coder"}))).await;
+        let credit = json!({"amount": "100.00"});
+        admin(&s, "/admin/accounts/coder/credit", Some(credit)).await;
+        let k = admin(&s, "/admin/keys", Some(json!({"account": "coder"}))).await;
+        let key = k["key"].as_str().unwrap().to_owned();
+        let key = Some(key.as_str());
+        let body = |m: &str| json!({"model": m, "prompt": "Say hello.", "max_tokens": 9});
+        let last_sent = || {
+            let sent = stub.requests();
+            sent.into_iter().rfind(|r| r.path == COMPLETIONS).unwrap()
+        };
+
+        let b0 = settled_balance(&s, "coder").await;
+        let (status, v) = ask(&s, key, "/v1/completions", &body("up/paid")).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            (v["model"].as_str(), v["object"].as_str()),
+            (Some("up/paid"), Some("text_completion"))
+        );
+        assert_eq!(v["choices"][0]["text"], PLAIN);
+        let sent = last_sent();
+        assert_eq!(sent.body["model"], "plain");
+        assert_eq!(sent.body["prompt"], "Say hello.");
+        let b1 = settled_balance(&s, "coder").await;
+        assert_eq!(b0 - b1, 11 * 1000 + 5 * 2000, "{v}");
+
+        let mut streamed = body("up/paid");
+        streamed["stream"] = json!(true);
+        let events = send(&s, key, "/v1/completions", &streamed)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let events = common::sse_events(&events);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, PLAIN);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["model"] == "up/paid" && c["usage"].is_null())
+        );
+        assert_eq!(last_sent().body["stream_options"]["include_usage"], true);
+        let b2 = settled_balance(&s, "coder").await;
+        assert_eq!(b1 - b2, 11 * 1000 + 5 * 2000);
+
+        // No usage upstream: the prompt and the text are counted with the tokenizer, and
+        // the one usage chunk asked for is a text completion's.
+        streamed["model"] = json!("up/counted");
+        streamed["stream_options"] = json!({"include_usage": true});
+        let events = send(&s, key, "/v1/completions", &streamed)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let events = common::sse_events(&events);
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(
+            (last["choices"].clone(), last["object"].clone()),
+            (json!([]), json!("text_completion"))
+        );
+        let usage = last["usage"].clone();
+        assert!(usage["completion_tokens"].as_i64().unwrap() > 0, "{usage}");
+        let b3 = settled_balance(&s, "coder").await;
+        assert_eq!(b2 - b3, cost(&usage), "{usage}");
+
+        let (status, v) = ask(
+            &s,
+            key,
+            "/v1/completions",
+            &json!({"model": "up/paid", "prompt": 3}),
+        )
+        .await;
+        assert_eq!(
+            (status, v["error"]["param"].as_str()),
+            (400, Some("prompt")),
+            "{v}"
+        );
     });
 }
 

@@ -78,14 +78,16 @@ pub enum StreamError {
     Upstream(String),
 }
 
-/// Rewrites a chat stream event by event.
+/// Rewrites a chat stream (or a legacy completion's, whose choices carry `text`) event by
+/// event.
 pub struct StreamFilter {
     client_model: String,
     tags: Option<ThinkTags>,
     splitters: HashMap<u64, ReasoningSplitter>,
     /// The upstream's last usage report.
     usage: Option<Value>,
-    /// `id`, `created` and `system_fingerprint` of the last chunk, for the usage chunk.
+    /// `id`, `object`, `created` and `system_fingerprint` of the last chunk, for the
+    /// usage chunk.
     meta: Map<String, Value>,
     /// The thought and the answer passed on, for counting what the upstream did not.
     thought: String,
@@ -126,7 +128,7 @@ impl StreamFilter {
             return Err(StreamError::Upstream(err.to_string()));
         }
         obj.insert("model".into(), Value::String(self.client_model.clone()));
-        for key in ["id", "created", "system_fingerprint"] {
+        for key in ["id", "object", "created", "system_fingerprint"] {
             if let Some(x) = obj.get(key) {
                 self.meta.insert(key.into(), x.clone());
             }
@@ -153,8 +155,12 @@ impl StreamFilter {
         let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
         let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
         self.cut |= c["finish_reason"] == "length";
+        let says_more = c.get("logprobs").is_some_and(|l| !l.is_null());
         let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) else {
-            return finished;
+            // A legacy completion's chunk: its text passes as it is.
+            let text = c.get("text").and_then(Value::as_str).unwrap_or_default();
+            self.answer.push_str(text);
+            return finished || says_more || !text.is_empty();
         };
         let mut split = Split {
             reasoning: thought_field(delta),
@@ -187,7 +193,6 @@ impl StreamFilter {
         if !split.content.is_empty() {
             delta.insert("content".into(), Value::String(split.content));
         }
-        let says_more = c.get("logprobs").is_some_and(|l| !l.is_null());
         let delta_len = c["delta"].as_object().map_or(0, Map::len);
         finished || says_more || delta_len > 0
     }
@@ -220,7 +225,8 @@ impl StreamFilter {
     /// The usage chunk to end a stream with.
     pub fn usage_chunk(&self, usage: Value) -> String {
         let mut obj = self.meta.clone();
-        obj.insert("object".into(), json!("chat.completion.chunk"));
+        obj.entry("object")
+            .or_insert(json!("chat.completion.chunk"));
         obj.insert("model".into(), Value::String(self.client_model.clone()));
         obj.insert("choices".into(), json!([]));
         obj.insert("usage".into(), usage);

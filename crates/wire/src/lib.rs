@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
+//! - [`completions`]: `POST /v1/completions` (legacy text completion), with its own
+//!   `logprobs` form; `usage`, `stop` and finish reasons are chat's.
 //! - [`models`]: `GET /v1/models`.
 //! - [`error`]: the one error body every failing route returns.
 //! - [`usage`]: [`usage::TokenUsage`], the token counts every layer passes, and the one
@@ -12,6 +14,7 @@
 //! validation of values (ranges, limits) belongs to the server, which knows the model.
 
 pub mod chat;
+pub mod completions;
 pub mod error;
 pub mod models;
 pub mod time;

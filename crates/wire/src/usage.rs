@@ -81,6 +81,21 @@ impl TokenUsage {
     }
 }
 
+/// Sequences over different prompts (a completion request's batch of prompts): every
+/// count adds up, the prompts' too.
+impl std::ops::Add for TokenUsage {
+    type Output = TokenUsage;
+
+    fn add(self, other: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            prompt: self.prompt + other.prompt,
+            cached: self.cached + other.cached,
+            completion: self.completion + other.completion,
+            reasoning: self.reasoning + other.reasoning,
+        }
+    }
+}
+
 impl From<TokenUsage> for Usage {
     fn from(u: TokenUsage) -> Usage {
         Usage {
@@ -121,6 +136,11 @@ mod tests {
             (10, 8, 12, 4)
         );
         assert_eq!(TokenUsage::default().merge(a), a);
+        let both = a + b;
+        assert_eq!(
+            (both.prompt, both.cached, both.completion, both.reasoning),
+            (20, 12, 12, 4)
+        );
         let wire = Usage::from(m);
         assert_eq!(
             (wire.total_tokens, wire.prompt_tokens_details.cached_tokens),

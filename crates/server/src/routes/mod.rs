@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod chat;
+pub mod completions;
+pub mod local;
 pub mod models;
 pub mod proxy;
 pub mod user;

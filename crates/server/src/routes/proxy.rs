@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 
 mod counting;
 
-use counting::{Counted, count_prompt, count_text, reported, usage_value, used};
+use counting::{
+    Counted, count_completion_prompt, count_prompt, count_text, reported, usage_value, used,
+};
 
 use crate::error::HttpError;
 use crate::routes::{admit, model_request, settle, sse, sse_response, with_rate_headers};
@@ -105,6 +107,92 @@ pub async fn chat(
     if let Err(e) = up.dialect.rewrite_thinking(obj) {
         return bad(e.field, &e.to_string());
     }
+    let prompt = Counted {
+        tokens: prompt,
+        source: prompt_source,
+    };
+    generate(state, caller, entry, up, body, prompt, affinity, Path::Chat).await
+}
+
+/// `POST /v1/completions` for an upstream model: forwarded like chat; the prompt is
+/// counted with the model's tokenizer (token-id prompts exactly), and its batch of prompts
+/// multiplies what the request may cost.
+pub async fn completions(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    up: &Arc<UpstreamModel>,
+    body: Value,
+) -> Response {
+    let prompts = match body.get("prompt") {
+        Some(Value::String(_)) => 1,
+        Some(Value::Array(a)) if !a.is_empty() => {
+            if a.iter().all(Value::is_u64) {
+                1
+            } else {
+                a.len() as u64
+            }
+        }
+        _ => {
+            return bad(
+                "prompt",
+                "`prompt` must be a string, an array of strings, or token ids",
+            );
+        }
+    };
+    let prompt = count_completion_prompt(up, &body["prompt"]);
+    let affinity = up
+        .pool
+        .affinity()
+        .then(|| prefix_key(std::slice::from_ref(&body["prompt"])));
+    generate(
+        state,
+        caller,
+        entry,
+        up,
+        body,
+        prompt,
+        affinity,
+        Path::Completions { prompts },
+    )
+    .await
+}
+
+/// Which generating endpoint a request is for.
+#[derive(Clone, Copy)]
+enum Path {
+    Chat,
+    /// With the number of prompts in the batch.
+    Completions {
+        prompts: u64,
+    },
+}
+
+impl Path {
+    fn upstream(self) -> &'static str {
+        match self {
+            Path::Chat => "chat/completions",
+            Path::Completions { .. } => "completions",
+        }
+    }
+}
+
+/// The forwarding every generating request shares: the operator's ceiling on
+/// `max_tokens`, the most it can cost reserved, usage asked of a streaming upstream.
+#[allow(clippy::too_many_arguments)]
+async fn generate(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    up: &Arc<UpstreamModel>,
+    mut body: Value,
+    prompt: Counted,
+    affinity: Option<u64>,
+    path: Path,
+) -> Response {
+    let obj = body
+        .as_object_mut()
+        .expect("model_request checked an object");
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -131,9 +219,17 @@ pub async fn chat(
         obj.insert("max_tokens".into(), json!(m));
     }
     let n = obj.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    // A completion generates `best_of` candidates for each of its prompts.
+    let n = match path {
+        Path::Chat => n,
+        Path::Completions { prompts } => {
+            let best_of = obj.get("best_of").and_then(Value::as_u64).unwrap_or(1);
+            n.max(best_of).min(1 << 16) * prompts
+        }
+    };
     // No request generates 2^31 tokens: a larger `max_tokens` is held to that.
     let per_choice = max_tokens
-        .unwrap_or_else(|| up.context_length.saturating_sub(prompt as usize) as u64)
+        .unwrap_or_else(|| up.context_length.saturating_sub(prompt.tokens as usize) as u64)
         .min(1 << 31);
     let most = n.min(1 << 16) * per_choice;
     if stream {
@@ -143,21 +239,21 @@ pub async fn chat(
         }
         opts["include_usage"] = json!(true);
     }
-    crate::request_id::note_prompt(prompt);
-    tracing::debug!(stream, "chat completion (upstream)");
-    let admission = match admit(state, caller, &entry.id, prompt, most).await {
+    crate::request_id::note_prompt(prompt.tokens);
+    tracing::debug!(stream, path = path.upstream(), "generation (upstream)");
+    let admission = match admit(state, caller, &entry.id, prompt.tokens, most).await {
         Ok(a) => a,
         Err(refused) => return refused,
     };
     let standing = admission.as_ref().map(Admission::standing);
-    let prompt = Counted {
-        tokens: prompt,
-        source: prompt_source,
-    };
+    let path = path.upstream();
     let resp = if stream {
-        chat_stream(entry, up, body, affinity, admission, prompt, want_usage).await
+        chat_stream(
+            entry, up, body, affinity, admission, prompt, want_usage, path,
+        )
+        .await
     } else {
-        chat_whole(entry, up, body, affinity, admission, prompt).await
+        chat_whole(entry, up, body, affinity, admission, prompt, path).await
     };
     with_rate_headers(resp, standing)
 }
@@ -169,8 +265,9 @@ async fn chat_whole(
     affinity: Option<u64>,
     admission: Option<Admission>,
     prompt: Counted,
+    path: &str,
 ) -> Response {
-    let mut v = match client::send_whole(&up.pool, "chat/completions", &mut body, affinity).await {
+    let mut v = match client::send_whole(&up.pool, path, &mut body, affinity).await {
         Ok(Answer { body, .. }) => body,
         Err(f) => {
             settle(admission, prompt.alone(), Outcome::Error).await;
@@ -186,10 +283,12 @@ async fn chat_whole(
     let field = |k: &str| -> String {
         choices
             .iter()
-            .filter_map(|c| c["message"][k].as_str())
+            .filter_map(|c| c["message"][k].as_str().or(c[k].as_str()))
             .collect()
     };
-    let (thought, answer) = (field("reasoning_content"), field("content"));
+    // A chat choice's `message`; a completion choice's `text`.
+    let thought = field("reasoning_content");
+    let answer = field("content") + &field("text");
     let (usage, source) = match v
         .get("usage")
         .and_then(|u| reported(up.counter.as_ref(), u, &thought))
@@ -206,6 +305,7 @@ async fn chat_whole(
     axum::Json(v).into_response()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn chat_stream(
     entry: &Arc<ModelEntry>,
     up: &Arc<UpstreamModel>,
@@ -214,11 +314,12 @@ async fn chat_stream(
     admission: Option<Admission>,
     prompt: Counted,
     want_usage: bool,
+    path: &str,
 ) -> Response {
     let Answer {
         body: mut upstream,
         lease,
-    } = match client::send_stream(&up.pool, "chat/completions", &mut body, affinity).await {
+    } = match client::send_stream(&up.pool, path, &mut body, affinity).await {
         Ok(a) => a,
         Err(f) => {
             settle(admission, prompt.alone(), Outcome::Error).await;

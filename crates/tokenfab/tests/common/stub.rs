@@ -2,7 +2,8 @@
 //! port, on a thread (and tokio runtime) of its own so it outlives any one test runtime.
 //!
 //! It records every request, counts streams its client abandoned, can be made unhealthy,
-//! and answers chat by the request's `model` (the upstream name tokenfab sends):
+//! and answers chat (and legacy completions, the same script as `choices[].text`) by the
+//! request's `model` (the upstream name tokenfab sends):
 //! `plain`, `think-inline`, `reasoning-field`, `reasoning-content`, `no-usage`, `slow`,
 //! `fail-mid`, `status-500`, `status-400`, `status-429` (with `retry-after: 7`), `hang`,
 //! `silent-500` (an error's head, then nothing of the body it promised) (any other name
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 pub const CHAT: &str = "/v1/chat/completions";
+pub const COMPLETIONS: &str = "/v1/completions";
 const PLAIN: &str = "Hello from the stub.";
 const USAGE: (u64, u64) = (11, 5);
 
@@ -170,7 +172,8 @@ async fn handle(
                 .collect();
             Json(json!({"object": "list", "data": data})).into_response()
         }
-        (Method::POST, CHAT) => chat(&s, &body).await,
+        (Method::POST, CHAT) => chat(&s, &body, false).await,
+        (Method::POST, COMPLETIONS) => chat(&s, &body, true).await,
         (Method::POST, "/v1/embeddings") => embeddings(&body),
         (Method::POST, "/v1/rerank") => rerank(&body),
         _ => (
@@ -240,7 +243,8 @@ fn script(model: &str) -> Script {
     s
 }
 
-async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
+/// A chat answer, or with `legacy` a text completion's (the answer's text in `text`).
+async fn chat(s: &Arc<Shared>, req: &Value, legacy: bool) -> Response {
     let model = req["model"].as_str().unwrap_or_default().to_owned();
     match model.as_str() {
         "status-500" => {
@@ -275,7 +279,7 @@ async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
     let script = script(&model);
     if req["stream"].as_bool() == Some(true) {
         let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
-        stream(s.clone(), &model, script, include_usage)
+        stream(s.clone(), &model, script, include_usage, legacy)
     } else {
         tokio::time::sleep(script.delay).await;
         let mut message = json!({"role": "assistant", "content": ""});
@@ -290,6 +294,11 @@ async fn chat(s: &Arc<Shared>, req: &Value) -> Response {
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         });
+        if legacy {
+            answer["object"] = json!("text_completion");
+            answer["choices"] =
+                json!([{"index": 0, "text": message["content"], "finish_reason": "stop"}]);
+        }
         if script.usage {
             answer["usage"] = usage();
         }
@@ -315,19 +324,35 @@ impl Drop for Guard {
     }
 }
 
-fn stream(shared: Arc<Shared>, model: &str, script: Script, include_usage: bool) -> Response {
+fn stream(
+    shared: Arc<Shared>,
+    model: &str,
+    script: Script,
+    include_usage: bool,
+    legacy: bool,
+) -> Response {
+    let object = if legacy {
+        "text_completion"
+    } else {
+        "chat.completion.chunk"
+    };
     let chunk = |choices: Value| {
         json!({
             "id": "chatcmpl-stub",
-            "object": "chat.completion.chunk",
+            "object": object,
             "created": 1700000000,
             "model": model,
             "choices": choices,
         })
         .to_string()
     };
-    let delta =
-        |d: Value, finish: Value| chunk(json!([{"index": 0, "delta": d, "finish_reason": finish}]));
+    let delta = |d: Value, finish: Value| match legacy {
+        false => chunk(json!([{"index": 0, "delta": d, "finish_reason": finish}])),
+        true => {
+            let text = d["content"].as_str().unwrap_or_default();
+            chunk(json!([{"index": 0, "text": text, "finish_reason": finish}]))
+        }
+    };
     // (wait before, data); `None` data breaks the connection.
     let mut steps: VecDeque<(Duration, Option<String>)> = VecDeque::new();
     steps.push_back((

@@ -43,6 +43,41 @@ pub(super) fn count_prompt(up: &UpstreamModel, messages: &[Value]) -> (u64, Sour
     )
 }
 
+/// A completion's prompt (a string, strings, token ids or lists of them): token ids are
+/// counted exactly, text with the model's tokenizer where there is one.
+pub(super) fn count_completion_prompt(up: &UpstreamModel, prompt: &Value) -> Counted {
+    let ids = |v: &Value| {
+        v.as_array()
+            .filter(|a| a.iter().all(Value::is_u64))
+            .map(Vec::len)
+    };
+    let one = |v: &Value| match (v.as_str(), ids(v)) {
+        (Some(text), _) => match &up.counter {
+            Some(c) => (
+                encode_prompt(&c.tokenizer, text).len() as u64,
+                Source::Counted,
+            ),
+            None => count_text(None, text),
+        },
+        (None, Some(n)) => (n as u64, Source::Counted),
+        (None, None) => count_text(up.counter.as_ref(), &v.to_string()),
+    };
+    let parts: Vec<(u64, Source)> = match prompt {
+        Value::Array(a) if ids(prompt).is_none() => a.iter().map(one).collect(),
+        v => vec![one(v)],
+    };
+    parts.into_iter().fold(
+        Counted {
+            tokens: 0,
+            source: Source::Counted,
+        },
+        |all, (tokens, source)| Counted {
+            tokens: all.tokens + tokens,
+            source: weaker(all.source, source),
+        },
+    )
+}
+
 pub(super) fn used(tokens: TokenUsage, source: Source) -> Used {
     Used { tokens, source }
 }
