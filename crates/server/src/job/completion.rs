@@ -233,6 +233,8 @@ pub fn build(
             logprobs: logprobs.or((best_of > n).then_some(0)),
             prompt_logprobs: logprobs.filter(|_| echo),
             thinking_budget: None,
+            // A completion's text is everything the model wrote.
+            split_thought: false,
         }));
         prompts.push(ids.len());
         echoes.push(Echo { text, tokens: ids });

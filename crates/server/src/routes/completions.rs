@@ -2,8 +2,9 @@
 //! [`crate::job::completion`]) rendered as the legacy text-completion answer, whole or
 //! streamed; an upstream model's request is proxied ([`proxy::completions`]).
 //!
-//! Each choice's text is everything the model wrote (a reasoning model's thought
-//! included: the fold's two fields, in order), after the echoed prompt when `echo`.
+//! Each choice's text is everything the model wrote (a reasoning model's thought and its
+//! tags included: the engine does not split it for completions), after the echoed prompt
+//! when `echo`.
 
 use std::sync::Arc;
 
@@ -145,8 +146,8 @@ fn collect(
     let tok = &job.job.model.tokenizer;
     match step {
         Step::Text { text, token, .. } => {
-            let mut piece = text.reasoning;
-            piece.push_str(&text.content);
+            // Nothing is split out of a completion (`split_thought: false`): all is content.
+            let piece = text.content;
             if let Some((id, lp)) = token {
                 c.sum += f64::from(lp.logprob);
                 c.count += 1;
