@@ -9,8 +9,9 @@
 # there, it does nothing. Prints the directory holding the binaries on its last line.
 set -euo pipefail
 
-version=0.3.36
-dest="${TOKENFAB_REFERENCE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenfab/llama.cpp-$version}"
+# shellcheck source=bench/reference-source.sh
+. "$(dirname "$0")/reference-source.sh"
+dest="${TOKENFAB_REFERENCE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenfab/llama.cpp-$reference_version}"
 bin="$dest/bin"
 jobs="${TOKENFAB_REFERENCE_JOBS:-2}"
 
@@ -21,32 +22,8 @@ if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-server" ]; then
 fi
 mkdir -p "$dest"
 
-# cmake: the system's if it has one, else a private venv in the cache (no root needed and
-# nothing installed into the user's Python).
-cmake_bin=$(command -v cmake || true)
-if [ -z "$cmake_bin" ]; then
-  if [ ! -x "$dest/cmake-venv/bin/cmake" ]; then
-    echo "== cmake not found: installing it into $dest/cmake-venv" >&2
-    python3 -m venv "$dest/cmake-venv"
-    "$dest/cmake-venv/bin/python" -m pip install --quiet --disable-pip-version-check 'cmake>=3.25,<5'
-  fi
-  cmake_bin="$dest/cmake-venv/bin/cmake"
-fi
-
-# The source: the sdist only (`--no-binary llama-cpp-python`, not `:all:`, which would
-# try to build cmake itself from source as a build dependency).
-src="$dest/src"
-if [ ! -f "$src/CMakeLists.txt" ]; then
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  echo "== fetching llama-cpp-python $version's source distribution" >&2
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-    --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$tmp"
-  tar xzf "$tmp/llama_cpp_python-$version.tar.gz" -C "$tmp" \
-    "llama_cpp_python-$version/vendor/llama.cpp"
-  rm -rf "$src"
-  mv "$tmp/llama_cpp_python-$version/vendor/llama.cpp" "$src"
-fi
+cmake_bin=$(reference_cmake "$dest")
+src=$(reference_source "$dest")
 
 echo "== building llama-bench and llama-server (-j$jobs, nice'd; about ten minutes on two cores)" >&2
 nice -n 19 "$cmake_bin" -S "$src" -B "$dest/build" \

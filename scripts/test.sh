@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
-# first run), installs the Python `openai` package for the client tests in .venv, and runs
+# first run), requantizes the test models into every weight type the engine runs
+# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests in .venv, and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
 # (scripts/services.sh), installed from Debian's packages when missing.
@@ -11,14 +12,22 @@ echo "== test assets (tokenizer vectors, reference templates)"
 export TOKENFAB_TEST_ASSETS="${TOKENFAB_TEST_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenfab/test-assets}"
 scripts/fetch-test-assets.sh
 
-echo "== models (SmolLM2 is the default model; Qwen2.5-Coder-0.5B covers the qwen2 architecture)"
+echo "== models (SmolLM2 is the default model; Qwen2.5-Coder-0.5B covers qwen2, gemma-3-270m gemma3)"
 cargo build --release --locked
 # `models fetch` prints the cached file's path; the engine's tests read the files there.
 TOKENFAB_TEST_MODEL="$(cargo run -q --release --locked -- models fetch HuggingFaceTB/SmolLM2-135M-Instruct)"
 TOKENFAB_TEST_MODEL_QWEN="$(cargo run -q --release --locked -- models fetch Qwen/Qwen2.5-Coder-0.5B-Instruct)"
-export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN
+TOKENFAB_TEST_MODEL_GEMMA="$(cargo run -q --release --locked -- models fetch google/gemma-3-270m)"
+export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA
 echo "$TOKENFAB_TEST_MODEL"
 echo "$TOKENFAB_TEST_MODEL_QWEN"
+echo "$TOKENFAB_TEST_MODEL_GEMMA"
+
+echo "== requantized real-weight files (every weight type; llama-quantize is built once, cached)"
+# The last line is the folder; crates/engine/tests/requantized.rs reads the files there.
+TOKENFAB_REQUANTIZED="$(scripts/requantize.sh | tail -n 1)"
+export TOKENFAB_REQUANTIZED
+echo "$TOKENFAB_REQUANTIZED"
 
 echo "== Python client for the seed programs"
 if [ ! -x .venv/bin/python ]; then

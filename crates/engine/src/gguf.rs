@@ -119,6 +119,8 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    IQ4NL,
+    IQ4XS,
     BF16,
     Other(u32),
 }
@@ -140,6 +142,8 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            20 => GgmlType::IQ4NL,
+            23 => GgmlType::IQ4XS,
             30 => GgmlType::BF16,
             other => GgmlType::Other(other),
         }
@@ -163,8 +167,55 @@ impl GgmlType {
             GgmlType::Q5K => (256, 176),
             GgmlType::Q6K => (256, 210),
             GgmlType::Q8K => (256, 292),
+            GgmlType::IQ4NL => (32, 18),
+            GgmlType::IQ4XS => (256, 136),
             GgmlType::Other(_) => return None,
         })
+    }
+}
+
+/// ggml's own names (`Q4_K`, `IQ4_XS`), which users know from file names and
+/// llama-quantize, for every type id ggml defines; unknown ids print as `type N`.
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q8_1 => "Q8_1",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::Q8K => "Q8_K",
+            GgmlType::IQ4NL => "IQ4_NL",
+            GgmlType::IQ4XS => "IQ4_XS",
+            GgmlType::BF16 => "BF16",
+            GgmlType::Other(id) => match id {
+                16 => "IQ2_XXS",
+                17 => "IQ2_XS",
+                18 => "IQ3_XXS",
+                19 => "IQ1_S",
+                21 => "IQ3_S",
+                22 => "IQ2_S",
+                24 => "I8",
+                25 => "I16",
+                26 => "I32",
+                27 => "I64",
+                28 => "F64",
+                29 => "IQ1_M",
+                34 => "TQ1_0",
+                35 => "TQ2_0",
+                39 => "MXFP4",
+                id => return write!(f, "type {id}"),
+            },
+        };
+        f.write_str(name)
     }
 }
 
@@ -537,5 +588,14 @@ mod tests {
         let err = GgufFile::open(&p).unwrap_err().to_string();
         assert!(err.contains("not a GGUF"), "{err}");
         std::fs::remove_file(p).ok();
+    }
+
+    #[test]
+    fn types_print_with_ggml_names() {
+        let name = |id| GgmlType::from_id(id).to_string();
+        assert_eq!(name(12), "Q4_K");
+        assert_eq!(name(23), "IQ4_XS");
+        assert_eq!(name(30), "BF16");
+        assert_eq!(name(99), "type 99");
     }
 }

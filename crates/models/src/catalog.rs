@@ -51,6 +51,12 @@ pub struct CatalogEntry {
     pub id: &'static str,
     /// One line for `tokenfab models list`.
     pub description: &'static str,
+    /// The GGUF's `general.architecture`, so `models list` can say whether this build runs
+    /// the model before it is fetched (a test holds it to the file's own value).
+    pub architecture: &'static str,
+    /// The file's quantization preset as llama.cpp names it (`Q4_K_M`): a label for users;
+    /// the exact weight types are the file's and `tokenfab models inspect` lists them.
+    pub format: &'static str,
     /// File name in the cache, e.g. `SmolLM2-135M-Instruct.Q4_1.gguf`.
     pub file_name: &'static str,
     /// Exact size in bytes; a cached file of this size is trusted without re-hashing.
@@ -98,6 +104,8 @@ static CATALOG: [CatalogEntry; 4] = [
     CatalogEntry {
         id: "HuggingFaceTB/SmolLM2-135M-Instruct",
         description: "SmolLM2 135M Instruct, Q4_1 (98 MB): tiny, fast, the default",
+        architecture: "llama",
+        format: "Q4_1",
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         size: 98_362_432,
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -106,6 +114,8 @@ static CATALOG: [CatalogEntry; 4] = [
     CatalogEntry {
         id: "google/gemma-3-270m",
         description: "Gemma 3 270M, Q4_K_M (253 MB)",
+        architecture: "gemma3",
+        format: "Q4_K_M",
         file_name: "gemma-3-270m-q4_k_m.gguf",
         size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -114,6 +124,8 @@ static CATALOG: [CatalogEntry; 4] = [
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
         description: "Qwen2.5 Coder 0.5B Instruct, Q4_K_M (491 MB)",
+        architecture: "qwen2",
+        format: "Q4_K_M",
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -122,6 +134,8 @@ static CATALOG: [CatalogEntry; 4] = [
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
         description: "Qwen2.5 Coder 1.5B Instruct, Q4_K_M (1.1 GB)",
+        architecture: "qwen2",
+        format: "Q4_K_M",
         file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         size: 1_117_320_768,
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",

@@ -88,6 +88,8 @@ fn fake_model(
     let entry = CatalogEntry {
         id: leak(format!("test-org/{name}")),
         description: "test model",
+        architecture: "llama",
+        format: "F32",
         file_name: leak(format!("{name}.gguf")),
         size: whole.len() as u64,
         sha256: leak(sha256.map_or_else(|| sha256_hex(&whole), str::to_owned)),

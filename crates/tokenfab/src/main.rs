@@ -7,6 +7,7 @@
 mod admin;
 mod bench;
 mod config;
+mod inspect;
 mod proxy_bench;
 mod registry;
 
@@ -74,6 +75,12 @@ enum ModelsCommand {
         model: Option<String>,
         #[command(flatten)]
         cache: CacheArgs,
+    },
+    /// What a GGUF file holds (architecture, size, context, weight types, template) and
+    /// whether this build runs it, and if not, exactly why.
+    Inspect {
+        /// A GGUF file.
+        file: PathBuf,
     },
     /// Re-hash a cached catalog model against its published SHA-256.
     Verify {
@@ -178,13 +185,41 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::List(cache) => {
             let dir = cache.dir();
-            println!("{:<40} {:>12}  cached", "id", "size");
+            println!(
+                "{:<36} {:<8} {:<7} {:>8}  {:<6} runs here",
+                "id", "arch", "format", "size", "cached"
+            );
             for e in catalog() {
                 let spec: ModelSpec = e.id.parse()?;
-                let cached = if spec.is_cached(&dir) { "yes" } else { "no" };
-                println!("{:<40} {:>9} MB  {cached}", e.id, e.size / 1_000_000);
+                let cached = spec.is_cached(&dir);
+                let runs = if cached {
+                    // The file itself, header only: its real tensor types and shapes.
+                    let file = e.cache_path(&dir);
+                    match tokenfab_engine::gguf::GgufFile::open(&file)
+                        .and_then(|g| tokenfab_engine::model::check(&g))
+                    {
+                        Ok(()) => "yes".to_string(),
+                        Err(why) => format!("no: {why}"),
+                    }
+                } else if tokenfab_engine::model::supports_architecture(e.architecture) {
+                    "yes (by architecture; fetch to check the file)".to_string()
+                } else {
+                    format!("no: architecture `{}` is not supported", e.architecture)
+                };
+                println!(
+                    "{:<36} {:<8} {:<7} {:>5} MB  {:<6} {runs}",
+                    e.id,
+                    e.architecture,
+                    e.format,
+                    e.size / 1_000_000,
+                    if cached { "yes" } else { "no" }
+                );
             }
             println!("cache: {}", dir.display());
+            Ok(())
+        }
+        ModelsCommand::Inspect { file } => {
+            print!("{}", inspect::report(&file)?);
             Ok(())
         }
         ModelsCommand::Fetch { model, cache } => {

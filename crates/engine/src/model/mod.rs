@@ -122,8 +122,8 @@ impl Loader<'_> {
             return Ok(());
         }
         Err(EngineError::BadModel(format!(
-            "{}: tensor {} has type {:?}, which tokenfab does not support yet (supported: {}); \
-             pick a GGUF quantized as Q4_K_M, Q4_0, Q4_1 or Q8_0",
+            "{}: tensor {} has type {}, which tokenfab does not support yet (supported: {}); \
+             pick a GGUF quantized as one of those, e.g. Q4_K_M, Q5_K_M, IQ4_XS or Q8_0",
             self.path(),
             t.name,
             t.ty,
@@ -197,28 +197,44 @@ impl Loader<'_> {
     }
 }
 
+/// The architectures [`Model::load`] runs (`general.architecture`).
+const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+
+/// Whether this build runs models of `arch`, for listings made before a file is fetched.
+pub fn supports_architecture(arch: &str) -> bool {
+    ARCHITECTURES.contains(&arch)
+}
+
+/// Whether this build can run the model in `g`, from its header alone: the architecture and
+/// every tensor's type. [`Model::load`] runs it before allocating anything, and
+/// `tokenfab models inspect` prints its answer, which names the first offender.
+pub fn check(g: &GgufFile) -> Result<(), EngineError> {
+    let arch = g.architecture().unwrap_or("<none>");
+    if !supports_architecture(arch) {
+        return Err(EngineError::BadModel(format!(
+            "{}: architecture `{arch}` is not supported; tokenfab runs {}",
+            g.path.display(),
+            ARCHITECTURES.join(", ")
+        )));
+    }
+    let l = Loader { g, arch };
+    // A vocabulary-only GGUF (tokenizer test files) names an architecture but has no weights.
+    l.info("token_embd.weight")?;
+    g.tensors.iter().try_for_each(|t| l.check_type(t))
+}
+
 impl Model {
     /// Reads the configuration and copies the weights out of `g`. Refuses architectures and
     /// tensor types tokenfab cannot run, with a message naming them, rather than failing
     /// (or producing garbage) at the first request.
     pub fn load(g: &GgufFile) -> Result<Model, EngineError> {
+        check(g)?;
         let arch = g.architecture().unwrap_or("<none>");
         let rope_style = match arch {
-            "llama" => RopeStyle::Norm,
             "qwen2" => RopeStyle::Neox,
-            other => {
-                return Err(EngineError::BadModel(format!(
-                    "{}: architecture `{other}` is not supported; tokenfab runs llama and qwen2",
-                    g.path.display()
-                )));
-            }
+            _ => RopeStyle::Norm,
         };
         let l = Loader { g, arch };
-        // Check every tensor's type first so the error names the first offender, whatever
-        // order the weights are loaded in.
-        for t in &g.tensors {
-            l.check_type(t)?;
-        }
         let n_layer = l.meta("block_count")?;
         let n_embd = l.meta("embedding_length")?;
         let n_ff = l.meta("feed_forward_length")?;
@@ -332,7 +348,10 @@ mod tests {
                 ("general.architecture", Kv::Str(arch)),
                 ("llama.block_count", Kv::U32(1)),
             ],
-            &[("blk.0.attn_q.weight", &[block], ty, data)],
+            &[
+                ("token_embd.weight", &[1], 0, vec![0u8; 4]),
+                ("blk.0.attn_q.weight", &[block], ty, data),
+            ],
         );
         let p = write_temp(&file, name);
         let g = GgufFile::open(&p).unwrap();
@@ -349,10 +368,10 @@ mod tests {
 
     #[test]
     fn unsupported_tensor_type_is_refused_by_name() {
-        // Q3_K (type 11): 110 bytes per 256-element block.
-        let e = load("llama", 11, 110, "q3k");
+        // IQ2_XXS (type 16): 66 bytes per 256-element block.
+        let e = load("llama", 16, 66, "iq2xxs");
         assert!(
-            e.contains("blk.0.attn_q.weight") && e.contains("Q3K"),
+            e.contains("blk.0.attn_q.weight") && e.contains("IQ2_XXS"),
             "{e}"
         );
     }

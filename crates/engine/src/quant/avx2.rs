@@ -18,8 +18,9 @@
 
 use std::arch::x86_64::*;
 
+use super::blocks::IQ4_VALUES;
 use super::packed::{F8, Job, Reg, stored_regs};
-use super::{BlockQ8, TOKEN_TILE};
+use super::{BlockQ8, QK8, TOKEN_TILE};
 
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
 /// 32-bit lane, the four products of that lane's bytes.
@@ -102,9 +103,13 @@ unsafe fn bcast4(qs: *const i8, k: usize) -> __m256i {
 }
 
 /// Register `k` of a stored unit `q`, unpacked: `BITS` 8 as stored, narrower ones from
-/// their nibbles (registers `k` and `k + U / 8` share one) and bit planes (see `packed.rs`).
+/// their nibbles (registers `k` and `k + U / 8` share one) and bit planes (see `packed.rs`),
+/// `NL` nibbles looked up in IQ4's code book (plus 128) with one `vpshufb`.
 #[inline(always)]
-unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> __m256i {
+unsafe fn weights<const U: usize, const BITS: u32, const NL: bool>(
+    q: *const Reg,
+    k: usize,
+) -> __m256i {
     // SAFETY: the caller guarantees the unit's registers; AVX2.
     unsafe {
         if BITS == 8 {
@@ -118,6 +123,11 @@ unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> _
             s
         };
         let lo = _mm256_and_si256(s, _mm256_set1_epi8(0x0F));
+        if NL {
+            let lut: [u8; 16] = std::array::from_fn(|i| (IQ4_VALUES[i] as i32 + 128) as u8);
+            let lut = _mm_loadu_si128(lut.as_ptr() as *const __m128i);
+            return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(lut), lo);
+        }
         if BITS == 4 {
             return lo;
         }
@@ -140,8 +150,9 @@ unsafe fn weights<const U: usize, const BITS: u32>(q: *const Reg, k: usize) -> _
     }
 }
 
-/// One token's activations: its Q8 blocks and, for biased formats, its units' integer-sum
-/// starts.
+/// One token's activations: its Q8 blocks and, where the layout has them, its units'
+/// integers (biased formats' integer-sum starts, or the activation sums of offsets per 16;
+/// see `Layout::init_per_token`).
 #[derive(Clone, Copy)]
 struct Tok {
     blocks: *const BlockQ8,
@@ -149,13 +160,13 @@ struct Tok {
 }
 
 /// One block of eight rows against `TT` tokens: the eight rows' results for each token,
-/// lane by lane. `w` points at the block's first unit as stored (`BITS` below 8: unpacked
-/// here) or unpacked; `d` and `m` at its first unit's scales and
+/// lane by lane. `w` points at the block's first unit as stored (`BITS` below 8 or `NL`:
+/// unpacked here) or unpacked; `d` and `m` at its first unit's scales and
 /// offsets.
 ///
 /// # Safety
-/// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only without); the
-/// CPU has AVX2, FMA and what `D` needs.
+/// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only where the
+/// layout has per-token integers); the CPU has AVX2, FMA and what `D` needs.
 #[inline(always)]
 unsafe fn block_tokens<
     D: IDot,
@@ -163,6 +174,7 @@ unsafe fn block_tokens<
     const BITS: u32,
     const MIN: bool,
     const WIDE: bool,
+    const NL: bool,
     const TT: usize,
 >(
     w: *const Reg,
@@ -192,7 +204,7 @@ unsafe fn block_tokens<
             let mut odd = [_mm256_setzero_si256(); TT];
             let wu = w.add(u * stored);
             for k in 0..U / 4 {
-                let wk = weights::<U, BITS>(wu, k);
+                let wk = weights::<U, BITS, NL>(wu, k);
                 for t in 0..TT {
                     let x = bcast4(qs[t], k);
                     if TT == 1 && k % 2 == 1 {
@@ -212,7 +224,13 @@ unsafe fn block_tokens<
                 let s = _mm256_mul_ps(dl, _mm256_set1_ps(a[t].d));
                 f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), s, f[t]);
                 if MIN {
-                    f[t] = _mm256_fmadd_ps(load_f(m.add(u)), _mm256_set1_ps(a[t].s), f[t]);
+                    // Offsets per 16 take the unit's own activation sum, per 32 the block's.
+                    let sum = if U < QK8 {
+                        a[t].d * *toks[t].init.add(u) as f32
+                    } else {
+                        a[t].s
+                    };
+                    f[t] = _mm256_fmadd_ps(load_f(m.add(u)), _mm256_set1_ps(sum), f[t]);
                 }
             }
         }
@@ -225,7 +243,7 @@ unsafe fn block_tokens<
 ///
 /// # Safety
 /// The CPU has AVX2, FMA, F16C and what `D` needs, and the job's layout is `U`, `BITS`,
-/// `MIN`, `WIDE` (its shapes are checked here).
+/// `MIN`, `WIDE`, `NL` (its shapes are checked here).
 #[inline(always)]
 unsafe fn rows_packed<
     D: IDot,
@@ -233,6 +251,7 @@ unsafe fn rows_packed<
     const BITS: u32,
     const MIN: bool,
     const WIDE: bool,
+    const NL: bool,
 >(
     job: &Job<'_>,
     out: &mut [f32],
@@ -247,7 +266,8 @@ unsafe fn rows_packed<
     } = *job;
     let units = p.units;
     let stored = p.layout.stored_regs();
-    let (nb, ni) = (units * U / 32, if MIN { 0 } else { units });
+    let (nb, ni) = (units * U / 32, p.layout.init_per_token(units * U));
+    assert_eq!(ni, if MIN && U == QK8 { 0 } else { units });
     assert!(p.d.len() >= (r0 + n_rows).div_ceil(8) * units);
     assert!(blocks.len() >= n_tok * nb && init.len() >= n_tok * ni && out.len() >= n_rows * n_tok);
     assert!(!MIN || p.m.len() == p.d.len());
@@ -260,28 +280,19 @@ unsafe fn rows_packed<
     // guarantees the CPU features.
     unsafe {
         let (b0, b1) = (r0 / 8, (r0 + n_rows).div_ceil(8));
-        // Writes the lanes of block `b` that fall in the requested rows.
-        let lanes = |b: usize, v: __m256, put: &mut dyn FnMut(usize, f32)| {
-            let mut x = [0.0f32; 8];
-            _mm256_storeu_ps(x.as_mut_ptr(), v);
-            for (j, &x) in x.iter().enumerate() {
-                let r = b * 8 + j;
-                if r >= r0 && r < r0 + n_rows {
-                    put(r - r0, x);
-                }
-            }
-        };
+        // The lanes of block `b` that fall in the requested rows, as indices into them.
+        let lanes = |b: usize| (b * 8).max(r0) - r0..(b * 8 + 8).min(r0 + n_rows) - r0;
         if n_tok == 1 {
             for b in b0..b1 {
                 let at = b * units;
-                let f = block_tokens::<D, U, BITS, MIN, WIDE, 1>(
+                let f = block_tokens::<D, U, BITS, MIN, WIDE, NL, 1>(
                     p.q.as_ptr().add(at * stored),
                     p.d.as_ptr().add(at),
                     p.m.as_ptr().wrapping_add(at),
                     units,
                     &[tok(0)],
                 );
-                lanes(b, f[0], &mut |r, x| out[r] = x);
+                put_tokens(&f, b * 8, r0, lanes(b), 1, 0, out);
             }
             return;
         }
@@ -299,7 +310,8 @@ unsafe fn rows_packed<
                         let q = p.q.as_ptr().add((at + u) * stored);
                         for k in 0..U / 4 {
                             let dst = scratch.as_mut_ptr().add(u * (U / 4) + k);
-                            _mm256_store_si256(dst as *mut __m256i, weights::<U, BITS>(q, k));
+                            let wk = weights::<U, BITS, NL>(q, k);
+                            _mm256_store_si256(dst as *mut __m256i, wk);
                         }
                     }
                     scratch.as_ptr()
@@ -312,10 +324,10 @@ unsafe fn rows_packed<
                     ($tt:literal) => {
                         while nt - t >= $tt {
                             let toks: [Tok; $tt] = std::array::from_fn(|i| tok(t0 + t + i));
-                            let f = block_tokens::<D, U, 8, MIN, WIDE, $tt>(w, d, m, units, &toks);
-                            for (i, &v) in f.iter().enumerate() {
-                                lanes(b, v, &mut |r, x| out[r * nt + t + i] = x);
-                            }
+                            let f = block_tokens::<D, U, 8, MIN, WIDE, false, $tt>(
+                                w, d, m, units, &toks,
+                            );
+                            put_tokens(&f, b * 8, r0, lanes(b), nt, t, out);
                             t += $tt;
                         }
                     };
@@ -328,6 +340,65 @@ unsafe fn rows_packed<
             }
         }
         SCRATCH.set(scratch);
+    }
+}
+
+/// Stores `f` (token `t + i` in `f[i]`, one lane per row of the block whose first row is
+/// `first`) into `out` at `super::tiled_index`'s places: row `r`'s tokens are adjacent, at
+/// `out[(r - r0) * nt + t..]`; only the rows `rows` (relative to `r0`) are written. A whole
+/// block of eight tokens is transposed in registers and stored a row at a time.
+///
+/// # Safety
+/// AVX; `out` holds the tile's rows.
+#[inline(always)]
+unsafe fn put_tokens<const TT: usize>(
+    f: &[__m256; TT],
+    first: usize,
+    r0: usize,
+    rows: std::ops::Range<usize>,
+    nt: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    // SAFETY (whole body): indices are checked by the slices; AVX per the caller.
+    unsafe {
+        if TT == 8 && rows.len() == 8 {
+            let lo = |a, b| _mm256_unpacklo_ps(f[a], f[b]);
+            let hi = |a, b| _mm256_unpackhi_ps(f[a], f[b]);
+            let (t0, t1, t2, t3) = (lo(0, 1), hi(0, 1), lo(2, 3), hi(2, 3));
+            let (t4, t5, t6, t7) = (lo(4, 5), hi(4, 5), lo(6, 7), hi(6, 7));
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+                _mm256_shuffle_ps::<0x44>(t4, t6),
+                _mm256_shuffle_ps::<0xEE>(t4, t6),
+                _mm256_shuffle_ps::<0x44>(t5, t7),
+                _mm256_shuffle_ps::<0xEE>(t5, t7),
+            ];
+            for j in 0..8 {
+                let (a, b) = (s[j % 4], s[j % 4 + 4]);
+                let row = if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(a, b)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(a, b)
+                };
+                let dst = &mut out[(rows.start + j) * nt + t..][..8];
+                _mm256_storeu_ps(dst.as_mut_ptr(), row);
+            }
+            return;
+        }
+        let mut x = [[0.0f32; 8]; TT];
+        for (x, &v) in x.iter_mut().zip(f) {
+            _mm256_storeu_ps(x.as_mut_ptr(), v);
+        }
+        for r in rows {
+            let lane = r + r0 - first;
+            for (i, x) in x.iter().enumerate() {
+                out[r * nt + t + i] = x[lane];
+            }
+        }
     }
 }
 
@@ -361,12 +432,18 @@ impl Isa {
 macro_rules! packed_entry {
     ($name:ident, $dot:ty, $features:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const U: usize, const BITS: u32, const MIN: bool, const WIDE: bool>(
+        unsafe fn $name<
+            const U: usize,
+            const BITS: u32,
+            const MIN: bool,
+            const WIDE: bool,
+            const NL: bool,
+        >(
             job: &Job<'_>,
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from the caller; this function enables the features.
-            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE>(job, out) }
+            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE, NL>(job, out) }
         }
     };
 }
@@ -380,22 +457,26 @@ packed_entry!(packed_vnni, VnniDot, "avx2,fma,f16c,avx512vnni,avx512vl");
 pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
     let l = job.p.layout;
     macro_rules! go {
-        ($u:literal, $bits:literal, $min:literal, $wide:literal) => {
+        ($u:literal, $bits:literal, $min:literal, $wide:literal, $nl:literal) => {
             // SAFETY: forwarded from the caller.
             unsafe {
                 match isa {
-                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide>(job, out),
-                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide>(job, out),
+                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide, $nl>(job, out),
+                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide, $nl>(job, out),
                 }
             }
         };
     }
-    match (l.unit, l.bits, l.has_min, l.bias == 128) {
-        (32, 4, false, false) => go!(32, 4, false, false),
-        (32, 4, true, false) => go!(32, 4, true, false),
-        (32, 5, false, false) => go!(32, 5, false, false),
-        (32, 8, false, true) => go!(32, 8, false, true),
-        (16, 6, false, false) => go!(16, 6, false, false),
+    match (l.unit, l.bits, l.has_min, l.bias == 128, l.nl) {
+        (32, 4, false, false, false) => go!(32, 4, false, false, false),
+        (32, 4, true, false, false) => go!(32, 4, true, false, false),
+        (32, 4, false, true, true) => go!(32, 4, false, true, true),
+        (32, 5, false, false, false) => go!(32, 5, false, false, false),
+        (32, 5, true, false, false) => go!(32, 5, true, false, false),
+        (32, 8, false, true, false) => go!(32, 8, false, true, false),
+        (16, 4, false, false, false) => go!(16, 4, false, false, false),
+        (16, 4, true, false, false) => go!(16, 4, true, false, false),
+        (16, 6, false, false, false) => go!(16, 6, false, false, false),
         other => unreachable!("no packed layout {other:?}"),
     }
 }

@@ -1,19 +1,23 @@
 //! Scalar decoders for each ggml block format into one normalized form.
 //!
-//! Every supported integer format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) is expressed as
-//! `value[i] = q[i] * sc16[i / 16] + min32[i / 32]` over a "group" of up to 256 weights. One
-//! kernel can then serve all formats: it multiplies the small integers `q` with Q8
-//! activations and applies the per-16 scales and per-32 offsets in float. Decoders are
+//! Every supported integer format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+//! Q6_K, IQ4_NL, IQ4_XS) is expressed as `value[i] = q[i] * sc16[i / 16] + min16[i / 16]`
+//! over a "group" of up to 256 weights. One kernel can then serve all formats: it
+//! multiplies the small integers `q` with Q8 activations and applies the per-16 scales and
+//! offsets in float (most formats repeat them over 32). The IQ4 formats' `q` are the values
+//! of ggml's non-linear table ([`IQ4_VALUES`]), which the packer stores as 4-bit indices.
+//! Each decoder gives the very f32 values of ggml's `dequantize_row_*`: the same products
+//! of the same factors, an offset added as `+ (-m)` where ggml writes `- m`. Decoders are
 //! `#[inline(always)]` so that the AVX2-compiled kernel instantiates them with AVX2 too.
 
 use half::f16;
 
-/// Up to 256 decoded weights: 8 sub-blocks of 32, with one scale per 16 and one offset per 32.
+/// Up to 256 decoded weights: 8 sub-blocks of 32, with one scale and one offset per 16.
 #[derive(Clone)]
 pub(crate) struct Group {
     pub q: [i8; 256],
     pub sc16: [f32; 16],
-    pub min32: [f32; 8],
+    pub min16: [f32; 16],
     /// Number of valid 32-element sub-blocks (8, except at the end of a row of a 32-block format).
     pub n_sub: usize,
 }
@@ -23,9 +27,44 @@ impl Default for Group {
         Group {
             q: [0; 256],
             sc16: [0.0; 16],
-            min32: [0.0; 8],
+            min16: [0.0; 16],
             n_sub: 0,
         }
+    }
+}
+
+impl Group {
+    /// Scale `d` and offset `m` for the 32 weights of sub-block `sub`.
+    #[inline(always)]
+    fn put32(&mut self, sub: usize, d: f32, m: f32) {
+        self.sc16[2 * sub..2 * sub + 2].fill(d);
+        self.min16[2 * sub..2 * sub + 2].fill(m);
+    }
+}
+
+/// ggml's non-linear 4-bit code book (`kvalues_iq4nl`) shared by IQ4_NL and IQ4_XS.
+pub(crate) const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Each byte's index in [`IQ4_VALUES`] (for the packer, which stores indices); 0 for bytes
+/// that are no value of the table.
+pub(crate) const IQ4_INDEX: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[IQ4_VALUES[i] as u8 as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes 16 bytes of IQ4 nibbles (low nibbles first, as ggml) into 32 table values.
+#[inline(always)]
+fn iq4_nibbles(qs: &[u8], q: &mut [i8]) {
+    for j in 0..16 {
+        q[j] = IQ4_VALUES[(qs[j] & 0x0F) as usize];
+        q[j + 16] = IQ4_VALUES[(qs[j] >> 4) as usize];
     }
 }
 
@@ -64,9 +103,15 @@ pub(crate) trait Decoder {
 pub(crate) struct Q4_0;
 pub(crate) struct Q4_1;
 pub(crate) struct Q5_0;
+pub(crate) struct Q5_1;
 pub(crate) struct Q8_0;
+pub(crate) struct Q2K;
+pub(crate) struct Q3K;
 pub(crate) struct Q4K;
+pub(crate) struct Q5K;
 pub(crate) struct Q6K;
+pub(crate) struct IQ4NL;
+pub(crate) struct IQ4XS;
 
 impl Decoder for Q4_0 {
     const BLOCK: usize = 32;
@@ -80,9 +125,7 @@ impl Decoder for Q4_0 {
             q[j] = (qs[j] & 0x0F) as i8 - 8;
             q[j + 16] = (qs[j] >> 4) as i8 - 8;
         }
-        g.sc16[2 * sub] = d;
-        g.sc16[2 * sub + 1] = d;
-        g.min32[sub] = 0.0;
+        g.put32(sub, d, 0.0);
     }
 }
 
@@ -99,9 +142,7 @@ impl Decoder for Q4_1 {
             q[j] = (qs[j] & 0x0F) as i8;
             q[j + 16] = (qs[j] >> 4) as i8;
         }
-        g.sc16[2 * sub] = d;
-        g.sc16[2 * sub + 1] = d;
-        g.min32[sub] = m;
+        g.put32(sub, d, m);
     }
 }
 
@@ -120,9 +161,7 @@ impl Decoder for Q5_0 {
             q[j] = ((qs[j] & 0x0F) | xh0) as i8 - 16;
             q[j + 16] = ((qs[j] >> 4) | xh1) as i8 - 16;
         }
-        g.sc16[2 * sub] = d;
-        g.sc16[2 * sub + 1] = d;
-        g.min32[sub] = 0.0;
+        g.put32(sub, d, 0.0);
     }
 }
 
@@ -137,9 +176,7 @@ impl Decoder for Q8_0 {
         for j in 0..32 {
             q[j] = qs[j] as i8;
         }
-        g.sc16[2 * sub] = d;
-        g.sc16[2 * sub + 1] = d;
-        g.min32[sub] = 0.0;
+        g.put32(sub, d, 0.0);
     }
 }
 
@@ -174,14 +211,8 @@ impl Decoder for Q4K {
                 dst[l] = (src[l] & 0x0F) as i8;
                 dst[l + 32] = (src[l] >> 4) as i8;
             }
-            let d0 = d * sc0 as f32;
-            let d1 = d * sc1 as f32;
-            g.sc16[4 * k] = d0;
-            g.sc16[4 * k + 1] = d0;
-            g.sc16[4 * k + 2] = d1;
-            g.sc16[4 * k + 3] = d1;
-            g.min32[2 * k] = -dmin * m0 as f32;
-            g.min32[2 * k + 1] = -dmin * m1 as f32;
+            g.put32(2 * k, d * sc0 as f32, -(dmin * m0 as f32));
+            g.put32(2 * k + 1, d * sc1 as f32, -(dmin * m1 as f32));
         }
     }
 }
@@ -209,6 +240,133 @@ impl Decoder for Q6K {
         for (sc, &raw) in g.sc16.iter_mut().zip(scales) {
             *sc = d * (raw as i8) as f32;
         }
-        g.min32 = [0.0; 8];
+        g.min16 = [0.0; 16];
+    }
+}
+
+impl Decoder for Q5_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 24;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let m = f16_at(blk, 2);
+        let qh = u32::from_le_bytes(blk[4..8].try_into().unwrap());
+        let qs: &[u8; 16] = blk[8..24].try_into().unwrap();
+        let q: &mut [i8; 32] = (&mut g.q[sub * 32..sub * 32 + 32]).try_into().unwrap();
+        for j in 0..16 {
+            let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+            let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+            q[j] = ((qs[j] & 0x0F) | xh0) as i8;
+            q[j + 16] = ((qs[j] >> 4) | xh1) as i8;
+        }
+        g.put32(sub, d, m);
+    }
+}
+
+/// The 2-bit fields of the K-quants' 256 weights: weight `128n + 32j + l` is bits
+/// `2j..2j + 2` of byte `32n + l`.
+#[inline(always)]
+fn two_bits(qs: &[u8], i: usize) -> u8 {
+    (qs[i / 128 * 32 + i % 32] >> (2 * (i % 128 / 32))) & 3
+}
+
+impl Decoder for Q2K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 84;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let scales = &blk[0..16];
+        let qs = &blk[16..80];
+        let d = f16_at(blk, 80);
+        let dmin = f16_at(blk, 82);
+        for (i, q) in g.q.iter_mut().enumerate() {
+            *q = two_bits(qs, i) as i8;
+        }
+        for (j, &sc) in scales.iter().enumerate() {
+            g.sc16[j] = d * (sc & 0x0F) as f32;
+            g.min16[j] = -(dmin * (sc >> 4) as f32);
+        }
+    }
+}
+
+impl Decoder for Q3K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 110;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let hmask = &blk[0..32];
+        let qs = &blk[32..96];
+        let s = &blk[96..108];
+        let d = f16_at(blk, 108);
+        for (i, q) in g.q.iter_mut().enumerate() {
+            // The high bit of weight 128n + 32j + l is bit 4n + j of hmask[l]; clear means -4.
+            let high = (hmask[i % 32] >> (i / 32)) & 1;
+            *q = two_bits(qs, i) as i8 - if high == 0 { 4 } else { 0 };
+        }
+        // Sixteen 6-bit scales: low nibbles from bytes 0..8 (low then high halves), the two
+        // high bits from bytes 8..12, two bits per scale group of four.
+        for j in 0..16 {
+            let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
+            let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+            g.sc16[j] = d * ((low | high << 4) as i8 - 32) as f32;
+        }
+        g.min16 = [0.0; 16];
+    }
+}
+
+impl Decoder for Q5K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 176;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let dmin = f16_at(blk, 2);
+        let scales = &blk[4..16];
+        let qh: &[u8; 32] = blk[16..48].try_into().unwrap();
+        let qs: &[u8; 128] = blk[48..176].try_into().unwrap();
+        for k in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * k, scales);
+            let (sc1, m1) = scale_min_k4(2 * k + 1, scales);
+            let src: &[u8; 32] = qs[k * 32..k * 32 + 32].try_into().unwrap();
+            let dst: &mut [i8; 64] = (&mut g.q[k * 64..k * 64 + 64]).try_into().unwrap();
+            for l in 0..32 {
+                let h0 = ((qh[l] >> (2 * k)) & 1) << 4;
+                let h1 = ((qh[l] >> (2 * k + 1)) & 1) << 4;
+                dst[l] = ((src[l] & 0x0F) | h0) as i8;
+                dst[l + 32] = ((src[l] >> 4) | h1) as i8;
+            }
+            g.put32(2 * k, d * sc0 as f32, -(dmin * m0 as f32));
+            g.put32(2 * k + 1, d * sc1 as f32, -(dmin * m1 as f32));
+        }
+    }
+}
+
+impl Decoder for IQ4NL {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        iq4_nibbles(&blk[2..18], &mut g.q[sub * 32..sub * 32 + 32]);
+        g.put32(sub, d, 0.0);
+    }
+}
+
+impl Decoder for IQ4XS {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 136;
+    #[inline(always)]
+    fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
+        let d = f16_at(blk, 0);
+        let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
+        let scales_l = &blk[4..8];
+        for ib in 0..8 {
+            let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32
+                | (((scales_h >> (2 * ib)) & 3) << 4) as i32;
+            let qs = &blk[8 + 16 * ib..8 + 16 * ib + 16];
+            iq4_nibbles(qs, &mut g.q[ib * 32..ib * 32 + 32]);
+            g.put32(ib, d * (ls - 32) as f32, 0.0);
+        }
     }
 }

@@ -30,7 +30,7 @@ pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
                 let start = u * l.unit;
                 let a = &blocks[t * nb + start / QK8];
                 let qs = &a.qs[start % QK8..start % QK8 + l.unit];
-                let mut acc = if ni > 0 { init[t * ni + u] } else { 0 };
+                let mut acc = if l.bias != 0 { init[t * ni + u] } else { 0 };
                 for k in 0..l.regs() {
                     let w = p.unpacked(at, k);
                     for i in 0..4 {
@@ -39,7 +39,12 @@ pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
                 }
                 f += acc as f32 * (p.d[at].0[lane] * a.d);
                 if l.has_min {
-                    f += p.m[at].0[lane] * a.s;
+                    let s = if l.unit_sums() {
+                        a.d * init[t * ni + u] as f32
+                    } else {
+                        a.s
+                    };
+                    f += p.m[at].0[lane] * s;
                 }
             }
             out[super::tiled_index(r - r0, t, n_rows, n_tok)] = f;

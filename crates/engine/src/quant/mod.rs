@@ -1,8 +1,9 @@
 //! Quantized block formats and the kernels over them.
 //!
 //! Layout:
-//! - `blocks.rs` decodes each ggml block format (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) into
-//!   one normalized form: small integers, a scale per 16 and an offset per 32;
+//! - `blocks.rs` decodes each ggml block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
+//!   Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) into one normalized form: small integers, a scale
+//!   and an offset per 16;
 //! - `packed.rs` repacks a matrix, once at load, from that form into lanes (eight units of
 //!   rows side by side, see there) as a [`Weights`]; activations are quantized to Q8 per
 //!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
@@ -16,7 +17,7 @@
 //! and [`dot_f32`], and the model's attention and softmax exponential
 //! (`model/attention`), which build on this module.
 //!
-//! F32/F16 matrices are kept as f32 and take float activations.
+//! F32/F16/BF16 matrices are kept as f32 and take float activations.
 
 mod blocks;
 mod kernel;
@@ -77,19 +78,27 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | GgmlType::F16
             | GgmlType::Q4_0
             | GgmlType::Q4_1
+            | GgmlType::BF16
             | GgmlType::Q5_0
+            | GgmlType::Q5_1
             | GgmlType::Q8_0
+            | GgmlType::Q2K
+            | GgmlType::Q3K
             | GgmlType::Q4K
+            | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS
     )
 }
 
 /// The names used in error messages listing what is supported.
-pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K";
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 
 /// Whether matmuls with this weight type use Q8 activations (true) or float activations.
 fn uses_q8_activations(ty: GgmlType) -> bool {
-    is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16)
+    is_supported(ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
 /// Bytes of one row of `n` weights, or an error when `n` does not fill whole blocks (a
@@ -139,6 +148,11 @@ fn f16_row_at(data: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([data[2 * i], data[2 * i + 1]]).to_f32()
 }
 
+/// bf16 is the high half of an f32 (ggml's `GGML_BF16_TO_FP32`).
+fn bf16_row_at(data: &[u8], i: usize) -> f32 {
+    f32::from_bits((u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as u32) << 16)
+}
+
 fn f32_row_at(data: &[u8], i: usize) -> f32 {
     f32::from_le_bytes(data[4 * i..4 * i + 4].try_into().unwrap())
 }
@@ -149,7 +163,7 @@ fn dequantize_with<D: Decoder>(data: &[u8], out: &mut [f32]) {
         D::decode_group(data, gi, &mut g);
         let base = gi * 256;
         for i in 0..g.n_sub * 32 {
-            out[base + i] = g.q[i] as f32 * g.sc16[i / 16] + g.min32[i / 32];
+            out[base + i] = g.q[i] as f32 * g.sc16[i / 16] + g.min16[i / 16];
         }
     }
 }
@@ -166,12 +180,22 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             .iter_mut()
             .enumerate()
             .for_each(|(i, o)| *o = f16_row_at(data, i)),
+        GgmlType::BF16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = bf16_row_at(data, i)),
         GgmlType::Q4_0 => dequantize_with::<blocks::Q4_0>(data, out),
         GgmlType::Q4_1 => dequantize_with::<blocks::Q4_1>(data, out),
         GgmlType::Q5_0 => dequantize_with::<blocks::Q5_0>(data, out),
+        GgmlType::Q5_1 => dequantize_with::<blocks::Q5_1>(data, out),
         GgmlType::Q8_0 => dequantize_with::<blocks::Q8_0>(data, out),
+        GgmlType::Q2K => dequantize_with::<blocks::Q2K>(data, out),
+        GgmlType::Q3K => dequantize_with::<blocks::Q3K>(data, out),
         GgmlType::Q4K => dequantize_with::<blocks::Q4K>(data, out),
+        GgmlType::Q5K => dequantize_with::<blocks::Q5K>(data, out),
         GgmlType::Q6K => dequantize_with::<blocks::Q6K>(data, out),
+        GgmlType::IQ4NL => dequantize_with::<blocks::IQ4NL>(data, out),
+        GgmlType::IQ4XS => dequantize_with::<blocks::IQ4XS>(data, out),
         other => panic!("dequantize_row: unsupported type {other:?} (the loader refuses it)"),
     }
 }
@@ -418,22 +442,32 @@ mod tests {
                 b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
             };
             match ty {
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.1)
                 }
-                GgmlType::Q4_1 => {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.1);
                     put(&mut b, 2, rng.next_signed_f32() * 0.5);
                 }
-                GgmlType::Q4K => {
+                GgmlType::Q4K | GgmlType::Q5K => {
                     put(&mut b, 0, rng.next_signed_f32() * 0.01);
                     put(&mut b, 2, rng.next_signed_f32() * 0.01);
                 }
+                GgmlType::Q2K => {
+                    put(&mut b, 80, rng.next_signed_f32() * 0.01);
+                    put(&mut b, 82, rng.next_signed_f32() * 0.01);
+                }
+                GgmlType::Q3K => put(&mut b, 108, rng.next_signed_f32() * 0.01),
                 GgmlType::Q6K => put(&mut b, 208, rng.next_signed_f32() * 0.01),
+                GgmlType::IQ4XS => put(&mut b, 0, rng.next_signed_f32() * 0.01),
                 GgmlType::F16 => {
                     for i in 0..block {
                         put(&mut b, 2 * i, rng.next_signed_f32())
                     }
+                }
+                GgmlType::BF16 => {
+                    let v = rng.next_signed_f32().to_bits() >> 16;
+                    b.copy_from_slice(&(v as u16).to_le_bytes())
                 }
                 GgmlType::F32 => b.copy_from_slice(&rng.next_signed_f32().to_le_bytes()),
                 _ => unreachable!(),
@@ -443,16 +477,34 @@ mod tests {
         out
     }
 
-    const TYPES: [GgmlType; 8] = [
+    const TYPES: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
+        GgmlType::BF16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
         GgmlType::Q4K,
+        GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
+
+    /// Every supported type is in [`TYPES`], so the kernel tests below cover it.
+    #[test]
+    fn tests_cover_every_supported_type() {
+        let n = (0..64)
+            .map(GgmlType::from_id)
+            .filter(|&t| is_supported(t))
+            .count();
+        assert_eq!(n, TYPES.len());
+        assert!(TYPES.iter().all(|&t| is_supported(t)));
+    }
 
     /// Known values: a Q4_0 block with scale 0.5 and nibbles 0..15 decodes to (n - 8) / 2.
     #[test]
@@ -465,6 +517,63 @@ mod tests {
             assert_eq!(out[j], (j as f32 - 8.0) * 0.5);
             assert_eq!(out[j + 16], (15.0 - j as f32 - 8.0) * 0.5);
         }
+    }
+
+    /// Known values for each decoder added after Q4_0, from ggml's formulas worked by hand
+    /// (the requantized real-weight test checks them against llama.cpp end to end).
+    #[test]
+    fn dequantize_known_blocks() {
+        let h = |v: f32| f16::from_f32(v).to_le_bytes();
+        let dq = |ty: GgmlType, b: &[u8]| {
+            let (block, bytes) = ty.block_layout().unwrap();
+            assert_eq!(b.len(), bytes, "{ty:?}");
+            let mut out = vec![0.0f32; block];
+            dequantize_row(ty, b, &mut out);
+            out
+        };
+        // Q5_1: (nibble | fifth bit) · d + m; qh bit j is element j's fifth bit.
+        let mut b = [h(0.5), h(1.0)].concat();
+        b.extend((1u32 | 1 << 16).to_le_bytes());
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dq(GgmlType::Q5_1, &b);
+        assert_eq!([v[0], v[1], v[16], v[17]], [9.0, 1.5, 16.5, 8.0]);
+        // Q2_K: scale byte = min << 4 | scale per 16; 2-bit field j of byte 32n + l.
+        let mut b: Vec<u8> = (0..16u8).map(|j| j | 1 << 4).collect();
+        b.extend([0xE4u8; 64]);
+        b.extend([h(1.0), h(0.5)].concat());
+        let v = dq(GgmlType::Q2K, &b);
+        assert_eq!([v[0], v[40], v[200]], [-0.5, 1.5, 23.5]);
+        // Q3_K: a clear hmask bit subtracts 4; 6-bit scales minus 32, the high bits of
+        // scale 0 in bits 0..2 of byte 8.
+        let mut b = vec![0xFFu8; 32];
+        b[0] = 0xFE;
+        b.extend([0xE4u8; 64]);
+        b.extend([0x11u8; 8]);
+        b.extend([0xA8u8, 0xAA, 0xAA, 0xAA]);
+        b.extend(h(0.25));
+        let v = dq(GgmlType::Q3K, &b);
+        assert_eq!([v[0], v[1], v[32], v[16]], [31.0, 0.0, 0.25, 0.0]);
+        // Q5_K: Q4_K's scales and mins, qh bit 2k (2k + 1) the fifth bit of chunk k's low
+        // (high) nibbles.
+        let mut b = [h(0.5), h(1.0)].concat();
+        b.extend([2u8, 2, 2, 2, 1, 1, 1, 1, 0x12, 0x12, 0x12, 0x12]);
+        b.extend([0x01u8; 32]);
+        b.extend([0x21u8; 128]);
+        let v = dq(GgmlType::Q5K, &b);
+        assert_eq!([v[0], v[32], v[64], v[255]], [16.0, 1.0, 0.0, 1.0]);
+        // IQ4_NL: d · table[nibble].
+        let mut b = h(2.0).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dq(GgmlType::IQ4NL, &b);
+        assert_eq!([v[0], v[16], v[8]], [-254.0, 226.0, 2.0]);
+        // IQ4_XS: per 32, a 6-bit scale (4 bits in scales_l, 2 in scales_h) minus 32.
+        let mut b = [h(1.0), 0xAAAAu16.to_le_bytes()].concat();
+        b.extend([0x21u8; 4]);
+        b.extend([0x98u8; 128]);
+        let v = dq(GgmlType::IQ4XS, &b);
+        assert_eq!([v[0], v[16], v[32], v[48]], [1.0, 13.0, 2.0, 26.0]);
+        // BF16: the high half of an f32.
+        assert_eq!(dq(GgmlType::BF16, &0x3FC0u16.to_le_bytes()), [1.5]);
     }
 
     /// Q8_0 round trip: activations quantize to within half a step.

@@ -17,6 +17,10 @@
 //! and the rest in one more register of bit planes (bits `(bits - 4)·k..` of each byte
 //! belong to register `k`), so a matrix takes about the memory of its ggml form. The bias comes back out exactly: each activation unit
 //! carries `-bias · Σa` as the starting value of its integer sum ([`quantize_token`]).
+//! The IQ4 formats store their 4-bit code-book indices instead of `u`, and the kernels look
+//! `u = value + 128` up from the nibbles (`vpshufb`): IQ4's footprint, then Q8_0's 8-bit
+//! path. Offsets multiply the activations' sum: a Q8 block's `s` for units of 32, the
+//! unit's own integer sum (carried per token, see [`Layout::init_per_token`]) for Q2_K's 16.
 //! Matrices whose row count is not a multiple of eight get zero rows, never read back.
 
 use super::blocks::{self, Decoder, Group};
@@ -37,14 +41,18 @@ pub struct F8(pub [f32; 8]);
 /// How one weight format sits in the lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
-    /// Weights under one scale, hence per lane: 32, or 16 for Q6_K.
+    /// Weights under one scale, hence per lane: 32, or 16 for Q2_K, Q3_K and Q6_K.
     pub unit: usize,
     /// Added to the format's signed integers to make them unsigned bytes.
     pub bias: i32,
     /// Bits per stored weight: 4, 5 or 6 (nibbles, plus bit planes above 4), or 8.
     pub bits: u32,
-    /// Whether each unit adds an offset times the activations' sum (Q4_1, Q4_K).
+    /// Whether each unit adds an offset times the activations' sum (Q4_1, Q5_1, Q2_K,
+    /// Q4_K, Q5_K).
     pub has_min: bool,
+    /// Whether the stored nibbles index [`blocks::IQ4_VALUES`] (IQ4_NL, IQ4_XS), whose
+    /// values plus `bias` (128) are the weights.
+    pub nl: bool,
 }
 
 impl Layout {
@@ -55,14 +63,24 @@ impl Layout {
                 bias,
                 bits,
                 has_min,
+                nl: false,
             })
         };
         match ty {
             GgmlType::Q4_0 => l(32, 8, 4, false),
             GgmlType::Q4_1 | GgmlType::Q4K => l(32, 0, 4, true),
             GgmlType::Q5_0 => l(32, 16, 5, false),
+            GgmlType::Q5_1 | GgmlType::Q5K => l(32, 0, 5, true),
             GgmlType::Q8_0 => l(32, 128, 8, false),
+            // 2 and 3 bits kept as nibbles: simpler lanes, for formats that llama.cpp's
+            // presets use on a few matrices only (they keep the rest wider).
+            GgmlType::Q2K => l(16, 0, 4, true),
+            GgmlType::Q3K => l(16, 4, 4, false),
             GgmlType::Q6K => l(16, 32, 6, false),
+            GgmlType::IQ4NL | GgmlType::IQ4XS => Some(Layout {
+                nl: true,
+                ..l(32, 128, 4, false)?
+            }),
             _ => None,
         }
     }
@@ -77,10 +95,22 @@ impl Layout {
         stored_regs(self.unit, self.bits)
     }
 
-    /// Starting values of the integer sums per token: one per unit where a bias needs
-    /// taking out, none otherwise.
+    /// Integer inputs per token, one per unit where the layout needs them, none
+    /// otherwise: the integer sums' starting values `-bias · Σa` where a bias needs taking
+    /// out, or the activations' sums `Σa` where offsets apply to units narrower than a Q8
+    /// block (whose `s` covers 32).
     pub(crate) fn init_per_token(self, cols: usize) -> usize {
-        if self.bias == 0 { 0 } else { cols / self.unit }
+        if self.bias != 0 || self.unit_sums() {
+            cols / self.unit
+        } else {
+            0
+        }
+    }
+
+    /// Whether the per-token integers are the units' activation sums (see
+    /// [`Layout::init_per_token`]).
+    pub(crate) fn unit_sums(self) -> bool {
+        self.has_min && self.unit < QK8
     }
 }
 
@@ -150,9 +180,15 @@ impl Packed {
             GgmlType::Q4_0 => go!(blocks::Q4_0),
             GgmlType::Q4_1 => go!(blocks::Q4_1),
             GgmlType::Q5_0 => go!(blocks::Q5_0),
+            GgmlType::Q5_1 => go!(blocks::Q5_1),
             GgmlType::Q8_0 => go!(blocks::Q8_0),
+            GgmlType::Q2K => go!(blocks::Q2K),
+            GgmlType::Q3K => go!(blocks::Q3K),
             GgmlType::Q4K => go!(blocks::Q4K),
+            GgmlType::Q5K => go!(blocks::Q5K),
             GgmlType::Q6K => go!(blocks::Q6K),
+            GgmlType::IQ4NL => go!(blocks::IQ4NL),
+            GgmlType::IQ4XS => go!(blocks::IQ4XS),
             _ => unreachable!("Layout::of accepted it"),
         }
         p
@@ -174,6 +210,12 @@ impl Packed {
         let half = l.unit / 8;
         let (lo, shift) = (&regs[k % half].0, 4 * (k / half));
         let hi_bits = l.bits as usize - 4;
+        if l.nl {
+            return std::array::from_fn(|b| {
+                let i = (lo[b] >> shift) & 0x0F;
+                (blocks::IQ4_VALUES[i as usize] as i32 + l.bias) as u8
+            });
+        }
         std::array::from_fn(|b| {
             let hi = if hi_bits > 0 {
                 (regs[half].0[b] >> (hi_bits * k)) & ((1 << hi_bits) - 1)
@@ -231,11 +273,16 @@ fn put_block<D: Decoder>(
                 let off = j * l.unit;
                 d[unit].0[lane] = g.sc16[off / 16];
                 if l.has_min {
-                    m[unit].0[lane] = g.min32[off / 32];
+                    m[unit].0[lane] = g.min16[off / 16];
                 }
                 let regs = &mut q[unit * l.stored_regs()..(unit + 1) * l.stored_regs()];
                 for e in 0..l.unit {
-                    let u = (g.q[off + e] as i32 + l.bias) as u8;
+                    let q = g.q[off + e];
+                    let u = if l.nl {
+                        blocks::IQ4_INDEX[q as u8 as usize]
+                    } else {
+                        (q as i32 + l.bias) as u8
+                    };
                     let (k, b) = (e / 4, 4 * lane + e % 4);
                     if l.bits == 8 {
                         regs[k].0[b] = u;
@@ -265,13 +312,13 @@ pub(crate) struct Job<'a> {
 }
 
 /// Quantizes one token's activations `x` into Q8 `blocks` (as [`super::quantize_row_q8`])
-/// and, where the layout has a bias, each unit's integer-sum start `-bias · Σa` into `init`
-/// ([`Layout::init_per_token`] values).
+/// and each unit's integer input into `init` ([`Layout::init_per_token`] values).
 pub(crate) fn quantize_token(layout: Layout, x: &[f32], blocks: &mut [BlockQ8], init: &mut [i32]) {
     super::quantize_row_q8(x, blocks);
+    let factor = if layout.unit_sums() { 1 } else { -layout.bias };
     for (unit, v) in init.iter_mut().enumerate() {
         let at = unit * layout.unit;
         let qs = &blocks[at / QK8].qs[at % QK8..at % QK8 + layout.unit];
-        *v = -layout.bias * qs.iter().map(|&q| q as i32).sum::<i32>();
+        *v = factor * qs.iter().map(|&q| q as i32).sum::<i32>();
     }
 }

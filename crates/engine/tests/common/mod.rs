@@ -61,3 +61,11 @@ pub fn qwen_path() -> PathBuf {
         "Qwen--Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     )
 }
+
+/// gemma-3-270m Q4_K_M (a base model: no chat template), the gemma3 architecture.
+pub fn gemma_path() -> PathBuf {
+    model_path(
+        "TOKENFAB_TEST_MODEL_GEMMA",
+        "google--gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
+    )
+}
