@@ -314,3 +314,46 @@ fn the_openai_client_completes_streamed_and_not() {
     assert_eq!(v["text"], v["streamed"], "{v}");
     assert!(v["usage"].as_u64().unwrap() > 0);
 }
+
+/// A model without a chat template (a base model, as gemma-3-270m is) serves completions
+/// and refuses chat with the 400 that says so. The model is SmolLM2 with its template's
+/// metadata key renamed (same length, so the GGUF stays valid and the template unread).
+#[test]
+fn a_model_without_a_chat_template_serves_completions_only() {
+    let spec: tokenfab_models::ModelSpec = MODEL.parse().unwrap();
+    let gguf = spec
+        .resolve(&tokenfab_models::default_cache_dir(), false)
+        .unwrap()
+        .path;
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let key = b"tokenizer.chat_template";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("SmolLM2 has a chat template");
+    bytes[at + key.len() - 1] = b'X';
+    let dir = tokenfab_testkit::temp_dir("no-template");
+    let path = dir.join("base.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let s = Server::start(&[
+        "--model",
+        path.to_str().unwrap(),
+        "--model-id",
+        "local/base",
+    ]);
+    run(async {
+        let (status, v) = complete(
+            &s,
+            json!({"model": "local/base", "prompt": PROMPT, "max_tokens": 4}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 4);
+        let chat = json!({"model": "local/base", "messages": [{"role": "user", "content": "Hi"}]});
+        let (status, v) = common::post(&s, &chat).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "messages");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("no chat template"), "{msg}");
+    });
+}
