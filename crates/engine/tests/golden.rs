@@ -31,6 +31,11 @@ fn qwen() -> &'static Model {
     M.get_or_init(|| load(common::qwen_path()))
 }
 
+fn gemma() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| load(common::gemma_path()))
+}
+
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = logits
@@ -232,6 +237,22 @@ fn golden_qwen2() {
     );
 }
 
+/// gemma3: head length 256 (not n_embd / n_head), q/k norms, post-norms, GeGLU, scaled
+/// embeddings, interleaved sliding-window layers (the last line's 789-token prompt goes past
+/// the 512-token window), tied output.
+#[test]
+fn golden_gemma3() {
+    run_golden(
+        gemma(),
+        "gemma-3-270m-q4_k_m.jsonl",
+        Tolerance {
+            median: 0.1,
+            p90: 0.3,
+            max: 1.0,
+        },
+    );
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -240,8 +261,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Prefill as one matrix must equal token-by-token decoding: same math, different grouping.
-fn prefill_matches_incremental(model: &Model) {
-    let tokens: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 13) % 5000 + 1).collect();
+/// `n` tokens, then the last `n - keep` recomputed after truncating to `keep`.
+fn prefill_matches_incremental(model: &Model, n: u32, keep: usize) {
+    let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) % 5000 + 1).collect();
     let mut scratch = model.new_scratch();
     let mut kv = model.new_kv_cache();
     let all = model
@@ -273,11 +295,11 @@ fn prefill_matches_incremental(model: &Model) {
     assert!(d < 1e-3, "prefill vs incremental: max abs diff {d}");
 
     // Prefix reuse: truncate and recompute the tail in one chunk.
-    kv1.truncate(25);
+    kv1.truncate(keep);
     let again = model
         .forward(
             &mut [SeqInput {
-                tokens: &tokens[25..],
+                tokens: &tokens[keep..],
                 kv: &mut kv1,
             }],
             &mut scratch,
@@ -290,12 +312,19 @@ fn prefill_matches_incremental(model: &Model) {
 
 #[test]
 fn prefill_matches_incremental_smollm2() {
-    prefill_matches_incremental(smollm2());
+    prefill_matches_incremental(smollm2(), 40, 25);
 }
 
 #[test]
 fn prefill_matches_incremental_qwen2() {
-    prefill_matches_incremental(qwen());
+    prefill_matches_incremental(qwen(), 40, 25);
+}
+
+/// Past gemma3's 512-token window, and re-prefilled from inside it: the sliding layers'
+/// views start mid-cache, in the same place whichever way the cache was filled.
+#[test]
+fn prefill_matches_incremental_gemma3() {
+    prefill_matches_incremental(gemma(), 600, 530);
 }
 
 #[test]
