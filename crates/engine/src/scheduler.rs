@@ -82,6 +82,10 @@ pub struct GenerateRequest {
     /// of the model's default ([`ReasoningSpec::budget`]); when they are spent, the engine
     /// closes the thought itself and the model goes on to answer. Ignored by other models.
     pub thinking_budget: Option<usize>,
+    /// For a reasoning model, whether its thought is split from the answer (and held to
+    /// its budget), as chat answers it; `false` leaves the text as the model wrote it, tags
+    /// included, as a plain text completion shows it. Ignored by other models.
+    pub split_thought: bool,
 }
 
 /// Why a sequence ended.
@@ -377,7 +381,7 @@ impl Scheduler {
         let Job { req, events } = job;
         let seed = req.sampling.seed.unwrap_or(req.fallback_seed);
         let sampler = Sampler::new(req.sampling.clone(), seed, &req.prompt);
-        let spec = self.reasoning.as_deref();
+        let spec = self.reasoning.as_deref().filter(|_| req.split_thought);
         let thinking = spec.map(|r| {
             let opened = r.opens_thought(&self.tokenizer, &req.prompt);
             (r.tags.clone(), opened)

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 mod common;
 
-use serde_json::Value;
+use common::golden::{Tolerance, run_golden};
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::model::{Model, SeqInput};
 use tokenfab_engine::sampler::Rng;
@@ -36,180 +36,6 @@ fn gemma() -> &'static Model {
     M.get_or_init(|| load(common::gemma_path()))
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = logits
-        .iter()
-        .map(|&l| (l as f64 - m).exp())
-        .sum::<f64>()
-        .ln()
-        + m;
-    logits.iter().map(|&l| l as f64 - z).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// Tolerances for comparing our log-probabilities of llama.cpp's top-5 tokens with its own.
-///
-/// The brief asked for every value within 0.1 nats. That does not hold against this
-/// reference, and not because of a bug we could find: with exact float math (dequantized
-/// weights, f32 activations) the differences are the same as with our Q8 activations, and
-/// merely rounding q/k/v to f16 (as llama.cpp's f16 KV cache does) moves SmolLM2's first-step
-/// logprobs by up to 0.11 nats on its own: these small models amplify rounding differences.
-/// Measured: SmolLM2 median 0.07, p90 0.22, p99 0.55, worst 1.17; Qwen2.5 median 0.04,
-/// p90 0.12, p99 0.20, worst 0.51. A real bug (e.g. the wrong rotary pairing) gives a median far above 0.1 and
-/// errors of several nats. So the test bounds the typical error tightly (median, p90) and
-/// every single value loosely, besides the strict top-1 check.
-struct Tolerance {
-    median: f64,
-    p90: f64,
-    max: f64,
-}
-
-/// Teacher-forces every line of `file` and compares each checked step with llama.cpp.
-fn run_golden(model: &Model, file: &str, tol: Tolerance) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut scratch = model.new_scratch();
-    let mut failures = Vec::new();
-    let mut worst = 0.0f64;
-    let mut diffs = Vec::new();
-    let mut near_tie_flips = 0;
-    let mut checked = 0;
-    for (ln, line) in text.lines().enumerate() {
-        let j: Value = serde_json::from_str(line).unwrap();
-        let prompt = ids(&j["prompt_tokens"]);
-        let completion = ids(&j["completion_tokens"]);
-        let top = j["top_logprobs"].as_array().unwrap();
-        // Merged UTF-8 pieces shift the alignment between `top_logprobs` and the tokens, so
-        // then only the first step is comparable, and only if the first piece is a single
-        // token (a merged piece reports the distribution of its last token, whose top-1 is
-        // then not the first completion token).
-        let first_is_single = top
-            .first()
-            .and_then(|c| c[0]["id"].as_u64())
-            .is_some_and(|id| id as u32 == completion[0]);
-        let steps = if top.len() == completion.len() {
-            completion.len()
-        } else if first_is_single {
-            1
-        } else {
-            0
-        };
-        let mut kv = model.new_kv_cache();
-        let mut logits = model
-            .forward(
-                &mut [SeqInput {
-                    tokens: &prompt,
-                    kv: &mut kv,
-                }],
-                &mut scratch,
-            )
-            .unwrap()
-            .remove(0);
-        for (i, &next) in completion.iter().enumerate().take(steps) {
-            let lp = log_softmax(&logits);
-            let cands = top[i].as_array().unwrap();
-            let theirs: Vec<(usize, f64)> = cands
-                .iter()
-                .map(|c| {
-                    (
-                        c["id"].as_u64().unwrap() as usize,
-                        c["logprob"].as_f64().unwrap(),
-                    )
-                })
-                .collect();
-            let margin = theirs[0].1 - theirs.get(1).map_or(f64::NEG_INFINITY, |c| c.1);
-            let ours = argmax(&logits);
-            if margin > 0.2 && ours != theirs[0].0 {
-                let msg = format!(
-                    "{file} line {ln} step {i}: top-1 {ours} ({:.3}) but llama.cpp {} ({:.3}, margin {margin:.3})",
-                    lp[ours], theirs[0].0, theirs[0].1
-                );
-                // See `Tolerance`: rounding alone moves logprobs by up to ~0.5 nats deep into
-                // a generation, so one flip with a margin under 0.5 per file is tolerated
-                // (and printed); a clearer margin must always agree.
-                if margin > 0.5 || near_tie_flips >= 1 {
-                    failures.push(msg);
-                } else {
-                    eprintln!("tolerated near-tie flip: {msg}");
-                    near_tie_flips += 1;
-                }
-            }
-            for &(id, want) in &theirs {
-                let diff = (lp[id] - want).abs();
-                worst = worst.max(diff);
-                diffs.push(diff);
-                if diff > tol.max {
-                    failures.push(format!(
-                        "{file} line {ln} step {i}: logprob of {id} is {:.4}, llama.cpp {want:.4}",
-                        lp[id]
-                    ));
-                }
-            }
-            checked += 1;
-            if i + 1 < steps {
-                logits = model
-                    .forward(
-                        &mut [SeqInput {
-                            tokens: &[next],
-                            kv: &mut kv,
-                        }],
-                        &mut scratch,
-                    )
-                    .unwrap()
-                    .remove(0);
-            }
-        }
-    }
-    diffs.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        diffs
-            .get(((diffs.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    eprintln!(
-        "{file}: {checked} steps checked; logprob difference median {:.4}, p90 {:.4}, p99 {:.4}, worst {worst:.4}",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99)
-    );
-    if pct(0.5) > tol.median || pct(0.9) > tol.p90 {
-        failures.push(format!(
-            "{file}: logprob differences too large overall (median {:.4} > {} or p90 {:.4} > {})",
-            pct(0.5),
-            tol.median,
-            pct(0.9),
-            tol.p90
-        ));
-    }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
 #[test]
 fn golden_smollm2() {
     run_golden(
@@ -220,6 +46,7 @@ fn golden_smollm2() {
             median: 0.1,
             p90: 0.3,
             max: 1.5,
+            ..Tolerance::GOLDEN
         },
     );
 }
@@ -233,13 +60,16 @@ fn golden_qwen2() {
             median: 0.1,
             p90: 0.3,
             max: 1.0,
+            ..Tolerance::GOLDEN
         },
     );
 }
 
 /// gemma3: head length 256 (not n_embd / n_head), q/k norms, post-norms, GeGLU, scaled
 /// embeddings, interleaved sliding-window layers (the last line's 789-token prompt goes past
-/// the 512-token window), tied output.
+/// the 512-token window), tied output. Measured: median 0.08, p90 0.27, p99 0.61, worst 0.77
+/// nats; llama.cpp against itself (flash attention off, then also an f32 KV cache) moves
+/// first-step logprobs of this model by up to 0.3 nats.
 #[test]
 fn golden_gemma3() {
     run_golden(
@@ -249,6 +79,7 @@ fn golden_gemma3() {
             median: 0.1,
             p90: 0.3,
             max: 1.0,
+            ..Tolerance::GOLDEN
         },
     );
 }

@@ -81,6 +81,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
             } else {
                 6 + seed as usize
             }),
+            split_thought: true,
         };
         runs.push((opened, engine.submit(req).unwrap()));
     }

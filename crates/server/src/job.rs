@@ -579,6 +579,7 @@ pub fn build(
         logprobs: asked.logprobs.then_some(asked.top_logprobs),
         prompt_logprobs: None,
         thinking_budget,
+        split_thought: true,
     });
     Ok(Job {
         prompt_tokens: prompt.len(),

@@ -280,3 +280,42 @@ fn opened_thought_through_the_seed_programs() {
         );
     }
 }
+
+/// A text completion on a reasoning model is the text as the model wrote it: the thought and
+/// its tags stay in `text`, nothing is split out or counted as reasoning, no budget applies.
+#[test]
+fn completions_keep_the_thought_in_the_text() {
+    let (s, _dir) = start();
+    run(async {
+        let turn = |role: &str, text: &str| format!("<|im_start|>{role}\n{text}<|im_end|>\n");
+        let prompt = [
+            turn("system", SYSTEM),
+            turn("user", "What is 2 + 2?"),
+            turn("assistant", EXAMPLE),
+            turn("user", "What is 3 + 5?"),
+            "<|im_start|>assistant\n".to_owned(),
+        ]
+        .concat();
+        for model in ["qwen-think", "qwen-r1"] {
+            let body =
+                json!({"model": model, "prompt": prompt, "max_tokens": 40, "temperature": 0});
+            let r = reqwest::Client::new()
+                .post(s.url("/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            let text = v["choices"][0]["text"].as_str().unwrap();
+            assert!(
+                text.contains("<think>") && text.contains("</think>"),
+                "{model}: {v}"
+            );
+            assert_eq!(
+                v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0,
+                "{v}"
+            );
+        }
+    });
+}

@@ -9,6 +9,8 @@
 //! sums, which after the last unit are the results. `maddubs`+`madd` (AVX2) and
 //! `vpdpbusd` (VNNI) give the same integers, so both instruction sets produce
 //! bit-identical results.
+//! IQ4 weights stay 4-bit indices in memory; one `vpshufb` per register looks their
+//! code-book values (plus 128) up, and from there they take Q8_0's 8-bit path.
 //!
 //! Batch invariance: the float part of every (weight row, token) sum is the same sequence
 //! of operations whatever the number of tokens: per unit, in order, into that pair's own

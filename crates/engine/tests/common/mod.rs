@@ -1,8 +1,11 @@
 //! Where the engine's tests find their real files: the test models (fetched by
 //! `tokenfab models fetch`) and the test assets (scripts/fetch-test-assets.sh). Missing
-//! files fail the test with the command that provides them; nothing is skipped.
+//! files fail the test with the command that provides them; nothing is skipped. `golden`
+//! holds the comparison with llama.cpp's golden outputs that several tests share.
 
 #![allow(dead_code)]
+
+pub mod golden;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,9 @@ use tokenfab_engine::scheduler::GenerateRequest;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::completions::{CompletionRequest, PromptInput};
 
-use super::{Job, Knobs, bad, encode_prompt, include_usage, logit_bias, max_tokens, sampled};
+use super::{
+    Asked, Job, Knobs, bad, encode_prompt, include_usage, logit_bias, max_tokens, sampled,
+};
 use crate::error::HttpError;
 use crate::routes::typed;
 use crate::state::{Limits, ServedModel};
@@ -92,16 +94,19 @@ fn prompt_tokens(
     }
 }
 
-/// Validates the completion request `body` for the local model `model` (served as
-/// `model_id`) and the server's limits, tokenizes its prompts and builds the engine jobs.
-pub fn build(
-    body: Value,
-    model_id: &str,
-    model: Arc<ServedModel>,
-    limits: &Limits,
-) -> Result<CompletionJob, HttpError> {
-    super::refuse_unhonoured(&body)?;
-    let req: CompletionRequest = typed(body)?;
+/// What a completion request asks for, checked without the model.
+#[derive(Debug)]
+struct Options {
+    inputs: Vec<PromptInput>,
+    asked: Asked,
+    stream: bool,
+    echo: bool,
+    logprobs: Option<usize>,
+    best_of: u64,
+}
+
+/// Validates every field of `req` that needs no model.
+fn options(req: &CompletionRequest, limits: &Limits) -> Result<Options, HttpError> {
     let inputs = req
         .prompt
         .clone()
@@ -116,6 +121,7 @@ pub fn build(
             ),
         ));
     }
+    let (stream, echo) = (req.stream.unwrap_or(false), req.echo.unwrap_or(false));
     let knobs = Knobs {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -131,12 +137,10 @@ pub fn build(
         // check would refuse the 0.
         max_tokens: req
             .max_tokens
-            .filter(|&m| !(m == 0 && req.echo == Some(true)))
+            .filter(|&m| !(m == 0 && echo))
             .map(|m| ("max_tokens", m)),
     };
-    let mut asked = sampled(&knobs, limits)?;
-    asked.sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), model.tokenizer.vocab_size())?;
-    let (stream, echo) = (req.stream.unwrap_or(false), req.echo.unwrap_or(false));
+    let asked = sampled(&knobs, limits)?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
@@ -165,10 +169,40 @@ pub fn build(
             "`best_of` greater than `n` cannot be streamed: the best choices are known only at the end",
         ));
     }
-    let suffix = req.suffix.as_deref().filter(|s| !s.is_empty());
-    if echo && suffix.is_some() {
+    if echo && req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(bad("suffix", "`echo` cannot be combined with `suffix`"));
     }
+    Ok(Options {
+        inputs,
+        asked,
+        stream,
+        echo,
+        logprobs,
+        best_of,
+    })
+}
+
+/// Validates the completion request `body` for the local model `model` (served as
+/// `model_id`) and the server's limits, tokenizes its prompts and builds the engine jobs.
+pub fn build(
+    body: Value,
+    model_id: &str,
+    model: Arc<ServedModel>,
+    limits: &Limits,
+) -> Result<CompletionJob, HttpError> {
+    super::refuse_unhonoured(&body)?;
+    let req: CompletionRequest = typed(body)?;
+    let Options {
+        inputs,
+        mut asked,
+        stream,
+        echo,
+        logprobs,
+        best_of,
+    } = options(&req, limits)?;
+    asked.sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), model.tokenizer.vocab_size())?;
+    let n = asked.n;
+    let suffix = req.suffix.as_deref().filter(|s| !s.is_empty());
     let (tokenizer, context_length) = (&model.tokenizer, model.engine.context_length());
     let mut echoes = Vec::new();
     let mut prompts = Vec::new();
@@ -199,6 +233,8 @@ pub fn build(
             logprobs: logprobs.or((best_of > n).then_some(0)),
             prompt_logprobs: logprobs.filter(|_| echo),
             thinking_budget: None,
+            // A completion's text is everything the model wrote.
+            split_thought: false,
         }));
         prompts.push(ids.len());
         echoes.push(Echo { text, tokens: ids });
@@ -219,4 +255,73 @@ pub fn build(
         logprobs,
         echo: echo.then_some(echoes),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn options_of(v: Value) -> Result<Options, HttpError> {
+        options(&typed(v)?, &Limits::default())
+    }
+
+    /// The field a 400 names.
+    fn refused(v: Value) -> String {
+        let e = options_of(v).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{e:?}");
+        e.body.param.unwrap_or_default()
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (body, field) in [
+            (json!({}), "prompt"),
+            (json!({"prompt": []}), "prompt"),
+            (json!({"prompt": [1, "a"]}), "prompt"),
+            (json!({"prompt": vec!["a"; MAX_PROMPTS + 1]}), "prompt"),
+            (json!({"prompt": "a", "logprobs": 6}), "logprobs"),
+            (json!({"prompt": "a", "logprobs": -1}), "logprobs"),
+            (json!({"prompt": "a", "n": 3, "best_of": 2}), "best_of"),
+            (json!({"prompt": "a", "best_of": 9}), "best_of"),
+            (
+                json!({"prompt": "a", "best_of": 2, "stream": true}),
+                "best_of",
+            ),
+            (
+                json!({"prompt": "a", "echo": true, "suffix": "b"}),
+                "suffix",
+            ),
+            (json!({"prompt": "a", "top_p": 0}), "top_p"),
+            (
+                json!({"prompt": "a", "stop": ["1", "2", "3", "4", "5"]}),
+                "stop",
+            ),
+            (json!({"prompt": "a", "echo": "yes"}), "echo"),
+        ] {
+            assert_eq!(refused(body.clone()), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_what_is_accepted() {
+        let o = options_of(
+            json!({"prompt": ["a", "b"], "n": 2, "best_of": 3, "logprobs": 0,
+            "echo": true, "max_tokens": 0, "stop": "x", "seed": 4}),
+        )
+        .unwrap();
+        assert_eq!(o.inputs.len(), 2);
+        assert_eq!(
+            (o.asked.n, o.best_of, o.logprobs, o.echo),
+            (2, 3, Some(0), true)
+        );
+        // `max_tokens: 0` with `echo` scores the prompt: no length asked of the shared step.
+        assert_eq!(o.asked.max_tokens, None);
+        assert_eq!(
+            (o.asked.stop, o.asked.seed),
+            (vec!["x".to_string()], Some(4))
+        );
+        let o = options_of(json!({"prompt": [[1, 2], [3]], "stream": true, "n": 2})).unwrap();
+        assert_eq!((o.best_of, o.logprobs, o.stream), (2, None, true));
+    }
 }

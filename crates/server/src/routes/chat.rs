@@ -7,8 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokenfab_engine::scheduler::{
     Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
 };
@@ -261,38 +260,21 @@ fn stream_response(
         model: job.model_id.clone(),
     };
     tokio::spawn(async move {
-        // Every choice's events, tagged with the choice index, in arrival order.
-        let tagged: Vec<BoxStream<'static, (usize, Event)>> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| {
-                stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-                    .map(move |e| (i, e))
-                    .boxed()
-            })
-            .collect();
-        let mut events = stream::select_all(tagged);
+        let mut events = local::events(receivers);
         let tok = job.model.tokenizer.clone();
-        // The client went away: every event the engine already delivered is folded in,
-        // then the fold's drop bills it and dropping the receivers cancels generation.
-        let client_gone = |mut fold: Fold, mut events: stream::SelectAll<_>| {
-            while let Some(Some((i, ev))) = events.next().now_or_never() {
-                fold.apply(i, ev);
-            }
-        };
         for i in 0..job.choices.len() {
             let role = Delta {
                 role: Some("assistant".into()),
                 ..Default::default()
             };
             if tx.send(writer.choice(i, role, None, None)).await.is_err() {
-                return client_gone(fold, events);
+                return local::client_gone(fold, events);
             }
         }
         loop {
             let next = tokio::select! {
                 e = events.next() => e,
-                _ = tx.closed() => return client_gone(fold, events),
+                _ = tx.closed() => return local::client_gone(fold, events),
             };
             let Some((i, ev)) = next else { break };
             let bytes = match fold.apply(i, ev) {
@@ -317,7 +299,7 @@ fn stream_response(
                 }
             };
             if !bytes.is_empty() && tx.send(bytes).await.is_err() {
-                return client_gone(fold, events);
+                return local::client_gone(fold, events);
             }
         }
         if fold.finish_reasons().is_none() {

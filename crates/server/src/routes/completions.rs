@@ -2,8 +2,9 @@
 //! [`crate::job::completion`]) rendered as the legacy text-completion answer, whole or
 //! streamed; an upstream model's request is proxied ([`proxy::completions`]).
 //!
-//! Each choice's text is everything the model wrote (a reasoning model's thought
-//! included: the fold's two fields, in order), after the echoed prompt when `echo`.
+//! Each choice's text is everything the model wrote (a reasoning model's thought and its
+//! tags included: the engine does not split it for completions), after the echoed prompt
+//! when `echo`.
 
 use std::sync::Arc;
 
@@ -11,8 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokenfab_engine::scheduler::{Event, TokenLogprob as EngineLogprob};
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::Caller;
@@ -146,8 +146,8 @@ fn collect(
     let tok = &job.job.model.tokenizer;
     match step {
         Step::Text { text, token, .. } => {
-            let mut piece = text.reasoning;
-            piece.push_str(&text.content);
+            // Nothing is split out of a completion (`split_thought: false`): all is content.
+            let piece = text.content;
             if let Some((id, lp)) = token {
                 c.sum += f64::from(lp.logprob);
                 c.count += 1;
@@ -283,24 +283,7 @@ fn stream_response(
         model: job.job.model_id.clone(),
     };
     tokio::spawn(async move {
-        // Every choice's events, tagged with the choice index, in arrival order.
-        let tagged: Vec<BoxStream<'static, (usize, Event)>> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| {
-                stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-                    .map(move |e| (i, e))
-                    .boxed()
-            })
-            .collect();
-        let mut events = stream::select_all(tagged);
-        // The client went away: what the engine already delivered is folded in, then the
-        // fold's drop bills it and dropping the receivers cancels generation.
-        let client_gone = |mut fold: Fold, mut events: stream::SelectAll<_>| {
-            while let Some(Some((i, ev))) = events.next().now_or_never() {
-                fold.apply(i, ev);
-            }
-        };
+        let mut events = local::events(receivers);
         let mut collected: Vec<Collected> = job
             .job
             .choices
@@ -320,13 +303,13 @@ fn stream_response(
                     .await
                     .is_err()
             {
-                return client_gone(fold, events);
+                return local::client_gone(fold, events);
             }
         }
         loop {
             let next = tokio::select! {
                 e = events.next() => e,
-                _ = tx.closed() => return client_gone(fold, events),
+                _ = tx.closed() => return local::client_gone(fold, events),
             };
             let Some((i, ev)) = next else { break };
             let c = &mut collected[i];
@@ -355,7 +338,7 @@ fn stream_response(
                 }
             };
             if tx.send(bytes).await.is_err() {
-                return client_gone(fold, events);
+                return local::client_gone(fold, events);
             }
         }
         if fold.finish_reasons().is_none() {

@@ -4,6 +4,8 @@
 //! how they build the job and render the fold's steps.
 
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, BoxStream, SelectAll};
+use futures_util::{FutureExt, StreamExt};
 use tokenfab_engine::scheduler::Event;
 use tokenfab_platform::limits::Standing;
 use tokenfab_platform::{Admission, Caller};
@@ -72,4 +74,24 @@ pub async fn start<J: Send + 'static>(
         fold,
         standing,
     })
+}
+
+/// A stream's events: every choice's, tagged with the choice index, in arrival order.
+pub type Events = SelectAll<BoxStream<'static, (usize, Event)>>;
+
+/// The events of `receivers` (one per choice) as they arrive.
+pub fn events(receivers: Vec<UnboundedReceiver<Event>>) -> Events {
+    stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| {
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .map(move |e| (i, e))
+            .boxed()
+    }))
+}
+
+/// A stream's client went away: every event the engine already delivered is folded in,
+/// then the fold's drop bills it and dropping the receivers cancels generation.
+pub fn client_gone(mut fold: Fold, mut events: Events) {
+    while let Some(Some((i, ev))) = events.next().now_or_never() {
+        fold.apply(i, ev);
+    }
 }
