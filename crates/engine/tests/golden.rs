@@ -398,3 +398,10 @@ fn batch_invariance_across_passes() {
         max_abs_diff(&halves[1], &whole)
     );
 }
+
+/// gemma3's extra steps (q/k and post-norms, GeGLU, its two rotary sets and the windowed
+/// views) keep a sequence's logits independent of its batch.
+#[test]
+fn batch_invariance_random_gemma3() {
+    batch_invariance_random(gemma(), 4, 0x5eed_0004);
+}
