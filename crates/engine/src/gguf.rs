@@ -474,6 +474,7 @@ pub(crate) mod test_writer {
     use std::path::PathBuf;
 
     /// A metadata value to write: strings, u32s, or an i32 array.
+    #[derive(Clone, Copy)]
     pub enum Kv<'a> {
         Str(&'a str),
         U32(u32),

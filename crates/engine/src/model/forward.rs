@@ -44,7 +44,7 @@ use rayon::prelude::*;
 
 use super::attention::{self, KvView};
 use super::kv::{BLOCK_TOKENS, Pages};
-use super::{KvCache, Matrix, Model, RopeStyle};
+use super::{FfnAct, KvCache, Matrix, Model, RopeStyle};
 use crate::error::EngineError;
 use crate::quant::{Acts, BlockQ8, QK8, TOKEN_TILE};
 
@@ -71,6 +71,7 @@ pub struct Scratch {
     q8: Vec<BlockQ8>,
     /// Integer-sum starts of the Q8 activations (see `quant::Weights::init_per_token`).
     init: Vec<i32>,
+    /// Rotary cosines and sines of each rotary set (`ModelConfig::ropes`), set after set.
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// Per row of the current pass: (batch item, position in its sequence).
@@ -227,14 +228,29 @@ fn add_bias(x: &mut [f32], b: Option<&Vec<f32>>) {
     }
 }
 
-/// `gate = silu(gate) · up`, element by element: one `exp` per element, which over a batch
-/// (16 decode tokens × 1536 for SmolLM2, every layer) is worth spreading over the math
-/// threads; a single token's row stays on one.
-fn silu_mul(gate: &mut [f32], up: &[f32]) {
+/// `gate = act(gate) · up`, element by element: one `exp` (or table lookup) per element,
+/// which over a batch (16 decode tokens × 1536 for SmolLM2, every layer) is worth spreading
+/// over the math threads; a single token's row stays on one.
+fn gated_act(act: FfnAct, gate: &mut [f32], up: &[f32]) {
     const CHUNK: usize = 4096;
-    let f = |(g, u): (&mut [f32], &[f32])| {
-        for (g, &u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+    let f = |(g, u): (&mut [f32], &[f32])| match act {
+        FfnAct::Silu => {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        FfnAct::GeluF16 => {
+            let table = gelu_f16_table();
+            for (g, &u) in g.iter_mut().zip(u) {
+                // ggml's f16 GELU: saturated beyond ±10, else looked up by the f16 input.
+                *g = if *g <= -10.0 {
+                    0.0
+                } else if *g >= 10.0 {
+                    *g * u
+                } else {
+                    table[half::f16::from_f32(*g).to_bits() as usize] * u
+                };
+            }
         }
     };
     if gate.len() <= CHUNK {
@@ -243,6 +259,37 @@ fn silu_mul(gate: &mut [f32], up: &[f32]) {
         gate.par_chunks_mut(CHUNK)
             .zip(up.par_chunks(CHUNK))
             .for_each(f);
+    }
+}
+
+/// GELU (tanh form) of every f16 value, rounded to f16 and widened back: ggml's CPU table,
+/// built once (256 KiB).
+fn gelu_f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = half::f16::from_bits(bits).to_f32();
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh());
+                half::f16::from_f32(y).to_f32()
+            })
+            .collect()
+    })
+}
+
+/// `x = x + norm(y)` row by row when the layer has a post-norm, else `x = x + y`; `tmp`
+/// holds the norm's output.
+fn add_residual(x: &mut [f32], y: &[f32], post_norm: Option<&Vec<f32>>, eps: f32, tmp: &mut [f32]) {
+    let y = match post_norm {
+        Some(w) => {
+            rms_norm(y, w, eps, tmp);
+            &*tmp
+        }
+        None => y,
+    };
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
@@ -374,6 +421,11 @@ impl Model {
             &mut s.mm,
             (&mut s.q8, &mut s.init),
         );
+        if let Some(cap) = c.final_softcap {
+            for v in logits.iter_mut() {
+                *v = (*v / cap).tanh() * cap;
+            }
+        }
         Ok(logits
             .chunks_exact(c.vocab_size)
             .map(|l| l.to_vec())
@@ -388,7 +440,7 @@ impl Model {
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
         let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attn_scale;
 
         s.rows.clear();
         for seg in segs {
@@ -397,17 +449,20 @@ impl Model {
         }
         let rows = &s.rows[..];
 
-        // Rotary angles for each row's own position, shared by all heads and layers.
+        // Rotary angles for each row's own position, per rotary set, shared by all heads
+        // and the layers of the set.
         let half = c.n_rot / 2;
-        let cos = resize(&mut s.cos, n * half);
-        let sin = resize(&mut s.sin, n * half);
-        for (t, &(_, pos)) in rows.iter().enumerate() {
-            let pos = pos as f64;
-            for i in 0..half {
-                let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / c.n_rot as f64);
-                let (sn, cs) = (pos * freq).sin_cos();
-                cos[t * half + i] = cs as f32;
-                sin[t * half + i] = sn as f32;
+        let cos = resize(&mut s.cos, c.ropes.len() * n * half);
+        let sin = resize(&mut s.sin, c.ropes.len() * n * half);
+        for (set, rope) in c.ropes.iter().enumerate() {
+            let base = set * n * half;
+            for (t, &(_, pos)) in rows.iter().enumerate() {
+                let pos = pos as f64;
+                for (i, &freq) in rope.inv_freq.iter().enumerate() {
+                    let (sn, cs) = (pos * freq).sin_cos();
+                    cos[base + t * half + i] = cs as f32;
+                    sin[base + t * half + i] = sn as f32;
+                }
             }
         }
 
@@ -422,8 +477,11 @@ impl Model {
                 }
             }
         }
+        if let Some(f) = c.embd_scale {
+            x.iter_mut().for_each(|v| *v *= f);
+        }
 
-        for (li, l) in self.layers.iter().enumerate() {
+        for (li, (l, la)) in self.layers.iter().zip(&c.layers).enumerate() {
             let xn = resize(&mut s.xn, n * d);
             rms_norm(x, &l.attn_norm, c.rms_eps, xn);
             let q = resize(&mut s.q, n * q_dim);
@@ -435,8 +493,18 @@ impl Model {
             add_bias(q, l.bq.as_ref());
             add_bias(k, l.bk.as_ref());
             add_bias(v, l.bv.as_ref());
-            rope(q, hd, c.n_rot, c.rope_style, &s.cos, &s.sin);
-            rope(k, hd, c.n_rot, c.rope_style, &s.cos, &s.sin);
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                // Heads are rows of `hd`: normalize in place through `att` as scratch.
+                for (x, w) in [(&mut *q, qn), (&mut *k, kn)] {
+                    let tmp = resize(&mut s.att, x.len());
+                    rms_norm(x, w, c.rms_eps, tmp);
+                    x.copy_from_slice(tmp);
+                }
+            }
+            let set = la.rope * n * half..(la.rope + 1) * n * half;
+            let (cos, sin) = (&s.cos[set.clone()], &s.sin[set]);
+            rope(q, hd, c.n_rot, c.rope_style, cos, sin);
+            rope(k, hd, c.n_rot, c.rope_style, cos, sin);
             for seg in segs {
                 let kv = &mut *batch[seg.item].kv;
                 for j in 0..seg.len {
@@ -455,34 +523,33 @@ impl Model {
                     let (t, h) = (i / c.n_head, i % c.n_head);
                     let (item, pos) = rows[t];
                     let (k_pages, v_pages) = &pages[item];
+                    // A sliding window sees the `w` positions ending at this one.
+                    let first = la.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                     let view = KvView {
                         k: k_pages,
                         v: v_pages,
                         page_rows: BLOCK_TOKENS,
                         stride: kv_dim,
                         offset: (h / group) * hd,
+                        first,
                     };
                     let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    attention::attend(qh, &view, pos + 1, scale, out, scores);
+                    attention::attend(qh, &view, pos + 1 - first, scale, out, scores);
                 });
             drop(pages);
 
             let proj = resize(&mut s.proj, n * d);
             matmul(&l.wo, att, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
-            for (a, b) in x.iter_mut().zip(proj.iter()) {
-                *a += b;
-            }
+            add_residual(x, proj, l.attn_post_norm.as_ref(), c.rms_eps, xn);
 
             rms_norm(x, &l.ffn_norm, c.rms_eps, xn);
             let gate = resize(&mut s.gate, n * c.n_ff);
             let up = resize(&mut s.up, n * c.n_ff);
             matmul(&l.gate, xn, n, gate, &mut s.mm, (&mut s.q8, &mut s.init));
             matmul(&l.up, xn, n, up, &mut s.mm, (&mut s.q8, &mut s.init));
-            silu_mul(gate, up);
+            gated_act(c.ffn_act, gate, up);
             matmul(&l.down, gate, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
-            for (a, b) in x.iter_mut().zip(proj.iter()) {
-                *a += b;
-            }
+            add_residual(x, proj, l.ffn_post_norm.as_ref(), c.rms_eps, xn);
         }
         for seg in segs {
             batch[seg.item].kv.len = seg.past + seg.len;

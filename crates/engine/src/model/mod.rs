@@ -1,4 +1,5 @@
-//! The transformer forward pass (llama and qwen2 architectures) over caller-owned KV caches.
+//! The transformer forward pass (the dense architectures of [`ARCHITECTURES`]) over
+//! caller-owned KV caches.
 //!
 //! [`Model::load`] copies every weight out of the GGUF mapping into owned buffers, so a
 //! `Model` is `'static + Send + Sync`, independent of the file, and free to be repacked
@@ -25,11 +26,110 @@ use std::sync::Arc;
 
 /// How rotary embeddings pair up dimensions. llama.cpp uses `Norm` (adjacent pairs) for
 /// llama, whose GGUF converter permutes Q/K rows to suit it, and `Neox` (first half with
-/// second half) for qwen2, whose weights are stored as Hugging Face has them.
+/// second half) for the others, whose weights are stored as Hugging Face has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
     Norm,
     Neox,
+}
+
+/// The activation of the gated feed-forward network: `act(gate) · up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnAct {
+    Silu,
+    /// GELU (tanh form) as ggml's CPU backend computes it: the input rounded to f16 and
+    /// looked up in a table of f16 results, which is what the reference logits carry.
+    GeluF16,
+}
+
+/// What tells one supported architecture's layer from another's, as llama.cpp's graph for
+/// it builds it. The one list of what this build runs.
+#[derive(Debug)]
+struct Arch {
+    name: &'static str,
+    rope_style: RopeStyle,
+    /// RMS norms of each query and key head (weights of `head_dim`) before rotation.
+    qk_norm: bool,
+    /// RMS norms of the attention output and of the FFN output before their residual adds.
+    post_norms: bool,
+    ffn: FfnAct,
+    /// Token embeddings multiplied by `sqrt(n_embd)`.
+    embd_scale: bool,
+    /// Sliding-window attention: the period of the layer pattern (every `n`-th layer is
+    /// global) when the file declares a window but no `sliding_window_pattern`, llama.cpp's
+    /// default for the architecture. `None`: llama.cpp's graph for it has no sliding window
+    /// and ignores an `attention.sliding_window` key (as it does for `llama`, Mistral's
+    /// files included), so tokenfab does too.
+    swa_pattern: Option<usize>,
+}
+
+const LLAMA_LIKE: Arch = Arch {
+    name: "llama",
+    rope_style: RopeStyle::Norm,
+    qk_norm: false,
+    post_norms: false,
+    ffn: FfnAct::Silu,
+    embd_scale: false,
+    swa_pattern: None,
+};
+
+/// The architectures [`Model::load`] runs (`general.architecture`).
+const ARCHITECTURES: [Arch; 4] = [
+    LLAMA_LIKE,
+    Arch {
+        name: "qwen2",
+        rope_style: RopeStyle::Neox,
+        ..LLAMA_LIKE
+    },
+    Arch {
+        name: "qwen3",
+        rope_style: RopeStyle::Neox,
+        qk_norm: true,
+        ..LLAMA_LIKE
+    },
+    Arch {
+        name: "gemma3",
+        rope_style: RopeStyle::Neox,
+        qk_norm: true,
+        post_norms: true,
+        ffn: FfnAct::GeluF16,
+        embd_scale: true,
+        swa_pattern: Some(6),
+    },
+];
+
+fn arch(name: &str) -> Option<&'static Arch> {
+    ARCHITECTURES.iter().find(|a| a.name == name)
+}
+
+/// One set of rotary frequencies: `angle_i(pos) = pos · inv_freq[i]`, `inv_freq[i] =
+/// scale · theta^(-2i / n_rot) / factor_i` (ggml's rope without YaRN: linear scaling by
+/// `scale`, Llama 3's per-dimension `rope_freqs.weight` factors).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub theta: f32,
+    inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    fn new(theta: f32, scale: f32, factors: Option<&[f32]>, n_rot: usize) -> Rope {
+        let inv_freq = (0..n_rot / 2)
+            .map(|i| {
+                let f = (theta as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                let f = if scale == 1.0 { f } else { f * scale as f64 };
+                factors.map_or(f, |ff| f / ff[i] as f64)
+            })
+            .collect();
+        Rope { theta, inv_freq }
+    }
+}
+
+/// How one layer attends: the rotary set it uses and its sliding window, if any (a
+/// position sees the `window` positions ending at itself, llama.cpp's standard SWA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerAttn {
+    pub rope: usize,
+    pub window: Option<usize>,
 }
 
 /// Hyperparameters read from the GGUF metadata.
@@ -40,16 +140,26 @@ pub struct ModelConfig {
     pub n_embd: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Length of each key and value head (`attention.key_length`, else `n_embd / n_head`).
     pub head_dim: usize,
     pub n_ff: usize,
     pub vocab_size: usize,
     /// Longest sequence the model was trained for; longer requests are refused.
     pub context_length: usize,
-    pub rope_theta: f32,
     /// Dimensions of each head that get rotated (the rest pass through).
     pub n_rot: usize,
     pub rope_style: RopeStyle,
+    /// The rotary sets the layers use: the global one first, then the sliding layers' own.
+    pub ropes: Vec<Rope>,
     pub rms_eps: f32,
+    pub ffn_act: FfnAct,
+    /// Factor on the token embeddings (gemma's `sqrt(n_embd)`).
+    pub embd_scale: Option<f32>,
+    /// Factor on the query-key dot products.
+    pub attn_scale: f32,
+    /// `logits = cap · tanh(logits / cap)` where the metadata asks for it.
+    pub final_softcap: Option<f32>,
+    pub layers: Vec<LayerAttn>,
 }
 
 /// A weight matrix: `rows` rows of `cols` weights, repacked for the kernels.
@@ -63,8 +173,12 @@ pub(crate) struct Layer {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub wo: Matrix,
+    pub attn_post_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
+    pub ffn_post_norm: Option<Vec<f32>>,
     pub gate: Matrix,
     pub up: Matrix,
     pub down: Matrix,
@@ -105,6 +219,12 @@ impl Loader<'_> {
         self.g
             .get_f64(&format!("{}.{key}", self.arch))
             .map(|v| v as f32)
+    }
+
+    fn meta_opt(&self, key: &str) -> Option<usize> {
+        self.g
+            .get_u64(&format!("{}.{key}", self.arch))
+            .map(|v| v as usize)
     }
 
     fn path(&self) -> String {
@@ -197,13 +317,15 @@ impl Loader<'_> {
     }
 }
 
-/// The architectures [`Model::load`] runs (`general.architecture`).
-const ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
-
 /// Whether this build runs models of `arch`, for listings made before a file is fetched.
-pub fn supports_architecture(arch: &str) -> bool {
-    ARCHITECTURES.contains(&arch)
+pub fn supports_architecture(name: &str) -> bool {
+    arch(name).is_some()
 }
+
+/// Rope scaling types with more than linear position scaling (YaRN's interpolation ramp,
+/// LongRoPE's factor sets) that this build does not compute; refused rather than run
+/// with the wrong angles.
+const UNSUPPORTED_ROPE_SCALING: [&str; 2] = ["yarn", "longrope"];
 
 /// Whether this build can run the model in `g`, from its header alone: the architecture and
 /// every tensor's type. [`Model::load`] runs it before allocating anything, and
@@ -214,7 +336,16 @@ pub fn check(g: &GgufFile) -> Result<(), EngineError> {
         return Err(EngineError::BadModel(format!(
             "{}: architecture `{arch}` is not supported; tokenfab runs {}",
             g.path.display(),
-            ARCHITECTURES.join(", ")
+            ARCHITECTURES.map(|a| a.name).join(", ")
+        )));
+    }
+    let scaling_key = format!("{arch}.rope.scaling.type");
+    if let Some(t) = g.get_str(&scaling_key)
+        && UNSUPPORTED_ROPE_SCALING.contains(&t)
+    {
+        return Err(EngineError::BadModel(format!(
+            "{}: rope scaling `{t}` ({scaling_key}) is not supported; tokenfab runs none and linear",
+            g.path.display()
         )));
     }
     let l = Loader { g, arch };
@@ -229,31 +360,84 @@ impl Model {
     /// (or producing garbage) at the first request.
     pub fn load(g: &GgufFile) -> Result<Model, EngineError> {
         check(g)?;
-        let arch = g.architecture().unwrap_or("<none>");
-        let rope_style = match arch {
-            "qwen2" => RopeStyle::Neox,
-            _ => RopeStyle::Norm,
-        };
-        let l = Loader { g, arch };
+        let name = g.architecture().unwrap_or("<none>");
+        let spec = arch(name).expect("check accepted the architecture");
+        let l = Loader { g, arch: name };
         let n_layer = l.meta("block_count")?;
         let n_embd = l.meta("embedding_length")?;
         let n_ff = l.meta("feed_forward_length")?;
         let n_head = l.meta("attention.head_count")?;
         let n_head_kv = l.meta("attention.head_count_kv").unwrap_or(n_head);
-        if n_head == 0 || n_head_kv == 0 || n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+        let head_dim = match l.meta_opt("attention.key_length") {
+            Some(k) => k,
+            None if n_head > 0 && n_embd % n_head == 0 => n_embd / n_head,
+            None => 0,
+        };
+        let v_dim = l.meta_opt("attention.value_length").unwrap_or(head_dim);
+        if n_head == 0 || n_head_kv == 0 || head_dim == 0 || n_head % n_head_kv != 0 {
             return Err(EngineError::BadModel(format!(
-                "{}: inconsistent head counts (embedding {n_embd}, heads {n_head}, kv heads {n_head_kv})",
+                "{}: inconsistent head counts (embedding {n_embd}, heads {n_head}, kv heads {n_head_kv}, head length {head_dim})",
                 l.path()
             )));
         }
-        let head_dim = n_embd / n_head;
+        if v_dim != head_dim {
+            return Err(EngineError::BadModel(format!(
+                "{}: value heads of {v_dim} differ from key heads of {head_dim}, which tokenfab does not run",
+                l.path()
+            )));
+        }
         let n_rot = l
             .meta("rope.dimension_count")
             .unwrap_or(head_dim)
             .min(head_dim);
         let context_length = l.meta("context_length")?;
         let rope_theta = l.meta_f("rope.freq_base").unwrap_or(10000.0);
+        // llama.cpp: `rope.scaling.factor` (or the old `rope.scale_linear`) divides
+        // positions on the global layers; sliding layers keep their own unscaled set.
+        let rope_scale = l
+            .meta_f("rope.scaling.factor")
+            .or_else(|| l.meta_f("rope.scale_linear"))
+            .filter(|&f| f != 0.0)
+            .map_or(1.0, |f| 1.0 / f);
+        let rope_factors = l.optional_vector("rope_freqs.weight", n_rot / 2)?;
+        let mut ropes = vec![Rope::new(
+            rope_theta,
+            rope_scale,
+            rope_factors.as_deref(),
+            n_rot,
+        )];
+        let window = l.meta_opt("attention.sliding_window").filter(|&w| w > 0);
+        let layers_attn = match (window, spec.swa_pattern) {
+            (Some(w), Some(pattern)) => {
+                let pattern = l
+                    .meta_opt("attention.sliding_window_pattern")
+                    .unwrap_or(pattern);
+                let theta_swa = l.meta_f("rope.freq_base_swa").unwrap_or(10000.0);
+                ropes.push(Rope::new(theta_swa, 1.0, rope_factors.as_deref(), n_rot));
+                // llama.cpp: a layer slides unless it ends a group of `pattern`.
+                (0..n_layer)
+                    .map(|i| match pattern == 0 || i % pattern < pattern - 1 {
+                        true => LayerAttn {
+                            rope: 1,
+                            window: Some(w),
+                        },
+                        false => LayerAttn {
+                            rope: 0,
+                            window: None,
+                        },
+                    })
+                    .collect()
+            }
+            _ => vec![
+                LayerAttn {
+                    rope: 0,
+                    window: None,
+                };
+                n_layer
+            ],
+        };
         let rms_eps = l.meta_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
+        let final_softcap = l.meta_f("final_logit_softcapping").filter(|&c| c != 0.0);
         let embd_info = l.info("token_embd.weight")?;
         let vocab_size = embd_info.dims.get(1).copied().unwrap_or(0) as usize;
         let (tok_embd, output) = match g.tensor("output.weight") {
@@ -269,6 +453,10 @@ impl Model {
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
+            let norm = |on: bool, s: &str, len: usize| match on {
+                true => l.vector(&n(s), len).map(Some),
+                false => Ok(None),
+            };
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm.weight"), n_embd)?,
                 wq: l.matrix(&n("attn_q.weight"), n_embd, q_dim)?,
@@ -277,15 +465,19 @@ impl Model {
                 bq: l.optional_vector(&n("attn_q.bias"), q_dim)?,
                 bk: l.optional_vector(&n("attn_k.bias"), kv_dim)?,
                 bv: l.optional_vector(&n("attn_v.bias"), kv_dim)?,
+                q_norm: norm(spec.qk_norm, "attn_q_norm.weight", head_dim)?,
+                k_norm: norm(spec.qk_norm, "attn_k_norm.weight", head_dim)?,
                 wo: l.matrix(&n("attn_output.weight"), q_dim, n_embd)?,
+                attn_post_norm: norm(spec.post_norms, "post_attention_norm.weight", n_embd)?,
                 ffn_norm: l.vector(&n("ffn_norm.weight"), n_embd)?,
+                ffn_post_norm: norm(spec.post_norms, "post_ffw_norm.weight", n_embd)?,
                 gate: l.matrix(&n("ffn_gate.weight"), n_embd, n_ff)?,
                 up: l.matrix(&n("ffn_up.weight"), n_embd, n_ff)?,
                 down: l.matrix(&n("ffn_down.weight"), n_ff, n_embd)?,
             });
         }
         let config = ModelConfig {
-            arch: arch.to_string(),
+            arch: name.to_string(),
             n_layer,
             n_embd,
             n_head,
@@ -294,10 +486,20 @@ impl Model {
             n_ff,
             vocab_size,
             context_length,
-            rope_theta,
             n_rot,
-            rope_style,
+            rope_style: spec.rope_style,
+            ropes,
             rms_eps,
+            ffn_act: spec.ffn,
+            embd_scale: spec.embd_scale.then(|| (n_embd as f32).sqrt()),
+            // llama.cpp scales gemma3's queries by 1/sqrt(key length) too, except for its
+            // 27B (62 layers, after gemma_pytorch's config), scaled by n_embd / n_head.
+            attn_scale: match (name, n_layer) {
+                ("gemma3", 62) => 1.0 / ((n_embd / n_head) as f32).sqrt(),
+                _ => 1.0 / (head_dim as f32).sqrt(),
+            },
+            final_softcap,
+            layers: layers_attn,
         };
         Ok(Model {
             config,
@@ -341,13 +543,25 @@ mod tests {
     use crate::gguf::test_writer::{Kv, gguf_bytes, write_temp};
 
     fn load(arch: &str, ty: u32, bytes_per_block: usize, name: &str) -> String {
+        load_with(arch, ty, bytes_per_block, name, &[])
+    }
+
+    fn load_with(
+        arch: &str,
+        ty: u32,
+        bytes_per_block: usize,
+        name: &str,
+        extra: &[(&str, Kv<'_>)],
+    ) -> String {
         let data = vec![0u8; bytes_per_block];
         let block = if ty == 0 { 1 } else { 256 };
+        let mut kvs = vec![
+            ("general.architecture", Kv::Str(arch)),
+            ("llama.block_count", Kv::U32(1)),
+        ];
+        kvs.extend_from_slice(extra);
         let file = gguf_bytes(
-            &[
-                ("general.architecture", Kv::Str(arch)),
-                ("llama.block_count", Kv::U32(1)),
-            ],
+            &kvs,
             &[
                 ("token_embd.weight", &[1], 0, vec![0u8; 4]),
                 ("blk.0.attn_q.weight", &[block], ty, data),
@@ -362,8 +576,23 @@ mod tests {
 
     #[test]
     fn unsupported_architecture_is_refused_by_name() {
-        let e = load("gemma3", 0, 4, "arch");
-        assert!(e.contains("architecture `gemma3` is not supported"), "{e}");
+        let e = load("mamba", 0, 4, "arch");
+        assert!(e.contains("architecture `mamba` is not supported"), "{e}");
+        for name in ["llama", "qwen2", "qwen3", "gemma3"] {
+            assert!(e.contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_rope_scaling_is_refused_by_name() {
+        let e = load_with(
+            "llama",
+            0,
+            4,
+            "yarn",
+            &[("llama.rope.scaling.type", Kv::Str("yarn"))],
+        );
+        assert!(e.contains("rope scaling `yarn`"), "{e}");
     }
 
     #[test]

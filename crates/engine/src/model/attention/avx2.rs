@@ -122,14 +122,15 @@ unsafe fn attend_nq<const NQ: usize>(
     scores.resize(padded, 0.0);
     let shift = kv.page_rows.trailing_zeros();
     let mask = kv.page_rows - 1;
-    // Row `j` of a head: inside its page by `KvView::check` (j < n_pos, offset + 8·NQ ≤
-    // stride, pages hold page_rows full rows).
+    // Row `j` of a head: inside its page by `KvView::check` (first + j < first + n_pos ≤
+    // pages · page_rows, offset + 8·NQ ≤ stride, pages hold page_rows full rows).
     let row = |pages: &[&[f32]], j: usize| {
-        // SAFETY: see above; `pages[j >> shift]` is bounds-checked.
+        let p = kv.first + j;
+        // SAFETY: see above; `pages[p >> shift]` is bounds-checked.
         unsafe {
-            pages[j >> shift]
+            pages[p >> shift]
                 .as_ptr()
-                .add((j & mask) * kv.stride + kv.offset)
+                .add((p & mask) * kv.stride + kv.offset)
         }
     };
     // SAFETY (whole body): loads are 8·NQ floats from `row(.., j)` with j < n_pos (see

@@ -17,9 +17,11 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 use crate::quant::simd;
 
-/// One head's view of a paged KV cache: position `j`'s key row starts at `offset` in row
-/// `j % page_rows` (of `stride` floats) of page `j / page_rows`, and likewise for values.
-/// Grouped-query heads share cache rows by using different offsets, without copying.
+/// One head's view of a paged KV cache from position `first` on: the view's position `j`
+/// is the cache's `p = first + j`, whose key row starts at `offset` in row `p % page_rows`
+/// (of `stride` floats) of page `p / page_rows`, and likewise for values. Grouped-query
+/// heads share cache rows by using different offsets, without copying; a sliding window
+/// starts the view at its first position, so the kernels never see what it masks.
 pub struct KvView<'a> {
     pub k: &'a [&'a [f32]],
     pub v: &'a [&'a [f32]],
@@ -27,20 +29,23 @@ pub struct KvView<'a> {
     pub page_rows: usize,
     pub stride: usize,
     pub offset: usize,
+    pub first: usize,
 }
 
 impl KvView<'_> {
     /// Key row of position `j`, from this head's offset to the end of the cache row.
     #[inline(always)]
     fn k_row(&self, j: usize) -> &[f32] {
-        let r = (j % self.page_rows) * self.stride + self.offset;
-        &self.k[j / self.page_rows][r..]
+        let p = self.first + j;
+        let r = (p % self.page_rows) * self.stride + self.offset;
+        &self.k[p / self.page_rows][r..]
     }
 
     #[inline(always)]
     fn v_row(&self, j: usize) -> &[f32] {
-        let r = (j % self.page_rows) * self.stride + self.offset;
-        &self.v[j / self.page_rows][r..]
+        let p = self.first + j;
+        let r = (p % self.page_rows) * self.stride + self.offset;
+        &self.v[p / self.page_rows][r..]
     }
 
     /// Panics unless `n_pos` positions of heads of `hd` dimensions are all inside the
@@ -48,7 +53,7 @@ impl KvView<'_> {
     fn check(&self, n_pos: usize, hd: usize) {
         assert!(self.page_rows.is_power_of_two());
         assert!(self.offset + hd <= self.stride);
-        assert!(n_pos <= self.k.len().min(self.v.len()) * self.page_rows);
+        assert!(self.first + n_pos <= self.k.len().min(self.v.len()) * self.page_rows);
         let need = self.page_rows * self.stride;
         assert!(
             self.k.iter().chain(self.v.iter()).all(|p| p.len() >= need),
@@ -57,7 +62,7 @@ impl KvView<'_> {
     }
 }
 
-/// Causal attention for one query head over the first `n_pos` positions of `kv`, softmax
+/// Causal attention for one query head over the first `n_pos` positions of the view `kv`, softmax
 /// included. `scores` is working memory (`n_pos` floats, rounded up), kept by the caller
 /// across calls so that attention does not allocate.
 pub fn attend(
@@ -99,13 +104,25 @@ mod tests {
     use super::*;
     use crate::sampler::Rng;
 
+    /// Both kernels against a naive softmax, over whole caches and over windows that start
+    /// mid-page (`first`, a sliding window's view).
     #[test]
     fn attention_matches_naive_softmax() {
         let mut rng = Rng::new(5);
         let mut buf = Vec::new();
-        for (hd, n_pos) in [(64usize, 1usize), (64, 8), (64, 37), (128, 300), (48, 9)] {
+        let cases = [
+            (64usize, 0usize, 1usize),
+            (64, 0, 8),
+            (64, 0, 37),
+            (128, 0, 300),
+            (48, 0, 9),
+            (64, 5, 30),
+            (256, 19, 45),
+            (48, 3, 9),
+        ];
+        for (hd, first, n_pos) in cases {
             let (stride, offset, page_rows) = (2 * hd, hd, 16);
-            let pages = n_pos.div_ceil(page_rows);
+            let pages = (first + n_pos).div_ceil(page_rows);
             let k: Vec<f32> = (0..pages * page_rows * stride)
                 .map(|_| rng.next_signed_f32() * 2.0)
                 .collect();
@@ -121,13 +138,14 @@ mod tests {
                 page_rows,
                 stride,
                 offset,
+                first,
             };
             let scale = 1.0 / (hd as f32).sqrt();
-            // Pages are consecutive here, so position j is row j of the flat arrays.
-            let scores: Vec<f32> = (0..n_pos)
-                .map(|j| {
+            // Pages are consecutive here, so position p is row p of the flat arrays.
+            let scores: Vec<f32> = (first..first + n_pos)
+                .map(|p| {
                     (0..hd)
-                        .map(|i| q[i] * k[j * stride + offset + i])
+                        .map(|i| q[i] * k[p * stride + offset + i])
                         .sum::<f32>()
                         * scale
                 })
@@ -141,11 +159,11 @@ mod tests {
             kernel::attend(&q, &view, n_pos, scale, &mut out_scalar, &mut buf);
             for i in 0..hd {
                 let want: f32 = (0..n_pos)
-                    .map(|j| e[j] / z * v[j * stride + offset + i])
+                    .map(|j| e[j] / z * v[(first + j) * stride + offset + i])
                     .sum();
                 assert!(
                     (out[i] - want).abs() < 1e-5,
-                    "hd {hd} n {n_pos}: {} vs {want}",
+                    "hd {hd} first {first} n {n_pos}: {} vs {want}",
                     out[i]
                 );
                 assert!((out_scalar[i] - want).abs() < 1e-5);
