@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 smol_id=HuggingFaceTB/SmolLM2-135M-Instruct
 qwen_id=Qwen/Qwen2.5-Coder-0.5B-Instruct
+gemma_id=google/gemma-3-270m
 threads=2
 runs="${TOKENFAB_BENCH_RUNS:-3}"
 rounds="${TOKENFAB_BENCH_ROUNDS:-2}"
@@ -68,15 +69,20 @@ ref_bin=$(bench/build-reference.sh | tail -n 1)
 echo "== models"
 smol=$("$tf" models fetch "$smol_id")
 qwen=$("$tf" models fetch "$qwen_id")
-echo "$smol"
-echo "$qwen"
+gemma=$("$tf" models fetch "$gemma_id")
+# The other weight formats: SmolLM2 requantized by llama.cpp's own llama-quantize (the
+# files the engine's requantized tests read; made once, cached).
+requantized=$(TOKENFAB_TEST_MODEL="$smol" TOKENFAB_TEST_MODEL_QWEN="$qwen" scripts/requantize.sh | tail -n 1)
+smol_q5km="$requantized/smollm2-135m-instruct.Q5_K_M.gguf"
+smol_iq4xs="$requantized/smollm2-135m-instruct.IQ4_XS.gguf"
+printf '%s\n' "$smol" "$qwen" "$gemma" "$smol_q5km" "$smol_iq4xs"
 
 # Engine rows. llama-bench: pp512 at depth 0, and tg128 at depth 512 -- decode after a
 # 512-token prompt, what `tokenfab bench engine` measures (its tg128 at depth 0 would
 # flatter it: attention over an empty cache is free).
 # The pair runs $rounds times, alternating, and each side keeps its best round: the shared
 # machine's speed drifts over minutes, and alternation gives both sides the same chances.
-for m in smol qwen; do
+for m in smol qwen smol_q5km smol_iq4xs gemma; do
   path=${!m}
   for round in $(seq 1 "$rounds"); do
     echo "== engine bench: $m, round $round of $rounds (tokenfab, then llama-bench)"
@@ -208,6 +214,13 @@ rows.append(("Qwen2.5-Coder-0.5B Q4_K_M decode tokens/s (128 after 512)",
              tf_q["decode_tokens_per_s"], llama_bench("qwen", 0, 128, 512), "{:.1f}"))
 rows.append(("Qwen2.5-Coder-0.5B Q4_K_M prompt processing tokens/s (512)",
              tf_q["prompt_tokens_per_s"], llama_bench("qwen", 512, 0, 0), "{:.1f}"))
+for key, label in (("smol_q5km", "SmolLM2-135M Q5_K_M"), ("smol_iq4xs", "SmolLM2-135M IQ4_XS"),
+                   ("gemma", "gemma-3-270m Q4_K_M")):
+    e = tf_engine(key)
+    rows.append((f"{label} decode tokens/s (128 after 512)",
+                 e["decode_tokens_per_s"], llama_bench(key, 0, 128, 512), "{:.1f}"))
+    rows.append((f"{label} prompt processing tokens/s (512)",
+                 e["prompt_tokens_per_s"], llama_bench(key, 512, 0, 0), "{:.1f}"))
 rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf"), hwm_mib("ref"), "{:.0f}"))
 t2, r2 = load("tf-1-turn2.json"), load("ref-1-turn2.json")
 rows.append((f"second turn (seed's Round 2): prompt tokens recomputed, of {t2['round2_prompt_tokens']}",
