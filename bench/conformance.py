@@ -34,12 +34,15 @@ def vocab(w):
 
 
 def dense(path, rng, arch):
-    """`qwen3` (q/k norms, explicit key length) or `llama` with Llama 3's rope frequency
-    factors (`rope_freqs.weight`), in the tensor layout llama.cpp loads for each."""
+    """`qwen3` (q/k norms, explicit key length), `llama` with Llama 3's rope frequency
+    factors (`rope_freqs.weight`), or `phi3` (fused `attn_qkv` and gate/up `ffn_up`, and a
+    declared sliding window that llama.cpp turns off), in the layout llama.cpp loads."""
     n_embd, n_layer, n_head, n_kv, n_ff = 64, 2, 4, 2, 96
     head_dim = 32 if arch == "qwen3" else n_embd // n_head
     w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"tokenfab conformance file ({path.rsplit('/', 1)[-1]} layout, seeded random weights; not a model)")
+    # (llama.cpp special-cases vocabularies of files named "phi3", hence the spelling.)
+    layout = "Phi 3" if arch == "phi3" else path.rsplit("/", 1)[-1]
+    w.add_name(f"tokenfab conformance file ({layout} layout, seeded random weights; not a model)")
     w.add_block_count(n_layer)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
@@ -50,6 +53,9 @@ def dense(path, rng, arch):
     w.add_value_length(head_dim)
     w.add_rope_freq_base(10000.0 if arch == "qwen3" else 500000.0)
     w.add_layer_norm_rms_eps(1e-6)
+    if arch == "phi3":
+        # Shorter than the longer prompts: llama.cpp ignores it for phi3, so must we.
+        w.add_sliding_window(8)
     vocab(w)
 
     def t(name, *shape, scale=None, around=0.0):
@@ -68,16 +74,22 @@ def dense(path, rng, arch):
     for i in range(n_layer):
         b = f"blk.{i}."
         t(b + "attn_norm.weight", n_embd, scale=0.1, around=1.0)
-        t(b + "attn_q.weight", n_head * head_dim, n_embd)
-        t(b + "attn_k.weight", n_kv * head_dim, n_embd)
-        t(b + "attn_v.weight", n_kv * head_dim, n_embd)
+        if arch == "phi3":
+            t(b + "attn_qkv.weight", (n_head + 2 * n_kv) * head_dim, n_embd)
+        else:
+            t(b + "attn_q.weight", n_head * head_dim, n_embd)
+            t(b + "attn_k.weight", n_kv * head_dim, n_embd)
+            t(b + "attn_v.weight", n_kv * head_dim, n_embd)
         if arch == "qwen3":
             t(b + "attn_q_norm.weight", head_dim, scale=0.1, around=1.0)
             t(b + "attn_k_norm.weight", head_dim, scale=0.1, around=1.0)
         t(b + "attn_output.weight", n_embd, n_head * head_dim)
         t(b + "ffn_norm.weight", n_embd, scale=0.1, around=1.0)
-        t(b + "ffn_gate.weight", n_ff, n_embd)
-        t(b + "ffn_up.weight", n_ff, n_embd)
+        if arch == "phi3":
+            t(b + "ffn_up.weight", 2 * n_ff, n_embd)
+        else:
+            t(b + "ffn_gate.weight", n_ff, n_embd)
+            t(b + "ffn_up.weight", n_ff, n_embd)
         t(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -89,3 +101,4 @@ if __name__ == "__main__":
     out = sys.argv[1]
     dense(f"{out}/qwen3.gguf", np.random.default_rng(15), "qwen3")
     dense(f"{out}/llama3-rope.gguf", np.random.default_rng(16), "llama")
+    dense(f"{out}/phi3.gguf", np.random.default_rng(17), "phi3")

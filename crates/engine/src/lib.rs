@@ -14,7 +14,7 @@
 //!   and their counts (`tokenfab_wire::usage::TokenUsage`). Computed prompts' and finished
 //!   sequences' KV blocks go to the [`prefix_cache`], a tree of blocks keyed by tokens,
 //!   where later prompts share them.
-//! - [`model`]: the transformer forward pass (llama, qwen2) over caller-owned paged KV
+//! - [`model`]: the transformer forward pass (llama incl. Llama 3, qwen2, qwen3, phi3, gemma3) over caller-owned paged KV
 //!   caches (reference-counted blocks of 16 positions, copied only on write), with its
 //!   attention over those pages, built on [`quant`]: the quantized block formats, repacked
 //!   at load eight rows to a register for their kernels (portable, AVX2, AVX-512 VNNI).

@@ -49,3 +49,11 @@ fn llama3_rope_frequency_factors_match_llama_cpp() {
         CONFORMANCE,
     );
 }
+
+/// phi3: fused `attn_qkv` and gate/up `ffn_up`, split at load; NeoX rotation; and a declared
+/// sliding window (8, shorter than three of the prompts) that llama.cpp turns off for this
+/// architecture, as tokenfab does.
+#[test]
+fn phi3_matches_llama_cpp() {
+    run_golden(&load("phi3.gguf"), "conformance/phi3.jsonl", CONFORMANCE);
+}

@@ -74,10 +74,17 @@ const LLAMA_LIKE: Arch = Arch {
 };
 
 /// The architectures [`Model::load`] runs (`general.architecture`).
-const ARCHITECTURES: [Arch; 4] = [
+const ARCHITECTURES: [Arch; 5] = [
     LLAMA_LIKE,
     Arch {
         name: "qwen2",
+        rope_style: RopeStyle::Neox,
+        ..LLAMA_LIKE
+    },
+    // Phi-3: fused Q/K/V and gate/up matrices (split at load, see `Loader::fused`);
+    // llama.cpp turns its declared sliding window off (its converter's values are wrong).
+    Arch {
+        name: "phi3",
         rope_style: RopeStyle::Neox,
         ..LLAMA_LIKE
     },
@@ -287,6 +294,37 @@ impl Loader<'_> {
         quant::Weights::from_ggml(t.ty, rows, cols, data).map_err(self.context(name))
     }
 
+    /// The matrices `name_a` and `name_b` of `cols` columns and `rows.0`, `rows.1`, …
+    /// rows, or, when the file fuses them into one tensor `fused` (Phi-3's `attn_qkv`,
+    /// `ffn_up` holding gate then up), that tensor's rows split in this order.
+    fn fused(
+        &self,
+        fused: &str,
+        names: &[&str],
+        cols: usize,
+        rows: &[usize],
+    ) -> Result<Vec<Matrix>, EngineError> {
+        let separate = names.iter().all(|n| self.g.tensor(n).is_some());
+        if separate || self.g.tensor(fused).is_none() {
+            return names
+                .iter()
+                .zip(rows)
+                .map(|(n, &r)| self.matrix(n, cols, r))
+                .collect();
+        }
+        let total = rows.iter().sum();
+        let (t, data) = self.shaped(fused, cols, total)?;
+        let row_bytes = data.len() / total;
+        let mut at = 0;
+        rows.iter()
+            .map(|&r| {
+                let part = &data[at * row_bytes..(at + r) * row_bytes];
+                at += r;
+                quant::Weights::from_ggml(t.ty, r, cols, part).map_err(self.context(fused))
+            })
+            .collect()
+    }
+
     /// A matrix only read row by row, kept as it is.
     fn rows(&self, name: &str, cols: usize, rows: usize) -> Result<quant::Rows, EngineError> {
         let (t, data) = self.shaped(name, cols, rows)?;
@@ -346,6 +384,19 @@ pub fn check(g: &GgufFile) -> Result<(), EngineError> {
         return Err(EngineError::BadModel(format!(
             "{}: rope scaling `{t}` ({scaling_key}) is not supported; tokenfab runs none and linear",
             g.path.display()
+        )));
+    }
+    // Phi-3's 128k variants carry LongRoPE's two factor sets (with an attention factor);
+    // without them computed the angles would be wrong past the original context.
+    if let Some(t) = g
+        .tensors
+        .iter()
+        .find(|t| t.name.starts_with("rope_factors_"))
+    {
+        return Err(EngineError::BadModel(format!(
+            "{}: tensor {} holds LongRoPE factors, which tokenfab does not run yet",
+            g.path.display(),
+            t.name
         )));
     }
     let l = Loader { g, arch };
@@ -457,11 +508,33 @@ impl Model {
                 true => l.vector(&n(s), len).map(Some),
                 false => Ok(None),
             };
+            let [wq, wk, wv]: [Matrix; 3] = l
+                .fused(
+                    &n("attn_qkv.weight"),
+                    &[
+                        &n("attn_q.weight"),
+                        &n("attn_k.weight"),
+                        &n("attn_v.weight"),
+                    ],
+                    n_embd,
+                    &[q_dim, kv_dim, kv_dim],
+                )?
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("three parts"));
+            let [gate, up]: [Matrix; 2] = l
+                .fused(
+                    &n("ffn_up.weight"),
+                    &[&n("ffn_gate.weight"), &n("ffn_up.weight")],
+                    n_embd,
+                    &[n_ff, n_ff],
+                )?
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("two parts"));
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm.weight"), n_embd)?,
-                wq: l.matrix(&n("attn_q.weight"), n_embd, q_dim)?,
-                wk: l.matrix(&n("attn_k.weight"), n_embd, kv_dim)?,
-                wv: l.matrix(&n("attn_v.weight"), n_embd, kv_dim)?,
+                wq,
+                wk,
+                wv,
                 bq: l.optional_vector(&n("attn_q.bias"), q_dim)?,
                 bk: l.optional_vector(&n("attn_k.bias"), kv_dim)?,
                 bv: l.optional_vector(&n("attn_v.bias"), kv_dim)?,
@@ -471,8 +544,8 @@ impl Model {
                 attn_post_norm: norm(spec.post_norms, "post_attention_norm.weight", n_embd)?,
                 ffn_norm: l.vector(&n("ffn_norm.weight"), n_embd)?,
                 ffn_post_norm: norm(spec.post_norms, "post_ffw_norm.weight", n_embd)?,
-                gate: l.matrix(&n("ffn_gate.weight"), n_embd, n_ff)?,
-                up: l.matrix(&n("ffn_up.weight"), n_embd, n_ff)?,
+                gate,
+                up,
                 down: l.matrix(&n("ffn_down.weight"), n_ff, n_embd)?,
             });
         }
@@ -593,6 +666,22 @@ mod tests {
             &[("llama.rope.scaling.type", Kv::Str("yarn"))],
         );
         assert!(e.contains("rope scaling `yarn`"), "{e}");
+    }
+
+    #[test]
+    fn longrope_factor_sets_are_refused_by_name() {
+        let file = gguf_bytes(
+            &[("general.architecture", Kv::Str("phi3"))],
+            &[
+                ("token_embd.weight", &[1], 0, vec![0u8; 4]),
+                ("rope_factors_long.weight", &[1], 0, vec![0u8; 4]),
+            ],
+        );
+        let p = write_temp(&file, "longrope");
+        let g = GgufFile::open(&p).unwrap();
+        let e = Model::load(&g).err().expect("load must fail").to_string();
+        std::fs::remove_file(p).ok();
+        assert!(e.contains("rope_factors_long.weight holds LongRoPE"), "{e}");
     }
 
     #[test]
