@@ -46,7 +46,7 @@ use super::attention::{self, KvView};
 use super::kv::{BLOCK_TOKENS, Pages};
 use super::{FfnAct, KvCache, Matrix, Model, RopeStyle};
 use crate::error::EngineError;
-use crate::quant::{Acts, BlockQ8, QK8, TOKEN_TILE};
+use crate::quant::{Acts, BlockQ8, QK8};
 
 /// One sequence's part of a batch: the new tokens and the cache they extend.
 pub struct SeqInput<'a> {
@@ -158,39 +158,23 @@ fn matmul(
         out.par_chunks_mut(chunk).enumerate().for_each(kernel);
         return;
     }
-    // Results per task in the kernels' tiled layout, then transposed into token-major
-    // output. The transposition is split into groups of tokens inside one tile (a power of
-    // two, so no group straddles tiles), small enough that every thread gets some: a
-    // decode step's 16 tokens are a single tile, and one task for it left a core idle.
+    // Each task's results are token-major over its own rows; they are copied into place
+    // a row segment at a time, in groups of tokens small enough that every thread gets
+    // some (a decode step's 16 tokens too).
     let tmp = resize(mm, rows * n_tok);
     tmp.par_chunks_mut(chunk * n_tok)
         .enumerate()
         .for_each(kernel);
     let tmp = &*tmp;
-    let tasks = 2 * rayon::current_num_threads();
-    let group = (n_tok / tasks)
-        .clamp(1, TOKEN_TILE)
-        .next_power_of_two()
-        .min(TOKEN_TILE);
-    let group = if group * tasks > n_tok {
-        (group / 2).max(1)
-    } else {
-        group
-    };
+    let group = n_tok.div_ceil(2 * rayon::current_num_threads()).max(1);
     out.par_chunks_mut(rows * group)
         .enumerate()
         .for_each(|(k, o)| {
             let ta = k * group;
-            let g = o.len() / rows;
-            let t0 = ta / TOKEN_TILE * TOKEN_TILE;
-            let nt = (n_tok - t0).min(TOKEN_TILE);
             for (c, part) in tmp.chunks(chunk * n_tok).enumerate() {
                 let n = part.len() / n_tok;
-                let block = &part[t0 * n..(t0 + nt) * n];
-                for (r, src) in block.chunks_exact(nt).enumerate() {
-                    for (t, &x) in src[ta - t0..ta - t0 + g].iter().enumerate() {
-                        o[t * rows + c * chunk + r] = x;
-                    }
+                for (t, dst) in o.chunks_exact_mut(rows).enumerate() {
+                    dst[c * chunk..c * chunk + n].copy_from_slice(&part[(ta + t) * n..][..n]);
                 }
             }
         });

@@ -1,5 +1,6 @@
 //! The x86-64 kernels: AVX2+FMA+F16C, and the same code with AVX-512 VNNI's `vpdpbusd`
-//! doing the int8 dot product where the CPU has it.
+//! doing the int8 dot product where the CPU has it (one token; several tokens at once go
+//! to the 512-bit kernel of `avx512.rs` on such CPUs).
 //!
 //! The quantized matmul works on packed weights (eight rows side by side, see
 //! `packed.rs`) and Q8 activations: per unit of 32 (16) weights, `unit / 4` products of a
@@ -15,7 +16,7 @@
 //! Batch invariance: the float part of every (weight row, token) sum is the same sequence
 //! of operations whatever the number of tokens: per unit, in order, into that pair's own
 //! lane. Integer sums are exact, so how they are split (two chains in the one-token path)
-//! changes nothing. Tokens are only tiled (64 at a time, 8 or 4 side by side) to reuse
+//! changes nothing. Tokens are only tiled (64 at a time, 4 side by side) to reuse
 //! loaded weights; keep it that way (see `model/forward.rs`).
 
 use std::arch::x86_64::*;
@@ -27,9 +28,6 @@ use super::{BlockQ8, QK8, TOKEN_TILE};
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
 /// 32-bit lane, the four products of that lane's bytes.
 trait IDot {
-    /// Tokens side by side in the tiled path: as many independent accumulator chains as
-    /// the registers hold.
-    const WIDE_TILE: bool;
     /// The integer sum's starting value, given the activations' `-bias · Σa`.
     ///
     /// # Safety
@@ -45,7 +43,6 @@ trait IDot {
 
 struct Avx2Dot;
 impl IDot for Avx2Dot {
-    const WIDE_TILE: bool = false;
     #[inline(always)]
     unsafe fn start<const WIDE: bool>(init: __m256i) -> __m256i {
         // SAFETY: the caller runs with AVX2.
@@ -73,7 +70,6 @@ impl IDot for Avx2Dot {
 
 struct VnniDot;
 impl IDot for VnniDot {
-    const WIDE_TILE: bool = true;
     #[inline(always)]
     unsafe fn start<const WIDE: bool>(init: __m256i) -> __m256i {
         init
@@ -108,7 +104,7 @@ unsafe fn bcast4(qs: *const i8, k: usize) -> __m256i {
 /// their nibbles (registers `k` and `k + U / 8` share one) and bit planes (see `packed.rs`),
 /// `NL` nibbles looked up in IQ4's code book (plus 128) with one `vpshufb`.
 #[inline(always)]
-unsafe fn weights<const U: usize, const BITS: u32, const NL: bool>(
+pub(super) unsafe fn weights<const U: usize, const BITS: u32, const NL: bool>(
     q: *const Reg,
     k: usize,
 ) -> __m256i {
@@ -156,9 +152,9 @@ unsafe fn weights<const U: usize, const BITS: u32, const NL: bool>(
 /// integers (biased formats' integer-sum starts, or the activation sums of offsets per 16;
 /// see `Layout::init_per_token`).
 #[derive(Clone, Copy)]
-struct Tok {
-    blocks: *const BlockQ8,
-    init: *const i32,
+pub(super) struct Tok {
+    pub(super) blocks: *const BlockQ8,
+    pub(super) init: *const i32,
 }
 
 /// One block of eight rows against `TT` tokens: the eight rows' results for each token,
@@ -240,8 +236,7 @@ unsafe fn block_tokens<
     }
 }
 
-/// `dot(weight row r0 + r, token t)` for the job's rows, laid out as
-/// `super::tiled_index` says.
+/// `out[t * n_rows + r] = dot(weight row r0 + r, token t)` for the job's rows.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA, F16C and what `D` needs, and the job's layout is `U`, `BITS`,
@@ -294,7 +289,7 @@ unsafe fn rows_packed<
                     units,
                     &[tok(0)],
                 );
-                put_tokens(&f, b * 8, r0, lanes(b), 1, 0, out);
+                put_tokens(&f, b * 8, r0, lanes(b), n_rows, 0, out);
             }
             return;
         }
@@ -329,13 +324,10 @@ unsafe fn rows_packed<
                             let f = block_tokens::<D, U, 8, MIN, WIDE, false, $tt>(
                                 w, d, m, units, &toks,
                             );
-                            put_tokens(&f, b * 8, r0, lanes(b), nt, t, out);
+                            put_tokens(&f, b * 8, r0, lanes(b), n_rows, t, out);
                             t += $tt;
                         }
                     };
-                }
-                if D::WIDE_TILE {
-                    run!(8);
                 }
                 run!(4);
                 run!(1);
@@ -346,60 +338,33 @@ unsafe fn rows_packed<
 }
 
 /// Stores `f` (token `t + i` in `f[i]`, one lane per row of the block whose first row is
-/// `first`) into `out` at `super::tiled_index`'s places: row `r`'s tokens are adjacent, at
-/// `out[(r - r0) * nt + t..]`; only the rows `rows` (relative to `r0`) are written. A whole
-/// block of eight tokens is transposed in registers and stored a row at a time.
+/// `first`) into the token-major `out` (`n_rows` results per token, rows relative to
+/// `r0`): only the rows `rows` are written, a whole block of eight with one store per token.
 ///
 /// # Safety
-/// AVX; `out` holds the tile's rows.
+/// AVX; `out` holds the tokens' rows.
 #[inline(always)]
 unsafe fn put_tokens<const TT: usize>(
     f: &[__m256; TT],
     first: usize,
     r0: usize,
     rows: std::ops::Range<usize>,
-    nt: usize,
+    n_rows: usize,
     t: usize,
     out: &mut [f32],
 ) {
     // SAFETY (whole body): indices are checked by the slices; AVX per the caller.
     unsafe {
-        if TT == 8 && rows.len() == 8 {
-            let lo = |a, b| _mm256_unpacklo_ps(f[a], f[b]);
-            let hi = |a, b| _mm256_unpackhi_ps(f[a], f[b]);
-            let (t0, t1, t2, t3) = (lo(0, 1), hi(0, 1), lo(2, 3), hi(2, 3));
-            let (t4, t5, t6, t7) = (lo(4, 5), hi(4, 5), lo(6, 7), hi(6, 7));
-            let s = [
-                _mm256_shuffle_ps::<0x44>(t0, t2),
-                _mm256_shuffle_ps::<0xEE>(t0, t2),
-                _mm256_shuffle_ps::<0x44>(t1, t3),
-                _mm256_shuffle_ps::<0xEE>(t1, t3),
-                _mm256_shuffle_ps::<0x44>(t4, t6),
-                _mm256_shuffle_ps::<0xEE>(t4, t6),
-                _mm256_shuffle_ps::<0x44>(t5, t7),
-                _mm256_shuffle_ps::<0xEE>(t5, t7),
-            ];
-            for j in 0..8 {
-                let (a, b) = (s[j % 4], s[j % 4 + 4]);
-                let row = if j < 4 {
-                    _mm256_permute2f128_ps::<0x20>(a, b)
-                } else {
-                    _mm256_permute2f128_ps::<0x31>(a, b)
-                };
-                let dst = &mut out[(rows.start + j) * nt + t..][..8];
-                _mm256_storeu_ps(dst.as_mut_ptr(), row);
+        for (i, &v) in f.iter().enumerate() {
+            let dst = &mut out[(t + i) * n_rows..][rows.clone()];
+            if dst.len() == 8 {
+                _mm256_storeu_ps(dst.as_mut_ptr(), v);
+                continue;
             }
-            return;
-        }
-        let mut x = [[0.0f32; 8]; TT];
-        for (x, &v) in x.iter_mut().zip(f) {
+            let mut x = [0.0f32; 8];
             _mm256_storeu_ps(x.as_mut_ptr(), v);
-        }
-        for r in rows {
-            let lane = r + r0 - first;
-            for (i, x) in x.iter().enumerate() {
-                out[r * nt + t + i] = x[lane];
-            }
+            let lane0 = rows.start + r0 - first;
+            dst.copy_from_slice(&x[lane0..lane0 + dst.len()]);
         }
     }
 }
@@ -413,6 +378,7 @@ thread_local! {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Isa {
     Avx2,
+    /// AVX-512 F, BW, VL and VNNI besides AVX2.
     Vnni,
 }
 
@@ -422,7 +388,10 @@ impl Isa {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        let vnni = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
         match (avx2, vnni) {
             (false, _) => None,
             (true, false) => Some(Isa::Avx2),
@@ -464,6 +433,9 @@ pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
             unsafe {
                 match isa {
                     Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide, $nl>(job, out),
+                    Isa::Vnni if job.n_tok > 1 => {
+                        super::avx512::rows_tiled::<$u, $bits, $min, $nl>(job, out)
+                    }
                     Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide, $nl>(job, out),
                 }
             }

@@ -6,8 +6,8 @@
 use super::QK8;
 use super::packed::Job;
 
-/// `dot(weight row r0 + r, token t)` for the job's rows, laid out as `super::tiled_index`
-/// says: the portable kernel, and the reference the vector ones are tested against. Per
+/// `out[t * n_rows + r] = dot(weight row r0 + r, token t)` for the job's rows: the
+/// portable kernel, and the reference the vector ones are tested against. Per
 /// (row, token): each unit's exact integer sum, then its scaled contribution added to the
 /// row's float sum, units in order whatever `n_tok` is (batch invariance).
 pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
@@ -47,7 +47,7 @@ pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
                     f += p.m[at].0[lane] * s;
                 }
             }
-            out[super::tiled_index(r - r0, t, n_rows, n_tok)] = f;
+            out[t * n_rows + r - r0] = f;
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   token ([`BlockQ8`], like llama.cpp's Q8_0/Q8_1), so every dot product is an integer
 //!   one with float scales per unit of 32 (16) weights;
 //! - `kernel.rs` holds the portable kernels and `avx2.rs` the x86 ones (AVX2+FMA, with
-//!   AVX-512 VNNI where present).
+//!   AVX-512 VNNI where present), `avx512.rs` the 512-bit kernel for several tokens at
+//!   once on AVX-512 VNNI CPUs.
 //!
 //! Which of them runs is decided in one place: `simd()`, detected once, names the vector
 //! kernel set this CPU has, and every kernel entry point of the engine runs it when there
@@ -25,6 +26,8 @@ mod packed;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use crate::error::EngineError;
 use crate::gguf::GgmlType;
@@ -55,19 +58,9 @@ impl Default for BlockQ8 {
     }
 }
 
-/// Tokens per tile of the kernels: a pass over a weight row serves this many tokens, and
-/// [`Weights::dot_rows`] lays its results out tile by tile ([`tiled_index`]).
-pub const TOKEN_TILE: usize = 64;
-
-/// Where [`Weights::dot_rows`] puts the result of weight row `r` and token `t` (of `n_rows`
-/// rows and `n_tok` tokens): tiles of [`TOKEN_TILE`] tokens one after the other, each
-/// row-major, so that a row's results for a tile are adjacent and the caller's
-/// transposition into token-major order reads whole cache lines.
-pub fn tiled_index(r: usize, t: usize, n_rows: usize, n_tok: usize) -> usize {
-    let t0 = t / TOKEN_TILE * TOKEN_TILE;
-    let nt = (n_tok - t0).min(TOKEN_TILE);
-    t0 * n_rows + r * nt + (t - t0)
-}
+/// Tokens per tile of the kernels: a pass over a weight row (unpacked once into a
+/// thread's scratch) serves this many tokens.
+pub(crate) const TOKEN_TILE: usize = 64;
 
 /// Whether tokenfab can compute with weights of this type; the loader refuses the others
 /// by name so users learn which model files to pick.
@@ -295,8 +288,9 @@ impl Weights {
         }
     }
 
-    /// `out[tiled_index(r, t, ..)] = dot(row r0 + r, token t)` for the `out.len() / n_tok`
-    /// rows from `r0`. Callers split the rows of a matrix over threads; the result does not
+    /// `out[t * n_rows + r] = dot(row r0 + r, token t)` for the `n_rows = out.len() / n_tok`
+    /// rows from `r0` (token-major, what the kernels' registers hold: eight rows of one
+    /// token). Callers split the rows of a matrix over threads; the result does not
     /// depend on how they split.
     pub fn dot_rows(&self, r0: usize, acts: Acts<'_>, n_tok: usize, out: &mut [f32]) {
         self.dot_rows_with(simd(), r0, acts, n_tok, out)
@@ -336,8 +330,7 @@ impl Weights {
                 for r in 0..n_rows {
                     let row = &w[(r0 + r) * c..(r0 + r + 1) * c];
                     for t in 0..n_tok {
-                        out[tiled_index(r, t, n_rows, n_tok)] =
-                            dot_f32(row, &x[t * c..(t + 1) * c]);
+                        out[t * n_rows + r] = dot_f32(row, &x[t * c..(t + 1) * c]);
                     }
                 }
             }
@@ -684,14 +677,14 @@ mod tests {
                         for t in 0..n_tok {
                             let xr = &x[t * n_in..(t + 1) * n_in];
                             let reference: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
-                            let got = scalar[tiled_index(r, t, n_rows, n_tok)];
+                            let got = scalar[t * n_rows + r];
                             // Q8 activations carry ~0.4% relative error per element.
                             let tol = 1e-2 * wnorm * (n_in as f32).sqrt() / 10.0 + 1e-4;
                             assert!(
                                 (got - reference).abs() <= tol,
                                 "{ty:?} n_tok {n_tok} row {r} tok {t}: {got} vs {reference} (tol {tol})"
                             );
-                            let s = simd[tiled_index(r, t, n_rows, n_tok)];
+                            let s = simd[t * n_rows + r];
                             assert!(
                                 (s - got).abs() <= 1e-4 * (got.abs() + wnorm),
                                 "{ty:?}: simd {s} vs scalar {got}"
@@ -734,14 +727,11 @@ mod tests {
         for t in 0..n_tok {
             for r in 0..n_rows {
                 let got = if r < split {
-                    head[tiled_index(r, t, split, n_tok)]
+                    head[t * split + r]
                 } else {
-                    tail[tiled_index(r - split, t, n_rows - split, n_tok)]
+                    tail[t * (n_rows - split) + r - split]
                 };
-                assert_eq!(
-                    got.to_bits(),
-                    best[tiled_index(r, t, n_rows, n_tok)].to_bits()
-                );
+                assert_eq!(got.to_bits(), best[t * n_rows + r].to_bits());
             }
         }
         best
