@@ -393,7 +393,9 @@ pub enum Acts<'a> {
 
 /// A vector kernel set: on x86-64 AVX2, or AVX2 with AVX-512 VNNI; none elsewhere.
 #[cfg(target_arch = "x86_64")]
-pub(crate) type Simd = Option<avx2::Isa>;
+pub(crate) type Simd = Option<Isa>;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::Isa;
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) type Simd = Option<std::convert::Infallible>;
 

@@ -99,59 +99,17 @@ unsafe fn reduce8(a: &[__m256; 8]) -> __m256 {
     }
 }
 
-/// [`super::kernel::attend`] for a head of `8 * NQ` dimensions, with the query and the
-/// output held in registers. Scores are computed eight positions at a time (one
-/// accumulator per position, reduced together); a last partial group runs the same code
-/// with zero accumulators in the missing lanes, so a position's score never depends on
-/// where the group boundaries fall. Exponentials run eight at a time ([`exp_neg`]).
+/// The softmax of the scores `scores[..n_pos]` in place, unnormalized: `e^(s - max)`, with
+/// the padding after `n_pos` (up to the next multiple of eight) zeroed; returns their sum.
 ///
 /// # Safety
-/// `q.len() == out.len() == 8 * NQ`, `kv.check(n_pos, 8 * NQ)` passed, and the CPU has
-/// AVX2 and FMA.
+/// `scores` holds `n_pos` rounded up to a multiple of eight; the CPU has AVX2 and FMA.
 #[inline(always)]
-unsafe fn attend_nq<const NQ: usize>(
-    q: &[f32],
-    kv: &KvView<'_>,
-    n_pos: usize,
-    scale: f32,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let padded = n_pos.next_multiple_of(8);
-    scores.clear();
-    scores.resize(padded, 0.0);
-    let shift = kv.page_rows.trailing_zeros();
-    let mask = kv.page_rows - 1;
-    // Row `j` of a head: inside its page by `KvView::check` (first + j < first + n_pos ≤
-    // pages · page_rows, offset + 8·NQ ≤ stride, pages hold page_rows full rows).
-    let row = |pages: &[&[f32]], j: usize| {
-        let p = kv.first + j;
-        // SAFETY: see above; `pages[p >> shift]` is bounds-checked.
-        unsafe {
-            pages[p >> shift]
-                .as_ptr()
-                .add((p & mask) * kv.stride + kv.offset)
-        }
-    };
-    // SAFETY (whole body): loads are 8·NQ floats from `row(.., j)` with j < n_pos (see
-    // above); `scores` has `padded` elements; `q`/`out` have 8·NQ.
+pub(super) unsafe fn softmax(scores: &mut [f32], n_pos: usize) -> f32 {
+    assert!(scores.len() >= n_pos.next_multiple_of(8));
+    let sp = scores.as_mut_ptr();
+    // SAFETY (whole body): eight-float loads and stores below n_pos rounded up to eight.
     unsafe {
-        let mut qv = [_mm256_setzero_ps(); NQ];
-        for (c, x) in qv.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-        }
-        let sp = scores.as_mut_ptr();
-        let vscale = _mm256_set1_ps(scale);
-        for j0 in (0..n_pos).step_by(8) {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (i, a) in acc.iter_mut().enumerate().take(n_pos - j0) {
-                let r = row(kv.k, j0 + i);
-                for (c, x) in qv.iter().enumerate() {
-                    *a = _mm256_fmadd_ps(*x, _mm256_loadu_ps(r.add(8 * c)), *a);
-                }
-            }
-            _mm256_storeu_ps(sp.add(j0), _mm256_mul_ps(reduce8(&acc), vscale));
-        }
         let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
         for j0 in (0..n_pos).step_by(8) {
             let x = _mm256_loadu_ps(sp.add(j0));
@@ -182,7 +140,55 @@ unsafe fn attend_nq<const NQ: usize>(
         for j0 in (0..n_pos).step_by(8) {
             lsum = _mm256_add_ps(lsum, _mm256_loadu_ps(scores.as_ptr().add(j0)));
         }
-        let l = hsum(lsum);
+        hsum(lsum)
+    }
+}
+
+/// [`super::kernel::attend`] for a head of `8 * NQ` dimensions, with the query and the
+/// output held in registers. Scores are computed eight positions at a time (one
+/// accumulator per position, reduced together); a last partial group runs the same code
+/// (the last row again in the missing lanes, scores the softmax ignores), so a position's
+/// score never depends on where the group boundaries fall. Exponentials run eight at a time ([`exp_neg`]).
+///
+/// # Safety
+/// `q.len() == out.len() == 8 * NQ`, `kv.check(n_pos, 8 * NQ)` passed, and the CPU has
+/// AVX2 and FMA.
+#[inline(always)]
+unsafe fn attend_nq<const NQ: usize>(
+    q: &[f32],
+    kv: &KvView<'_>,
+    n_pos: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let padded = n_pos.next_multiple_of(8);
+    scores.clear();
+    scores.resize(padded, 0.0);
+    // SAFETY: `kv.check(n_pos, 8·NQ)` passed (the caller's contract) and j < n_pos.
+    let row = |pages: &[&[f32]], j: usize| unsafe { kv.row_ptr(pages, j) };
+    // SAFETY (whole body): loads are 8·NQ floats from `row(.., j)` with j < n_pos (see
+    // above); `scores` has `padded` elements; `q`/`out` have 8·NQ.
+    unsafe {
+        let mut qv = [_mm256_setzero_ps(); NQ];
+        for (c, x) in qv.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(q.as_ptr().add(8 * c));
+        }
+        let sp = scores.as_mut_ptr();
+        let vscale = _mm256_set1_ps(scale);
+        for j0 in (0..n_pos).step_by(8) {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            // Past the end, the last row again (a fixed trip count keeps the accumulators
+            // in registers): scores in the padding, which the softmax ignores and zeroes.
+            for (i, a) in acc.iter_mut().enumerate() {
+                let r = row(kv.k, (j0 + i).min(n_pos - 1));
+                for (c, x) in qv.iter().enumerate() {
+                    *a = _mm256_fmadd_ps(*x, _mm256_loadu_ps(r.add(8 * c)), *a);
+                }
+            }
+            _mm256_storeu_ps(sp.add(j0), _mm256_mul_ps(reduce8(&acc), vscale));
+        }
+        let l = softmax(scores, n_pos);
         let mut o = [_mm256_setzero_ps(); NQ];
         for (j, &w) in scores[..n_pos].iter().enumerate() {
             let r = row(kv.v, j);
