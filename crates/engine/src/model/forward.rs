@@ -497,14 +497,23 @@ impl Model {
                 }
             }
 
-            // Each (row, head) attends over its own sequence's cache, up to its position.
+            // Each row's heads attend over its own sequence's cache, up to its position:
+            // a task takes the query heads of one KV head together (the kernel reads each
+            // cache row once for them), or single heads when there are too few tasks for
+            // the threads (one decode token of a model with one KV head).
             let pages: Vec<Pages<'_>> = batch.iter().map(|item| item.kv.pages(li)).collect();
             let att = resize(&mut s.att, n * q_dim);
             let q = &*q;
-            att.par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (i, out)| {
-                    let (t, h) = (i / c.n_head, i % c.n_head);
+            let per_task = if n * c.n_head_kv >= 4 * rayon::current_num_threads() {
+                group
+            } else {
+                1
+            };
+            att.par_chunks_mut(per_task * hd).enumerate().for_each_init(
+                Vec::new,
+                |scores, (i, out)| {
+                    let tasks_per_row = c.n_head / per_task;
+                    let (t, h0) = (i / tasks_per_row, i % tasks_per_row * per_task);
                     let (item, pos) = rows[t];
                     let (k_pages, v_pages) = &pages[item];
                     // A sliding window sees the `w` positions ending at this one.
@@ -514,12 +523,13 @@ impl Model {
                         v: v_pages,
                         page_rows: BLOCK_TOKENS,
                         stride: kv_dim,
-                        offset: (h / group) * hd,
+                        offset: (h0 / group) * hd,
                         first,
                     };
-                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    attention::attend(qh, &view, pos + 1 - first, scale, out, scores);
-                });
+                    let qh = &q[t * q_dim + h0 * hd..t * q_dim + (h0 + per_task) * hd];
+                    attention::attend(qh, hd, &view, pos + 1 - first, scale, out, scores);
+                },
+            );
             drop(pages);
 
             let proj = resize(&mut s.proj, n * d);

@@ -55,13 +55,23 @@ unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
     }
 }
 
-/// [`super::kernel::attend`] for a head of `16 * NZ` dimensions; `SETS · NZ` (at least
-/// sixteen where the head allows) output accumulators, `SETS` interleaved sets of
-/// positions.
+/// Positions per block of the weighted sum of values: a block's value rows (64 × 1 KB at
+/// most) stay in L1 while every head of the group adds them up.
+const V_BLOCK: usize = 64;
+
+/// [`super::attend`] for heads of `16 * NZ` dimensions sharing one KV head, with
+/// `SETS · NZ` (at least sixteen where the head allows) output accumulators per head,
+/// `SETS` interleaved sets of positions.
+///
+/// Scores go sixteen positions at a time, every head of the group in turn on the same
+/// sixteen key rows (read from L2 once, then from L1); the weighted sum goes a block of
+/// [`V_BLOCK`] value rows at a time, every head in turn, its accumulators kept in memory
+/// between blocks. Storing a float and loading it back changes nothing, so each head's
+/// result is the very one it would get alone.
 ///
 /// # Safety
-/// `q.len() == out.len() == 16 * NZ`, `kv.check(n_pos, 16 * NZ)` passed, and the CPU has
-/// AVX2, FMA and AVX-512 F.
+/// `q.len() == out.len()` is a multiple of `16 * NZ`, `kv.check(n_pos, 16 * NZ)` passed,
+/// and the CPU has AVX2, FMA and AVX-512 F.
 #[inline(always)]
 unsafe fn attend_nz<const NZ: usize, const SETS: usize>(
     q: &[f32],
@@ -69,55 +79,87 @@ unsafe fn attend_nz<const NZ: usize, const SETS: usize>(
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
-    scores: &mut Vec<f32>,
+    work: &mut Vec<f32>,
 ) {
-    scores.clear();
-    scores.resize(n_pos.next_multiple_of(16), 0.0);
+    let hd = 16 * NZ;
+    let heads = q.len() / hd;
+    let padded = n_pos.next_multiple_of(16);
+    // Each head's scores, then each head's SETS partial outputs, then each head's sum.
+    work.clear();
+    work.resize(heads * (padded + SETS * hd + 1), 0.0);
+    let (scores, rest) = work.split_at_mut(heads * padded);
+    let (acc, sums) = rest.split_at_mut(heads * SETS * hd);
     // SAFETY: `kv.check(n_pos, 16·NZ)` passed (the caller's contract) and j < n_pos.
     let row = |pages: &[&[f32]], j: usize| unsafe { kv.row_ptr(pages, j) };
     // SAFETY (whole body): loads are 16·NZ floats from `row(.., j)` with j < n_pos;
-    // `scores` has n_pos rounded up to sixteen; `q`/`out` have 16·NZ.
+    // each head's scores hold n_pos rounded up to sixteen, its accumulators SETS·16·NZ;
+    // `q`/`out` hold `heads` heads of 16·NZ.
     unsafe {
-        let qv: [__m512; NZ] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
-        let sp = scores.as_mut_ptr();
         let vscale = _mm512_set1_ps(scale);
         for j0 in (0..n_pos).step_by(16) {
-            let mut acc = [_mm512_setzero_ps(); 16];
             // Past the end, the last row again: scores in the padding, which the softmax
-            // ignores and zeroes. Unrolled by hand so that the accumulators stay in
-            // registers (LLVM keeps a 16-iteration loop and spills them).
-            macro_rules! positions {
-                ($($i:literal)*) => {$(
-                    let r = row(kv.k, (j0 + $i).min(n_pos - 1));
-                    for (c, x) in qv.iter().enumerate() {
-                        acc[$i] = _mm512_fmadd_ps(*x, _mm512_loadu_ps(r.add(16 * c)), acc[$i]);
-                    }
-                )*};
+            // ignores and zeroes.
+            let rows: [*const f32; 16] =
+                std::array::from_fn(|i| row(kv.k, (j0 + i).min(n_pos - 1)));
+            for h in 0..heads {
+                let qh = q.as_ptr().add(h * hd);
+                let qv: [__m512; NZ] = std::array::from_fn(|c| _mm512_loadu_ps(qh.add(16 * c)));
+                let mut acc = [_mm512_setzero_ps(); 16];
+                // Unrolled by hand so that the accumulators stay in registers (LLVM keeps
+                // a 16-iteration loop and spills them).
+                macro_rules! positions {
+                    ($($i:literal)*) => {$(
+                        for (c, x) in qv.iter().enumerate() {
+                            let k = _mm512_loadu_ps(rows[$i].add(16 * c));
+                            acc[$i] = _mm512_fmadd_ps(*x, k, acc[$i]);
+                        }
+                    )*};
+                }
+                positions!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+                let dst = scores.as_mut_ptr().add(h * padded + j0);
+                _mm512_storeu_ps(dst, _mm512_mul_ps(reduce16(&acc), vscale));
             }
-            positions!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-            _mm512_storeu_ps(sp.add(j0), _mm512_mul_ps(reduce16(&acc), vscale));
         }
-        let l = softmax(scores, n_pos);
-        let mut o = [[_mm512_setzero_ps(); NZ]; SETS];
-        let mut j = 0;
-        while j < n_pos {
-            // Past the end, weight 0 (the zeroed padding) on the last row again.
-            for (s, o) in o.iter_mut().enumerate() {
-                let r = row(kv.v, (j + s).min(n_pos - 1));
-                let w = _mm512_set1_ps(*sp.add(j + s));
-                for (c, x) in o.iter_mut().enumerate() {
-                    *x = _mm512_fmadd_ps(w, _mm512_loadu_ps(r.add(16 * c)), *x);
+        for (s, sum) in scores.chunks_exact_mut(padded).zip(sums.iter_mut()) {
+            *sum = softmax(s, n_pos);
+        }
+        for b0 in (0..n_pos).step_by(V_BLOCK) {
+            let b1 = (b0 + V_BLOCK).min(n_pos);
+            for h in 0..heads {
+                let sp = scores.as_ptr().add(h * padded);
+                let ap = acc.as_mut_ptr().add(h * SETS * hd);
+                let mut o: [[__m512; NZ]; SETS] = std::array::from_fn(|s| {
+                    std::array::from_fn(|c| _mm512_loadu_ps(ap.add(s * hd + 16 * c)))
+                });
+                let mut j = b0;
+                while j < b1 {
+                    // Past the end, weight 0 (the zeroed padding) on the last row again.
+                    for (s, o) in o.iter_mut().enumerate() {
+                        let r = row(kv.v, (j + s).min(n_pos - 1));
+                        let w = _mm512_set1_ps(*sp.add(j + s));
+                        for (c, x) in o.iter_mut().enumerate() {
+                            *x = _mm512_fmadd_ps(w, _mm512_loadu_ps(r.add(16 * c)), *x);
+                        }
+                    }
+                    j += SETS;
+                }
+                for (s, o) in o.iter().enumerate() {
+                    for (c, x) in o.iter().enumerate() {
+                        _mm512_storeu_ps(ap.add(s * hd + 16 * c), *x);
+                    }
                 }
             }
-            j += SETS;
         }
-        let inv = _mm512_set1_ps(if l > 0.0 { 1.0 / l } else { 0.0 });
-        for c in 0..NZ {
-            let mut x = o[0][c];
-            for o in &o[1..] {
-                x = _mm512_add_ps(x, o[c]);
+        for (h, &sum) in sums.iter().enumerate() {
+            let inv = _mm512_set1_ps(if sum > 0.0 { 1.0 / sum } else { 0.0 });
+            let ap = acc.as_ptr().add(h * SETS * hd);
+            for c in 0..NZ {
+                let mut x = _mm512_loadu_ps(ap.add(16 * c));
+                for s in 1..SETS {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(ap.add(s * hd + 16 * c)));
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + 16 * c), _mm512_mul_ps(x, inv));
             }
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(x, inv));
         }
     }
 }
@@ -126,25 +168,26 @@ unsafe fn attend_nz<const NZ: usize, const SETS: usize>(
 /// (nothing written) for the others.
 ///
 /// # Safety
-/// `kv.check(n_pos, q.len())` passed, `q.len() == out.len()`, and the CPU has AVX2, FMA and
-/// AVX-512 F.
+/// `kv.check(n_pos, hd)` passed, `q.len() == out.len()` is a multiple of `hd`, and the
+/// CPU has AVX2, FMA and AVX-512 F.
 #[target_feature(enable = "avx2,fma,avx512f")]
 pub(crate) unsafe fn attend(
     q: &[f32],
+    hd: usize,
     kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
-    scores: &mut Vec<f32>,
+    work: &mut Vec<f32>,
 ) -> Option<()> {
     macro_rules! go {
         ($nz:literal, $sets:literal) => {
             // SAFETY: head size 16 * $nz matched; the rest is the caller's contract; the
             // features are enabled on this function.
-            unsafe { attend_nz::<$nz, $sets>(q, kv, n_pos, scale, out, scores) }
+            unsafe { attend_nz::<$nz, $sets>(q, kv, n_pos, scale, out, work) }
         };
     }
-    match q.len() {
+    match hd {
         32 => go!(2, 8),
         64 => go!(4, 4),
         128 => go!(8, 2),

@@ -84,35 +84,45 @@ impl KvView<'_> {
     }
 }
 
-/// Causal attention for one query head over the first `n_pos` positions of the view `kv`, softmax
-/// included. `scores` is working memory (`n_pos` floats, rounded up), kept by the caller
-/// across calls so that attention does not allocate.
+/// Causal attention for query heads of `hd` dimensions that share one KV head (`q` holds
+/// them one after the other, and so does `out`) over the first `n_pos` positions of the
+/// view `kv`, softmax included. Each head's result is the same whether it comes alone or
+/// with others; grouping them lets a kernel read each cache row once for all of them.
+/// `scores` is working memory, kept by the caller across calls so that attention does
+/// not allocate.
 pub fn attend(
     q: &[f32],
+    hd: usize,
     kv: &KvView<'_>,
     n_pos: usize,
     scale: f32,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    kv.check(n_pos, q.len());
+    kv.check(n_pos, hd);
     assert_eq!(q.len(), out.len());
+    assert!(hd > 0 && q.len().is_multiple_of(hd));
     #[cfg(target_arch = "x86_64")]
     match simd() {
         // SAFETY: AVX-512 was detected at runtime; `check` bounded every row read.
         Some(Isa::Vnni)
-            if unsafe { avx512::attend(q, kv, n_pos, scale, out, scores) }.is_some() =>
+            if unsafe { avx512::attend(q, hd, kv, n_pos, scale, out, scores) }.is_some() =>
         {
             return;
         }
         Some(_) => {
-            // SAFETY: avx2 and fma were detected at runtime; `check` bounded every row read.
-            unsafe { avx2::attend(q, kv, n_pos, scale, out, scores) };
+            for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+                // SAFETY: avx2 and fma were detected at runtime; `check` bounded every
+                // row read.
+                unsafe { avx2::attend(q, kv, n_pos, scale, out, scores) };
+            }
             return;
         }
         None => {}
     }
-    kernel::attend(q, kv, n_pos, scale, out, scores)
+    for (q, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        kernel::attend(q, kv, n_pos, scale, out, scores)
+    }
 }
 
 /// `x = exp(x)` for every element, all of them ≤ 0 (a softmax after subtracting the
@@ -188,7 +198,7 @@ mod tests {
             let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
             let z: f32 = e.iter().sum();
             let mut out = vec![0.0f32; hd];
-            attend(&q, &view, n_pos, scale, &mut out, &mut buf);
+            attend(&q, hd, &view, n_pos, scale, &mut out, &mut buf);
             let mut out_scalar = vec![0.0f32; hd];
             kernel::attend(&q, &view, n_pos, scale, &mut out_scalar, &mut buf);
             // The AVX2 kernel too where the best one is another.
@@ -212,6 +222,60 @@ mod tests {
                 );
                 assert!((out_scalar[i] - want).abs() < 1e-5);
                 assert!(out_avx2.as_ref().is_none_or(|o| (o[i] - want).abs() < 1e-5));
+            }
+        }
+    }
+
+    /// Heads attended together give each head the very bits it gets alone (the kernels
+    /// only share reads of the cache rows), over block and group boundaries.
+    #[test]
+    fn grouped_heads_match_heads_alone() {
+        let mut rng = Rng::new(17);
+        let (mut buf, mut buf1) = (Vec::new(), Vec::new());
+        for (hd, heads, first, n_pos) in [
+            (64usize, 3usize, 0usize, 1usize),
+            (64, 3, 2, 150),
+            (128, 7, 0, 33),
+            (256, 4, 5, 70),
+            (32, 2, 0, 17),
+            (48, 2, 1, 9),
+        ] {
+            let (stride, offset, page_rows) = (2 * hd, hd, 16);
+            let pages = (first + n_pos).div_ceil(page_rows);
+            let kv: Vec<f32> = (0..2 * pages * page_rows * stride)
+                .map(|_| rng.next_signed_f32() * 3.0)
+                .collect();
+            let (k, v) = kv.split_at(pages * page_rows * stride);
+            let kp: Vec<&[f32]> = k.chunks(page_rows * stride).collect();
+            let vp: Vec<&[f32]> = v.chunks(page_rows * stride).collect();
+            let view = KvView {
+                k: &kp,
+                v: &vp,
+                page_rows,
+                stride,
+                offset,
+                first,
+            };
+            let q: Vec<f32> = (0..heads * hd).map(|_| rng.next_signed_f32()).collect();
+            let mut together = vec![0.0f32; heads * hd];
+            attend(&q, hd, &view, n_pos, 0.1, &mut together, &mut buf);
+            for h in 0..heads {
+                let mut alone = vec![0.0f32; hd];
+                attend(
+                    &q[h * hd..(h + 1) * hd],
+                    hd,
+                    &view,
+                    n_pos,
+                    0.1,
+                    &mut alone,
+                    &mut buf1,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&alone),
+                    bits(&together[h * hd..(h + 1) * hd]),
+                    "hd {hd} head {h}"
+                );
             }
         }
     }
