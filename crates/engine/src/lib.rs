@@ -18,8 +18,10 @@
 //!   caches (reference-counted blocks of 16 positions, copied only on write), with its
 //!   attention over those pages, built on [`quant`]: the quantized block formats, repacked
 //!   at load eight rows to a register for their kernels (portable, AVX2, AVX-512 VNNI).
-//! - [`sampler`]: logits become the next token.
+//! - [`sampler`]: logits become the next token, within what a request's [`constraint`]
+//!   allows (a JSON schema, regex or grammar, by llguidance).
 
+pub mod constraint;
 pub mod error;
 pub mod gguf;
 pub mod loader;

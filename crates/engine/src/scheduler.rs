@@ -14,15 +14,16 @@
 //! A sequence whose receiver is dropped (the client went away) is removed before the next
 //! step, so generation stops at once and its KV cache is freed.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use rayon::prelude::*;
 use std::collections::VecDeque;
 
+use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::error::EngineError;
 use crate::loader::ReasoningSpec;
 use crate::model::{BLOCK_TOKENS, KvCache, Model, SeqInput};
@@ -86,6 +87,10 @@ pub struct GenerateRequest {
     /// its budget), as chat answers it; `false` leaves the text as the model wrote it, tags
     /// included, as a plain text completion shows it. Ignored by other models.
     pub split_thought: bool,
+    /// What the answer must be (a JSON schema, a regex, a grammar, compiled by
+    /// [`EngineHandle::constraint`]); for a reasoning model whose thought is split, it
+    /// starts when the thought has closed, so the thought stays free text.
+    pub constraint: Option<Constraint>,
 }
 
 /// Why a sequence ended.
@@ -165,6 +170,9 @@ pub struct EngineHandle {
     running: Arc<AtomicUsize>,
     context_length: usize,
     reasoning: Option<Arc<ReasoningSpec>>,
+    tokenizer: Arc<Tokenizer>,
+    /// The vocabulary index for grammars, built on the first request that has one.
+    grammars: Arc<OnceLock<Result<Grammars, String>>>,
 }
 
 impl EngineHandle {
@@ -202,6 +210,18 @@ impl EngineHandle {
     pub fn reasoning(&self) -> Option<&ReasoningSpec> {
         self.reasoning.as_deref()
     }
+
+    /// Compiles a grammar for [`GenerateRequest::constraint`], or says why it cannot be
+    /// used (llguidance's words: the unsupported keyword, the bad regex). CPU work: the
+    /// first call indexes the vocabulary (hundreds of milliseconds), so callers on an async
+    /// runtime run it on a blocking thread.
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, String> {
+        self.grammars
+            .get_or_init(|| Grammars::new(self.tokenizer.clone()))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .compile(grammar)
+    }
 }
 
 /// Starts the engine thread over a loaded model and returns its handle. The thread ends when
@@ -224,6 +244,7 @@ pub fn start(
     let context_length = model.config.context_length;
     let reasoning = reasoning.map(Arc::new);
     let spec = reasoning.clone();
+    let handle_tokenizer = tokenizer.clone();
     std::thread::Builder::new()
         .name("tokenfab-engine".into())
         .spawn(move || Scheduler::new(model, tokenizer, spec, config, pool).run(jobs_rx, &gauge))
@@ -234,6 +255,8 @@ pub fn start(
         running,
         context_length,
         reasoning,
+        tokenizer: handle_tokenizer,
+        grammars: Arc::new(OnceLock::new()),
     })
 }
 
@@ -258,6 +281,11 @@ struct Sequence {
     forced: VecDeque<u32>,
     /// The prompt's logprobs so far, while they are being computed.
     prompt_logprobs: Vec<TokenLogprob>,
+    constraint: Option<Constraint>,
+    /// The single token that opens a thought, while the output may still open one (a
+    /// reasoning model whose prompt did not): a constrained answer allows it besides the
+    /// grammar's tokens, and the constraint waits while the thought is open.
+    open_token: Option<u32>,
 }
 
 struct Scheduler {
@@ -378,7 +406,8 @@ impl Scheduler {
     }
 
     fn admit(&mut self, job: Job) {
-        let Job { req, events } = job;
+        let Job { mut req, events } = job;
+        let constraint = req.constraint.take();
         let seed = req.sampling.seed.unwrap_or(req.fallback_seed);
         let sampler = Sampler::new(req.sampling.clone(), seed, &req.prompt);
         let spec = self.reasoning.as_deref().filter(|_| req.split_thought);
@@ -386,6 +415,10 @@ impl Scheduler {
             let opened = r.opens_thought(&self.tokenizer, &req.prompt);
             (r.tags.clone(), opened)
         });
+        let open_token = match (spec, &thinking) {
+            (Some(r), Some((_, false))) => self.tokenizer.token_id(&r.tags.start),
+            _ => None,
+        };
         let output = OutputText::new(req.stop.clone(), thinking);
         let thinking_budget = spec.map(|r| req.thinking_budget.unwrap_or(r.budget));
         if req.prompt.is_empty() {
@@ -411,6 +444,8 @@ impl Scheduler {
             thinking_budget,
             forced: VecDeque::new(),
             prompt_logprobs: Vec::new(),
+            constraint,
+            open_token,
         });
     }
 
@@ -451,7 +486,7 @@ impl Scheduler {
             &self.tokenizer,
             self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
         );
-        let outcomes: Vec<Option<FinishReason>> = self.pool.install(|| {
+        let outcomes: Vec<Option<()>> = self.pool.install(|| {
             self.running
                 .par_iter_mut()
                 .zip(logits.par_iter_mut())
@@ -475,16 +510,19 @@ impl Scheduler {
                             return None;
                         }
                     }
-                    let reason = if s.req.max_tokens == 0 {
-                        FinishReason::Length
+                    let end = if s.req.max_tokens == 0 {
+                        Ok(FinishReason::Length)
                     } else {
                         Self::advance(s, logits, tokenizer, buf, close_tokens)?
                     };
-                    let _ = s.events.send(Event::Finished {
-                        reason,
-                        usage: s.usage(),
+                    let _ = s.events.send(match end {
+                        Ok(reason) => Event::Finished {
+                            reason,
+                            usage: s.usage(),
+                        },
+                        Err(msg) => Event::Failed(msg),
                     });
-                    Some(reason)
+                    Some(())
                 })
                 .collect()
         });
@@ -513,20 +551,46 @@ impl Scheduler {
     }
 
     /// Samples (or takes a forced) token for a sequence and emits its text; returns why
-    /// the sequence ended, if it did.
+    /// the sequence ended, if it did (an error: its grammar failed).
     fn advance(
         s: &mut Sequence,
         logits: &mut [f32],
         tokenizer: &Tokenizer,
         buf: &mut Vec<f32>,
         close_tokens: &[u32],
-    ) -> Option<FinishReason> {
+    ) -> Option<Result<FinishReason, String>> {
         // Log-probabilities describe the model's distribution, before the sampler's changes.
         if s.req.logprobs.is_some() {
             log_softmax(logits, buf);
         }
         let forced = s.forced.pop_front();
+        // The constraint holds outside the thought; the token that would open one stays
+        // allowed until the answer has begun.
+        let constrained = forced.is_none() && !s.output.in_thought();
+        let open = s.open_token.filter(|_| !s.output.answer_begun());
+        if let Some(c) = &mut s.constraint {
+            if constrained {
+                if let Err(e) = c.mask(logits, open) {
+                    return Some(Err(format!("constrained decoding: {e}")));
+                }
+            } else if forced.is_none() {
+                // An answer is owed: the thought may not end the turn (it closes by
+                // itself, or its budget closes it).
+                for id in tokenizer.eog_ids() {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         let token = forced.unwrap_or_else(|| s.sampler.sample(logits));
+        if constrained
+            && Some(token) != open
+            && let Some(c) = &mut s.constraint
+            && let Err(e) = c.commit(token)
+        {
+            return Some(Err(format!("constrained decoding: {e}")));
+        }
         s.generated += 1;
         s.last = Some(token);
         s.sampled.push(token);
@@ -537,7 +601,7 @@ impl Scheduler {
         if tokenizer.is_eog(token) {
             let tail = s.output.push_end();
             Self::send_text(s, tail);
-            return Some(FinishReason::Stop);
+            return Some(Ok(FinishReason::Stop));
         }
         let Piece { split, stopped } = s
             .output
@@ -549,7 +613,7 @@ impl Scheduler {
             usage: s.usage(),
         });
         if stopped {
-            return Some(FinishReason::Stop);
+            return Some(Ok(FinishReason::Stop));
         }
         if let Some(budget) = s.thinking_budget
             && s.output.in_thought()
@@ -564,7 +628,7 @@ impl Scheduler {
         if s.generated >= s.req.max_tokens {
             let tail = s.output.finish();
             Self::send_text(s, tail);
-            return Some(FinishReason::Length);
+            return Some(Ok(FinishReason::Length));
         }
         None
     }

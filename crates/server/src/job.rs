@@ -580,6 +580,7 @@ pub fn build(
         prompt_logprobs: None,
         thinking_budget,
         split_thought: true,
+        constraint: None,
     });
     Ok(Job {
         prompt_tokens: prompt.len(),

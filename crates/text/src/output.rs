@@ -61,6 +61,16 @@ impl OutputText {
             .is_some_and(ReasoningSplitter::in_thought)
     }
 
+    /// Whether the answer has begun (answer text came out, or a thought closed): no
+    /// thought can open any more.
+    pub fn answer_begun(&self) -> bool {
+        self.answered
+            || self
+                .splitter
+                .as_ref()
+                .is_none_or(ReasoningSplitter::thought_closed)
+    }
+
     /// The next token's bytes. `forced`: the engine fed it to close the thought (it belongs
     /// to the thought whatever the splitter's state).
     pub fn push(&mut self, bytes: &[u8], forced: bool) -> Piece {

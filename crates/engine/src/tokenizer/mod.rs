@@ -213,10 +213,23 @@ impl Tokenizer {
         self.special.eog.contains(&id)
     }
 
+    /// Every token [`Tokenizer::is_eog`] accepts.
+    pub fn eog_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.special.eog.iter().copied()
+    }
+
     /// Token text as stored in the vocabulary (byte-level or `▁`-escaped); for what a token
     /// shows as in output use [`Tokenizer::token_bytes`].
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.vocab.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// The text of a control or unknown token (which generates no bytes of its own), `None`
+    /// for every other token: how a grammar engine tells `<|im_end|>` the token from the
+    /// characters `<|im_end|>`.
+    pub fn special_text(&self, id: u32) -> Option<&str> {
+        let attr = *self.vocab.attrs.get(id as usize)?;
+        (attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0).then(|| self.vocab.tokens[id as usize].as_str())
     }
 
     /// The fill-in-the-middle markers, for a code model trained with them.

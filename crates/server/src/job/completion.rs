@@ -235,6 +235,7 @@ pub fn build(
             thinking_budget: None,
             // A completion's text is everything the model wrote.
             split_thought: false,
+            constraint: None,
         }));
         prompts.push(ids.len());
         echoes.push(Echo { text, tokens: ids });
