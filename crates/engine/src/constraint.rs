@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
-use llguidance::{Matcher, ParserFactory};
+use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
 
 use crate::tokenizer::Tokenizer;
 
@@ -22,7 +22,8 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grammar {
     /// A JSON value valid against this JSON Schema (`{"type": "object"}` for OpenAI's
-    /// `json_object`).
+    /// `json_object`), written with `json.dumps`'s separators (`", "`, `": "`) and no
+    /// other whitespace, unless the schema's own `x-guidance` options say otherwise.
     JsonSchema(serde_json::Value),
     /// Text matching this regular expression, whole.
     Regex(String),
@@ -36,7 +37,23 @@ pub enum Grammar {
 impl Grammar {
     fn top_level(&self) -> Result<TopLevelGrammar, String> {
         Ok(match self {
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            Grammar::JsonSchema(schema) => {
+                let mut schema = schema.clone();
+                // Whitespace as `json.dumps` writes it, unless the schema says otherwise:
+                // with free whitespace a small model can pad until `max_tokens`.
+                if let Some(o) = schema.as_object_mut()
+                    && !o.contains_key("x-guidance")
+                {
+                    JsonCompileOptions {
+                        item_separator: ", ".into(),
+                        key_separator: ": ".into(),
+                        whitespace_flexible: false,
+                        ..Default::default()
+                    }
+                    .apply_to(&mut schema);
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Grammar::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
             Grammar::Choice(options) => {

@@ -6,6 +6,7 @@
 //! ([`Job`]); [`completion`] holds what only completions have.
 
 pub mod completion;
+mod structured;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,34 +147,6 @@ const UNHONOURED: &[(&str, &str)] = &[
         "function_call",
         "the legacy `function_call` field is not supported; send `tool_choice`",
     ),
-    (
-        "guided_json",
-        "guided decoding (`guided_json`) is not available yet",
-    ),
-    (
-        "guided_regex",
-        "guided decoding (`guided_regex`) is not available yet",
-    ),
-    (
-        "guided_choice",
-        "guided decoding (`guided_choice`) is not available yet",
-    ),
-    (
-        "guided_grammar",
-        "guided decoding (`guided_grammar`) is not available yet",
-    ),
-    (
-        "structured_outputs",
-        "constrained decoding (`structured_outputs`) is not available yet",
-    ),
-    (
-        "grammar",
-        "grammar-constrained decoding (`grammar`) is not available yet",
-    ),
-    (
-        "json_schema",
-        "schema-constrained decoding (`json_schema`) is not available yet",
-    ),
     ("audio", "this text model cannot answer with `audio`"),
     (
         "web_search_options",
@@ -285,15 +258,6 @@ fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpErro
             "tool_choice",
             "`tool_choice` can only be `none` or `auto` without `tools`",
         ));
-    }
-    if let Some(rf) = &req.response_format {
-        let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return Err(bad(
-                "response_format",
-                format!("`response_format` of type `{kind}` is not available yet; use `text`"),
-            ));
-        }
     }
     asked.logprobs = logprobs;
     asked.top_logprobs = top_logprobs;
@@ -537,6 +501,7 @@ pub fn build(
     limits: &Limits,
 ) -> Result<ChatJob, HttpError> {
     refuse_unhonoured(&body)?;
+    let constraint = structured::constraint(&body, &model.engine)?;
     let req: ChatCompletionRequest = typed(body)?;
     let messages = req
         .messages
@@ -580,7 +545,7 @@ pub fn build(
         prompt_logprobs: None,
         thinking_budget,
         split_thought: true,
-        constraint: None,
+        constraint: constraint.clone(),
     });
     Ok(Job {
         prompt_tokens: prompt.len(),
@@ -668,7 +633,7 @@ mod tests {
             let body = json!({ "model": "m", "messages": [], *field: {"type": "object"} });
             assert_eq!(param(refuse_unhonoured(&body).unwrap_err()), *field);
         }
-        let body = json!({"model": "m", "guided_json": null, "unknown_field": 1});
+        let body = json!({"model": "m", "functions": null, "unknown_field": 1});
         assert!(refuse_unhonoured(&body).is_ok());
         let text_only = json!({"model": "m", "modalities": ["text"]});
         assert!(refuse_unhonoured(&text_only).is_ok());
@@ -703,10 +668,6 @@ mod tests {
         assert_eq!(asked_err(json!({"top_logprobs": 2})), "top_logprobs");
         assert_eq!(asked_err(json!({"tools": [{"type": "function"}]})), "tools");
         assert_eq!(asked_err(json!({"tool_choice": "required"})), "tool_choice");
-        assert_eq!(
-            asked_err(json!({"response_format": {"type": "json_object"}})),
-            "response_format"
-        );
         let ok = asked(
             &req(
                 json!({"top_k": -1, "n": 2, "stop": "x", "logprobs": true, "top_logprobs": 3,

@@ -268,7 +268,7 @@ fn streams_match_and_report_usage_and_bad_requests_name_their_field() {
                 "temperature",
             ),
             (
-                json!({"model": MODEL, "prompt": "a", "guided_json": {}}),
+                json!({"model": MODEL, "prompt": "a", "guided_json": 3}),
                 "guided_json",
             ),
         ] {

@@ -374,13 +374,19 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             400,
             Some("messages[0].role"),
         );
-        // Fields that would constrain the output, which the model cannot honour yet, are
+        // Constraints that cannot be honoured, and fields the server does not take, are
         // refused by name rather than ignored; so is an effort for a model that does not
         // reason.
         for (field, value) in [
-            ("guided_json", json!({"type": "object"})),
-            ("guided_choice", json!(["yes", "no"])),
-            ("json_schema", json!({"type": "object"})),
+            ("guided_json", json!(3)),
+            ("guided_choice", json!([])),
+            ("json_schema", json!("not json")),
+            ("guided_regex", json!("(unclosed")),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}),
+            ),
+            ("grammar", json!("root ::= \"yes\"")),
             ("functions", json!([{"name": "f", "parameters": {}}])),
             ("function_call", json!("auto")),
             ("reasoning_effort", json!("low")),

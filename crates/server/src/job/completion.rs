@@ -191,6 +191,7 @@ pub fn build(
     limits: &Limits,
 ) -> Result<CompletionJob, HttpError> {
     super::refuse_unhonoured(&body)?;
+    let constraint = super::structured::constraint(&body, &model.engine)?;
     let req: CompletionRequest = typed(body)?;
     let Options {
         inputs,
@@ -235,7 +236,7 @@ pub fn build(
             thinking_budget: None,
             // A completion's text is everything the model wrote.
             split_thought: false,
-            constraint: None,
+            constraint: constraint.clone(),
         }));
         prompts.push(ids.len());
         echoes.push(Echo { text, tokens: ids });
