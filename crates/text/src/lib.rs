@@ -1,6 +1,7 @@
 //! tokenfab's text pipeline: what a generated sequence's bytes become before they reach a
 //! client, the same for the engine's own models and for upstream servers' answers. Plain
-//! std, so the gateway (`tokenfab-upstream`) splits thoughts without the engine's weight.
+//! std and `serde_json`, so the gateway (`tokenfab-upstream`) splits thoughts without the
+//! engine's weight.
 //!
 //! # Layout
 //! Data flows top to bottom, one [`output::OutputText`] per sequence:
@@ -11,8 +12,11 @@
 //!   its incremental form, property-tested to agree for every chunking).
 //! - [`stop`]: the answer is cut at stop strings (never the thought).
 //! - [`output`]: the three in that order, plus the count of reasoning tokens.
+//! - [`tools`]: tool calls found in the answer (the `<tool_call>` format), for requests
+//!   that offer tools; property-tested like the splitter.
 
 pub mod output;
 pub mod reasoning;
 pub mod stop;
+pub mod tools;
 pub mod utf8;
