@@ -11,6 +11,7 @@ use tokenfab_engine::scheduler::{Event, FinishReason, TokenLogprob};
 use tokenfab_platform::store::{Outcome, Source};
 use tokenfab_platform::{Admission, Used};
 use tokenfab_text::reasoning::Split;
+use tokenfab_text::tools::{Piece, ToolCallParser};
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::routes::settle;
@@ -31,6 +32,15 @@ pub enum Step {
         index: usize,
         logprobs: Vec<TokenLogprob>,
     },
+    /// Choice `index` wrote a complete tool call, its `call`-th (when tools were offered;
+    /// `id` is the call's new id, `arguments` compact JSON text).
+    Call {
+        index: usize,
+        call: usize,
+        id: String,
+        name: String,
+        arguments: String,
+    },
     /// Choice `index` ended.
     Finished { index: usize, reason: FinishReason },
     /// Generation failed; the request ends with an error.
@@ -44,6 +54,25 @@ pub struct Fold {
     per_prompt: usize,
     choices: Vec<(TokenUsage, Option<FinishReason>)>,
     admission: Option<Admission>,
+    tools: Option<ToolState>,
+}
+
+/// The tools a request offered, as the fold reads answers for their calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOffer {
+    /// Every call an answer writes is returned, or only its first.
+    pub parallel: bool,
+    /// The tools' names: an answer that is only a JSON call of one of them is a call.
+    pub names: Vec<String>,
+}
+
+/// The answers' tool calls, when tools were offered.
+struct ToolState {
+    /// Every call is returned, or only each answer's first.
+    parallel: bool,
+    parsers: Vec<ToolCallParser>,
+    /// Calls returned per choice.
+    calls: Vec<usize>,
 }
 
 impl Fold {
@@ -60,13 +89,90 @@ impl Fold {
             per_prompt: per_prompt.max(1),
             choices: vec![(TokenUsage::default(), None); prompts.len() * per_prompt],
             admission,
+            tools: None,
         }
     }
 
-    /// Folds in an event of choice `index`.
-    pub fn apply(&mut self, index: usize, event: Event) -> Step {
+    /// Reads the answers for calls of the tools `offer` names.
+    pub fn with_tool_calls(mut self, offer: &ToolOffer) -> Fold {
+        let n = self.choices.len();
+        self.tools = Some(ToolState {
+            parallel: offer.parallel,
+            parsers: (0..n)
+                .map(|_| ToolCallParser::new(offer.names.clone()))
+                .collect(),
+            calls: vec![0; n],
+        });
+        self
+    }
+
+    /// Whether choice `index` returned a tool call.
+    pub fn called(&self, index: usize) -> bool {
+        self.tools.as_ref().is_some_and(|t| t.calls[index] > 0)
+    }
+
+    /// The steps of answer text `text` of choice `index`: as is without tools, else its
+    /// content read for calls (text and calls in order; the token rides on the first).
+    fn text_steps(
+        &mut self,
+        index: usize,
+        text: Split,
+        token: Option<(u32, TokenLogprob)>,
+        end: bool,
+    ) -> Vec<Step> {
+        let Some(tools) = self.tools.as_mut() else {
+            return vec![Step::Text { index, text, token }];
+        };
+        let parser = &mut tools.parsers[index];
+        let mut pieces = parser.push(&text.content);
+        if end {
+            pieces.extend(parser.finish());
+        }
+        let mut steps = vec![Step::Text {
+            index,
+            text: Split {
+                reasoning: text.reasoning,
+                content: String::new(),
+            },
+            token,
+        }];
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => match steps.last_mut() {
+                    Some(Step::Text { text, .. }) => text.content.push_str(&t),
+                    _ => steps.push(Step::Text {
+                        index,
+                        text: Split {
+                            reasoning: String::new(),
+                            content: t,
+                        },
+                        token: None,
+                    }),
+                },
+                Piece::Call(c) => {
+                    let call = tools.calls[index];
+                    if call > 0 && !tools.parallel {
+                        continue;
+                    }
+                    tools.calls[index] += 1;
+                    steps.push(Step::Call {
+                        index,
+                        call,
+                        id: call_id(),
+                        name: c.name,
+                        arguments: c.arguments,
+                    });
+                }
+            }
+        }
+        steps
+    }
+
+    /// Folds in an event of choice `index`: what it means for the answer, in order (empty
+    /// text steps included, for the logprobs they may carry).
+    pub fn apply(&mut self, index: usize, event: Event) -> Vec<Step> {
         let counted = matches!(event, Event::Token { .. } | Event::Finished { .. });
-        let step = match event {
+        let steps = match event {
             Event::Token {
                 id,
                 text,
@@ -74,23 +180,21 @@ impl Fold {
                 usage,
             } => {
                 self.choices[index].0 = usage;
-                Step::Text {
-                    index,
-                    text,
-                    token: logprob.map(|lp| (id, lp)),
-                }
+                self.text_steps(index, text, logprob.map(|lp| (id, lp)), false)
             }
-            Event::Text(text) => Step::Text {
-                index,
-                text,
-                token: None,
-            },
-            Event::Prompt(logprobs) => Step::Prompt { index, logprobs },
+            Event::Text(text) => self.text_steps(index, text, None, false),
+            Event::Prompt(logprobs) => vec![Step::Prompt { index, logprobs }],
             Event::Finished { reason, usage } => {
                 self.choices[index] = (usage, Some(reason));
-                Step::Finished { index, reason }
+                // What the tool-call parser still holds comes out before the end.
+                let mut steps = match self.tools {
+                    Some(_) => self.text_steps(index, Split::default(), None, true),
+                    None => Vec::new(),
+                };
+                steps.push(Step::Finished { index, reason });
+                steps
             }
-            Event::Failed(msg) => Step::Failed(msg),
+            Event::Failed(msg) => vec![Step::Failed(msg)],
         };
         // Only a token or an end changes the counts the admission would bill.
         if counted {
@@ -99,7 +203,7 @@ impl Fold {
                 a.record(used);
             }
         }
-        step
+        steps
     }
 
     /// The request's usage so far: the choices' generated tokens add up, each prompt
@@ -150,6 +254,18 @@ impl Fold {
     }
 }
 
+/// A new tool-call id, unique in practice (`call_` and 24 hex digits, as OpenAI's look).
+fn call_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng =
+        tokenfab_engine::sampler::Rng::new(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed) << 40);
+    format!("call_{:016x}{:08x}", rng.next_u64(), rng.next_u64() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,12 +296,12 @@ mod tests {
         let mut f = Fold::new(10, 2, None);
         assert_eq!(f.usage(), TokenUsage::prompt(10));
         assert!(matches!(
-            f.apply(0, token(1)),
-            Step::Text {
+            &f.apply(0, token(1))[..],
+            [Step::Text {
                 index: 0,
                 token: None,
                 ..
-            }
+            }]
         ));
         f.apply(1, token(1));
         f.apply(1, Event::Text(Split::default()));
@@ -197,10 +313,10 @@ mod tests {
         };
         assert_eq!(
             f.apply(0, end(3, FinishReason::Stop)),
-            Step::Finished {
+            [Step::Finished {
                 index: 0,
                 reason: FinishReason::Stop
-            }
+            }]
         );
         f.apply(1, end(5, FinishReason::Length));
         assert_eq!(f.usage(), usage(8, 2, 6));
@@ -209,8 +325,8 @@ mod tests {
             Some(vec![FinishReason::Stop, FinishReason::Length])
         );
         assert!(matches!(
-            f.apply(0, Event::Failed("boom".into())),
-            Step::Failed(m) if m == "boom"
+            &f.apply(0, Event::Failed("boom".into()))[..],
+            [Step::Failed(m)] if m == "boom"
         ));
     }
 
@@ -284,10 +400,10 @@ mod tests {
         let step = f.apply(3, Event::Prompt(vec![]));
         assert_eq!(
             step,
-            Step::Prompt {
+            [Step::Prompt {
                 index: 3,
                 logprobs: vec![]
-            }
+            }]
         );
     }
 
@@ -307,6 +423,65 @@ mod tests {
                 usage: usage(1, 0, 0),
             },
         );
-        assert!(matches!(step, Step::Text { token: Some((7, l)), .. } if l == lp));
+        assert!(matches!(&step[..], [Step::Text { token: Some((7, l)), .. }] if *l == lp));
+    }
+
+    /// With tools, the answer's calls come out as calls (every one, or only the first
+    /// without parallel calls), the text around them as text, and a partial tag never.
+    #[test]
+    fn tool_calls_are_read_from_the_answer() {
+        let text = |t: &str| {
+            Event::Text(Split {
+                reasoning: String::new(),
+                content: t.into(),
+            })
+        };
+        let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        for parallel in [true, false] {
+            let offer = ToolOffer {
+                parallel,
+                names: vec!["f".into()],
+            };
+            let mut f = Fold::new(3, 1, None).with_tool_calls(&offer);
+            let mut steps = f.apply(0, text("Sure. <tool"));
+            steps.extend(f.apply(0, text(&call["<tool".len()..])));
+            steps.extend(f.apply(0, text(call)));
+            steps.extend(f.apply(
+                0,
+                Event::Finished {
+                    reason: FinishReason::Stop,
+                    usage: usage(9, 0, 0),
+                },
+            ));
+            let content: String = steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Text { text, .. } => Some(text.content.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(content, "Sure. ");
+            let calls: Vec<(usize, &str, &str)> = steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Call {
+                        call,
+                        name,
+                        arguments,
+                        ..
+                    } => Some((*call, name.as_str(), arguments.as_str())),
+                    _ => None,
+                })
+                .collect();
+            let want = if parallel { 2 } else { 1 };
+            assert_eq!(calls.len(), want);
+            assert!(
+                calls
+                    .iter()
+                    .enumerate()
+                    .all(|(i, c)| *c == (i, "f", "{\"a\":1}"))
+            );
+            assert!(f.called(0));
+        }
     }
 }

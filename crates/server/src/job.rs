@@ -7,6 +7,7 @@
 
 pub mod completion;
 mod structured;
+mod tools;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokenfab_wire::chat::{
 };
 
 use crate::error::HttpError;
+use crate::fold::ToolOffer;
 use crate::routes::typed;
 use crate::state::{Limits, ServedModel};
 
@@ -46,6 +48,8 @@ pub struct Job {
     /// One engine request per choice: `choices.len() / prompts.len()` per prompt, prompt
     /// after prompt.
     pub choices: Vec<GenerateRequest>,
+    /// The tools offered, whose calls the answers are read for.
+    pub tool_calls: Option<ToolOffer>,
 }
 
 /// A chat request's job.
@@ -100,6 +104,21 @@ fn message_text(i: usize, m: &ChatMessage) -> Result<String, HttpError> {
     }
 }
 
+/// An earlier turn's tool call as templates read it: OpenAI sends `arguments` as JSON
+/// text, templates write it out with `tojson`, so it goes in parsed (as vLLM and
+/// llama.cpp hand it over); text that is not JSON stays text.
+fn template_call(call: &Value) -> Value {
+    let mut call = call.clone();
+    if let Some(args) = call.pointer_mut("/function/arguments")
+        && let Some(parsed) = args
+            .as_str()
+            .and_then(|a| serde_json::from_str::<Value>(a).ok())
+    {
+        *args = parsed;
+    }
+    call
+}
+
 pub(crate) fn template_messages(
     messages: &[ChatMessage],
 ) -> Result<Vec<TemplateMessage>, HttpError> {
@@ -115,7 +134,10 @@ pub(crate) fn template_messages(
                 extra.insert("name".into(), Value::String(n.clone()));
             }
             if let Some(tc) = &m.tool_calls {
-                extra.insert("tool_calls".into(), Value::Array(tc.clone()));
+                extra.insert(
+                    "tool_calls".into(),
+                    Value::Array(tc.iter().map(template_call).collect()),
+                );
             }
             if let Some(id) = &m.tool_call_id {
                 extra.insert("tool_call_id".into(), Value::String(id.clone()));
@@ -244,21 +266,6 @@ fn asked(req: &ChatCompletionRequest, limits: &Limits) -> Result<Asked, HttpErro
             ));
         }
     };
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(bad(
-            "tools",
-            "tool calling is not available for this model yet; send the request without `tools`",
-        ));
-    }
-    // Without tools there is nothing to call: only the choices that ask for no call hold.
-    if let Some(tc) = &req.tool_choice
-        && !(tc.is_null() || tc == "none" || tc == "auto")
-    {
-        return Err(bad(
-            "tool_choice",
-            "`tool_choice` can only be `none` or `auto` without `tools`",
-        ));
-    }
     asked.logprobs = logprobs;
     asked.top_logprobs = top_logprobs;
     Ok(asked)
@@ -501,8 +508,15 @@ pub fn build(
     limits: &Limits,
 ) -> Result<ChatJob, HttpError> {
     refuse_unhonoured(&body)?;
-    let constraint = structured::constraint(&body, &model.engine)?;
+    let structured = structured::constraint(&body, &model.engine)?;
     let req: ChatCompletionRequest = typed(body)?;
+    let tools = tools::asked(&req)?;
+    if tools.is_some() && structured.is_some() {
+        return Err(bad(
+            "tools",
+            "tools cannot be combined with a structured-output constraint (`response_format` and the like) yet; send one of them",
+        ));
+    }
     let messages = req
         .messages
         .as_ref()
@@ -522,9 +536,25 @@ pub fn build(
     let template = model.template.as_ref().ok_or_else(|| {
         bad("messages", format!("model `{model_id}` has no chat template; configure one (`chat_template` in the config file)"))
     })?;
-    let (kwargs, thinking_budget) = thinking(&req, model_id, engine.reasoning(), context_length)?;
+    let (mut kwargs, thinking_budget) =
+        thinking(&req, model_id, engine.reasoning(), context_length)?;
+    let mut conversation = template_messages(messages)?;
+    let mut constraint = structured;
+    if let Some(t) = &tools {
+        if template.source().contains("tools") {
+            kwargs.insert("tools".into(), Value::Array(t.list.clone()));
+        } else {
+            add_system_text(&mut conversation, &t.system_prompt());
+        }
+        if let Some(g) = t.grammar() {
+            let c = engine
+                .constraint(&g)
+                .map_err(|e| bad("tools", format!("the tools' schemas cannot be used: {e}")))?;
+            constraint = Some(c);
+        }
+    }
     let text = template
-        .render(&template_messages(messages)?, true, &kwargs)
+        .render(&conversation, true, &kwargs)
         .map_err(|e| bad("messages", e.to_string()))?;
     let prompt = encode_prompt(&model.tokenizer, &text);
     let max_tokens = max_tokens(
@@ -556,7 +586,26 @@ pub fn build(
         include_usage: include_usage(req.stream_options.as_ref()),
         logprobs: asked.logprobs,
         choices,
+        tool_calls: tools.map(|t| t.offer()),
     })
+}
+
+/// Adds `text` to the conversation's system message (a new first message if it has none).
+fn add_system_text(conversation: &mut Vec<TemplateMessage>, text: &str) {
+    match conversation.first_mut() {
+        Some(m) if m.role == "system" => {
+            m.content.push_str("\n\n");
+            m.content.push_str(text);
+        }
+        _ => conversation.insert(
+            0,
+            TemplateMessage {
+                role: "system".into(),
+                content: text.to_owned(),
+                extra: Map::new(),
+            },
+        ),
+    }
 }
 
 /// `stream_options.include_usage`, off unless asked.
@@ -666,8 +715,6 @@ mod tests {
             assert_eq!(asked_err(body), field, "{field} = {value}");
         }
         assert_eq!(asked_err(json!({"top_logprobs": 2})), "top_logprobs");
-        assert_eq!(asked_err(json!({"tools": [{"type": "function"}]})), "tools");
-        assert_eq!(asked_err(json!({"tool_choice": "required"})), "tool_choice");
         let ok = asked(
             &req(
                 json!({"top_k": -1, "n": 2, "stop": "x", "logprobs": true, "top_logprobs": 3,

@@ -18,6 +18,10 @@
 //!   no string `name`, comes back as content, tags included, rather than being lost.
 //! - `arguments` (or `parameters`, which Llama-style models write) may be an object or a
 //!   string holding one; it is returned as compact JSON text (OpenAI's `arguments`).
+//! - An answer that is nothing but one such JSON object naming an offered tool is a call
+//!   too (Llama 3.x's JSON format, and what small Qwen models write when they drop the
+//!   tags): with [`ToolCallParser::new`]'s tool names, an answer whose first character is
+//!   `{` is held until its end and decided then.
 
 use serde_json::Value;
 
@@ -39,9 +43,9 @@ pub enum Piece {
     Call(Call),
 }
 
-/// The pieces of a whole answer.
-pub fn parse_complete(text: &str) -> Vec<Piece> {
-    let mut p = ToolCallParser::default();
+/// The pieces of a whole answer, `tools` the names a bare JSON call may use.
+pub fn parse_complete(text: &str, tools: &[String]) -> Vec<Piece> {
+    let mut p = ToolCallParser::new(tools.to_vec());
     let mut out = p.push(text);
     for piece in p.finish() {
         emit(&mut out, piece);
@@ -54,16 +58,47 @@ pub fn parse_complete(text: &str) -> Vec<Piece> {
 /// [`finish`]: ToolCallParser::finish
 #[derive(Debug, Default)]
 pub struct ToolCallParser {
-    /// Text not yet released: a possible opening tag, or the body of an open call.
+    /// Text not yet released: a possible opening tag, the body of an open call, or a
+    /// whole answer that may be a bare call.
     held: String,
     in_call: bool,
+    /// The tools a bare JSON call may name (none: bare calls are text).
+    bare: Vec<String>,
+    /// Whether the answer's first non-space character has been seen, and was `{`.
+    start: Start,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    #[default]
+    Undecided,
+    Bare,
+    Tagged,
 }
 
 impl ToolCallParser {
+    /// A parser for an answer to a request offering the tools named `tools`.
+    pub fn new(tools: Vec<String>) -> Self {
+        ToolCallParser {
+            bare: tools,
+            ..Default::default()
+        }
+    }
+
     /// The pieces `text` completes (adjacent text merged).
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.held.push_str(text);
+        if self.start == Start::Undecided {
+            match self.held.trim_start().chars().next() {
+                None => return Vec::new(),
+                Some('{') if !self.bare.is_empty() => self.start = Start::Bare,
+                Some(_) => self.start = Start::Tagged,
+            }
+        }
         let mut out = Vec::new();
+        if self.start == Start::Bare {
+            return out;
+        }
         loop {
             if self.in_call {
                 let Some(end) = self.held.find(CLOSE) else {
@@ -101,7 +136,10 @@ impl ToolCallParser {
     pub fn finish(&mut self) -> Vec<Piece> {
         let held = std::mem::take(&mut self.held);
         let mut out = Vec::new();
-        if std::mem::take(&mut self.in_call) {
+        if std::mem::take(&mut self.start) == Start::Bare {
+            let call = parse_call(&held).filter(|c| self.bare.contains(&c.name));
+            emit(&mut out, call.map_or(Piece::Text(held), Piece::Call));
+        } else if std::mem::take(&mut self.in_call) {
             emit(&mut out, call_or_text(&held, false));
         } else {
             emit(&mut out, Piece::Text(held));
@@ -123,7 +161,9 @@ fn emit(out: &mut Vec<Piece>, piece: Piece) {
 fn partial_tag_len(s: &str) -> usize {
     (1..OPEN.len())
         .rev()
-        .find(|&n| s.len() >= n && s.is_char_boundary(s.len() - n) && OPEN.starts_with(&s[s.len() - n..]))
+        .find(|&n| {
+            s.len() >= n && s.is_char_boundary(s.len() - n) && OPEN.starts_with(&s[s.len() - n..])
+        })
         .unwrap_or(0)
 }
 
@@ -172,6 +212,7 @@ mod tests {
     fn calls_and_text_in_order() {
         let out = parse_complete(
             "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}\n</tool_call>",
+            &[],
         );
         assert_eq!(
             out,
@@ -187,32 +228,43 @@ mod tests {
     #[test]
     fn broken_calls_stay_content() {
         let bad = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": }\n</tool_call>";
-        assert_eq!(parse_complete(bad), [text(bad)]);
+        assert_eq!(parse_complete(bad, &[]), [text(bad)]);
         let nameless = "<tool_call>{\"arguments\": {}}</tool_call>";
-        assert_eq!(parse_complete(nameless), [text(nameless)]);
+        assert_eq!(parse_complete(nameless, &[]), [text(nameless)]);
         // Ended by the end of generation inside the tags: a call when its JSON is whole.
         assert_eq!(
-            parse_complete("<tool_call>\n{\"name\": \"f\"}\n"),
+            parse_complete("<tool_call>\n{\"name\": \"f\"}\n", &[]),
             [call("f", "{}")]
         );
         assert_eq!(
-            parse_complete("<tool_call>\n{\"name\": \"f\", \"argu"),
+            parse_complete("<tool_call>\n{\"name\": \"f\", \"argu", &[]),
             [text("<tool_call>\n{\"name\": \"f\", \"argu")]
         );
         // A lone `<` or a different tag is text.
-        assert_eq!(parse_complete("a < b <tool"), [text("a < b <tool")]);
+        assert_eq!(parse_complete("a < b <tool", &[]), [text("a < b <tool")]);
+        // A bare JSON call: the whole answer, naming an offered tool.
+        let f = ["f".to_string()];
+        let llama = " {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
+        assert_eq!(parse_complete(llama, &f), [call("f", r#"{"a":1}"#)]);
+        assert_eq!(parse_complete(llama, &[]), [text(llama)]);
+        assert_eq!(parse_complete(llama, &["g".to_string()]), [text(llama)]);
+        let prose = "Llama: {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
+        assert_eq!(parse_complete(prose, &f), [text(prose)]);
         assert_eq!(
-            parse_complete("Llama: {\"name\": \"f\", \"parameters\": {\"a\": 1}}"),
-            [text("Llama: {\"name\": \"f\", \"parameters\": {\"a\": 1}}")]
+            parse_complete("{\"a\": 1} and more", &f),
+            [text("{\"a\": 1} and more")]
         );
     }
 
     #[test]
     fn a_partial_tag_is_held_back() {
-        let mut p = ToolCallParser::default();
+        let mut p = ToolCallParser::new(vec!["f".into()]);
         assert_eq!(p.push("Hi <tool"), [text("Hi ")]);
         assert_eq!(p.push("_ca"), []);
-        assert_eq!(p.push("ll>{\"name\": \"f\"}</tool_call> ok"), [call("f", "{}"), text(" ok")]);
+        assert_eq!(
+            p.push("ll>{\"name\": \"f\"}</tool_call> ok"),
+            [call("f", "{}"), text(" ok")]
+        );
         assert_eq!(p.finish(), []);
     }
 
@@ -239,20 +291,23 @@ mod tests {
                 Just("{\"name\": \"f\", \"arguments\": {\"a\": [1, \"</tool\"]}}".to_string()),
                 Just("{\"name\": \"g\"}".to_string()),
                 Just("\n".to_string()),
+                Just(" ".to_string()),
                 Just("天气 ".to_string()),
                 "[a-z<>/ ]{0,6}",
             ], 0..12),
             cuts in proptest::collection::vec(0usize..64, 0..8),
+            bare in any::<bool>(),
         ) {
             let whole: String = parts.concat();
-            let spec = parse_complete(&whole);
+            let tools: Vec<String> = if bare { vec!["f".into(), "g".into()] } else { vec![] };
+            let spec = parse_complete(&whole, &tools);
             let chars: Vec<(usize, char)> = whole.char_indices().collect();
             let mut bounds: Vec<usize> = cuts
                 .iter()
                 .map(|c| chars.get(c % (chars.len() + 1)).map_or(whole.len(), |x| x.0))
                 .collect();
             bounds.sort();
-            let mut p = ToolCallParser::default();
+            let mut p = ToolCallParser::new(tools);
             let mut out = Vec::new();
             let mut at = 0;
             for b in bounds {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{MODEL, Server, run, run_seed, sse_events};
+use common::{MODEL, Server, cached, run, run_seed, sse_events};
 use serde_json::{Value, json};
 
 async fn complete(server: &Server, body: Value) -> (u16, Value) {
@@ -22,15 +22,6 @@ fn text(v: &Value, i: usize) -> &str {
 }
 
 const PROMPT: &str = "The capital of France is";
-
-/// The cached file of a catalog model (scripts/test.sh fetches the test models); a missing
-/// one fails with the command that fetches it.
-fn cached(id: &str) -> std::path::PathBuf {
-    let spec: tokenfab_models::ModelSpec = id.parse().unwrap();
-    spec.resolve(&tokenfab_models::default_cache_dir(), false)
-        .unwrap_or_else(|e| panic!("{id}: {e}; run `cargo run --release -- models fetch {id}`"))
-        .path
-}
 
 #[test]
 fn prompts_batches_choices_and_usage() {

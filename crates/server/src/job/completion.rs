@@ -251,6 +251,7 @@ pub fn build(
             prompt_tokens: prompts.iter().sum(),
             prompts,
             choices,
+            tool_calls: None,
         },
         n: n as usize,
         best_of: best_of as usize,

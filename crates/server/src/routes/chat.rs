@@ -16,7 +16,8 @@ use tokenfab_platform::Caller;
 use tokenfab_text::reasoning::Split;
 use tokenfab_wire::chat::{
     ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice, Delta, FinishReason,
-    ResponseMessage, TokenLogprob, TopLogprob, Usage,
+    FunctionCall, FunctionDelta, ResponseMessage, TokenLogprob, ToolCall, ToolCallDelta,
+    TopLogprob, Usage,
 };
 use tokenfab_wire::time::unix_now;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
@@ -109,6 +110,16 @@ struct Collected {
     reasoning: String,
     content: String,
     logprobs: ChoiceLogprobs,
+    calls: Vec<ToolCall>,
+}
+
+/// A choice's finish reason: `tool_calls` when it ended on its own after calling.
+fn choice_finish(fold: &Fold, index: usize, reason: EngineFinish) -> FinishReason {
+    if reason == EngineFinish::Stop && fold.called(index) {
+        FinishReason::ToolCalls
+    } else {
+        finish_reason(reason)
+    }
 }
 
 async fn complete_response(
@@ -123,20 +134,32 @@ async fn complete_response(
         // If the client hangs up, this handler is dropped mid-loop with the fold, whose
         // admission then bills what was generated.
         while let Some(ev) = rx.recv().await {
-            let c = &mut collected[index];
-            match fold.apply(index, ev) {
-                Step::Text { text, token, .. } => {
-                    c.reasoning.push_str(&text.reasoning);
-                    c.content.push_str(&text.content);
-                    if let Some((id, lp)) = token {
-                        c.logprobs.content.push(wire_logprob(tok, id, &lp));
+            for step in fold.apply(index, ev) {
+                let c = &mut collected[index];
+                match step {
+                    Step::Text { text, token, .. } => {
+                        c.reasoning.push_str(&text.reasoning);
+                        c.content.push_str(&text.content);
+                        if let Some((id, lp)) = token {
+                            c.logprobs.content.push(wire_logprob(tok, id, &lp));
+                        }
                     }
-                }
-                // Chat asks for no prompt logprobs.
-                Step::Finished { .. } | Step::Prompt { .. } => {}
-                Step::Failed(msg) => {
-                    fold.fail().await;
-                    return Err(HttpError::internal(format!("generation failed: {msg}")));
+                    Step::Call {
+                        id,
+                        name,
+                        arguments,
+                        ..
+                    } => c.calls.push(ToolCall {
+                        id,
+                        kind: "function".into(),
+                        function: FunctionCall { name, arguments },
+                    }),
+                    // Chat asks for no prompt logprobs.
+                    Step::Finished { .. } | Step::Prompt { .. } => {}
+                    Step::Failed(msg) => {
+                        fold.fail().await;
+                        return Err(HttpError::internal(format!("generation failed: {msg}")));
+                    }
                 }
             }
         }
@@ -147,20 +170,25 @@ async fn complete_response(
             "the engine ended a generation without finishing it",
         ));
     };
+    let finishes: Vec<FinishReason> = (0..reasons.len())
+        .map(|i| choice_finish(&fold, i, reasons[i]))
+        .collect();
     let usage = fold.settle().await;
     let choices = collected
         .into_iter()
-        .zip(reasons)
+        .zip(finishes)
         .enumerate()
-        .map(|(index, (c, reason))| Choice {
+        .map(|(index, (c, finish))| Choice {
             index: index as u32,
             message: ResponseMessage {
                 role: "assistant".into(),
-                content: Some(c.content),
+                // OpenAI's shape: no content beside calls unless the model wrote some.
+                content: (c.calls.is_empty() || !c.content.trim().is_empty()).then_some(c.content),
                 reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
+                tool_calls: (!c.calls.is_empty()).then_some(c.calls),
             },
             logprobs: job.logprobs.then_some(c.logprobs),
-            finish_reason: Some(finish_reason(reason)),
+            finish_reason: Some(finish),
         })
         .collect();
     let body = ChatCompletion {
@@ -247,6 +275,39 @@ impl ChunkWriter {
     }
 }
 
+impl ChunkWriter {
+    /// A complete tool call as OpenAI streams one: a delta with its index, id, type and
+    /// name (and empty arguments), then one with its arguments.
+    fn call(
+        &self,
+        index: usize,
+        call: usize,
+        id: String,
+        name: String,
+        arguments: String,
+    ) -> Bytes {
+        let part = |id, kind, name, arguments| Delta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index: call as u32,
+                id,
+                kind,
+                function: FunctionDelta { name, arguments },
+            }]),
+            ..Default::default()
+        };
+        let head = part(
+            Some(id),
+            Some("function".into()),
+            Some(name),
+            Some(String::new()),
+        );
+        let args = part(None, None, None, Some(arguments));
+        let mut out = self.choice(index, head, None, None).to_vec();
+        out.extend_from_slice(&self.choice(index, args, None, None));
+        Bytes::from(out)
+    }
+}
+
 fn stream_response(
     job: ChatJob,
     receivers: Vec<UnboundedReceiver<Event>>,
@@ -277,29 +338,41 @@ fn stream_response(
                 _ = tx.closed() => return local::client_gone(fold, events),
             };
             let Some((i, ev)) = next else { break };
-            let bytes = match fold.apply(i, ev) {
-                Step::Text { text, token, .. } => {
-                    let lp = token.map(|(id, lp)| ChoiceLogprobs {
-                        content: vec![wire_logprob(&tok, id, &lp)],
-                    });
-                    writer.text(i, text, lp)
+            for step in fold.apply(i, ev) {
+                let bytes = match step {
+                    Step::Text { text, token, .. } => {
+                        let lp = token.map(|(id, lp)| ChoiceLogprobs {
+                            content: vec![wire_logprob(&tok, id, &lp)],
+                        });
+                        writer.text(i, text, lp)
+                    }
+                    Step::Call {
+                        call,
+                        id,
+                        name,
+                        arguments,
+                        ..
+                    } => writer.call(i, call, id, name, arguments),
+                    Step::Finished { reason, .. } => writer.choice(
+                        i,
+                        Delta::default(),
+                        None,
+                        Some(choice_finish(&fold, i, reason)),
+                    ),
+                    Step::Prompt { .. } => Bytes::new(),
+                    Step::Failed(msg) => {
+                        tracing::error!(%msg, "generation failed mid-stream");
+                        fold.fail().await;
+                        let err = HttpError::internal(format!("generation failed: {msg}"));
+                        let _ = tx
+                            .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
+                            .await;
+                        return;
+                    }
+                };
+                if !bytes.is_empty() && tx.send(bytes).await.is_err() {
+                    return local::client_gone(fold, events);
                 }
-                Step::Finished { reason, .. } => {
-                    writer.choice(i, Delta::default(), None, Some(finish_reason(reason)))
-                }
-                Step::Prompt { .. } => Bytes::new(),
-                Step::Failed(msg) => {
-                    tracing::error!(%msg, "generation failed mid-stream");
-                    fold.fail().await;
-                    let err = HttpError::internal(format!("generation failed: {msg}"));
-                    let _ = tx
-                        .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
-                        .await;
-                    return;
-                }
-            };
-            if !bytes.is_empty() && tx.send(bytes).await.is_err() {
-                return local::client_gone(fold, events);
             }
         }
         if fold.finish_reasons().is_none() {

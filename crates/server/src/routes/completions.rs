@@ -165,6 +165,8 @@ fn collect(
             Ok(None)
         }
         Step::Finished { reason, .. } => Ok(Some((String::new(), Some(finish_reason(reason))))),
+        // Completions offer no tools.
+        Step::Call { .. } => Ok(Some((String::new(), None))),
         Step::Failed(msg) => Err(msg),
     }
 }
@@ -190,9 +192,11 @@ async fn complete_response(
         }
         // A client that hangs up drops this handler and the fold, which bills.
         while let Some(ev) = rx.recv().await {
-            if let Err(msg) = collect(&job, &mut collected[index], fold.apply(index, ev)) {
-                fold.fail().await;
-                return Err(HttpError::internal(format!("generation failed: {msg}")));
+            for step in fold.apply(index, ev) {
+                if let Err(msg) = collect(&job, &mut collected[index], step) {
+                    fold.fail().await;
+                    return Err(HttpError::internal(format!("generation failed: {msg}")));
+                }
             }
         }
     }
@@ -312,33 +316,35 @@ fn stream_response(
                 _ = tx.closed() => return local::client_gone(fold, events),
             };
             let Some((i, ev)) = next else { break };
-            let c = &mut collected[i];
-            let bytes = match collect(&job, c, fold.apply(i, ev)) {
-                // The echo, with its tokens' logprobs.
-                Ok(None) => {
-                    let text = echo_text(&job, i).unwrap_or_default().to_owned();
-                    writer.choice(i, text, Some(c.logprobs.take()), None)
-                }
-                Ok(Some((text, finish))) => {
-                    let lp = c.logprobs.take();
-                    let said = !text.is_empty() || !lp.tokens.is_empty() || finish.is_some();
-                    if !said {
-                        continue;
+            for step in fold.apply(i, ev) {
+                let c = &mut collected[i];
+                let bytes = match collect(&job, c, step) {
+                    // The echo, with its tokens' logprobs.
+                    Ok(None) => {
+                        let text = echo_text(&job, i).unwrap_or_default().to_owned();
+                        writer.choice(i, text, Some(c.logprobs.take()), None)
                     }
-                    writer.choice(i, text, job.logprobs.map(|_| lp), finish)
+                    Ok(Some((text, finish))) => {
+                        let lp = c.logprobs.take();
+                        let said = !text.is_empty() || !lp.tokens.is_empty() || finish.is_some();
+                        if !said {
+                            continue;
+                        }
+                        writer.choice(i, text, job.logprobs.map(|_| lp), finish)
+                    }
+                    Err(msg) => {
+                        tracing::error!(%msg, "generation failed mid-stream");
+                        fold.fail().await;
+                        let err = HttpError::internal(format!("generation failed: {msg}"));
+                        let _ = tx
+                            .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
+                            .await;
+                        return;
+                    }
+                };
+                if tx.send(bytes).await.is_err() {
+                    return local::client_gone(fold, events);
                 }
-                Err(msg) => {
-                    tracing::error!(%msg, "generation failed mid-stream");
-                    fold.fail().await;
-                    let err = HttpError::internal(format!("generation failed: {msg}"));
-                    let _ = tx
-                        .send(sse(&serde_json::json!({ "error": err.body }).to_string()))
-                        .await;
-                    return;
-                }
-            };
-            if tx.send(bytes).await.is_err() {
-                return local::client_gone(fold, events);
             }
         }
         if fold.finish_reasons().is_none() {

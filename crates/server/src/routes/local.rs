@@ -56,6 +56,10 @@ pub async fn start<J: Send + 'static>(
     let standing = admission.as_ref().map(Admission::standing);
     let per_prompt = job.choices.len() / job.prompts.len().max(1);
     let fold = Fold::batch(&job.prompts, per_prompt, admission);
+    let fold = match &job.tool_calls {
+        Some(offer) => fold.with_tool_calls(offer),
+        None => fold,
+    };
     let mut receivers = Vec::with_capacity(job.choices.len());
     for r in job.choices.iter().cloned() {
         // On failure the receivers already taken are dropped, which cancels those jobs.

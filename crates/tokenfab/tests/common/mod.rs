@@ -170,3 +170,12 @@ pub fn sse_events(body: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The cached file of a catalog model (scripts/test.sh fetches the test models); a missing
+/// one fails with the command that fetches it.
+pub fn cached(id: &str) -> std::path::PathBuf {
+    let spec: tokenfab_models::ModelSpec = id.parse().unwrap();
+    spec.resolve(&tokenfab_models::default_cache_dir(), false)
+        .unwrap_or_else(|e| panic!("{id}: {e}; run `cargo run --release -- models fetch {id}`"))
+        .path
+}
