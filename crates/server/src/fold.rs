@@ -11,7 +11,7 @@ use tokenfab_engine::scheduler::{Event, FinishReason, TokenLogprob};
 use tokenfab_platform::store::{Outcome, Source};
 use tokenfab_platform::{Admission, Used};
 use tokenfab_text::reasoning::Split;
-use tokenfab_text::tools::{Piece, ToolCallParser};
+use tokenfab_text::tools::{Piece, ToolCallParser, trailing_call};
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::routes::settle;
@@ -70,9 +70,13 @@ pub struct ToolOffer {
 struct ToolState {
     /// Every call is returned, or only each answer's first.
     parallel: bool,
+    names: Vec<String>,
     parsers: Vec<ToolCallParser>,
     /// Calls returned per choice.
     calls: Vec<usize>,
+    /// Per choice, its thought (for a call it ends on) and whether answer text came.
+    thoughts: Vec<String>,
+    answered: Vec<bool>,
 }
 
 impl Fold {
@@ -98,10 +102,13 @@ impl Fold {
         let n = self.choices.len();
         self.tools = Some(ToolState {
             parallel: offer.parallel,
+            names: offer.names.clone(),
             parsers: (0..n)
                 .map(|_| ToolCallParser::new(offer.names.clone()))
                 .collect(),
             calls: vec![0; n],
+            thoughts: vec![String::new(); n],
+            answered: vec![false; n],
         });
         self
     }
@@ -123,10 +130,21 @@ impl Fold {
         let Some(tools) = self.tools.as_mut() else {
             return vec![Step::Text { index, text, token }];
         };
+        tools.thoughts[index].push_str(&text.reasoning);
+        tools.answered[index] |= !text.content.trim().is_empty();
         let parser = &mut tools.parsers[index];
         let mut pieces = parser.push(&text.content);
         if end {
             pieces.extend(parser.finish());
+            // A turn that ended inside or right after a thought that ends on a call, with
+            // no answer, called (see `tools::trailing_call`).
+            if !tools.answered[index]
+                && tools.calls[index] == 0
+                && !pieces.iter().any(|p| matches!(p, Piece::Call(_)))
+                && let Some(c) = trailing_call(&tools.thoughts[index], &tools.names)
+            {
+                pieces.push(Piece::Call(c));
+            }
         }
         let mut steps = vec![Step::Text {
             index,
@@ -424,6 +442,49 @@ mod tests {
             },
         );
         assert!(matches!(&step[..], [Step::Text { token: Some((7, l)), .. }] if *l == lp));
+    }
+
+    /// A reasoning model's call written in its thought, the turn ended with no answer: a
+    /// call; with an answer after the thought, the quoted call stays thought.
+    #[test]
+    fn a_call_the_thought_ends_on_is_recovered() {
+        let offer = ToolOffer {
+            parallel: true,
+            names: vec!["f".into()],
+        };
+        let thought = |t: &str| {
+            Event::Text(Split {
+                reasoning: t.into(),
+                content: String::new(),
+            })
+        };
+        let end = Event::Finished {
+            reason: FinishReason::Stop,
+            usage: usage(9, 9, 0),
+        };
+        let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n";
+        let mut f = Fold::new(3, 1, None).with_tool_calls(&offer);
+        f.apply(0, thought("I need f.\n"));
+        f.apply(0, thought(call));
+        let steps = f.apply(0, end.clone());
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Call { name, .. } if name == "f"))
+        );
+        assert!(f.called(0));
+
+        let mut f = Fold::new(3, 1, None).with_tool_calls(&offer);
+        f.apply(0, thought(call));
+        f.apply(
+            0,
+            Event::Text(Split {
+                reasoning: String::new(),
+                content: "No call needed: 42.".into(),
+            }),
+        );
+        f.apply(0, end);
+        assert!(!f.called(0));
     }
 
     /// With tools, the answer's calls come out as calls (every one, or only the first

@@ -148,6 +148,16 @@ impl ToolCallParser {
     }
 }
 
+/// The call that `thought` ends on, if it names one of `tools`: a complete `<tool_call>`
+/// block followed by nothing but whitespace. A reasoning model that writes its call inside
+/// the thought and then ends the turn meant to call (vLLM #39056 loses such calls); a call
+/// quoted mid-thought and then moved past is not this.
+pub fn trailing_call(thought: &str, tools: &[String]) -> Option<Call> {
+    let body = thought.trim_end().strip_suffix(CLOSE)?;
+    let start = body.rfind(OPEN)?;
+    parse_call(&body[start + OPEN.len()..]).filter(|c| tools.contains(&c.name))
+}
+
 /// Appends `piece`, merging text into a text piece before it and dropping empty text.
 fn emit(out: &mut Vec<Piece>, piece: Piece) {
     match (out.last_mut(), piece) {
@@ -266,6 +276,18 @@ mod tests {
             [call("f", "{}"), text(" ok")]
         );
         assert_eq!(p.finish(), []);
+    }
+
+    #[test]
+    fn a_thought_that_ends_on_a_call() {
+        let f = ["f".to_string()];
+        let call_text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        let ends = format!("I should look it up.\n{call_text}\n");
+        assert_eq!(trailing_call(&ends, &f).unwrap().arguments, r#"{"a":1}"#);
+        // Moved past, unknown, or broken: no call.
+        assert!(trailing_call(&format!("{call_text} but no, I know it."), &f).is_none());
+        assert!(trailing_call(&ends, &["g".to_string()]).is_none());
+        assert!(trailing_call("<tool_call>{\"name\": \"f\",</tool_call>", &f).is_none());
     }
 
     fn merged(pieces: Vec<Piece>) -> Vec<Piece> {

@@ -11,6 +11,11 @@
 //! - Streams: the upstream is always asked for usage; its usage chunk is held back and the
 //!   server sends one (the upstream's or a counted one) only when the client asked.
 //!   Chunks left with nothing to say after the split are dropped.
+//! - Tool calls as OpenAI shapes them, whatever the upstream sent: every call has an `id`
+//!   (one is made up when missing) and `type: "function"`, `arguments` is JSON text (an
+//!   object is serialized), and streamed call deltas have consistent `index`es (a missing
+//!   one is the call's by `id`, or the latest call's), with `id` and `type` on each call's
+//!   first delta.
 
 use std::collections::HashMap;
 
@@ -35,6 +40,46 @@ fn thought_field(obj: &mut Map<String, Value>) -> String {
         thought.push_str(&r);
     }
     thought
+}
+
+/// A made-up tool-call id, for an upstream that sent none.
+fn new_call_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "call_{nanos:016x}{:08x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `function.arguments` as JSON text (some servers send the object).
+fn arguments_as_text(call: &mut Map<String, Value>) {
+    if let Some(a) = call
+        .get_mut("function")
+        .and_then(Value::as_object_mut)
+        .and_then(|f| f.get_mut("arguments"))
+        && !a.is_string()
+        && !a.is_null()
+    {
+        *a = Value::String(a.to_string());
+    }
+}
+
+/// A whole answer's tool calls, each with an id, a type and text arguments.
+fn normalize_calls(msg: &mut Map<String, Value>) {
+    let Some(calls) = msg.get_mut("tool_calls").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for call in calls.iter_mut().filter_map(Value::as_object_mut) {
+        if !call.get("id").is_some_and(Value::is_string) {
+            call.insert("id".into(), Value::String(new_call_id()));
+        }
+        call.insert("type".into(), Value::String("function".into()));
+        arguments_as_text(call);
+    }
 }
 
 /// Rewrites a non-streamed chat completion in place: the client's model id, and each
@@ -65,6 +110,7 @@ pub fn completion(v: &mut Value, client_model: &str, tags: Option<&ThinkTags>) {
         if !thought.is_empty() {
             msg.insert("reasoning_content".into(), Value::String(thought));
         }
+        normalize_calls(msg);
     }
 }
 
@@ -95,6 +141,8 @@ pub struct StreamFilter {
     done: bool,
     /// A choice finished by its length limit.
     cut: bool,
+    /// Per choice, the ids of its tool calls so far, by index.
+    calls: HashMap<u64, Vec<String>>,
 }
 
 impl StreamFilter {
@@ -109,6 +157,35 @@ impl StreamFilter {
             answer: String::new(),
             done: false,
             cut: false,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// A delta's tool-call parts with consistent indices, and an id and type on each
+    /// call's first part.
+    fn call_deltas(&mut self, choice: u64, delta: &mut Map<String, Value>) {
+        let Some(parts) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) else {
+            return;
+        };
+        let known = self.calls.entry(choice).or_default();
+        for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+            let id = part.get("id").and_then(Value::as_str).map(str::to_owned);
+            let index = match part.get("index").and_then(Value::as_u64) {
+                Some(i) => i as usize,
+                None => match &id {
+                    Some(id) => known.iter().position(|k| k == id).unwrap_or(known.len()),
+                    None => known.len().saturating_sub(1),
+                },
+            };
+            part.insert("index".into(), json!(index));
+            if index >= known.len() {
+                let id = id.unwrap_or_else(new_call_id);
+                known.resize(index + 1, String::new());
+                known[index] = id.clone();
+                part.insert("id".into(), Value::String(id));
+                part.insert("type".into(), Value::String("function".into()));
+            }
+            arguments_as_text(part);
         }
     }
 
@@ -166,6 +243,7 @@ impl StreamFilter {
             reasoning: thought_field(delta),
             content: String::new(),
         };
+        self.call_deltas(index, delta);
         if let Some(content) = take_string(delta, "content") {
             match &self.tags {
                 Some(tags) => {
@@ -310,6 +388,55 @@ mod tests {
             f.event(r#"{"error":{"message":"boom"}}"#),
             Err(StreamError::Upstream(_))
         ));
+    }
+
+    /// Tool calls from an upstream that leaves out ids, indices or sends object
+    /// arguments come out in OpenAI's shape.
+    #[test]
+    fn tool_call_deltas_are_made_consistent() {
+        let part = |v: Value| chunk(json!({ "tool_calls": [v] }), None);
+        let events = [
+            part(json!({"function": {"name": "f", "arguments": ""}})),
+            part(json!({"function": {"arguments": "{\"a\":"}})),
+            part(json!({"function": {"arguments": "1}"}})),
+            part(json!({"id": "up_2", "function": {"name": "g", "arguments": {"b": 2}}})),
+            chunk(json!({}), Some("tool_calls")),
+        ];
+        let (_, _, chunks) = run(&events);
+        let parts: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+            .collect();
+        let idx: Vec<u64> = parts.iter().map(|p| p["index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, [0, 0, 0, 1]);
+        assert!(parts[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(
+            (parts[0]["type"].as_str(), parts[1].get("id")),
+            (Some("function"), None)
+        );
+        assert_eq!(
+            (parts[3]["id"].as_str(), parts[3]["type"].as_str()),
+            (Some("up_2"), Some("function"))
+        );
+        assert_eq!(parts[3]["function"]["arguments"], "{\"b\":2}");
+        let args: String = parts[..3]
+            .iter()
+            .filter_map(|p| p["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(args, "{\"a\":1}");
+
+        let mut v = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}}]});
+        completion(&mut v, "m", None);
+        let call = &v["choices"][0]["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(
+            (
+                call["type"].as_str(),
+                call["function"]["arguments"].as_str()
+            ),
+            (Some("function"), Some("{\"a\":1}"))
+        );
     }
 
     #[test]
