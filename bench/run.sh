@@ -133,6 +133,11 @@ http_rows() { # name base_url
   cat "$out/$name-http8.json"
   python3 bench/second_turn.py "$url" "$(model_id "$url")" >"$out/$name-turn2.json"
   cat "$out/$name-turn2.json"
+  # Structured outputs: the same 16 streams, each held to bench/schema.json.
+  "$tf" bench http --url "$url" --concurrency 16 --requests 16 --max-tokens 128 \
+    --prompt "$question" --temperature 0.7 --seed 42 --json-schema bench/schema.json \
+    --json >"$out/$name-http16-schema.json"
+  cat "$out/$name-http16-schema.json"
 }
 
 # The first model a server lists (llama-server names it after the file).
@@ -221,6 +226,12 @@ for key, label in (("smol_q5km", "SmolLM2-135M Q5_K_M"), ("smol_iq4xs", "SmolLM2
                  e["decode_tokens_per_s"], llama_bench(key, 0, 128, 512), "{:.1f}"))
     rows.append((f"{label} prompt processing tokens/s (512)",
                  e["prompt_tokens_per_s"], llama_bench(key, 512, 0, 0), "{:.1f}"))
+ts, rs = http("tf", "http16-schema"), http("ref", "http16-schema")
+rows.append(("HTTP aggregate generated tokens/s, 16 streams x 128 with a json_schema",
+             ts["aggregate_tokens_per_s"], rs["aggregate_tokens_per_s"], "{:.1f}"))
+# Not against llama.cpp: tokenfab with the schema against tokenfab without it (target >= 0.9).
+rows.append(("tokenfab with a json_schema / without (16 streams; llama.cpp column: without)",
+             ts["aggregate_tokens_per_s"], t16["aggregate_tokens_per_s"], "{:.1f}"))
 rows.append(("server peak RSS, MiB (SmolLM2, 16 streams)", hwm_mib("tf"), hwm_mib("ref"), "{:.0f}"))
 t2, r2 = load("tf-1-turn2.json"), load("ref-1-turn2.json")
 rows.append((f"second turn (seed's Round 2): prompt tokens recomputed, of {t2['round2_prompt_tokens']}",

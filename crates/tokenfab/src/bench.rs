@@ -117,6 +117,10 @@ struct HttpArgs {
     /// API key sent as `Authorization: Bearer …` (a server with keys turned on).
     #[arg(long, env = "TOKENFAB_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// A JSON Schema file: every request asks for `response_format: {"type":
+    /// "json_schema", ...}` with it (structured outputs, which llama-server takes too).
+    #[arg(long)]
+    json_schema: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -314,6 +318,8 @@ struct HttpJob {
     prompt: String,
     max_tokens: usize,
     temperature: f32,
+    /// `response_format`, when the run constrains the answers.
+    response_format: Option<Value>,
 }
 
 /// What one request measured.
@@ -338,7 +344,7 @@ async fn one_request(job: &HttpJob, seed: i64) -> anyhow::Result<Sample> {
 }
 
 async fn stream_request(job: &HttpJob, seed: i64, what: &str) -> anyhow::Result<Sample> {
-    let body = json!({
+    let mut body = json!({
         "model": job.model,
         "messages": [{"role": "user", "content": job.prompt}],
         "stream": true,
@@ -347,6 +353,9 @@ async fn stream_request(job: &HttpJob, seed: i64, what: &str) -> anyhow::Result<
         "temperature": job.temperature,
         "seed": seed,
     });
+    if let Some(rf) = &job.response_format {
+        body["response_format"] = rf.clone();
+    }
     let t0 = Instant::now();
     let Response {
         status, mut body, ..
@@ -484,6 +493,17 @@ async fn http_main(
         prompt: args.prompt.clone(),
         max_tokens: args.max_tokens,
         temperature: args.temperature,
+        response_format: match &args.json_schema {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let schema: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                Some(json!({"type": "json_schema",
+                    "json_schema": {"name": "bench", "schema": schema, "strict": true}}))
+            }
+        },
     });
     for round in 0..args.warmup {
         let mut warm = tokio::task::JoinSet::new();
@@ -554,6 +574,7 @@ async fn http_main(
             "concurrency": concurrency,
             "requests": requests,
             "max_tokens": args.max_tokens,
+            "json_schema": args.json_schema.is_some(),
             "wall_s": wall,
             "generated_tokens": tokens,
             "tokens_counted_by": if from_usage { "usage" } else { "chunks" },
