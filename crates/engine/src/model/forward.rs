@@ -71,6 +71,9 @@ pub struct Scratch {
     q8: Vec<BlockQ8>,
     /// Integer-sum starts of the Q8 activations (see `quant::Weights::init_per_token`).
     init: Vec<i32>,
+    /// Which input `q8` holds the blocks of (its address and length), when the last
+    /// quantized matmul quantized it: `Input::Same` reuses them only then.
+    q8_of: Option<(usize, usize)>,
     /// Rotary cosines and sines of each rotary set (`ModelConfig::ropes`), set after set.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -117,24 +120,52 @@ fn rows_per_task(rows: usize, n_tok: usize) -> usize {
         .min(rows.max(1))
 }
 
+/// Whether a matmul's input is new or the one the matmul before it quantized (`q8` then
+/// holds its blocks: Q/K/V and gate/up read the same normed rows).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    New,
+    Same,
+}
+
 /// `out[t][r] = dot(w row r, x[t])` for `n_tok` rows of `x`.
 fn matmul(
     w: &Matrix,
-    x: &[f32],
+    (x, input): (&[f32], Input),
     n_tok: usize,
     out: &mut [f32],
     mm: &mut Vec<f32>,
-    (q8, init): (&mut Vec<BlockQ8>, &mut Vec<i32>),
+    (q8, init, q8_of): (
+        &mut Vec<BlockQ8>,
+        &mut Vec<i32>,
+        &mut Option<(usize, usize)>,
+    ),
 ) {
     let (cols, rows) = (w.cols, w.rows);
     debug_assert_eq!(x.len(), n_tok * cols);
     debug_assert_eq!(out.len(), n_tok * rows);
+    if input == Input::New {
+        // Whatever `q8` holds is another input's, even at the same address (a buffer
+        // rewritten since, as `xn` is layer after layer).
+        *q8_of = None;
+    }
     let acts = if w.takes_q8() {
         let (nb, ni) = (cols / QK8, w.init_per_token());
+        let this = Some((x.as_ptr() as usize, x.len()));
+        let reuse = input == Input::Same && *q8_of == this;
+        *q8_of = this;
         q8.resize(n_tok * nb, BlockQ8::default());
         init.resize(n_tok * ni, 0);
         let (blocks, init) = (&mut q8[..n_tok * nb], &mut init[..n_tok * ni]);
-        if n_tok > 1 && ni > 0 {
+        if reuse {
+            if ni > 0 {
+                blocks
+                    .par_chunks(nb)
+                    .zip(init.par_chunks_mut(ni))
+                    .with_min_len(16)
+                    .for_each(|(b, i)| w.token_init(b, i));
+            }
+        } else if n_tok > 1 && ni > 0 {
             blocks
                 .par_chunks_mut(nb)
                 .zip(x.par_chunks(cols))
@@ -399,11 +430,11 @@ impl Model {
         let logits = resize(&mut s.logits, n_items * c.vocab_size);
         matmul(
             &self.output,
-            xn,
+            (xn, Input::New),
             n_items,
             logits,
             &mut s.mm,
-            (&mut s.q8, &mut s.init),
+            (&mut s.q8, &mut s.init, &mut s.q8_of),
         );
         if let Some(cap) = c.final_softcap {
             for v in logits.iter_mut() {
@@ -471,9 +502,30 @@ impl Model {
             let q = resize(&mut s.q, n * q_dim);
             let k = resize(&mut s.k, n * kv_dim);
             let v = resize(&mut s.v, n * kv_dim);
-            matmul(&l.wq, xn, n, q, &mut s.mm, (&mut s.q8, &mut s.init));
-            matmul(&l.wk, xn, n, k, &mut s.mm, (&mut s.q8, &mut s.init));
-            matmul(&l.wv, xn, n, v, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(
+                &l.wq,
+                (xn, Input::New),
+                n,
+                q,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
+            matmul(
+                &l.wk,
+                (xn, Input::Same),
+                n,
+                k,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
+            matmul(
+                &l.wv,
+                (xn, Input::Same),
+                n,
+                v,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
             add_bias(q, l.bq.as_ref());
             add_bias(k, l.bk.as_ref());
             add_bias(v, l.bv.as_ref());
@@ -533,16 +585,44 @@ impl Model {
             drop(pages);
 
             let proj = resize(&mut s.proj, n * d);
-            matmul(&l.wo, att, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(
+                &l.wo,
+                (att, Input::New),
+                n,
+                proj,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
             add_residual(x, proj, l.attn_post_norm.as_ref(), c.rms_eps, xn);
 
             rms_norm(x, &l.ffn_norm, c.rms_eps, xn);
             let gate = resize(&mut s.gate, n * c.n_ff);
             let up = resize(&mut s.up, n * c.n_ff);
-            matmul(&l.gate, xn, n, gate, &mut s.mm, (&mut s.q8, &mut s.init));
-            matmul(&l.up, xn, n, up, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(
+                &l.gate,
+                (xn, Input::New),
+                n,
+                gate,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
+            matmul(
+                &l.up,
+                (xn, Input::Same),
+                n,
+                up,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
             gated_act(c.ffn_act, gate, up);
-            matmul(&l.down, gate, n, proj, &mut s.mm, (&mut s.q8, &mut s.init));
+            matmul(
+                &l.down,
+                (gate, Input::New),
+                n,
+                proj,
+                &mut s.mm,
+                (&mut s.q8, &mut s.init, &mut s.q8_of),
+            );
             add_residual(x, proj, l.ffn_post_norm.as_ref(), c.rms_eps, xn);
         }
         for seg in segs {

@@ -288,6 +288,15 @@ impl Weights {
         }
     }
 
+    /// [`Weights::quantize_token`]'s `init` from blocks already quantized (the Q8 blocks
+    /// of a token are the same for every quantized matrix of its width; only the
+    /// per-unit integers depend on the format).
+    pub fn token_init(&self, blocks: &[BlockQ8], init: &mut [i32]) {
+        if let Repr::Packed(p) = &self.repr {
+            packed::token_init(p.layout, blocks, init);
+        }
+    }
+
     /// `out[t * n_rows + r] = dot(row r0 + r, token t)` for the `n_rows = out.len() / n_tok`
     /// rows from `r0` (token-major, what the kernels' registers hold: eight rows of one
     /// token). Callers split the rows of a matrix over threads; the result does not

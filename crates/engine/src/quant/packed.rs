@@ -315,6 +315,11 @@ pub(crate) struct Job<'a> {
 /// and each unit's integer input into `init` ([`Layout::init_per_token`] values).
 pub(crate) fn quantize_token(layout: Layout, x: &[f32], blocks: &mut [BlockQ8], init: &mut [i32]) {
     super::quantize_row_q8(x, blocks);
+    token_init(layout, blocks, init);
+}
+
+/// A token's per-unit integers ([`Layout::init_per_token`]) from its Q8 `blocks`.
+pub(crate) fn token_init(layout: Layout, blocks: &[BlockQ8], init: &mut [i32]) {
     let factor = if layout.unit_sums() { 1 } else { -layout.bias };
     for (unit, v) in init.iter_mut().enumerate() {
         let at = unit * layout.unit;
