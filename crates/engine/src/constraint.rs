@@ -160,20 +160,22 @@ impl std::fmt::Debug for Constraint {
 }
 
 impl Constraint {
-    /// Sets every logit the grammar does not allow next to -∞ (`also` stays allowed: a
-    /// reasoning model's thought-opening token before the answer starts). Logits past the
-    /// tokenizer's vocabulary (padding rows of the output matrix) are never allowed.
-    pub fn mask(&mut self, logits: &mut [f32], also: Option<u32>) -> Result<(), String> {
+    /// Sets every logit the grammar does not allow next to -∞; `also` stays allowed (the
+    /// first token of a reasoning model's thought-opening tag, before the answer starts).
+    /// Returns whether the grammar itself allows `also`. Logits past the tokenizer's
+    /// vocabulary (padding rows of the output matrix) are never allowed.
+    pub fn mask(&mut self, logits: &mut [f32], also: Option<u32>) -> Result<bool, String> {
         let allowed = self
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| e.to_string())?;
+        let allows = |id: usize| id < allowed.len() && allowed.is_allowed(id as u32);
         for (id, l) in logits.iter_mut().enumerate() {
-            if Some(id as u32) != also && !(id < allowed.len() && allowed.is_allowed(id as u32)) {
+            if Some(id as u32) != also && !allows(id) {
                 *l = f32::NEG_INFINITY;
             }
         }
-        Ok(())
+        Ok(also.is_some_and(|id| allows(id as usize)))
     }
 
     /// Advances the grammar by the token chosen (one `mask` allowed).

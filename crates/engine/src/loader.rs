@@ -26,6 +26,9 @@ pub struct ReasoningSpec {
     /// The tokens the engine appends itself to close the thought ("\n" + end tag + "\n\n",
     /// as the model would write it).
     pub close_tokens: Vec<u32>,
+    /// The start tag's tokens: a constrained answer lets the model write them first (one
+    /// token in Qwen3's vocabulary, several in a model that learned the tags from a prompt).
+    pub open_tokens: Vec<u32>,
     /// Reasoning tokens a request may spend when it names no budget of its own.
     pub budget: usize,
 }
@@ -47,9 +50,11 @@ impl ReasoningSpec {
             return None;
         }
         let close_tokens = tokenizer.encode(&format!("\n{}\n\n", tags.end), false, true);
+        let open_tokens = tokenizer.encode(&tags.start, false, true);
         Some(ReasoningSpec {
             switchable: source.contains("enable_thinking"),
             close_tokens,
+            open_tokens,
             tags,
             budget: DEFAULT_THINKING_BUDGET,
         })

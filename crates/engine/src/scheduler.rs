@@ -282,10 +282,11 @@ struct Sequence {
     /// The prompt's logprobs so far, while they are being computed.
     prompt_logprobs: Vec<TokenLogprob>,
     constraint: Option<Constraint>,
-    /// The single token that opens a thought, while the output may still open one (a
-    /// reasoning model whose prompt did not): a constrained answer allows it besides the
-    /// grammar's tokens, and the constraint waits while the thought is open.
-    open_token: Option<u32>,
+    /// The tokens that open a thought, when the output may open one (a reasoning model
+    /// whose prompt did not): a constrained answer may begin with them besides the
+    /// grammar's tokens (once begun, the tag is finished), and the constraint waits while
+    /// the thought is open.
+    open_tokens: Vec<u32>,
 }
 
 struct Scheduler {
@@ -415,9 +416,9 @@ impl Scheduler {
             let opened = r.opens_thought(&self.tokenizer, &req.prompt);
             (r.tags.clone(), opened)
         });
-        let open_token = match (spec, &thinking) {
-            (Some(r), Some((_, false))) => self.tokenizer.token_id(&r.tags.start),
-            _ => None,
+        let open_tokens = match (spec, &thinking) {
+            (Some(r), Some((_, false))) => r.open_tokens.clone(),
+            _ => Vec::new(),
         };
         let output = OutputText::new(req.stop.clone(), thinking);
         let thinking_budget = spec.map(|r| req.thinking_budget.unwrap_or(r.budget));
@@ -445,7 +446,7 @@ impl Scheduler {
             forced: VecDeque::new(),
             prompt_logprobs: Vec::new(),
             constraint,
-            open_token,
+            open_tokens,
         });
     }
 
@@ -564,14 +565,28 @@ impl Scheduler {
             log_softmax(logits, buf);
         }
         let forced = s.forced.pop_front();
-        // The constraint holds outside the thought; the token that would open one stays
-        // allowed until the answer has begun.
+        // The constraint holds outside the thought. The output may begin with the tag
+        // that opens one: its first token is allowed besides the grammar's, and once it
+        // is chosen the rest of the tag follows.
         let constrained = forced.is_none() && !s.output.in_thought();
-        let open = s.open_token.filter(|_| !s.output.answer_begun());
+        let open = s
+            .open_tokens
+            .get(s.sampled.len())
+            .copied()
+            .filter(|_| s.open_tokens.starts_with(&s.sampled));
         if let Some(c) = &mut s.constraint {
-            if constrained {
-                if let Err(e) = c.mask(logits, open) {
-                    return Some(Err(format!("constrained decoding: {e}")));
+            if constrained && !s.sampled.is_empty() && open.is_some() {
+                for (id, l) in logits.iter_mut().enumerate() {
+                    if Some(id as u32) != open {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            } else if constrained {
+                match c.mask(logits, open) {
+                    // The grammar's own reading of the token wins: no thought opens.
+                    Ok(true) => s.open_tokens.clear(),
+                    Ok(false) => {}
+                    Err(e) => return Some(Err(format!("constrained decoding: {e}"))),
                 }
             } else if forced.is_none() {
                 // An answer is owed: the thought may not end the turn (it closes by
@@ -585,7 +600,7 @@ impl Scheduler {
         }
         let token = forced.unwrap_or_else(|| s.sampler.sample(logits));
         if constrained
-            && Some(token) != open
+            && (Some(token) != open || s.open_tokens.is_empty())
             && let Some(c) = &mut s.constraint
             && let Err(e) = c.commit(token)
         {

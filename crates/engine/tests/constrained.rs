@@ -221,7 +221,9 @@ fn a_reasoning_model_thinks_freely_then_answers_in_json() {
         assert!(!thought.contains("</think>"));
         check_person(&answer);
     }
-    assert!(thought_seen >= 4, "an opened thought is always a thought");
+    // An opened thought is always a thought (4), and the model opens one itself under
+    // the constraint: `<think>` is several tokens in SmolLM2's vocabulary, allowed first.
+    assert!(thought_seen >= 6, "{thought_seen} thoughts");
 }
 
 #[test]

@@ -672,6 +672,7 @@ mod tests {
             tags: Default::default(),
             switchable,
             close_tokens: vec![1, 2],
+            open_tokens: vec![3],
             budget: 4096,
         }
     }

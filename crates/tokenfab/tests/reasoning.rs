@@ -319,3 +319,93 @@ fn completions_keep_the_thought_in_the_text() {
         }
     });
 }
+
+/// The calls a stream's deltas assemble, as (name, arguments).
+fn streamed_calls(chunks: &[Value]) -> Vec<(String, String)> {
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for delta in chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .flat_map(|c| {
+            c["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+    {
+        let i = delta["index"].as_u64().unwrap() as usize;
+        if i == calls.len() {
+            calls.push((
+                delta["function"]["name"].as_str().unwrap().to_owned(),
+                String::new(),
+            ));
+        }
+        calls[i].1 += delta["function"]["arguments"].as_str().unwrap_or("");
+    }
+    calls
+}
+
+/// A thinking model under a constraint: the thought stays free text in
+/// `reasoning_content`, and the answer is the call (`tool_choice: "required"`) or the JSON
+/// (`json_schema`), whether the model opens the thought itself (`qwen-think`: `<think>` is
+/// several tokens in its vocabulary, allowed before the grammar's) or the prompt opened it
+/// (`qwen-r1`), streamed or not.
+#[test]
+fn a_constrained_answer_follows_a_free_thought() {
+    let (s, _dir) = start();
+    run(async {
+        let weather = json!({"type": "function", "function": {"name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}});
+        let sum = json!({"type": "json_schema", "json_schema": {"name": "sum", "strict": true,
+            "schema": {"type": "object", "properties": {"sum": {"type": "integer"}},
+                       "required": ["sum"], "additionalProperties": false}}});
+        for model in ["qwen-think", "qwen-r1"] {
+            let call = json!({"model": model, "temperature": 0, "tools": [weather],
+                "tool_choice": "required",
+                "messages": worked_example("What is the weather in Paris right now?")});
+            let (status, v) = post(&s, &call).await;
+            assert_eq!(status, 200, "{v}");
+            let choice = &v["choices"][0];
+            let msg = &choice["message"];
+            let thought = msg["reasoning_content"].as_str().unwrap_or_default();
+            assert!(!thought.trim().is_empty(), "{model}: no thought: {v}");
+            assert!(!thought.contains("think>"), "{v}");
+            assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+            assert!(msg["content"].is_null(), "{v}");
+            let f = &msg["tool_calls"][0]["function"];
+            assert_eq!(f["name"], "get_weather");
+            let args: Value = serde_json::from_str(f["arguments"].as_str().unwrap()).unwrap();
+            assert!(args["city"].is_string(), "{v}");
+            assert!(
+                v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+                    .as_u64()
+                    .unwrap()
+                    > 0
+            );
+            let (reasoning, content, chunks) = stream(&s, &call).await;
+            assert_eq!((reasoning.as_str(), content.as_str()), (thought, ""));
+            assert_eq!(
+                streamed_calls(&chunks),
+                [(
+                    "get_weather".to_owned(),
+                    f["arguments"].as_str().unwrap().to_owned()
+                )]
+            );
+
+            let json = json!({"model": model, "temperature": 0, "response_format": sum,
+                "messages": worked_example("What is 3 + 5? Answer in JSON.")});
+            let (status, v) = post(&s, &json).await;
+            assert_eq!(status, 200, "{v}");
+            let msg = &v["choices"][0]["message"];
+            let thought = msg["reasoning_content"].as_str().unwrap_or_default();
+            assert!(!thought.trim().is_empty(), "{model}: no thought: {v}");
+            let content = msg["content"].as_str().unwrap();
+            let answer: Value = serde_json::from_str(content).unwrap();
+            assert!(answer["sum"].is_i64(), "{v}");
+            let (reasoning, streamed, _) = stream(&s, &json).await;
+            assert_eq!((reasoning.as_str(), streamed.as_str()), (thought, content));
+        }
+    });
+}
