@@ -91,6 +91,9 @@ pub struct GenerateRequest {
     /// [`EngineHandle::constraint`]); for a reasoning model whose thought is split, it
     /// starts when the thought has closed, so the thought stays free text.
     pub constraint: Option<Constraint>,
+    /// Control tokens whose text the output shows (rendered as nothing otherwise): the
+    /// markers a model writes its tool calls with in Llama's and Mistral's vocabularies.
+    pub shown: Vec<u32>,
 }
 
 /// Why a sequence ended.
@@ -620,7 +623,7 @@ impl Scheduler {
         }
         let Piece { split, stopped } = s
             .output
-            .push(tokenizer.token_bytes(token), forced.is_some());
+            .push(Self::token_text(s, tokenizer, token), forced.is_some());
         let _ = s.events.send(Event::Token {
             id: token,
             text: split,
@@ -646,6 +649,14 @@ impl Scheduler {
             return Some(Ok(FinishReason::Length));
         }
         None
+    }
+
+    /// The bytes `token` adds to the output.
+    fn token_text<'t>(s: &Sequence, tokenizer: &'t Tokenizer, token: u32) -> &'t [u8] {
+        match tokenizer.special_text(token) {
+            Some(text) if s.req.shown.contains(&token) => text.as_bytes(),
+            _ => tokenizer.token_bytes(token),
+        }
     }
 
     fn send_text(s: &Sequence, split: Split) {

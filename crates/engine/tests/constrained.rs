@@ -67,6 +67,7 @@ fn run(
         prompt_logprobs: None,
         thinking_budget: Some(48),
         split_thought: true,
+        shown: Vec::new(),
         constraint: Some(constraint),
     };
     let mut rx = engine.submit(req).unwrap();

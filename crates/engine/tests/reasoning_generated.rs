@@ -82,6 +82,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
                 6 + seed as usize
             }),
             split_thought: true,
+            shown: Vec::new(),
             constraint: None,
         };
         runs.push((opened, engine.submit(req).unwrap()));

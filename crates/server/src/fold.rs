@@ -11,7 +11,7 @@ use tokenfab_engine::scheduler::{Event, FinishReason, TokenLogprob};
 use tokenfab_platform::store::{Outcome, Source};
 use tokenfab_platform::{Admission, Used};
 use tokenfab_text::reasoning::Split;
-use tokenfab_text::tools::{Piece, ToolCallParser, trailing_call};
+use tokenfab_text::tools::{Piece, Tool, ToolCallParser, ToolFormat, trailing_calls};
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::routes::settle;
@@ -62,15 +62,18 @@ pub struct Fold {
 pub struct ToolOffer {
     /// Every call an answer writes is returned, or only its first.
     pub parallel: bool,
-    /// The tools' names: an answer that is only a JSON call of one of them is a call.
-    pub names: Vec<String>,
+    /// How the model writes its calls.
+    pub format: ToolFormat,
+    /// The tools: an answer that is only a JSON call of them is a call.
+    pub tools: Vec<Tool>,
 }
 
 /// The answers' tool calls, when tools were offered.
 struct ToolState {
     /// Every call is returned, or only each answer's first.
     parallel: bool,
-    names: Vec<String>,
+    format: ToolFormat,
+    tools: Vec<Tool>,
     parsers: Vec<ToolCallParser>,
     /// Calls returned per choice.
     calls: Vec<usize>,
@@ -102,9 +105,10 @@ impl Fold {
         let n = self.choices.len();
         self.tools = Some(ToolState {
             parallel: offer.parallel,
-            names: offer.names.clone(),
+            format: offer.format,
+            tools: offer.tools.clone(),
             parsers: (0..n)
-                .map(|_| ToolCallParser::new(offer.names.clone()))
+                .map(|_| ToolCallParser::new(offer.format, offer.tools.clone()))
                 .collect(),
             calls: vec![0; n],
             thoughts: vec![String::new(); n],
@@ -137,13 +141,13 @@ impl Fold {
         if end {
             pieces.extend(parser.finish());
             // A turn that ended inside or right after a thought that ends on a call, with
-            // no answer, called (see `tools::trailing_call`).
+            // no answer, called (see `tools::trailing_calls`).
             if !tools.answered[index]
                 && tools.calls[index] == 0
                 && !pieces.iter().any(|p| matches!(p, Piece::Call(_)))
-                && let Some(c) = trailing_call(&tools.thoughts[index], &tools.names)
             {
-                pieces.push(Piece::Call(c));
+                let calls = trailing_calls(&tools.thoughts[index], tools.format, &tools.tools);
+                pieces.extend(calls.into_iter().map(Piece::Call));
             }
         }
         let mut steps = vec![Step::Text {
@@ -450,7 +454,11 @@ mod tests {
     fn a_call_the_thought_ends_on_is_recovered() {
         let offer = ToolOffer {
             parallel: true,
-            names: vec!["f".into()],
+            format: ToolFormat::Hermes,
+            tools: vec![Tool {
+                name: "f".into(),
+                string_params: vec![],
+            }],
         };
         let thought = |t: &str| {
             Event::Text(Split {
@@ -501,7 +509,11 @@ mod tests {
         for parallel in [true, false] {
             let offer = ToolOffer {
                 parallel,
-                names: vec!["f".into()],
+                format: ToolFormat::Hermes,
+                tools: vec![Tool {
+                    name: "f".into(),
+                    string_params: vec![],
+                }],
             };
             let mut f = Fold::new(3, 1, None).with_tool_calls(&offer);
             let mut steps = f.apply(0, text("Sure. <tool"));

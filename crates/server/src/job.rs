@@ -19,6 +19,7 @@ use tokenfab_engine::sampler::{Rng, SamplingParams};
 use tokenfab_engine::scheduler::GenerateRequest;
 use tokenfab_engine::template::TemplateMessage;
 use tokenfab_engine::tokenizer::Tokenizer;
+use tokenfab_text::tools::ToolFormat;
 use tokenfab_wire::chat::{
     ChatCompletionRequest, ChatMessage, MessageContent, Role, StopSpec, StreamOptions,
 };
@@ -27,6 +28,7 @@ use crate::error::HttpError;
 use crate::fold::ToolOffer;
 use crate::routes::typed;
 use crate::state::{Limits, ServedModel};
+use tools::Markers;
 
 /// Most stop strings per request (OpenAI's limit).
 const MAX_STOP: usize = 4;
@@ -540,18 +542,29 @@ pub fn build(
         thinking(&req, model_id, engine.reasoning(), context_length)?;
     let mut conversation = template_messages(messages)?;
     let mut constraint = structured;
+    let mut offer = None;
+    let mut shown = Vec::new();
     if let Some(t) = &tools {
-        if template.source().contains("tools") {
+        // The template's own tool format, or the fallback's (Hermes) in the system prompt.
+        let format = if template.source().contains("tools") {
             kwargs.insert("tools".into(), Value::Array(t.list.clone()));
+            ToolFormat::detect(template.source())
         } else {
             add_system_text(&mut conversation, &t.system_prompt());
-        }
-        if let Some(g) = t.grammar() {
+            ToolFormat::Hermes
+        };
+        shown = format
+            .markers()
+            .iter()
+            .filter_map(|m| model.tokenizer.token(m))
+            .collect();
+        if let Some(g) = t.grammar(format, model.tokenizer.as_ref()) {
             let c = engine
                 .constraint(&g)
                 .map_err(|e| bad("tools", format!("the tools' schemas cannot be used: {e}")))?;
             constraint = Some(c);
         }
+        offer = Some(t.offer(format));
     }
     let text = template
         .render(&conversation, true, &kwargs)
@@ -576,6 +589,7 @@ pub fn build(
         thinking_budget,
         split_thought: true,
         constraint: constraint.clone(),
+        shown: shown.clone(),
     });
     Ok(Job {
         prompt_tokens: prompt.len(),
@@ -586,7 +600,7 @@ pub fn build(
         include_usage: include_usage(req.stream_options.as_ref()),
         logprobs: asked.logprobs,
         choices,
-        tool_calls: tools.map(|t| t.offer()),
+        tool_calls: offer,
     })
 }
 
@@ -877,5 +891,102 @@ mod tests {
             param(template_messages(&no_content).unwrap_err()),
             "messages[0].content"
         );
+    }
+
+    /// The families' real templates, given an earlier call and its result: the format
+    /// read from each template is the one it writes the call in (the call, parsed back
+    /// from the rendered assistant turn, is the call sent), and the result reaches the
+    /// prompt.
+    #[test]
+    fn earlier_calls_round_trip_through_each_family_s_template() {
+        use tokenfab_engine::template::ChatTemplate;
+        use tokenfab_text::tools::{Call, Piece, Tool, parse_complete};
+        let dir = tokenfab_testkit::test_assets_dir().join("templates");
+        let weather = json!({"type": "function", "function": {"name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
+        let user = json!({"role": "user", "content": "What is the weather in Paris?"});
+        // Nine alphanumerics: Mistral's templates refuse other ids.
+        let assistant = json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "abc123xyz", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
+        let result =
+            json!({"role": "tool", "tool_call_id": "abc123xyz", "content": "{\"temp_c\": 21}"});
+        let kwargs: Map<String, Value> = [("tools".to_owned(), json!([weather]))]
+            .into_iter()
+            .collect();
+        let tools = [Tool {
+            name: "get_weather".into(),
+            string_params: vec!["city".into()],
+        }];
+        for (file, format) in [
+            ("meta-llama-Llama-3.1-8B-Instruct.jinja", ToolFormat::Llama3),
+            ("meta-llama-Llama-3.2-3B-Instruct.jinja", ToolFormat::Llama3),
+            (
+                "meta-llama-Llama-3.3-70B-Instruct.jinja",
+                ToolFormat::Llama3,
+            ),
+            (
+                "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+                ToolFormat::Mistral,
+            ),
+            (
+                "unsloth-mistral-Devstral-Small-2507.jinja",
+                ToolFormat::MistralArgs,
+            ),
+            (
+                "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+                ToolFormat::MistralArgs,
+            ),
+            ("Qwen-Qwen2.5-7B-Instruct.jinja", ToolFormat::Hermes),
+            ("Qwen-Qwen3-0.6B.jinja", ToolFormat::Hermes),
+            (
+                "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+                ToolFormat::Hermes,
+            ),
+            ("Qwen3-Coder.jinja", ToolFormat::QwenXml),
+            ("Qwen3.5-4B.jinja", ToolFormat::QwenXml),
+        ] {
+            let source = std::fs::read_to_string(dir.join(file))
+                .unwrap_or_else(|e| panic!("{file}: {e}: run scripts/fetch-test-assets.sh"));
+            assert_eq!(ToolFormat::detect(&source), format, "{file}");
+            let template = ChatTemplate::new(&source, "<s>", "</s>").unwrap();
+            let render = |msgs: &[&Value], generate: bool| {
+                let msgs: Vec<ChatMessage> = msgs
+                    .iter()
+                    .map(|m| serde_json::from_value((*m).clone()).unwrap())
+                    .collect();
+                template
+                    .render(&template_messages(&msgs).unwrap(), generate, &kwargs)
+                    .unwrap_or_else(|e| panic!("{file}: {e}"))
+            };
+            let whole = render(&[&user, &assistant, &result], true);
+            assert!(
+                whole.contains("21") && whole.contains("get_weather"),
+                "{file}: {whole}"
+            );
+            let before = render(&[&user], true);
+            let with_call = render(&[&user, &assistant], false);
+            let turn = with_call
+                .strip_prefix(before.as_str())
+                .unwrap_or_else(|| panic!("{file}: the call's turn does not follow the prompt:\n{before}\n---\n{with_call}"));
+            let mut turn = turn.trim_end();
+            for end in ["<|eot_id|>", "<|eom_id|>", "</s>", "<|im_end|>"] {
+                turn = turn.strip_suffix(end).unwrap_or(turn).trim_end();
+            }
+            let pieces = parse_complete(turn, format, &tools);
+            let calls: Vec<&Call> = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Call(c) => Some(c),
+                    Piece::Text(_) => None,
+                })
+                .collect();
+            let want = Call {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            };
+            assert_eq!(calls, [&want], "{file}: {turn:?}");
+        }
     }
 }

@@ -1,32 +1,140 @@
-//! Tool calls in a model's answer: the Hermes format that Qwen2.5, Qwen3 and Hermes models
-//! are trained to write, a JSON object between `<tool_call>` and `</tool_call>` lines:
+//! Tool calls in a model's answer, in the formats the open model families are trained to
+//! write ([`ToolFormat`]):
 //!
 //! ```text
-//! Let me look that up.
-//! <tool_call>
-//! {"name": "get_weather", "arguments": {"city": "Paris"}}
-//! </tool_call>
+//! Hermes (Qwen2.5, Qwen3):  <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>
+//! Qwen3-Coder, Qwen3.5:     <tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>
+//! Llama 3.x:                {"name": "get_weather", "parameters": {"city": "Paris"}}   (maybe after <|python_tag|>, `;` between calls)
+//! Mistral (v3, Nemo):       [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]
+//! Mistral (v11+, Devstral): [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}   ([CALL_ID]id before [ARGS] in Mistral Small 3.2)
 //! ```
 //!
 //! [`parse_complete`] is the specification; [`ToolCallParser`] its incremental form,
 //! property-tested to give the same pieces for every chunking of the same text.
 //!
-//! - Text outside the tags is content. A possible start of `<tool_call>` is held back
-//!   until it is decided, so a partial tag never reaches the client as content.
-//! - A call is released whole, when its closing tag arrives (or the answer ends inside
-//!   it): only then can its JSON be checked. A call whose JSON does not parse, or that has
-//!   no string `name`, comes back as content, tags included, rather than being lost.
-//! - `arguments` (or `parameters`, which Llama-style models write) may be an object or a
-//!   string holding one; it is returned as compact JSON text (OpenAI's `arguments`).
-//! - An answer that is nothing but one such JSON object naming an offered tool is a call
-//!   too (Llama 3.x's JSON format, and what small Qwen models write when they drop the
-//!   tags): with [`ToolCallParser::new`]'s tool names, an answer whose first character is
-//!   `{` is held until its end and decided then.
+//! - Text outside the calls is content. A possible start of the opening marker is held
+//!   back until it is decided, so a partial marker never reaches the client as content.
+//! - A call is released whole, when its closing tag arrives or the answer ends (the
+//!   Llama and Mistral formats have no closing tag: a call runs to the end of the answer):
+//!   only then can its JSON be checked. A call that does not parse, or that has no string
+//!   `name`, comes back as content, markers included, rather than being lost.
+//! - The body is read leniently, whatever the format: a JSON object with `name` and
+//!   `arguments` (or `parameters`), an array of them, several separated by `;`, the XML
+//!   form, or Mistral's `name[ARGS]{...}`. Arguments may be an object or a string holding
+//!   one; they are returned as compact JSON text (OpenAI's `arguments`).
+//! - An answer that is nothing but such JSON (an object, or for Mistral an array) naming
+//!   offered tools is a call too (Llama 3.x writes no marker for its JSON calls, and small
+//!   Qwen models drop their tags): with the offered tools, an answer whose first
+//!   character is `{` (or `[`) is held until its end and decided then.
 
 use serde_json::Value;
 
-const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
+/// How a model family writes its tool calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// `<tool_call>` JSON `</tool_call>` (Qwen2.5, Qwen3, Hermes), and the documented
+    /// fallback for templates without tool support.
+    #[default]
+    Hermes,
+    /// `<tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></tool_call>`
+    /// (Qwen3-Coder, Qwen3.5).
+    QwenXml,
+    /// A JSON object `{"name", "parameters"}`, maybe after `<|python_tag|>` (Llama 3.x).
+    Llama3,
+    /// `[TOOL_CALLS]` and a JSON array of `{"name", "arguments"}` (Mistral v3 tokenizers).
+    Mistral,
+    /// `[TOOL_CALLS]NAME[ARGS]{...}` per call (Mistral v11+ tokenizers).
+    MistralArgs,
+}
+
+impl ToolFormat {
+    /// The format a chat template renders tool calls in (the assistant turns it writes
+    /// back, and the instructions it gives); Hermes when it shows none of the others.
+    pub fn detect(template: &str) -> ToolFormat {
+        if template.contains("[TOOL_CALLS]") {
+            if template.contains("[ARGS]") {
+                ToolFormat::MistralArgs
+            } else {
+                ToolFormat::Mistral
+            }
+        } else if template.contains("<function=") {
+            ToolFormat::QwenXml
+        } else if template.contains("<tool_call>") {
+            ToolFormat::Hermes
+        } else if template.contains("<|python_tag|>")
+            || template.contains("\"parameters\": dictionary of argument name")
+        {
+            ToolFormat::Llama3
+        } else {
+            ToolFormat::Hermes
+        }
+    }
+
+    /// The marker that opens a call.
+    pub fn open(self) -> &'static str {
+        match self {
+            ToolFormat::Hermes | ToolFormat::QwenXml => "<tool_call>",
+            ToolFormat::Llama3 => "<|python_tag|>",
+            ToolFormat::Mistral | ToolFormat::MistralArgs => "[TOOL_CALLS]",
+        }
+    }
+
+    /// The marker that closes a call; `None`: a call runs to the end of the answer.
+    pub fn close(self) -> Option<&'static str> {
+        match self {
+            ToolFormat::Hermes | ToolFormat::QwenXml => Some("</tool_call>"),
+            _ => None,
+        }
+    }
+
+    /// The markers a call is written with: the engine must show them in the answer's text
+    /// where the vocabulary has them as control tokens (Llama's and Mistral's do).
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            ToolFormat::Hermes | ToolFormat::QwenXml => &["<tool_call>", "</tool_call>"],
+            ToolFormat::Llama3 => &["<|python_tag|>"],
+            ToolFormat::Mistral => &["[TOOL_CALLS]"],
+            ToolFormat::MistralArgs => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
+        }
+    }
+
+    /// Whether an answer may be a bare call starting with `c`.
+    fn bare_start(self, c: char) -> bool {
+        c == '{' || (c == '[' && matches!(self, ToolFormat::Mistral | ToolFormat::MistralArgs))
+    }
+}
+
+/// An offered tool, as the parser needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub name: String,
+    /// The parameters its schema types as strings: an XML-form value of one is taken as
+    /// written, where others are read as JSON when they parse.
+    pub string_params: Vec<String>,
+}
+
+impl Tool {
+    /// The tool an OpenAI function object (`{"name", "parameters"}`) describes.
+    pub fn from_function(f: &serde_json::Map<String, Value>) -> Option<Tool> {
+        let name = f.get("name")?.as_str()?.to_owned();
+        let string_params = f
+            .get("parameters")
+            .and_then(|p| p.get("properties"))
+            .and_then(Value::as_object)
+            .map(|props| {
+                props
+                    .iter()
+                    .filter(|(_, s)| s.get("type").and_then(Value::as_str) == Some("string"))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Tool {
+            name,
+            string_params,
+        })
+    }
+}
 
 /// One complete tool call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +151,9 @@ pub enum Piece {
     Call(Call),
 }
 
-/// The pieces of a whole answer, `tools` the names a bare JSON call may use.
-pub fn parse_complete(text: &str, tools: &[String]) -> Vec<Piece> {
-    let mut p = ToolCallParser::new(tools.to_vec());
+/// The pieces of a whole answer in `format`, `tools` the tools a bare call may name.
+pub fn parse_complete(text: &str, format: ToolFormat, tools: &[Tool]) -> Vec<Piece> {
+    let mut p = ToolCallParser::new(format, tools.to_vec());
     let mut out = p.push(text);
     for piece in p.finish() {
         emit(&mut out, piece);
@@ -58,13 +166,14 @@ pub fn parse_complete(text: &str, tools: &[String]) -> Vec<Piece> {
 /// [`finish`]: ToolCallParser::finish
 #[derive(Debug, Default)]
 pub struct ToolCallParser {
-    /// Text not yet released: a possible opening tag, the body of an open call, or a
+    format: ToolFormat,
+    /// Text not yet released: a possible opening marker, the body of an open call, or a
     /// whole answer that may be a bare call.
     held: String,
     in_call: bool,
     /// The tools a bare JSON call may name (none: bare calls are text).
-    bare: Vec<String>,
-    /// Whether the answer's first non-space character has been seen, and was `{`.
+    tools: Vec<Tool>,
+    /// Whether the answer's first non-space character has been seen, and began JSON.
     start: Start,
 }
 
@@ -73,14 +182,15 @@ enum Start {
     #[default]
     Undecided,
     Bare,
-    Tagged,
+    Marked,
 }
 
 impl ToolCallParser {
-    /// A parser for an answer to a request offering the tools named `tools`.
-    pub fn new(tools: Vec<String>) -> Self {
+    /// A parser for an answer in `format` to a request offering `tools`.
+    pub fn new(format: ToolFormat, tools: Vec<Tool>) -> Self {
         ToolCallParser {
-            bare: tools,
+            format,
+            tools,
             ..Default::default()
         }
     }
@@ -91,34 +201,41 @@ impl ToolCallParser {
         if self.start == Start::Undecided {
             match self.held.trim_start().chars().next() {
                 None => return Vec::new(),
-                Some('{') if !self.bare.is_empty() => self.start = Start::Bare,
-                Some(_) => self.start = Start::Tagged,
+                Some(c) if self.format.bare_start(c) && !self.tools.is_empty() => {
+                    self.start = Start::Bare
+                }
+                Some(_) => self.start = Start::Marked,
             }
         }
         let mut out = Vec::new();
         if self.start == Start::Bare {
             return out;
         }
+        let open = self.format.open();
         loop {
             if self.in_call {
-                let Some(end) = self.held.find(CLOSE) else {
+                // Without a closing tag, the call runs to the end of the answer.
+                let Some(close) = self.format.close() else {
+                    break;
+                };
+                let Some(end) = self.held.find(close) else {
                     break;
                 };
                 let body = self.held[..end].to_owned();
-                self.held.drain(..end + CLOSE.len());
+                self.held.drain(..end + close.len());
                 self.in_call = false;
-                emit(&mut out, call_or_text(&body, true));
+                self.calls_or_text(&mut out, &body, true);
             } else {
-                match self.held.find(OPEN) {
+                match self.held.find(open) {
                     Some(at) => {
                         let before = self.held[..at].to_owned();
-                        self.held.drain(..at + OPEN.len());
+                        self.held.drain(..at + open.len());
                         self.in_call = true;
                         emit(&mut out, Piece::Text(before));
                     }
                     None => {
-                        // Keep the longest tail that could still begin the tag.
-                        let keep = partial_tag_len(&self.held);
+                        // Keep the longest tail that could still begin the marker.
+                        let keep = partial_marker_len(&self.held, open);
                         let cut = self.held.len() - keep;
                         let text = self.held[..cut].to_owned();
                         self.held.drain(..cut);
@@ -132,30 +249,55 @@ impl ToolCallParser {
     }
 
     /// The end of the answer: what is held back is released (a call left open by the
-    /// end of generation is a call if its JSON is complete).
+    /// end of generation is a call if it is complete).
     pub fn finish(&mut self) -> Vec<Piece> {
         let held = std::mem::take(&mut self.held);
         let mut out = Vec::new();
         if std::mem::take(&mut self.start) == Start::Bare {
-            let call = parse_call(&held).filter(|c| self.bare.contains(&c.name));
-            emit(&mut out, call.map_or(Piece::Text(held), Piece::Call));
+            match parse_calls(&held, self.format, &self.tools).filter(|c| offered(c, &self.tools)) {
+                Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
+                None => emit(&mut out, Piece::Text(held)),
+            }
         } else if std::mem::take(&mut self.in_call) {
-            emit(&mut out, call_or_text(&held, false));
+            self.calls_or_text(&mut out, &held, false);
         } else {
             emit(&mut out, Piece::Text(held));
         }
         out
     }
+
+    /// The calls in `body` (what follows an opening marker), or the original text as
+    /// content.
+    fn calls_or_text(&self, out: &mut Vec<Piece>, body: &str, closed: bool) {
+        match parse_calls(body, self.format, &self.tools) {
+            Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
+            None => {
+                let close = if closed { self.format.close() } else { None };
+                let text = format!("{}{body}{}", self.format.open(), close.unwrap_or(""));
+                emit(out, Piece::Text(text));
+            }
+        }
+    }
 }
 
-/// The call that `thought` ends on, if it names one of `tools`: a complete `<tool_call>`
-/// block followed by nothing but whitespace. A reasoning model that writes its call inside
-/// the thought and then ends the turn meant to call (vLLM #39056 loses such calls); a call
-/// quoted mid-thought and then moved past is not this.
-pub fn trailing_call(thought: &str, tools: &[String]) -> Option<Call> {
-    let body = thought.trim_end().strip_suffix(CLOSE)?;
-    let start = body.rfind(OPEN)?;
-    parse_call(&body[start + OPEN.len()..]).filter(|c| tools.contains(&c.name))
+/// The calls that `thought` ends on, if they name offered tools: a complete call in the
+/// format, followed by nothing but whitespace. A reasoning model that writes its call
+/// inside the thought and then ends the turn meant to call (vLLM #39056 loses such calls);
+/// a call quoted mid-thought and then moved past is not this.
+pub fn trailing_calls(thought: &str, format: ToolFormat, tools: &[Tool]) -> Vec<Call> {
+    let open = format.open();
+    let body = match format.close() {
+        Some(close) => thought.trim_end().strip_suffix(close),
+        None => Some(thought.trim_end()),
+    };
+    body.and_then(|b| b.rfind(open).map(|at| &b[at + open.len()..]))
+        .and_then(|b| parse_calls(b, format, tools))
+        .filter(|c| offered(c, tools))
+        .unwrap_or_default()
+}
+
+fn offered(calls: &[Call], tools: &[Tool]) -> bool {
+    calls.iter().all(|c| tools.iter().any(|t| t.name == c.name))
 }
 
 /// Appends `piece`, merging text into a text piece before it and dropping empty text.
@@ -167,26 +309,74 @@ fn emit(out: &mut Vec<Piece>, piece: Piece) {
     }
 }
 
-/// How many bytes at the end of `s` are a proper prefix of the opening tag.
-fn partial_tag_len(s: &str) -> usize {
-    (1..OPEN.len())
+/// How many bytes at the end of `s` are a proper prefix of `marker`.
+fn partial_marker_len(s: &str, marker: &str) -> usize {
+    (1..marker.len())
         .rev()
         .find(|&n| {
-            s.len() >= n && s.is_char_boundary(s.len() - n) && OPEN.starts_with(&s[s.len() - n..])
+            s.len() >= n && s.is_char_boundary(s.len() - n) && marker.starts_with(&s[s.len() - n..])
         })
         .unwrap_or(0)
 }
 
-/// The call in `body` (the text between the tags), or the original text as content.
-fn call_or_text(body: &str, closed: bool) -> Piece {
-    match parse_call(body) {
-        Some(call) => Piece::Call(call),
-        None => Piece::Text(format!("{OPEN}{body}{}", if closed { CLOSE } else { "" })),
+/// The calls in a call's body (one or more, in any of the forms the module lists), or
+/// `None` when any part of it is not a call.
+fn parse_calls(body: &str, format: ToolFormat, tools: &[Tool]) -> Option<Vec<Call>> {
+    let mut calls = Vec::new();
+    // Formats without a closing tag repeat the opening marker before each call.
+    for segment in body.split(format.open()) {
+        let segment = segment.trim();
+        if segment.is_empty() {
+            continue;
+        }
+        if segment.starts_with("<function=") {
+            calls.extend(xml_calls(segment, tools)?);
+        } else if let Some((name, args)) = segment
+            .split_once("[ARGS]")
+            .filter(|_| format == ToolFormat::MistralArgs && !segment.starts_with(['{', '[']))
+        {
+            // Mistral Small 3.2 writes the call's id between the name and the arguments.
+            let name = name.split_once("[CALL_ID]").map_or(name, |(n, _)| n).trim();
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            let args: Value = serde_json::from_str(args).ok()?;
+            (valid && args.is_object()).then_some(())?;
+            calls.push(Call {
+                name: name.to_owned(),
+                arguments: args.to_string(),
+            });
+        } else {
+            calls.extend(json_calls(segment)?);
+        }
+    }
+    (!calls.is_empty()).then_some(calls)
+}
+
+/// Successive JSON calls (objects or arrays of them), separated by whitespace, `,` or `;`.
+fn json_calls(mut rest: &str) -> Option<Vec<Call>> {
+    let mut calls = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';' || c == ',');
+        if rest.is_empty() {
+            return Some(calls);
+        }
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let value = values.next()?.ok()?;
+        rest = &rest[values.byte_offset()..];
+        match value {
+            Value::Array(items) if !items.is_empty() => {
+                for item in &items {
+                    calls.push(json_call(item)?);
+                }
+            }
+            v => calls.push(json_call(&v)?),
+        }
     }
 }
 
-fn parse_call(body: &str) -> Option<Call> {
-    let v: Value = serde_json::from_str(body.trim()).ok()?;
+fn json_call(v: &Value) -> Option<Call> {
     let o = v.as_object()?;
     let name = o.get("name")?.as_str()?.to_owned();
     let arguments = match o.get("arguments").or_else(|| o.get("parameters")) {
@@ -200,6 +390,47 @@ fn parse_call(body: &str) -> Option<Call> {
         Some(_) => return None,
     };
     Some(Call { name, arguments })
+}
+
+/// `<function=NAME>` blocks of `<parameter=KEY>VALUE</parameter>` (Qwen3-Coder's form):
+/// a value is JSON when it parses as JSON and its parameter is not typed a string.
+fn xml_calls(mut rest: &str, tools: &[Tool]) -> Option<Vec<Call>> {
+    let mut calls = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Some(calls);
+        }
+        let (name, after) = rest.strip_prefix("<function=")?.split_once('>')?;
+        let (mut inner, after) = after.split_once("</function>")?;
+        rest = after;
+        let strings = tools
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(&[][..], |t| &t.string_params);
+        let mut args = serde_json::Map::new();
+        loop {
+            inner = inner.trim_start();
+            if inner.is_empty() {
+                break;
+            }
+            let (key, after) = inner.strip_prefix("<parameter=")?.split_once('>')?;
+            let (value, after) = after.split_once("</parameter>")?;
+            inner = after;
+            let value = value.strip_prefix('\n').unwrap_or(value);
+            let value = value.strip_suffix('\n').unwrap_or(value);
+            let json = serde_json::from_str::<Value>(value).ok();
+            let value = match json {
+                Some(v) if !strings.iter().any(|s| s == key) => v,
+                _ => Value::String(value.to_owned()),
+            };
+            args.insert(key.to_owned(), value);
+        }
+        calls.push(Call {
+            name: name.to_owned(),
+            arguments: Value::Object(args).to_string(),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -218,10 +449,23 @@ mod tests {
         Piece::Text(t.into())
     }
 
+    fn tools(names: &[&str]) -> Vec<Tool> {
+        names
+            .iter()
+            .map(|n| Tool {
+                name: n.to_string(),
+                string_params: vec!["zip".into()],
+            })
+            .collect()
+    }
+
+    const HERMES: ToolFormat = ToolFormat::Hermes;
+
     #[test]
     fn calls_and_text_in_order() {
         let out = parse_complete(
             "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}\n</tool_call>",
+            HERMES,
             &[],
         );
         assert_eq!(
@@ -238,37 +482,111 @@ mod tests {
     #[test]
     fn broken_calls_stay_content() {
         let bad = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": }\n</tool_call>";
-        assert_eq!(parse_complete(bad, &[]), [text(bad)]);
+        assert_eq!(parse_complete(bad, HERMES, &[]), [text(bad)]);
         let nameless = "<tool_call>{\"arguments\": {}}</tool_call>";
-        assert_eq!(parse_complete(nameless, &[]), [text(nameless)]);
+        assert_eq!(parse_complete(nameless, HERMES, &[]), [text(nameless)]);
         // Ended by the end of generation inside the tags: a call when its JSON is whole.
         assert_eq!(
-            parse_complete("<tool_call>\n{\"name\": \"f\"}\n", &[]),
+            parse_complete("<tool_call>\n{\"name\": \"f\"}\n", HERMES, &[]),
             [call("f", "{}")]
         );
         assert_eq!(
-            parse_complete("<tool_call>\n{\"name\": \"f\", \"argu", &[]),
+            parse_complete("<tool_call>\n{\"name\": \"f\", \"argu", HERMES, &[]),
             [text("<tool_call>\n{\"name\": \"f\", \"argu")]
         );
         // A lone `<` or a different tag is text.
-        assert_eq!(parse_complete("a < b <tool", &[]), [text("a < b <tool")]);
-        // A bare JSON call: the whole answer, naming an offered tool.
-        let f = ["f".to_string()];
-        let llama = " {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
-        assert_eq!(parse_complete(llama, &f), [call("f", r#"{"a":1}"#)]);
-        assert_eq!(parse_complete(llama, &[]), [text(llama)]);
-        assert_eq!(parse_complete(llama, &["g".to_string()]), [text(llama)]);
-        let prose = "Llama: {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
-        assert_eq!(parse_complete(prose, &f), [text(prose)]);
         assert_eq!(
-            parse_complete("{\"a\": 1} and more", &f),
+            parse_complete("a < b <tool", HERMES, &[]),
+            [text("a < b <tool")]
+        );
+        // A bare JSON call: the whole answer, naming an offered tool.
+        let f = tools(&["f"]);
+        let llama = " {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
+        assert_eq!(parse_complete(llama, HERMES, &f), [call("f", r#"{"a":1}"#)]);
+        assert_eq!(parse_complete(llama, HERMES, &[]), [text(llama)]);
+        assert_eq!(parse_complete(llama, HERMES, &tools(&["g"])), [text(llama)]);
+        let prose = "Llama: {\"name\": \"f\", \"parameters\": {\"a\": 1}}";
+        assert_eq!(parse_complete(prose, HERMES, &f), [text(prose)]);
+        assert_eq!(
+            parse_complete("{\"a\": 1} and more", HERMES, &f),
             [text("{\"a\": 1} and more")]
         );
     }
 
     #[test]
-    fn a_partial_tag_is_held_back() {
-        let mut p = ToolCallParser::new(vec!["f".into()]);
+    fn every_family_s_format() {
+        let fg = tools(&["f", "g"]);
+        let (f, g) = (call("f", r#"{"a":1}"#), call("g", r#"{"zip":"075","n":2}"#));
+        for (format, answer, want) in [
+            // Qwen3-Coder's XML: a string-typed value stays text, others are JSON.
+            (
+                ToolFormat::QwenXml,
+                "Sure.\n<tool_call>\n<function=g>\n<parameter=zip>\n075\n</parameter>\n<parameter=n>\n2\n</parameter>\n</function>\n</tool_call>",
+                vec![text("Sure.\n"), g.clone()],
+            ),
+            // Llama 3.x: bare JSON with `parameters`, `;` between calls, or after the tag.
+            (
+                ToolFormat::Llama3,
+                "{\"name\": \"f\", \"parameters\": {\"a\": 1}}; {\"name\": \"g\", \"parameters\": {\"zip\": \"075\", \"n\": 2}}",
+                vec![f.clone(), g.clone()],
+            ),
+            (
+                ToolFormat::Llama3,
+                "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"a\": 1}}",
+                vec![f.clone()],
+            ),
+            // Mistral v3: an array after the marker, with text before it.
+            (
+                ToolFormat::Mistral,
+                "Calling. [TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": 1}}, {\"name\": \"g\", \"arguments\": {\"zip\": \"075\", \"n\": 2}}]",
+                vec![text("Calling. "), f.clone(), g.clone()],
+            ),
+            (
+                ToolFormat::Mistral,
+                "[{\"name\": \"f\", \"arguments\": {\"a\": 1}}]",
+                vec![f.clone()],
+            ),
+            // Mistral v11: name[ARGS]{...}, the marker before each.
+            (
+                ToolFormat::MistralArgs,
+                "[TOOL_CALLS]f[ARGS]{\"a\": 1}[TOOL_CALLS]g[CALL_ID]x7[ARGS]{\"zip\": \"075\", \"n\": 2}",
+                vec![f.clone(), g.clone()],
+            ),
+            // Broken: content, marker included.
+            (
+                ToolFormat::MistralArgs,
+                "[TOOL_CALLS]f[ARGS]{\"a\": ",
+                vec![text("[TOOL_CALLS]f[ARGS]{\"a\": ")],
+            ),
+        ] {
+            assert_eq!(
+                parse_complete(answer, format, &fg),
+                want,
+                "{format:?}: {answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_are_read_from_the_template() {
+        for (template, format) in [
+            ("{{ '[TOOL_CALLS][' }}", ToolFormat::Mistral),
+            (
+                "{{ '[TOOL_CALLS]' + name + '[ARGS]' }}",
+                ToolFormat::MistralArgs,
+            ),
+            ("<tool_call>\n<function=", ToolFormat::QwenXml),
+            ("<tool_call>\n{{ tool_call | tojson }}", ToolFormat::Hermes),
+            ("{{- '<|python_tag|>' }}", ToolFormat::Llama3),
+            ("{% if tools %}{{ tools }}{% endif %}", ToolFormat::Hermes),
+        ] {
+            assert_eq!(ToolFormat::detect(template), format, "{template}");
+        }
+    }
+
+    #[test]
+    fn a_partial_marker_is_held_back() {
+        let mut p = ToolCallParser::new(HERMES, tools(&["f"]));
         assert_eq!(p.push("Hi <tool"), [text("Hi ")]);
         assert_eq!(p.push("_ca"), []);
         assert_eq!(
@@ -276,18 +594,29 @@ mod tests {
             [call("f", "{}"), text(" ok")]
         );
         assert_eq!(p.finish(), []);
+        let mut p = ToolCallParser::new(ToolFormat::Mistral, tools(&["f"]));
+        assert_eq!(p.push("Ok [TOOL_"), [text("Ok ")]);
+        assert_eq!(p.push("CALLS][{\"name\": \"f\"}]"), []);
+        assert_eq!(p.finish(), [call("f", "{}")]);
     }
 
     #[test]
     fn a_thought_that_ends_on_a_call() {
-        let f = ["f".to_string()];
+        let f = tools(&["f"]);
         let call_text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
         let ends = format!("I should look it up.\n{call_text}\n");
-        assert_eq!(trailing_call(&ends, &f).unwrap().arguments, r#"{"a":1}"#);
+        assert_eq!(trailing_calls(&ends, HERMES, &f)[0].arguments, r#"{"a":1}"#);
         // Moved past, unknown, or broken: no call.
-        assert!(trailing_call(&format!("{call_text} but no, I know it."), &f).is_none());
-        assert!(trailing_call(&ends, &["g".to_string()]).is_none());
-        assert!(trailing_call("<tool_call>{\"name\": \"f\",</tool_call>", &f).is_none());
+        assert!(trailing_calls(&format!("{call_text} but no, I know it."), HERMES, &f).is_empty());
+        assert!(trailing_calls(&ends, HERMES, &tools(&["g"])).is_empty());
+        assert!(trailing_calls("<tool_call>{\"name\": \"f\",</tool_call>", HERMES, &f).is_empty());
+        // Without a closing tag: the last marker's calls, if nothing else follows.
+        let m = ToolFormat::MistralArgs;
+        assert_eq!(
+            trailing_calls("So: [TOOL_CALLS]f[ARGS]{}\n", m, &f).len(),
+            1
+        );
+        assert!(trailing_calls("So: [TOOL_CALLS]f[ARGS]{} or not.", m, &f).is_empty());
     }
 
     fn merged(pieces: Vec<Piece>) -> Vec<Piece> {
@@ -298,38 +627,56 @@ mod tests {
         out
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    fn format_strategy() -> impl Strategy<Value = ToolFormat> {
+        prop_oneof![
+            Just(ToolFormat::Hermes),
+            Just(ToolFormat::QwenXml),
+            Just(ToolFormat::Llama3),
+            Just(ToolFormat::Mistral),
+            Just(ToolFormat::MistralArgs),
+        ]
+    }
 
-        /// Streamed = whole, for random texts made of tags, JSON bits and prose, split at
-        /// random (character) boundaries.
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Streamed = whole, in every format, for random texts made of markers, call
+        /// bodies and prose, split at random (character) boundaries.
         #[test]
         fn streaming_agrees_with_the_whole(
+            format in format_strategy(),
             parts in proptest::collection::vec(prop_oneof![
                 Just("<tool_call>".to_string()),
                 Just("</tool_call>".to_string()),
                 Just("<tool".to_string()),
                 Just("_call>".to_string()),
+                Just("[TOOL_CALLS]".to_string()),
+                Just("[TOOL_".to_string()),
+                Just("<|python_tag|>".to_string()),
+                Just("f[ARGS]{\"a\": 1}".to_string()),
+                Just("<function=f>\n<parameter=a>\n1\n</parameter>\n</function>".to_string()),
                 Just("{\"name\": \"f\", \"arguments\": {\"a\": [1, \"</tool\"]}}".to_string()),
+                Just("[{\"name\": \"g\"}]".to_string()),
                 Just("{\"name\": \"g\"}".to_string()),
+                Just("; ".to_string()),
                 Just("\n".to_string()),
                 Just(" ".to_string()),
                 Just("天气 ".to_string()),
-                "[a-z<>/ ]{0,6}",
+                "[a-z<>/\\[\\] ]{0,6}",
             ], 0..12),
             cuts in proptest::collection::vec(0usize..64, 0..8),
             bare in any::<bool>(),
         ) {
             let whole: String = parts.concat();
-            let tools: Vec<String> = if bare { vec!["f".into(), "g".into()] } else { vec![] };
-            let spec = parse_complete(&whole, &tools);
+            let offered = if bare { tools(&["f", "g"]) } else { vec![] };
+            let spec = parse_complete(&whole, format, &offered);
             let chars: Vec<(usize, char)> = whole.char_indices().collect();
             let mut bounds: Vec<usize> = cuts
                 .iter()
                 .map(|c| chars.get(c % (chars.len() + 1)).map_or(whole.len(), |x| x.0))
                 .collect();
             bounds.sort();
-            let mut p = ToolCallParser::new(tools);
+            let mut p = ToolCallParser::new(format, offered);
             let mut out = Vec::new();
             let mut at = 0;
             for b in bounds {

@@ -236,6 +236,7 @@ pub fn build(
             thinking_budget: None,
             // A completion's text is everything the model wrote.
             split_thought: false,
+            shown: Vec::new(),
             constraint: constraint.clone(),
         }));
         prompts.push(ids.len());

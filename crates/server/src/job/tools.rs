@@ -15,6 +15,8 @@
 
 use serde_json::{Map, Value, json};
 use tokenfab_engine::constraint::Grammar;
+use tokenfab_engine::tokenizer::Tokenizer;
+use tokenfab_text::tools::{Tool, ToolFormat};
 use tokenfab_wire::chat::ChatCompletionRequest;
 
 use super::bad;
@@ -153,6 +155,19 @@ pub(crate) fn asked(req: &ChatCompletionRequest) -> Result<Option<Tools>, HttpEr
     }))
 }
 
+/// How a call's markers are written in a grammar: a control token of the vocabulary by
+/// its id (`<[id]>`: the model writes it as one token, never as text), else as text.
+pub(crate) trait Markers {
+    fn token(&self, marker: &str) -> Option<u32>;
+}
+
+impl Markers for Tokenizer {
+    fn token(&self, marker: &str) -> Option<u32> {
+        self.token_id(marker)
+            .filter(|&id| self.special_text(id).is_some())
+    }
+}
+
 impl Tools {
     fn functions(&self) -> impl Iterator<Item = &Map<String, Value>> {
         self.list
@@ -160,57 +175,130 @@ impl Tools {
             .filter_map(|t| t.get("function").and_then(Value::as_object))
     }
 
-    /// What the fold needs to read the answers' calls.
-    pub(crate) fn offer(&self) -> ToolOffer {
+    /// What the fold needs to read the answers' calls, written in `format`.
+    pub(crate) fn offer(&self, format: ToolFormat) -> ToolOffer {
         ToolOffer {
             parallel: self.parallel,
-            names: self
-                .functions()
-                .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_owned))
-                .collect(),
+            format,
+            tools: self.functions().filter_map(Tool::from_function).collect(),
         }
     }
 
-    /// The grammar that makes the model call (`required`, a named function), or `None`
-    /// under `auto`.
-    pub(crate) fn grammar(&self) -> Option<Grammar> {
+    /// The grammar that holds the answer to the tool choice, for a model writing calls in
+    /// `format`: `required` or a named function, a call (several with parallel calls);
+    /// `auto` with a `strict` tool, text or calls whose arguments are valid; `None` for
+    /// `auto` without one (the model writes what it likes; its calls are parsed).
+    ///
+    /// Calls are written as the format's JSON (Qwen3-Coder's XML form is answered with
+    /// the JSON form in its tags, which the parser reads too).
+    pub(crate) fn grammar(&self, format: ToolFormat, markers: &impl Markers) -> Option<Grammar> {
+        let strict = self
+            .functions()
+            .any(|f| f.get("strict").and_then(Value::as_bool) == Some(true));
         let wanted = match &self.choice {
-            Choice::Auto => return None,
-            Choice::Required => None,
+            Choice::Auto if !strict => return None,
+            Choice::Auto | Choice::Required => None,
             Choice::Named(n) => Some(n.as_str()),
         };
-        let calls: Vec<Value> = self
+        let functions: Vec<&Map<String, Value>> = self
             .functions()
             .filter(|f| wanted.is_none_or(|w| f.get("name").and_then(Value::as_str) == Some(w)))
-            .map(|f| {
-                let params = match f.get("parameters") {
-                    Some(p @ Value::Object(_)) => p.clone(),
-                    _ => json!({"type": "object"}),
-                };
-                json!({
-                    "type": "object",
-                    "properties": {"name": {"const": f["name"]}, "arguments": params},
-                    "required": ["name", "arguments"],
-                    "additionalProperties": false
-                })
-            })
             .collect();
-        let schema = json!({
-            "anyOf": calls,
-            "x-guidance": {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": false}
-        });
-        let repeat = if self.parallel {
-            " (\"\\n\" call)*"
-        } else {
-            ""
+        let params = |f: &Map<String, Value>| match f.get("parameters") {
+            Some(p @ Value::Object(_)) => p.clone(),
+            _ => json!({"type": "object"}),
         };
-        Some(Grammar::Lark(format!(
-            "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\"\n"
-        )))
+        let lark = |m: &str| match markers.token(m) {
+            Some(id) => format!("<[{id}]>"),
+            None => Value::from(m).to_string(),
+        };
+        // The JSON of one call, `key` naming its arguments.
+        let json_call = |key: &str| {
+            let calls: Vec<Value> = functions
+                .iter()
+                .map(|f| {
+                    json!({
+                        "type": "object",
+                        "properties": {"name": {"const": f["name"]}, key: params(f)},
+                        "required": ["name", key],
+                        "additionalProperties": false
+                    })
+                })
+                .collect();
+            let schema = json!({
+                "anyOf": calls,
+                "x-guidance": {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": false}
+            });
+            format!("%json {schema}")
+        };
+        let open = lark(format.open());
+        // `body`: a call after its opening marker; `sep`: what comes between calls.
+        let (body, sep, marked) = match format {
+            ToolFormat::Hermes | ToolFormat::QwenXml => (
+                format!(
+                    "\"\\n\" {} \"\\n\" {}",
+                    json_call("arguments"),
+                    lark(format.close().unwrap_or_default())
+                ),
+                "\"\\n\"",
+                true,
+            ),
+            ToolFormat::Llama3 => (json_call("parameters"), "\"; \"", false),
+            ToolFormat::Mistral => {
+                // One array holds every call.
+                let more = if self.parallel { " (\", \" item)*" } else { "" };
+                (
+                    format!("\"[\" item{more} \"]\"\nitem: {}", json_call("arguments")),
+                    "",
+                    true,
+                )
+            }
+            ToolFormat::MistralArgs => {
+                let args = lark("[ARGS]");
+                let alternatives: Vec<String> = functions
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} {args} %json {}",
+                            Value::from(f["name"].as_str().unwrap_or_default()),
+                            params(f)
+                        )
+                    })
+                    .collect();
+                (alternatives.join(" | "), "", true)
+            }
+        };
+        let more_calls = if self.parallel && format != ToolFormat::Mistral {
+            format!(" ({sep} call)*")
+        } else {
+            String::new()
+        };
+        let call = if marked {
+            format!("call: {open} body\nbody: {body}\n")
+        } else {
+            format!("call: body\nbody: {body}\n")
+        };
+        let start = match self.choice {
+            Choice::Required | Choice::Named(_) => format!("start: call{more_calls}\n"),
+            // Text that never starts a call, or text and then calls.
+            Choice::Auto if !marked => {
+                format!("start: TEXT | call{more_calls}\nTEXT: /(?s:.*)/ & ~/\\s*\\{{(?s:.*)/\n")
+            }
+            Choice::Auto if open.starts_with("<[") => {
+                format!("start: TEXT? (call{more_calls})?\nTEXT: /(?s:.+)/\n")
+            }
+            Choice::Auto => {
+                let m = regex_escape(format.open());
+                format!(
+                    "start: TEXT | pre body{more_calls}\nTEXT: /(?s:.*)/ & ~/(?s:.*){m}(?s:.*)/\npre[lazy]: /(?s:.*)/ {open}\n"
+                )
+            }
+        };
+        Some(Grammar::Lark(format!("{start}{call}")))
     }
 
     /// The fallback for a template without tool support: a system-prompt paragraph that
-    /// lists the tools and says how to call them.
+    /// lists the tools and says how to call them (the Hermes format).
     pub(crate) fn system_prompt(&self) -> String {
         let mut s = String::from(
             "You may call functions to help with the user's request. To call one, write a line `<tool_call>`, then a JSON object with the function's `name` and its `arguments`, then a line `</tool_call>`, for example:\n<tool_call>\n{\"name\": \"function_name\", \"arguments\": {\"arg\": \"value\"}}\n</tool_call>\nThe functions:\n",
@@ -223,9 +311,24 @@ impl Tools {
     }
 }
 
+/// `text` as a regex matching it literally, inside a Lark `/…/`.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tokenfab_engine::constraint::Grammars;
+    use tokenfab_engine::gguf::GgufFile;
 
     fn req(v: Value) -> ChatCompletionRequest {
         serde_json::from_value(v).unwrap()
@@ -293,20 +396,122 @@ mod tests {
         }
     }
 
+    /// A real vocabulary (Llama 3's, from its vocab-only GGUF) whose reserved control
+    /// tokens stand in for Mistral's and Llama's markers.
+    struct Vocab(Arc<Tokenizer>);
+
+    impl Markers for Vocab {
+        fn token(&self, marker: &str) -> Option<u32> {
+            let stand_in = match marker {
+                "[TOOL_CALLS]" => 5,
+                "[ARGS]" => 6,
+                "<|python_tag|>" => 7,
+                _ => return None,
+            };
+            self.0
+                .token_id(&format!("<|reserved_special_token_{stand_in}|>"))
+        }
+    }
+
+    /// Whether `answer` (text, and markers by name) is one the constraint allows whole.
+    fn allows(vocab: &Vocab, grammar: &Grammar, answer: &[&str]) -> bool {
+        static GRAMMARS: std::sync::OnceLock<Grammars> = std::sync::OnceLock::new();
+        let grammars = GRAMMARS.get_or_init(|| Grammars::new(vocab.0.clone()).unwrap());
+        let mut c = grammars
+            .compile(grammar)
+            .unwrap_or_else(|e| panic!("{e}: {grammar:?}"));
+        let tokens: Vec<u32> = answer
+            .iter()
+            .flat_map(|part| match vocab.token(part) {
+                Some(id) => vec![id],
+                None => vocab.0.encode(part, false, false),
+            })
+            .chain(vocab.0.eos_id())
+            .collect();
+        let mut logits = vec![0.0; vocab.0.vocab_size()];
+        for t in tokens {
+            logits.fill(0.0);
+            c.mask(&mut logits, None).unwrap();
+            if logits[t as usize] == f32::NEG_INFINITY {
+                return false;
+            }
+            c.commit(t).unwrap();
+        }
+        true
+    }
+
+    /// Each format's grammar, compiled against a real vocabulary, allows the format's
+    /// calls with valid arguments and nothing else; under `auto` with a strict tool, text
+    /// too, and calls only with valid arguments.
     #[test]
-    fn only_required_and_named_choices_constrain() {
-        let t = |choice: Value| {
-            asked(&req(json!({"tools": [weather()], "tool_choice": choice})))
+    fn each_format_s_grammar_holds_its_calls() {
+        let path = tokenfab_testkit::test_assets_dir().join("ggml-vocab-llama-bpe.gguf");
+        let gguf = GgufFile::open(&path)
+            .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-test-assets.sh"));
+        let vocab = Vocab(Arc::new(Tokenizer::from_gguf(&gguf).unwrap()));
+        let tools = |choice: Value, strict: bool| {
+            let mut w = weather();
+            w["function"]["strict"] = json!(strict);
+            asked(&req(json!({"tools": [w], "tool_choice": choice})))
                 .unwrap()
                 .unwrap()
         };
-        assert!(t(json!("auto")).grammar().is_none());
-        let Some(Grammar::Lark(g)) = t(json!("required")).grammar() else {
-            panic!()
+        let (good, bad) = (r#"{"city": "Paris"}"#, r#"{"town": "Paris"}"#);
+        let hermes = |a: &str| {
+            format!("<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {a}}}\n</tool_call>")
         };
-        assert!(
-            g.contains("get_weather") && g.contains("(\"\\n\" call)*"),
-            "{g}"
-        );
+        let llama = |a: &str| format!("{{\"name\": \"get_weather\", \"parameters\": {a}}}");
+        let mistral = |a: &str| format!("[{{\"name\": \"get_weather\", \"arguments\": {a}}}]");
+        for (format, good_call, bad_call) in [
+            (ToolFormat::Hermes, vec![hermes(good)], vec![hermes(bad)]),
+            (ToolFormat::QwenXml, vec![hermes(good)], vec![hermes(bad)]),
+            (ToolFormat::Llama3, vec![llama(good)], vec![llama(bad)]),
+            (
+                ToolFormat::Mistral,
+                vec!["[TOOL_CALLS]".into(), mistral(good)],
+                vec!["[TOOL_CALLS]".into(), mistral(bad)],
+            ),
+            (
+                ToolFormat::MistralArgs,
+                vec![
+                    "[TOOL_CALLS]".into(),
+                    "get_weather".into(),
+                    "[ARGS]".into(),
+                    good.into(),
+                ],
+                vec![
+                    "[TOOL_CALLS]".into(),
+                    "get_weather".into(),
+                    "[ARGS]".into(),
+                    bad.into(),
+                ],
+            ),
+        ] {
+            let good_call: Vec<&str> = good_call.iter().map(String::as_str).collect();
+            let bad_call: Vec<&str> = bad_call.iter().map(String::as_str).collect();
+            let text = ["It is sunny in Paris."];
+            let text_then_call = [&["Let me check. "][..], &good_call].concat();
+            for choice in [
+                json!("required"),
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+            ] {
+                let g = tools(choice, false).grammar(format, &vocab).unwrap();
+                assert!(allows(&vocab, &g, &good_call), "{format:?}: {g:?}");
+                assert!(!allows(&vocab, &g, &bad_call), "{format:?}");
+                assert!(!allows(&vocab, &g, &text), "{format:?}");
+            }
+            assert!(
+                tools(json!("auto"), false)
+                    .grammar(format, &vocab)
+                    .is_none()
+            );
+            let g = tools(json!("auto"), true).grammar(format, &vocab).unwrap();
+            assert!(allows(&vocab, &g, &good_call), "{format:?}: {g:?}");
+            assert!(allows(&vocab, &g, &text), "{format:?}: {g:?}");
+            assert!(!allows(&vocab, &g, &bad_call), "{format:?}: {g:?}");
+            if format != ToolFormat::Llama3 {
+                assert!(allows(&vocab, &g, &text_then_call), "{format:?}: {g:?}");
+            }
+        }
     }
 }
