@@ -199,9 +199,20 @@ impl ToolCallParser {
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.held.push_str(text);
         if self.start == Start::Undecided {
-            match self.held.trim_start().chars().next() {
+            let begun = self.held.trim_start();
+            let open = self.format.open();
+            match begun.chars().next() {
+                // Nothing yet, or what may still be the opening marker (Mistral's begins
+                // with `[`, as a bare array does).
                 None => return Vec::new(),
-                Some(c) if self.format.bare_start(c) && !self.tools.is_empty() => {
+                Some(_) if begun.len() < open.len() && open.starts_with(begun) => {
+                    return Vec::new();
+                }
+                Some(c)
+                    if self.format.bare_start(c)
+                        && !begun.starts_with(open)
+                        && !self.tools.is_empty() =>
+                {
                     self.start = Start::Bare
                 }
                 Some(_) => self.start = Start::Marked,
@@ -267,14 +278,22 @@ impl ToolCallParser {
     }
 
     /// The calls in `body` (what follows an opening marker), or the original text as
-    /// content.
+    /// content. Without a closing tag, each marker's call stands alone: one cut short by
+    /// the end of generation is content, the complete ones before it are calls.
     fn calls_or_text(&self, out: &mut Vec<Piece>, body: &str, closed: bool) {
-        match parse_calls(body, self.format, &self.tools) {
-            Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
-            None => {
-                let close = if closed { self.format.close() } else { None };
-                let text = format!("{}{body}{}", self.format.open(), close.unwrap_or(""));
-                emit(out, Piece::Text(text));
+        let open = self.format.open();
+        let close = if closed { self.format.close() } else { None };
+        let segments: Vec<&str> = match self.format.close() {
+            Some(_) => vec![body],
+            None => body.split(open).collect(),
+        };
+        for segment in segments {
+            match parse_calls(segment, self.format, &self.tools) {
+                Some(calls) => out.extend(calls.into_iter().map(Piece::Call)),
+                None => emit(
+                    out,
+                    Piece::Text(format!("{open}{segment}{}", close.unwrap_or(""))),
+                ),
             }
         }
     }
@@ -552,11 +571,11 @@ mod tests {
                 "[TOOL_CALLS]f[ARGS]{\"a\": 1}[TOOL_CALLS]g[CALL_ID]x7[ARGS]{\"zip\": \"075\", \"n\": 2}",
                 vec![f.clone(), g.clone()],
             ),
-            // Broken: content, marker included.
+            // Broken: content, marker included; the complete call before it stays a call.
             (
                 ToolFormat::MistralArgs,
-                "[TOOL_CALLS]f[ARGS]{\"a\": ",
-                vec![text("[TOOL_CALLS]f[ARGS]{\"a\": ")],
+                "[TOOL_CALLS]f[ARGS]{\"a\": 1}[TOOL_CALLS]f[ARGS]{\"a\": ",
+                vec![f.clone(), text("[TOOL_CALLS]f[ARGS]{\"a\": ")],
             ),
         ] {
             assert_eq!(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Server, post, run, run_seed, sse_events};
+use common::{Server, post, run, run_seed, sse_events, streamed_calls};
 use serde_json::{Value, json};
 use tokenfab_testkit::TempPath;
 
@@ -318,31 +318,6 @@ fn completions_keep_the_thought_in_the_text() {
             );
         }
     });
-}
-
-/// The calls a stream's deltas assemble, as (name, arguments).
-fn streamed_calls(chunks: &[Value]) -> Vec<(String, String)> {
-    let mut calls: Vec<(String, String)> = Vec::new();
-    for delta in chunks
-        .iter()
-        .filter_map(|c| c["choices"].get(0))
-        .flat_map(|c| {
-            c["delta"]["tool_calls"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-    {
-        let i = delta["index"].as_u64().unwrap() as usize;
-        if i == calls.len() {
-            calls.push((
-                delta["function"]["name"].as_str().unwrap().to_owned(),
-                String::new(),
-            ));
-        }
-        calls[i].1 += delta["function"]["arguments"].as_str().unwrap_or("");
-    }
-    calls
 }
 
 /// A thinking model under a constraint: the thought stays free text in

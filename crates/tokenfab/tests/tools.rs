@@ -83,3 +83,92 @@ fn a_template_without_tools_gets_the_fallback_and_required_still_calls() {
         }
     });
 }
+
+/// Qwen2.5-Coder-0.5B served with other families' templates (Llama 3.1's, Mistral Nemo's,
+/// Devstral's): the tools reach the prompt as each template writes them, a required call
+/// comes back parsed from the family's format, streamed = whole, and the call and its
+/// result go back through the template for a final turn; on Qwen's own template, `auto`
+/// with a strict tool gives a call whose arguments hold to the schema.
+#[test]
+fn other_families_formats_and_strict_auto() {
+    use common::{post, run, stream_chunks, streamed_calls};
+    use serde_json::{Value, json};
+    let gguf = cached(QWEN);
+    let templates = tokenfab_testkit::test_assets_dir().join("templates");
+    let dir = tokenfab_testkit::temp_dir("tool-formats");
+    let mut config = String::from("max_output_tokens = 80\n");
+    for (id, file) in [
+        ("as-llama", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+        ("as-mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+        ("as-devstral", "unsloth-mistral-Devstral-Small-2507.jinja"),
+        ("qwen", ""),
+    ] {
+        config += &format!(
+            "[[models]]\nid = \"{id}\"\nsource = {:?}\ncontext_length = 2048\n",
+            gguf.to_str().unwrap()
+        );
+        if !file.is_empty() {
+            config += &format!(
+                "chat_template_file = {:?}\n",
+                templates.join(file).to_str().unwrap()
+            );
+        }
+    }
+    std::fs::write(dir.join("tokenfab.toml"), config).unwrap();
+    let s = Server::start(&["--config", dir.join("tokenfab.toml").to_str().unwrap()]);
+    run(async {
+        let weather = json!({"type": "function", "function": {"name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"], "additionalProperties": false}}});
+        let user = json!({"role": "user", "content": "What is the weather in Paris?"});
+        for model in ["as-llama", "as-mistral", "as-devstral"] {
+            let body = json!({"model": model, "messages": [user], "tools": [weather],
+                              "tool_choice": "required", "parallel_tool_calls": false,
+                              "temperature": 0});
+            let (status, v) = post(&s, &body).await;
+            assert_eq!(status, 200, "{model}: {v}");
+            let choice = &v["choices"][0];
+            assert_eq!(choice["finish_reason"], "tool_calls", "{model}: {v}");
+            let call = &choice["message"]["tool_calls"][0];
+            assert_eq!(call["function"]["name"], "get_weather", "{v}");
+            let arguments = call["function"]["arguments"].as_str().unwrap();
+            let args: Value = serde_json::from_str(arguments).unwrap();
+            assert!(args["city"].is_string(), "{model}: {v}");
+            let chunks = stream_chunks(&s, &body).await;
+            assert_eq!(
+                streamed_calls(&chunks),
+                [("get_weather".to_owned(), arguments.to_owned())],
+                "{model}"
+            );
+            // The call and its result, back through the family's template (Mistral's
+            // wants nine-character ids).
+            let mut call = call.clone();
+            call["id"] = json!("abc123xyz");
+            let turn = json!({"model": model, "max_tokens": 16, "messages": [user,
+                {"role": "assistant", "content": null, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "abc123xyz", "content": "{\"temp_c\": 21}"}]});
+            let (status, v) = post(&s, &turn).await;
+            assert_eq!(status, 200, "{model}: {v}");
+        }
+
+        let mut strict = weather.clone();
+        strict["function"]["strict"] = json!(true);
+        for seed in 0..4 {
+            let body = json!({"model": "qwen", "messages": [user], "tools": [strict],
+                              "temperature": 1, "seed": seed});
+            let (status, v) = post(&s, &body).await;
+            assert_eq!(status, 200, "{v}");
+            for call in v["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let args: Value =
+                    serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                let keys: Vec<&String> = args.as_object().unwrap().keys().collect();
+                assert!(args["city"].is_string() && keys == ["city"], "{v}");
+            }
+        }
+    });
+}

@@ -171,6 +171,54 @@ pub fn sse_events(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The calls a stream's chunks assemble, as (name, arguments), checking OpenAI's delta
+/// rules: a call's first delta has its index (the next one), id, type and name.
+pub fn streamed_calls(chunks: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for delta in chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .flat_map(|c| {
+            c["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+    {
+        let i = delta["index"].as_u64().unwrap() as usize;
+        if i == calls.len() {
+            assert!(
+                delta["id"].is_string() && delta["type"] == "function",
+                "{delta}"
+            );
+            calls.push((
+                delta["function"]["name"].as_str().unwrap().to_owned(),
+                String::new(),
+            ));
+        }
+        calls[i].1 += delta["function"]["arguments"].as_str().unwrap_or("");
+    }
+    calls
+}
+
+/// Streams a chat-completions body; returns its chunks (the `[DONE]` checked and left out).
+pub async fn stream_chunks(server: &Server, body: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut body = body.clone();
+    body["stream"] = serde_json::Value::Bool(true);
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(&r.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 /// The cached file of a catalog model (scripts/test.sh fetches the test models); a missing
 /// one fails with the command that fetches it.
 pub fn cached(id: &str) -> std::path::PathBuf {
