@@ -6,12 +6,14 @@
 //!   OpenAI objects, as Qwen2.5's, Qwen3's, Llama 3.x's and Mistral's templates read
 //!   them). A template that never mentions `tools` gets the documented fallback instead:
 //!   a system-prompt paragraph listing the tools and the `<tool_call>` format.
-//! - **The answer.** Calls are read from the answer in the `<tool_call>` JSON format
-//!   (`tokenfab_text::tools`) by the fold; `tool_choice: "none"` offers no tools.
+//! - **The answer.** Calls are read from the answer in the format the template writes
+//!   them in (`tokenfab_text::tools::ToolFormat`, read from the template's text; Hermes for
+//!   the fallback) by the fold; `tool_choice: "none"` offers no tools.
 //! - **`required` and named functions** are constrained decoding: the answer must be one
-//!   call (several with `parallel_tool_calls`), its `name` one of the tools (the named
-//!   one) and its `arguments` valid against that tool's `parameters`. Under `auto` the
-//!   model chooses and its arguments are not held to the schema, even with `strict`.
+//!   call (several with `parallel_tool_calls`) in that format, its `name` one of the tools
+//!   (the named one) and its `arguments` valid against that tool's `parameters`. Under
+//!   `auto` the model chooses; with a `strict` tool, its calls' arguments are held to
+//!   their schemas while text stays free.
 
 use serde_json::{Map, Value, json};
 use tokenfab_engine::constraint::Grammar;
