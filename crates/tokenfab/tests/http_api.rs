@@ -4,27 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MODEL, Server, post, run, sse_events};
+use common::{MODEL, Server, post, run, stream_chunks};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-async fn stream(server: &Server, body: Value) -> Vec<Value> {
-    let r = reqwest::Client::new()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let text = r.text().await.unwrap();
-    let events = sse_events(&text);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
 
 fn colors() -> Value {
     json!([
@@ -119,7 +101,7 @@ fn stream_matches_non_stream_and_reports_usage() {
         let mut sb = body.clone();
         sb["stream"] = json!(true);
         sb["stream_options"] = json!({"include_usage": true});
-        let chunks = stream(&s, sb).await;
+        let chunks = stream_chunks(&s, &sb).await;
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(chunks[0]["object"], "chat.completion.chunk");
         let mut text = String::new();
@@ -165,7 +147,7 @@ fn stream_matches_non_stream_and_reports_usage() {
         // Without include_usage no chunk carries usage.
         let mut sb = body.clone();
         sb["stream"] = json!(true);
-        let chunks = stream(&s, sb).await;
+        let chunks = stream_chunks(&s, &sb).await;
         assert!(
             chunks
                 .iter()
@@ -218,7 +200,7 @@ fn seeds_n_stop_and_logprobs() {
         );
         // n streamed: every index appears and finishes.
         a["stream"] = json!(true);
-        let chunks = stream(&s, a).await;
+        let chunks = stream_chunks(&s, &a).await;
         for i in 0..3 {
             assert!(
                 chunks.iter().any(|c| c["choices"][0]["index"] == i
@@ -243,7 +225,7 @@ fn seeds_n_stop_and_logprobs() {
         assert_eq!(text(&v, 0), full[..at]);
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         st["stream"] = json!(true);
-        let chunks = stream(&s, st).await;
+        let chunks = stream_chunks(&s, &st).await;
         let streamed: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Server, post, run, run_seed, sse_events, streamed_calls};
+use common::{Server, post, run, run_seed, stream_chunks, streamed_calls};
 use serde_json::{Value, json};
 use tokenfab_testkit::TempPath;
 
@@ -64,21 +64,8 @@ fn worked_example(question: &str) -> Value {
 /// Streams a request; returns (reasoning, content, chunks) and checks the delta rules.
 async fn stream(s: &Server, body: &Value) -> (String, String, Vec<Value>) {
     let mut body = body.clone();
-    body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = reqwest::Client::new()
-        .post(s.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
-    let events = sse_events(&text);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = stream_chunks(s, &body).await;
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let (mut reasoning, mut content) = (String::new(), String::new());
     for c in &chunks {

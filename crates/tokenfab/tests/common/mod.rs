@@ -211,8 +211,11 @@ pub async fn stream_chunks(server: &Server, body: &serde_json::Value) -> Vec<ser
         .send()
         .await
         .unwrap();
-    let events = sse_events(&r.text().await.unwrap());
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
     events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
