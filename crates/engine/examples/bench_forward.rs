@@ -55,10 +55,7 @@ fn main() {
         let t = Instant::now();
         let mut logits = model
             .forward(
-                &mut [SeqInput {
-                    tokens: &prompt,
-                    kv: &mut kv,
-                }],
+                &mut [SeqInput::last(&prompt, &mut kv)],
                 &mut scratch,
             )
             .unwrap()
@@ -70,10 +67,7 @@ fn main() {
             let next = argmax(&logits);
             logits = model
                 .forward(
-                    &mut [SeqInput {
-                        tokens: &[next],
-                        kv: &mut kv,
-                    }],
+                    &mut [SeqInput::last(&[next], &mut kv)],
                     &mut scratch,
                 )
                 .unwrap()
@@ -102,7 +96,7 @@ fn main() {
         let mut batch: Vec<SeqInput> = prompts
             .iter()
             .zip(kvs.iter_mut())
-            .map(|(p, kv)| SeqInput { tokens: p, kv })
+            .map(|(p, kv)| SeqInput::last(p, kv))
             .collect();
         let mut all_logits = model.forward(&mut batch, &mut scratch).unwrap();
         drop(batch);
@@ -113,10 +107,7 @@ fn main() {
             let mut batch: Vec<SeqInput> = next
                 .iter()
                 .zip(kvs.iter_mut())
-                .map(|(tok, kv)| SeqInput {
-                    tokens: std::slice::from_ref(tok),
-                    kv,
-                })
+                .map(|(tok, kv)| SeqInput::last(std::slice::from_ref(tok), kv))
                 .collect();
             all_logits = model.forward(&mut batch, &mut scratch).unwrap();
         }

@@ -76,8 +76,8 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// `Some(k)`: also report each prompt token's log-probability given the tokens before
     /// it, with `k` alternatives (the legacy completions' `echo` with `logprobs`), in one
-    /// [`Event::Prompt`] before the first token. Such a prompt is fed one token per step
-    /// and not taken from the prefix cache, since only the last position's logits exist.
+    /// [`Event::Prompt`] before the first token. Such a prompt is computed whole (not
+    /// taken from the prefix cache, which keeps no logits).
     pub prompt_logprobs: Option<usize>,
     /// For a reasoning model, the most reasoning tokens (the closing tag included) instead
     /// of the model's default ([`ReasoningSpec::budget`]); when they are spent, the engine
@@ -158,6 +158,10 @@ pub enum SubmitError {
         context: usize,
     },
 }
+
+/// Prompt tokens per step when their log-probabilities are wanted: 64 positions' logits
+/// of a 152k vocabulary are 39 MB.
+const PROMPT_LOGPROBS_CHUNK: usize = 64;
 
 struct Job {
     req: GenerateRequest,
@@ -466,6 +470,8 @@ impl Scheduler {
             inputs.push(SeqInput {
                 tokens,
                 kv: &mut s.kv,
+                // A prompt's log-probabilities read every position's logits.
+                all_logits: s.last.is_none() && s.req.prompt_logprobs.is_some(),
             });
         }
         let model = &self.model;
@@ -486,6 +492,7 @@ impl Scheduler {
         // math threads too (each sequence stays on one thread, so its events keep their
         // order).
         let prefilling: Vec<bool> = self.running.iter().map(|s| s.last.is_none()).collect();
+        let vocab = self.model.config.vocab_size;
         let (tokenizer, close_tokens) = (
             &self.tokenizer,
             self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
@@ -495,20 +502,27 @@ impl Scheduler {
                 .par_iter_mut()
                 .zip(logits.par_iter_mut())
                 .map_init(Vec::new, |buf, (s, logits)| {
+                    let mut logits = &mut logits[..];
                     if s.last.is_none() {
+                        let fed = s.fed;
                         s.fed = (s.fed + s.chunk(chunk)).min(s.req.prompt.len());
                         if let Some(k) = s.req.prompt_logprobs {
-                            // These logits predict the prompt token after the fed ones.
-                            if let Some(&next) = s.req.prompt.get(s.fed) {
-                                log_softmax(logits, buf);
-                                s.prompt_logprobs.push(TokenLogprob {
-                                    logprob: buf[next as usize],
-                                    top: top_k_logprobs(buf, k),
-                                });
-                            } else {
-                                let all = std::mem::take(&mut s.prompt_logprobs);
-                                let _ = s.events.send(Event::Prompt(all));
+                            // Row j predicts the prompt token after position fed + j.
+                            for (j, row) in logits.chunks_exact_mut(vocab).enumerate() {
+                                if let Some(&next) = s.req.prompt.get(fed + j + 1) {
+                                    log_softmax(row, buf);
+                                    s.prompt_logprobs.push(TokenLogprob {
+                                        logprob: buf[next as usize],
+                                        top: top_k_logprobs(buf, k),
+                                    });
+                                } else {
+                                    let all = std::mem::take(&mut s.prompt_logprobs);
+                                    let _ = s.events.send(Event::Prompt(all));
+                                }
                             }
+                            // The last row is what the first answer token samples from.
+                            let rows = logits.len() / vocab;
+                            logits = &mut logits[(rows - 1) * vocab..];
                         }
                         if s.fed < s.req.prompt.len() {
                             return None;
@@ -667,11 +681,11 @@ impl Scheduler {
 }
 
 impl Sequence {
-    /// Prompt tokens to feed this step: a chunk, or one when the prompt's logprobs are
-    /// wanted (each position's logits are read before the next token goes in).
+    /// Prompt tokens to feed this step: a chunk, a smaller one when the prompt's logprobs
+    /// are wanted (every position's logits are kept, a vocabulary's worth of floats each).
     fn chunk(&self, chunk: usize) -> usize {
         if self.req.prompt_logprobs.is_some() {
-            1
+            chunk.min(PROMPT_LOGPROBS_CHUNK)
         } else {
             chunk
         }

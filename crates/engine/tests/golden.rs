@@ -92,34 +92,42 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Prefill as one matrix must equal token-by-token decoding: same math, different grouping.
-/// `n` tokens, then the last `n - keep` recomputed after truncating to `keep`.
+/// Every position's logits (what a speculative step verifies) are the very bits decoding
+/// token by token gives. `n` tokens, then the last `n - keep` recomputed after
+/// truncating to `keep`.
 fn prefill_matches_incremental(model: &Model, n: u32, keep: usize) {
     let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) % 5000 + 1).collect();
+    let vocab = model.config.vocab_size;
     let mut scratch = model.new_scratch();
     let mut kv = model.new_kv_cache();
-    let all = model
+    let every = model
         .forward(
             &mut [SeqInput {
                 tokens: &tokens,
                 kv: &mut kv,
+                all_logits: true,
             }],
             &mut scratch,
         )
         .unwrap()
         .remove(0);
+    assert_eq!(every.len(), tokens.len() * vocab);
+    let all = every[(tokens.len() - 1) * vocab..].to_vec();
     let mut kv1 = model.new_kv_cache();
     let mut last = Vec::new();
-    for t in &tokens {
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (i, t) in tokens.iter().enumerate() {
         last = model
             .forward(
-                &mut [SeqInput {
-                    tokens: std::slice::from_ref(t),
-                    kv: &mut kv1,
-                }],
+                &mut [SeqInput::last(std::slice::from_ref(t), &mut kv1)],
                 &mut scratch,
             )
             .unwrap()
             .remove(0);
+        assert!(
+            bits(&last) == bits(&every[i * vocab..(i + 1) * vocab]),
+            "position {i}: its logits in the prefill differ from decoding's"
+        );
     }
     assert_eq!(kv.len(), tokens.len());
     let d = max_abs_diff(&all, &last);
@@ -129,10 +137,7 @@ fn prefill_matches_incremental(model: &Model, n: u32, keep: usize) {
     kv1.truncate(keep);
     let again = model
         .forward(
-            &mut [SeqInput {
-                tokens: &tokens[keep..],
-                kv: &mut kv1,
-            }],
+            &mut [SeqInput::last(&tokens[keep..], &mut kv1)],
             &mut scratch,
         )
         .unwrap()
@@ -167,13 +172,7 @@ fn batch_invariance() {
     let alone = |t: &[u32], scratch: &mut _| {
         let mut kv = model.new_kv_cache();
         model
-            .forward(
-                &mut [SeqInput {
-                    tokens: t,
-                    kv: &mut kv,
-                }],
-                scratch,
-            )
+            .forward(&mut [SeqInput::last(t, &mut kv)], scratch)
             .unwrap()
             .remove(0)
     };
@@ -182,16 +181,7 @@ fn batch_invariance() {
     let (mut ka, mut kb) = (model.new_kv_cache(), model.new_kv_cache());
     let both = model
         .forward(
-            &mut [
-                SeqInput {
-                    tokens: &a,
-                    kv: &mut ka,
-                },
-                SeqInput {
-                    tokens: &b,
-                    kv: &mut kb,
-                },
-            ],
+            &mut [SeqInput::last(&a, &mut ka), SeqInput::last(&b, &mut kb)],
             &mut scratch,
         )
         .unwrap();
@@ -206,37 +196,19 @@ fn bad_inputs_are_errors() {
     let mut kv = model.new_kv_cache();
     let vocab = model.config.vocab_size as u32;
     let err = model
-        .forward(
-            &mut [SeqInput {
-                tokens: &[1, vocab],
-                kv: &mut kv,
-            }],
-            &mut scratch,
-        )
+        .forward(&mut [SeqInput::last(&[1, vocab], &mut kv)], &mut scratch)
         .unwrap_err()
         .to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
     assert!(kv.is_empty(), "a refused step must not touch the cache");
     let long = vec![1u32; model.config.context_length + 1];
     let err = model
-        .forward(
-            &mut [SeqInput {
-                tokens: &long,
-                kv: &mut kv,
-            }],
-            &mut scratch,
-        )
+        .forward(&mut [SeqInput::last(&long, &mut kv)], &mut scratch)
         .unwrap_err()
         .to_string();
     assert!(err.contains("context length"), "{err}");
     let err = model
-        .forward(
-            &mut [SeqInput {
-                tokens: &[],
-                kv: &mut kv,
-            }],
-            &mut scratch,
-        )
+        .forward(&mut [SeqInput::last(&[], &mut kv)], &mut scratch)
         .unwrap_err()
         .to_string();
     assert!(err.contains("at least one token"), "{err}");
@@ -271,13 +243,7 @@ fn run_alone(model: &Model, steps: &[Vec<u32>]) -> Vec<Vec<f32>> {
         .iter()
         .map(|t| {
             model
-                .forward(
-                    &mut [SeqInput {
-                        tokens: t,
-                        kv: &mut kv,
-                    }],
-                    &mut scratch,
-                )
+                .forward(&mut [SeqInput::last(t, &mut kv)], &mut scratch)
                 .unwrap()
                 .remove(0)
         })
@@ -327,10 +293,7 @@ fn batch_invariance_random(model: &Model, compositions: usize, seed: u64) {
             let mut slots: Vec<Option<&mut _>> = kvs.iter_mut().map(Some).collect();
             let mut batch: Vec<SeqInput> = order
                 .iter()
-                .map(|&i| SeqInput {
-                    tokens: &inputs[i],
-                    kv: slots[i].take().unwrap(),
-                })
+                .map(|&i| SeqInput::last(&inputs[i], slots[i].take().unwrap()))
                 .collect();
             let logits = pool.install(|| model.forward(&mut batch, &mut scratch).unwrap());
             let at = order.iter().position(|&i| i == 0).unwrap();
@@ -370,14 +333,8 @@ fn batch_invariance_across_passes() {
     let logits = model
         .forward(
             &mut [
-                SeqInput {
-                    tokens: &neighbour,
-                    kv: &mut kn,
-                },
-                SeqInput {
-                    tokens: &target,
-                    kv: &mut kt,
-                },
+                SeqInput::last(&neighbour, &mut kn),
+                SeqInput::last(&target, &mut kt),
             ],
             &mut scratch,
         )

@@ -9,6 +9,8 @@
 //!   measures tokenfab and the reference (`llama-server`) and the two figures compare.
 //! - `tokenfab bench proxy`: the latency `tokenfab serve` adds in front of an upstream
 //!   that answers at once (see `proxy_bench.rs`).
+//! - `tokenfab bench bandwidth`: the machine's streaming read rate, which with the engine
+//!   bench's bytes read per token gives decode's physical limit (`bandwidth_bench.rs`).
 //!
 //! Both report the machine's load average: on 2 cores, another busy process halves the
 //! figures, and a number without that context misleads. `--json` prints one JSON object
@@ -48,6 +50,8 @@ enum BenchCommand {
     Http(HttpArgs),
     /// The latency `tokenfab serve` adds in front of an instant upstream.
     Proxy(crate::proxy_bench::ProxyArgs),
+    /// The machine's streaming read bandwidth: the limit of single-stream decode.
+    Bandwidth(crate::bandwidth_bench::BandwidthArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Engine(e)) => run_engine(e),
         Some(BenchCommand::Http(h)) => run_http(h),
         Some(BenchCommand::Proxy(p)) => crate::proxy_bench::run(p),
+        Some(BenchCommand::Bandwidth(b)) => crate::bandwidth_bench::run(b),
     }
 }
 
@@ -185,28 +190,14 @@ fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     for _ in 0..args.runs.max(1) {
         let mut kv = model.new_kv_cache();
         let t0 = Instant::now();
-        let logits = pool.install(|| {
-            model.forward(
-                &mut [SeqInput {
-                    tokens: &prompt,
-                    kv: &mut kv,
-                }],
-                &mut scratch,
-            )
-        })?;
+        let logits =
+            pool.install(|| model.forward(&mut [SeqInput::last(&prompt, &mut kv)], &mut scratch))?;
         pp.push(args.prompt as f64 / t0.elapsed().as_secs_f64());
         let mut next = argmax(&logits[0]);
         let t1 = Instant::now();
         for _ in 0..args.generate {
-            let logits = pool.install(|| {
-                model.forward(
-                    &mut [SeqInput {
-                        tokens: &[next],
-                        kv: &mut kv,
-                    }],
-                    &mut scratch,
-                )
-            })?;
+            let logits = pool
+                .install(|| model.forward(&mut [SeqInput::last(&[next], &mut kv)], &mut scratch))?;
             next = argmax(&logits[0]);
         }
         tg.push(args.generate as f64 / t1.elapsed().as_secs_f64());
@@ -222,6 +213,7 @@ fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             "runs": args.runs,
             "prompt_tokens_per_s": pp,
             "decode_tokens_per_s": tg,
+            "bytes_per_token": model.streamed_bytes(),
             "load_before": load_before,
             "load_after": load_average(),
         });
@@ -234,6 +226,10 @@ fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     println!(
         "| decode after {} tokens ({} tokens) | {tg:.1} |",
         args.prompt, args.generate
+    );
+    println!(
+        "weights read per decoded token: {:.1} MiB",
+        model.streamed_bytes() as f64 / (1 << 20) as f64
     );
     println!("load average after: {}", load_average());
     Ok(())

@@ -5,6 +5,7 @@
 //! engine loads them, the platform keeps the ledger, the server serves them.
 
 mod admin;
+mod bandwidth_bench;
 mod bench;
 mod config;
 mod inspect;

@@ -52,6 +52,20 @@ use crate::quant::{Acts, BlockQ8, QK8};
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub kv: &'a mut KvCache,
+    /// Whether every new token's logits are wanted (a speculative step's verification,
+    /// a prompt's log-probabilities), or only the last one's (what sampling needs).
+    pub all_logits: bool,
+}
+
+impl<'a> SeqInput<'a> {
+    /// The tokens, of which only the last one's logits are wanted.
+    pub fn last(tokens: &'a [u32], kv: &'a mut KvCache) -> Self {
+        SeqInput {
+            tokens,
+            kv,
+            all_logits: false,
+        }
+    }
 }
 
 /// Working buffers reused across steps so that decoding does not allocate (vectors only
@@ -80,7 +94,8 @@ pub struct Scratch {
     /// Per row of the current pass: (batch item, position in its sequence).
     rows: Vec<(usize, usize)>,
     segs: Vec<Seg>,
-    /// Final hidden state of each item's last token, for the LM head.
+    /// Final hidden states of the tokens whose logits are wanted, item after item, for
+    /// the LM head.
     last: Vec<f32>,
     logits: Vec<f32>,
 }
@@ -343,8 +358,10 @@ fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, style: RopeStyle, cos: &[f
 
 impl Model {
     /// One forward step over a batch of sequences. Each item appends its `tokens` to its own
-    /// cache (at positions `kv.len()..`) and gets the logits of its last token. All inputs
-    /// are checked before any cache changes, so an error leaves every cache as it was.
+    /// cache (at positions `kv.len()..`) and gets the logits of its last token, or of
+    /// every token with [`SeqInput::all_logits`] (one row of `vocab_size` after another).
+    /// All inputs are checked before any cache changes, so an error leaves every cache as
+    /// it was.
     ///
     /// The tokens of all items go through every linear layer together (see the module
     /// docs), and an item's logits do not depend, to the last bit, on the rest of the batch.
@@ -387,7 +404,12 @@ impl Model {
         }
         let d = c.n_embd;
         let n_items = batch.len();
-        resize(&mut scratch.last, n_items * d);
+        let wanted: Vec<usize> = batch
+            .iter()
+            .map(|i| if i.all_logits { i.tokens.len() } else { 1 })
+            .collect();
+        let n_out: usize = wanted.iter().sum();
+        scratch.last.clear();
 
         // Cut the step's tokens, item after item, into passes of at most PASS_ROWS rows.
         let mut segs = std::mem::take(&mut scratch.segs);
@@ -413,25 +435,32 @@ impl Model {
                 }
             }
             self.pass(batch, &segs, n_rows, scratch);
+            // Passes and their segments go item after item, so the wanted rows land in order.
             for seg in &segs {
-                if seg.start + seg.len == batch[seg.item].tokens.len() {
-                    let r = seg.row0 + seg.len - 1;
-                    scratch.last[seg.item * d..(seg.item + 1) * d]
-                        .copy_from_slice(&scratch.x[r * d..(r + 1) * d]);
-                }
+                let rows = if batch[seg.item].all_logits {
+                    seg.row0..seg.row0 + seg.len
+                } else if seg.start + seg.len == batch[seg.item].tokens.len() {
+                    seg.row0 + seg.len - 1..seg.row0 + seg.len
+                } else {
+                    continue;
+                };
+                scratch
+                    .last
+                    .extend_from_slice(&scratch.x[rows.start * d..rows.end * d]);
             }
         }
         scratch.segs = segs;
 
-        // The LM head, over each item's last row only.
+        // The LM head, over the wanted rows only.
         let s = scratch;
-        let xn = resize(&mut s.xn, n_items * d);
+        debug_assert_eq!(s.last.len(), n_out * d);
+        let xn = resize(&mut s.xn, n_out * d);
         rms_norm(&s.last, &self.output_norm, c.rms_eps, xn);
-        let logits = resize(&mut s.logits, n_items * c.vocab_size);
+        let logits = resize(&mut s.logits, n_out * c.vocab_size);
         matmul(
             &self.output,
             (xn, Input::New),
-            n_items,
+            n_out,
             logits,
             &mut s.mm,
             (&mut s.q8, &mut s.init, &mut s.q8_of),
@@ -441,9 +470,14 @@ impl Model {
                 *v = (*v / cap).tanh() * cap;
             }
         }
-        Ok(logits
-            .chunks_exact(c.vocab_size)
-            .map(|l| l.to_vec())
+        let mut rest = &*logits;
+        Ok(wanted
+            .iter()
+            .map(|&n| {
+                let (item, tail) = rest.split_at(n * c.vocab_size);
+                rest = tail;
+                item.to_vec()
+            })
             .collect())
     }
 

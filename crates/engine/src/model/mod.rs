@@ -595,6 +595,12 @@ impl Model {
         Scratch::default()
     }
 
+    /// Bytes a decode step reads: every matrix but a separate embedding table, of which
+    /// it reads one row. Single-stream decode is bound by reading these once per token.
+    pub fn streamed_bytes(&self) -> usize {
+        self.weight_bytes() - self.tok_embd.as_ref().map_or(0, |e| e.bytes())
+    }
+
     /// Bytes of weights held, for logs and memory accounting.
     pub fn weight_bytes(&self) -> usize {
         let m = |m: &Matrix| m.bytes();

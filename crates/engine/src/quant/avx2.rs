@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::IQ4_VALUES;
-use super::packed::{F8, Job, Reg, stored_regs};
+use super::packed::{F8, H8, I8x8, Job, Packed, Reg, Scales, stored_regs};
 use super::{BlockQ8, QK8, TOKEN_TILE};
 
 /// The unsigned × signed byte dot product of one instruction set: `acc` plus, in each
@@ -93,6 +93,123 @@ unsafe fn load_f(f: *const F8) -> __m256 {
     unsafe { _mm256_load_ps(f as *const f32) }
 }
 
+/// Where a kernel reads the eight rows' scales and offsets of entry `at` (a block of rows
+/// and a unit, `block · units + unit`), as floats.
+pub(super) trait LaneScales: Copy {
+    /// # Safety
+    /// Entry `at` exists; the CPU has AVX2 and F16C.
+    unsafe fn d(self, at: usize) -> __m256;
+    /// # Safety
+    /// As for `d`, in a form with offsets.
+    unsafe fn m(self, at: usize) -> __m256;
+}
+
+/// A form scales are stored in ([`Scales`]), chosen with the layout (`dot_packed`).
+pub(super) trait Stored: LaneScales {
+    /// The matrix's scales, which are in this form.
+    fn of(p: &Packed) -> Self;
+}
+
+/// Scales already widened to floats (a thread's unpacked copy of a block's).
+#[derive(Clone, Copy)]
+pub(super) struct Floats {
+    pub(super) d: *const F8,
+    pub(super) m: *const F8,
+}
+
+impl LaneScales for Floats {
+    #[inline(always)]
+    unsafe fn d(self, at: usize) -> __m256 {
+        // SAFETY: per the trait's contract.
+        unsafe { load_f(self.d.add(at)) }
+    }
+    #[inline(always)]
+    unsafe fn m(self, at: usize) -> __m256 {
+        // SAFETY: per the trait's contract.
+        unsafe { load_f(self.m.add(at)) }
+    }
+}
+
+/// [`Scales::Half`]: one `vcvtph2ps` widens eight lanes exactly.
+#[derive(Clone, Copy)]
+pub(super) struct Halves {
+    d: *const H8,
+    m: *const H8,
+}
+
+impl LaneScales for Halves {
+    #[inline(always)]
+    unsafe fn d(self, at: usize) -> __m256 {
+        // SAFETY: per the trait's contract; `H8` is 16-byte aligned.
+        unsafe { _mm256_cvtph_ps(_mm_load_si128(self.d.add(at) as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn m(self, at: usize) -> __m256 {
+        // SAFETY: as for `d`.
+        unsafe { _mm256_cvtph_ps(_mm_load_si128(self.m.add(at) as *const __m128i)) }
+    }
+}
+
+impl Stored for Halves {
+    fn of(p: &Packed) -> Self {
+        match &p.scales {
+            Scales::Half { d, m } => Halves {
+                d: d.as_ptr(),
+                m: m.as_ptr(),
+            },
+            Scales::Int { .. } => unreachable!("dispatched on the layout"),
+        }
+    }
+}
+
+/// [`Scales::Int`] of units of `U` weights: the lanes' integers widened and multiplied by
+/// their group's factors, the one f32 product ggml's dequantization computes.
+#[derive(Clone, Copy)]
+pub(super) struct Ints<const U: usize> {
+    d: *const I8x8,
+    m: *const I8x8,
+    gd: *const F8,
+    gm: *const F8,
+}
+
+impl<const U: usize> Ints<U> {
+    #[inline(always)]
+    unsafe fn times(ints: *const I8x8, group: *const F8) -> __m256 {
+        // SAFETY: the caller's entry exists; AVX2.
+        unsafe {
+            let i = _mm256_cvtepi8_epi32(_mm_loadl_epi64(ints as *const __m128i));
+            _mm256_mul_ps(load_f(group), _mm256_cvtepi32_ps(i))
+        }
+    }
+}
+
+impl<const U: usize> LaneScales for Ints<U> {
+    #[inline(always)]
+    unsafe fn d(self, at: usize) -> __m256 {
+        // SAFETY: per the trait's contract (groups hold whole blocks' units).
+        unsafe { Self::times(self.d.add(at), self.gd.add(at / (256 / U))) }
+    }
+    #[inline(always)]
+    unsafe fn m(self, at: usize) -> __m256 {
+        // SAFETY: as for `d`.
+        unsafe { Self::times(self.m.add(at), self.gm.add(at / (256 / U))) }
+    }
+}
+
+impl<const U: usize> Stored for Ints<U> {
+    fn of(p: &Packed) -> Self {
+        match &p.scales {
+            Scales::Int { d, m, gd, gm } => Ints {
+                d: d.as_ptr(),
+                m: m.as_ptr(),
+                gd: gd.as_ptr(),
+                gm: gm.as_ptr(),
+            },
+            Scales::Half { .. } => unreachable!("dispatched on the layout"),
+        }
+    }
+}
+
 /// Four activation bytes (`4k..4k + 4` from `qs`) in every lane.
 #[inline(always)]
 unsafe fn bcast4(qs: *const i8, k: usize) -> __m256i {
@@ -159,15 +276,15 @@ pub(super) struct Tok {
 
 /// One block of eight rows against `TT` tokens: the eight rows' results for each token,
 /// lane by lane. `w` points at the block's first unit as stored (`BITS` below 8 or `NL`:
-/// unpacked here) or unpacked; `d` and `m` at its first unit's scales and
-/// offsets.
+/// unpacked here) or unpacked; its scales and offsets are entries `at..at + units` of `sc`.
 ///
 /// # Safety
-/// Every pointer covers `units` units (`m` only with `MIN`, `Tok::init` only where the
-/// layout has per-token integers); the CPU has AVX2, FMA and what `D` needs.
+/// `w` and `sc` cover `units` units (offsets only with `MIN`, `Tok::init` only where the
+/// layout has per-token integers); the CPU has AVX2, FMA, F16C and what `D` needs.
 #[inline(always)]
 unsafe fn block_tokens<
     D: IDot,
+    S: LaneScales,
     const U: usize,
     const BITS: u32,
     const MIN: bool,
@@ -176,8 +293,7 @@ unsafe fn block_tokens<
     const TT: usize,
 >(
     w: *const Reg,
-    d: *const F8,
-    m: *const F8,
+    (sc, at): (S, usize),
     units: usize,
     toks: &[Tok; TT],
 ) -> [__m256; TT] {
@@ -212,7 +328,7 @@ unsafe fn block_tokens<
                     }
                 }
             }
-            let dl = load_f(d.add(u));
+            let dl = sc.d(at + u);
             for t in 0..TT {
                 let acc = if TT == 1 {
                     _mm256_add_epi32(even[t], odd[t])
@@ -228,7 +344,7 @@ unsafe fn block_tokens<
                     } else {
                         a[t].s
                     };
-                    f[t] = _mm256_fmadd_ps(load_f(m.add(u)), _mm256_set1_ps(sum), f[t]);
+                    f[t] = _mm256_fmadd_ps(sc.m(at + u), _mm256_set1_ps(sum), f[t]);
                 }
             }
         }
@@ -244,6 +360,7 @@ unsafe fn block_tokens<
 #[inline(always)]
 unsafe fn rows_packed<
     D: IDot,
+    S: Stored,
     const U: usize,
     const BITS: u32,
     const MIN: bool,
@@ -265,9 +382,10 @@ unsafe fn rows_packed<
     let stored = p.layout.stored_regs();
     let (nb, ni) = (units * U / 32, p.layout.init_per_token(units * U));
     assert_eq!(ni, if MIN && U == QK8 { 0 } else { units });
-    assert!(p.d.len() >= (r0 + n_rows).div_ceil(8) * units);
+    assert!(p.q.len() >= (r0 + n_rows).div_ceil(8) * units * stored);
     assert!(blocks.len() >= n_tok * nb && init.len() >= n_tok * ni && out.len() >= n_rows * n_tok);
-    assert!(!MIN || p.m.len() == p.d.len());
+    assert!(p.scales_cover(p.q.len() / stored));
+    let sc = S::of(p);
     let tok = |t: usize| Tok {
         blocks: blocks[t * nb..].as_ptr(),
         init: init.as_ptr().wrapping_add(t * ni),
@@ -282,10 +400,9 @@ unsafe fn rows_packed<
         if n_tok == 1 {
             for b in b0..b1 {
                 let at = b * units;
-                let f = block_tokens::<D, U, BITS, MIN, WIDE, NL, 1>(
+                let f = block_tokens::<D, S, U, BITS, MIN, WIDE, NL, 1>(
                     p.q.as_ptr().add(at * stored),
-                    p.d.as_ptr().add(at),
-                    p.m.as_ptr().wrapping_add(at),
+                    (sc, at),
                     units,
                     &[tok(0)],
                 );
@@ -294,8 +411,10 @@ unsafe fn rows_packed<
             return;
         }
         // Narrow rows are unpacked once per tile into this thread's scratch, so that every
-        // token reuses plain byte registers.
-        let mut scratch = SCRATCH.take();
+        // token reuses plain byte registers; scales are widened there too.
+        let (mut scratch, mut d, mut m) = SCRATCH.take();
+        d.resize(units, F8::default());
+        m.resize(if MIN { units } else { 0 }, F8::default());
         for t0 in (0..n_tok).step_by(TOKEN_TILE) {
             let nt = (n_tok - t0).min(TOKEN_TILE);
             let out = &mut out[t0 * n_rows..(t0 + nt) * n_rows];
@@ -315,14 +434,21 @@ unsafe fn rows_packed<
                 } else {
                     p.q.as_ptr().add(at * stored)
                 };
-                let (d, m) = (p.d.as_ptr().add(at), p.m.as_ptr().wrapping_add(at));
+                widen::<S, MIN>(sc, at, &mut d, &mut m);
+                let floats = Floats {
+                    d: d.as_ptr(),
+                    m: m.as_ptr(),
+                };
                 let mut t = 0;
                 macro_rules! run {
                     ($tt:literal) => {
                         while nt - t >= $tt {
                             let toks: [Tok; $tt] = std::array::from_fn(|i| tok(t0 + t + i));
-                            let f = block_tokens::<D, U, 8, MIN, WIDE, false, $tt>(
-                                w, d, m, units, &toks,
+                            let f = block_tokens::<D, Floats, U, 8, MIN, WIDE, false, $tt>(
+                                w,
+                                (floats, 0),
+                                units,
+                                &toks,
                             );
                             put_tokens(&f, b * 8, r0, lanes(b), n_rows, t, out);
                             t += $tt;
@@ -333,7 +459,32 @@ unsafe fn rows_packed<
                 run!(1);
             }
         }
-        SCRATCH.set(scratch);
+        SCRATCH.set((scratch, d, m));
+    }
+}
+
+/// Widens the scales (and with `MIN` offsets) of entries `at..at + d.len()` of `sc` into
+/// `d` and `m`.
+///
+/// # Safety
+/// Those entries exist; the CPU has AVX2 and F16C.
+#[inline(always)]
+pub(super) unsafe fn widen<S: LaneScales, const MIN: bool>(
+    sc: S,
+    at: usize,
+    d: &mut [F8],
+    m: &mut [F8],
+) {
+    // SAFETY: per the contract; `F8` is 32-byte aligned.
+    unsafe {
+        for (u, d) in d.iter_mut().enumerate() {
+            _mm256_store_ps(d.0.as_mut_ptr(), sc.d(at + u));
+        }
+        if MIN {
+            for (u, m) in m.iter_mut().enumerate() {
+                _mm256_store_ps(m.0.as_mut_ptr(), sc.m(at + u));
+            }
+        }
     }
 }
 
@@ -370,8 +521,10 @@ unsafe fn put_tokens<const TT: usize>(
 }
 
 thread_local! {
-    /// A thread's unpacked copy of the narrow weight rows it works on.
-    static SCRATCH: std::cell::Cell<Vec<Reg>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A thread's unpacked copy of the narrow weight rows it works on, and of their
+    /// scales and offsets.
+    static SCRATCH: std::cell::Cell<(Vec<Reg>, Vec<F8>, Vec<F8>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Which int8 dot product the CPU offers.
@@ -404,6 +557,7 @@ macro_rules! packed_entry {
     ($name:ident, $dot:ty, $features:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $name<
+            S: Stored,
             const U: usize,
             const BITS: u32,
             const MIN: bool,
@@ -414,7 +568,7 @@ macro_rules! packed_entry {
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from the caller; this function enables the features.
-            unsafe { rows_packed::<$dot, U, BITS, MIN, WIDE, NL>(job, out) }
+            unsafe { rows_packed::<$dot, S, U, BITS, MIN, WIDE, NL>(job, out) }
         }
     };
 }
@@ -428,29 +582,35 @@ packed_entry!(packed_vnni, VnniDot, "avx2,fma,f16c,avx512vnni,avx512vl");
 pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
     let l = job.p.layout;
     macro_rules! go {
-        ($u:literal, $bits:literal, $min:literal, $wide:literal, $nl:literal) => {
+        ($s:ty, $u:literal, $bits:literal, $min:literal, $wide:literal, $nl:literal) => {
             // SAFETY: forwarded from the caller.
             unsafe {
                 match isa {
-                    Isa::Avx2 => packed_avx2::<$u, $bits, $min, $wide, $nl>(job, out),
+                    Isa::Avx2 => packed_avx2::<$s, $u, $bits, $min, $wide, $nl>(job, out),
                     Isa::Vnni if job.n_tok > 1 => {
-                        super::avx512::rows_tiled::<$u, $bits, $min, $nl>(job, out)
+                        super::avx512::rows_tiled::<$s, $u, $bits, $min, $nl>(job, out)
                     }
-                    Isa::Vnni => packed_vnni::<$u, $bits, $min, $wide, $nl>(job, out),
+                    Isa::Vnni => packed_vnni::<$s, $u, $bits, $min, $wide, $nl>(job, out),
                 }
             }
         };
     }
-    match (l.unit, l.bits, l.has_min, l.bias == 128, l.nl) {
-        (32, 4, false, false, false) => go!(32, 4, false, false, false),
-        (32, 4, true, false, false) => go!(32, 4, true, false, false),
-        (32, 4, false, true, true) => go!(32, 4, false, true, true),
-        (32, 5, false, false, false) => go!(32, 5, false, false, false),
-        (32, 5, true, false, false) => go!(32, 5, true, false, false),
-        (32, 8, false, true, false) => go!(32, 8, false, true, false),
-        (16, 4, false, false, false) => go!(16, 4, false, false, false),
-        (16, 4, true, false, false) => go!(16, 4, true, false, false),
-        (16, 6, false, false, false) => go!(16, 6, false, false, false),
+    type H = Halves;
+    type I32 = Ints<32>;
+    type I16 = Ints<16>;
+    match (l.unit, l.bits, l.has_min, l.bias == 128, l.nl, l.int_scales) {
+        (32, 4, false, false, false, false) => go!(H, 32, 4, false, false, false),
+        (32, 4, true, false, false, false) => go!(H, 32, 4, true, false, false),
+        (32, 4, true, false, false, true) => go!(I32, 32, 4, true, false, false),
+        (32, 4, false, true, true, false) => go!(H, 32, 4, false, true, true),
+        (32, 4, false, true, true, true) => go!(I32, 32, 4, false, true, true),
+        (32, 5, false, false, false, false) => go!(H, 32, 5, false, false, false),
+        (32, 5, true, false, false, false) => go!(H, 32, 5, true, false, false),
+        (32, 5, true, false, false, true) => go!(I32, 32, 5, true, false, false),
+        (32, 8, false, true, false, false) => go!(H, 32, 8, false, true, false),
+        (16, 4, false, false, false, true) => go!(I16, 16, 4, false, false, false),
+        (16, 4, true, false, false, true) => go!(I16, 16, 4, true, false, false),
+        (16, 6, false, false, false, true) => go!(I16, 16, 6, false, false, false),
         other => unreachable!("no packed layout {other:?}"),
     }
 }

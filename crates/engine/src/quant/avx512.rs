@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::QK8;
-use super::avx2::{Tok, weights};
+use super::avx2::{Stored, Tok, weights};
 use super::packed::Job;
 
 /// Sixteen rows' weights for one register of a unit: two 256-bit packed registers.
@@ -44,6 +44,7 @@ thread_local! {
 /// The CPU has AVX2, FMA, F16C, AVX-512 F, BW, VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn rows_tiled<
+    S: Stored,
     const U: usize,
     const BITS: u32,
     const MIN: bool,
@@ -67,8 +68,8 @@ pub(crate) unsafe fn rows_tiled<
     assert!(l.unit == U && l.bits == BITS && l.has_min == MIN && l.nl == NL);
     assert_eq!(ni, if MIN && U == QK8 { 0 } else { units });
     let (b0, b1) = (r0 / 8, (r0 + n_rows).div_ceil(8));
-    assert!(p.d.len() >= b1 * units && p.q.len() >= b1 * units * stored);
-    assert!(!MIN || p.m.len() == p.d.len());
+    assert!(p.q.len() >= b1 * units * stored && p.scales_cover(b1 * units));
+    let sc = S::of(p);
     assert!(blocks.len() >= n_tok * nb && init.len() >= n_tok * ni && out.len() >= n_rows * n_tok);
     let tok = |t: usize| Tok {
         blocks: blocks[t * nb..].as_ptr(),
@@ -103,9 +104,15 @@ pub(crate) unsafe fn rows_tiled<
                         _mm256_store_si256(dst as *mut __m256i, wk);
                     }
                 }
-                d[u].0[lanes.clone()].copy_from_slice(&p.d[at0 + u].0);
-                if MIN {
-                    m[u].0[lanes].copy_from_slice(&p.m[at0 + u].0);
+                // SAFETY: entry at0 + u is inside `p` (asserted above); AVX2, F16C;
+                // the scratch's unit `u` holds sixteen floats.
+                unsafe {
+                    let dst = d[u].0[8 * half..].as_mut_ptr();
+                    _mm256_storeu_ps(dst, sc.d(at0 + u));
+                    if MIN {
+                        let dst = m[u].0[8 * half..].as_mut_ptr();
+                        _mm256_storeu_ps(dst, sc.m(at0 + u));
+                    }
                 }
             }
         }

@@ -20,6 +20,15 @@ pub(crate) struct Group {
     pub min16: [f32; 16],
     /// Number of valid 32-element sub-blocks (8, except at the end of a row of a 32-block format).
     pub n_sub: usize,
+    /// The 256-weight formats' scales and offsets as ggml keeps them: small integers
+    /// times one float per group (`d`, and `dmin` with the offsets' sign), from which
+    /// `sc16 = d · isc16` and `min16 = dmin · imin16` are computed (see [`Group::put16`]),
+    /// so that the packer can store the integers and the kernels recompute the very same
+    /// floats.
+    pub isc16: [i8; 16],
+    pub imin16: [i8; 16],
+    pub d: f32,
+    pub dmin: f32,
 }
 
 impl Default for Group {
@@ -29,6 +38,10 @@ impl Default for Group {
             sc16: [0.0; 16],
             min16: [0.0; 16],
             n_sub: 0,
+            isc16: [0; 16],
+            imin16: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
         }
     }
 }
@@ -39,6 +52,16 @@ impl Group {
     fn put32(&mut self, sub: usize, d: f32, m: f32) {
         self.sc16[2 * sub..2 * sub + 2].fill(d);
         self.min16[2 * sub..2 * sub + 2].fill(m);
+    }
+
+    /// Integer scale `sc` and offset `m` of the sixteen weights `16j..`, under the group's
+    /// `d` and `dmin` (set first).
+    #[inline(always)]
+    fn put16(&mut self, j: usize, sc: i32, m: i32) {
+        self.isc16[j] = sc as i8;
+        self.imin16[j] = m as i8;
+        self.sc16[j] = self.d * sc as f32;
+        self.min16[j] = self.dmin * m as f32;
     }
 }
 
@@ -198,8 +221,8 @@ impl Decoder for Q4K {
     const BYTES: usize = 144;
     #[inline(always)]
     fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
-        let d = f16_at(blk, 0);
-        let dmin = f16_at(blk, 2);
+        // ggml subtracts `dmin · m`: the same float as adding `-dmin · m`.
+        (g.d, g.dmin) = (f16_at(blk, 0), -f16_at(blk, 2));
         let scales = &blk[4..16];
         let qs: &[u8; 128] = blk[16..144].try_into().unwrap();
         for k in 0..4 {
@@ -211,8 +234,10 @@ impl Decoder for Q4K {
                 dst[l] = (src[l] & 0x0F) as i8;
                 dst[l + 32] = (src[l] >> 4) as i8;
             }
-            g.put32(2 * k, d * sc0 as f32, -(dmin * m0 as f32));
-            g.put32(2 * k + 1, d * sc1 as f32, -(dmin * m1 as f32));
+            for j in 4 * k..4 * k + 2 {
+                g.put16(j, sc0 as i32, m0 as i32);
+                g.put16(j + 2, sc1 as i32, m1 as i32);
+            }
         }
     }
 }
@@ -225,7 +250,7 @@ impl Decoder for Q6K {
         let ql = &blk[0..128];
         let qh = &blk[128..192];
         let scales = &blk[192..208];
-        let d = f16_at(blk, 208);
+        (g.d, g.dmin) = (f16_at(blk, 208), 0.0);
         for n in 0..2 {
             let ql: &[u8; 64] = ql[n * 64..n * 64 + 64].try_into().unwrap();
             let qh: &[u8; 32] = qh[n * 32..n * 32 + 32].try_into().unwrap();
@@ -237,10 +262,9 @@ impl Decoder for Q6K {
                 dst[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
             }
         }
-        for (sc, &raw) in g.sc16.iter_mut().zip(scales) {
-            *sc = d * (raw as i8) as f32;
+        for (j, &raw) in scales.iter().enumerate() {
+            g.put16(j, raw as i8 as i32, 0);
         }
-        g.min16 = [0.0; 16];
     }
 }
 
@@ -278,14 +302,12 @@ impl Decoder for Q2K {
     fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
         let scales = &blk[0..16];
         let qs = &blk[16..80];
-        let d = f16_at(blk, 80);
-        let dmin = f16_at(blk, 82);
+        (g.d, g.dmin) = (f16_at(blk, 80), -f16_at(blk, 82));
         for (i, q) in g.q.iter_mut().enumerate() {
             *q = two_bits(qs, i) as i8;
         }
         for (j, &sc) in scales.iter().enumerate() {
-            g.sc16[j] = d * (sc & 0x0F) as f32;
-            g.min16[j] = -(dmin * (sc >> 4) as f32);
+            g.put16(j, (sc & 0x0F) as i32, (sc >> 4) as i32);
         }
     }
 }
@@ -298,7 +320,7 @@ impl Decoder for Q3K {
         let hmask = &blk[0..32];
         let qs = &blk[32..96];
         let s = &blk[96..108];
-        let d = f16_at(blk, 108);
+        (g.d, g.dmin) = (f16_at(blk, 108), 0.0);
         for (i, q) in g.q.iter_mut().enumerate() {
             // The high bit of weight 128n + 32j + l is bit 4n + j of hmask[l]; clear means -4.
             let high = (hmask[i % 32] >> (i / 32)) & 1;
@@ -309,9 +331,8 @@ impl Decoder for Q3K {
         for j in 0..16 {
             let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
             let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
-            g.sc16[j] = d * ((low | high << 4) as i8 - 32) as f32;
+            g.put16(j, (low | high << 4) as i32 - 32, 0);
         }
-        g.min16 = [0.0; 16];
     }
 }
 
@@ -320,8 +341,8 @@ impl Decoder for Q5K {
     const BYTES: usize = 176;
     #[inline(always)]
     fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
-        let d = f16_at(blk, 0);
-        let dmin = f16_at(blk, 2);
+        // ggml subtracts `dmin · m`: the same float as adding `-dmin · m`.
+        (g.d, g.dmin) = (f16_at(blk, 0), -f16_at(blk, 2));
         let scales = &blk[4..16];
         let qh: &[u8; 32] = blk[16..48].try_into().unwrap();
         let qs: &[u8; 128] = blk[48..176].try_into().unwrap();
@@ -336,8 +357,10 @@ impl Decoder for Q5K {
                 dst[l] = ((src[l] & 0x0F) | h0) as i8;
                 dst[l + 32] = ((src[l] >> 4) | h1) as i8;
             }
-            g.put32(2 * k, d * sc0 as f32, -(dmin * m0 as f32));
-            g.put32(2 * k + 1, d * sc1 as f32, -(dmin * m1 as f32));
+            for j in 4 * k..4 * k + 2 {
+                g.put16(j, sc0 as i32, m0 as i32);
+                g.put16(j + 2, sc1 as i32, m1 as i32);
+            }
         }
     }
 }
@@ -358,7 +381,7 @@ impl Decoder for IQ4XS {
     const BYTES: usize = 136;
     #[inline(always)]
     fn decode_block(blk: &[u8], _sub: usize, g: &mut Group) {
-        let d = f16_at(blk, 0);
+        (g.d, g.dmin) = (f16_at(blk, 0), 0.0);
         let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
         let scales_l = &blk[4..8];
         for ib in 0..8 {
@@ -366,7 +389,8 @@ impl Decoder for IQ4XS {
                 | (((scales_h >> (2 * ib)) & 3) << 4) as i32;
             let qs = &blk[8 + 16 * ib..8 + 16 * ib + 16];
             iq4_nibbles(qs, &mut g.q[ib * 32..ib * 32 + 32]);
-            g.put32(ib, d * (ls - 32) as f32, 0.0);
+            g.put16(2 * ib, ls - 32, 0);
+            g.put16(2 * ib + 1, ls - 32, 0);
         }
     }
 }

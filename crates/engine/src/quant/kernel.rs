@@ -37,14 +37,15 @@ pub(crate) fn rows_packed(job: &Job<'_>, out: &mut [f32]) {
                         acc += w[4 * lane + i] as i32 * qs[4 * k + i] as i32;
                     }
                 }
-                f += acc as f32 * (p.d[at].0[lane] * a.d);
+                let (d, m) = p.scale(at, lane);
+                f += acc as f32 * (d * a.d);
                 if l.has_min {
                     let s = if l.unit_sums() {
                         a.d * init[t * ni + u] as f32
                     } else {
                         a.s
                     };
-                    f += p.m[at].0[lane] * s;
+                    f += m * s;
                 }
             }
             out[t * n_rows + r - r0] = f;

@@ -26,6 +26,7 @@
 use super::blocks::{self, Decoder, Group};
 use super::{BlockQ8, QK8};
 use crate::gguf::GgmlType;
+use half::f16;
 use rayon::prelude::*;
 
 /// 32 bytes: one vector register of eight 4-byte lanes.
@@ -53,6 +54,8 @@ pub(crate) struct Layout {
     /// Whether the stored nibbles index [`blocks::IQ4_VALUES`] (IQ4_NL, IQ4_XS), whose
     /// values plus `bias` (128) are the weights.
     pub nl: bool,
+    /// Whether scales are integers under a float per 256 weights ([`Scales::Int`]).
+    pub int_scales: bool,
 }
 
 impl Layout {
@@ -64,25 +67,43 @@ impl Layout {
                 bits,
                 has_min,
                 nl: false,
+                int_scales: false,
+            })
+        };
+        let k = |l: Option<Layout>| {
+            Some(Layout {
+                int_scales: true,
+                ..l?
             })
         };
         match ty {
             GgmlType::Q4_0 => l(32, 8, 4, false),
-            GgmlType::Q4_1 | GgmlType::Q4K => l(32, 0, 4, true),
+            GgmlType::Q4_1 => l(32, 0, 4, true),
+            GgmlType::Q4K => k(l(32, 0, 4, true)),
             GgmlType::Q5_0 => l(32, 16, 5, false),
-            GgmlType::Q5_1 | GgmlType::Q5K => l(32, 0, 5, true),
+            GgmlType::Q5_1 => l(32, 0, 5, true),
+            GgmlType::Q5K => k(l(32, 0, 5, true)),
             GgmlType::Q8_0 => l(32, 128, 8, false),
             // 2 and 3 bits kept as nibbles: simpler lanes, for formats that llama.cpp's
             // presets use on a few matrices only (they keep the rest wider).
-            GgmlType::Q2K => l(16, 0, 4, true),
-            GgmlType::Q3K => l(16, 4, 4, false),
-            GgmlType::Q6K => l(16, 32, 6, false),
-            GgmlType::IQ4NL | GgmlType::IQ4XS => Some(Layout {
+            GgmlType::Q2K => k(l(16, 0, 4, true)),
+            GgmlType::Q3K => k(l(16, 4, 4, false)),
+            GgmlType::Q6K => k(l(16, 32, 6, false)),
+            GgmlType::IQ4NL => Some(Layout {
                 nl: true,
                 ..l(32, 128, 4, false)?
             }),
+            GgmlType::IQ4XS => Some(Layout {
+                nl: true,
+                ..k(l(32, 128, 4, false))?
+            }),
             _ => None,
         }
+    }
+
+    /// Units under one group factor of [`Scales::Int`]: those of 256 weights.
+    pub(crate) const fn group_units(self) -> usize {
+        256 / self.unit
     }
 
     /// Byte registers per unit once unpacked (four weights of each lane per register).
@@ -124,16 +145,43 @@ pub(crate) const fn stored_regs(unit: usize, bits: u32) -> usize {
     }
 }
 
+/// Eight lanes' f16 values, as bits.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub struct H8(pub [u16; 8]);
+
+/// Eight lanes' small integers.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[repr(C, align(8))]
+pub struct I8x8(pub [i8; 8]);
+
+/// The units' scales and offsets, stored about as compactly as ggml stores them (a decode
+/// step reads every byte of a matrix, so its speed limit is the matrix's size), yet so
+/// that each lane's float comes back as the very f32 ggml's dequantization computes.
+pub(crate) enum Scales {
+    /// The 32-weight formats: the block's f16 scale (and offset), which widen exactly.
+    Half { d: Vec<H8>, m: Vec<H8> },
+    /// The 256-weight formats (the K-quants, IQ4_XS): the unit's integer scale (and
+    /// offset) and, per 256 weights, the group's float factors (`Group::d`, `dmin`); the
+    /// float is their product, one f32 multiply as in ggml.
+    Int {
+        d: Vec<I8x8>,
+        m: Vec<I8x8>,
+        gd: Vec<F8>,
+        gm: Vec<F8>,
+    },
+}
+
 /// A matrix in packed form: for block `b` of eight rows and unit `u`, the stored
-/// registers at `q[(b * units + u) * stored_regs..]`, the eight rows' scales at
-/// `d[b * units + u]` and offsets at `m[b * units + u]` (empty without offsets).
+/// registers at `q[(b * units + u) * stored_regs..]` and the eight rows' scales and
+/// offsets at entry `b * units + u` of [`Scales`] (group factors at that index over
+/// [`Layout::group_units`]; offsets empty without them).
 pub(crate) struct Packed {
     pub layout: Layout,
     /// Units per row.
     pub units: usize,
     pub q: Vec<Reg>,
-    pub d: Vec<F8>,
-    pub m: Vec<F8>,
+    pub scales: Scales,
 }
 
 impl Packed {
@@ -141,57 +189,119 @@ impl Packed {
     pub(crate) fn from_ggml(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Packed {
         let layout = Layout::of(ty).expect("a quantized type");
         let units = cols / layout.unit;
-        let n = rows.div_ceil(8) * units;
-        let mut p = Packed {
+        let n_blocks = rows.div_ceil(8);
+        let n = n_blocks * units;
+        let mins = if layout.has_min { n } else { 0 };
+        let mut q = vec![Reg::default(); n * layout.stored_regs()];
+        let mut scales = if layout.int_scales {
+            let groups = n / layout.group_units();
+            Scales::Int {
+                d: vec![I8x8::default(); n],
+                m: vec![I8x8::default(); mins],
+                gd: vec![F8::default(); groups],
+                gm: vec![F8::default(); if layout.has_min { groups } else { 0 }],
+            }
+        } else {
+            Scales::Half {
+                d: vec![H8::default(); n],
+                m: vec![H8::default(); mins],
+            }
+        };
+        if rows > 0 && units > 0 {
+            let row_bytes = data.len() / rows;
+            let regs = units * layout.stored_regs();
+            let rows_of = data.chunks(8 * row_bytes);
+            // One block of eight rows' share of each array (empty where a format has none).
+            fn per_block<T>(v: &mut [T], len: usize, n_blocks: usize) -> Vec<&mut [T]> {
+                if v.is_empty() {
+                    (0..n_blocks).map(|_| &mut [][..]).collect()
+                } else {
+                    v.chunks_mut(len).collect()
+                }
+            }
+            let out: Vec<BlockScales<'_>> = match &mut scales {
+                Scales::Half { d, m } => per_block(d, units, n_blocks)
+                    .into_iter()
+                    .zip(per_block(m, units, n_blocks))
+                    .map(|(d, m)| BlockScales::Half { d, m })
+                    .collect(),
+                Scales::Int { d, m, gd, gm } => {
+                    let groups = units / layout.group_units();
+                    per_block(d, units, n_blocks)
+                        .into_iter()
+                        .zip(per_block(m, units, n_blocks))
+                        .zip(per_block(gd, groups, n_blocks))
+                        .zip(per_block(gm, groups, n_blocks))
+                        .map(|(((d, m), gd), gm)| BlockScales::Int { d, m, gd, gm })
+                        .collect()
+                }
+            };
+            // Blocks of eight rows are independent: pack them in parallel.
+            let blocks = q.chunks_mut(regs).zip(out).zip(rows_of);
+            macro_rules! go {
+                ($d:ty) => {
+                    blocks.par_bridge().for_each(|((q, sc), rows)| {
+                        put_block::<$d>(layout, cols, rows, row_bytes, q, sc)
+                    })
+                };
+            }
+            match ty {
+                GgmlType::Q4_0 => go!(blocks::Q4_0),
+                GgmlType::Q4_1 => go!(blocks::Q4_1),
+                GgmlType::Q5_0 => go!(blocks::Q5_0),
+                GgmlType::Q5_1 => go!(blocks::Q5_1),
+                GgmlType::Q8_0 => go!(blocks::Q8_0),
+                GgmlType::Q2K => go!(blocks::Q2K),
+                GgmlType::Q3K => go!(blocks::Q3K),
+                GgmlType::Q4K => go!(blocks::Q4K),
+                GgmlType::Q5K => go!(blocks::Q5K),
+                GgmlType::Q6K => go!(blocks::Q6K),
+                GgmlType::IQ4NL => go!(blocks::IQ4NL),
+                GgmlType::IQ4XS => go!(blocks::IQ4XS),
+                _ => unreachable!("Layout::of accepted it"),
+            }
+        }
+        Packed {
             layout,
             units,
-            q: vec![Reg::default(); n * layout.stored_regs()],
-            d: vec![F8::default(); n],
-            m: if layout.has_min {
-                vec![F8::default(); n]
-            } else {
-                Vec::new()
-            },
-        };
-        if rows == 0 || units == 0 {
-            return p;
+            q,
+            scales,
         }
-        let row_bytes = data.len() / rows;
-        let regs = units * layout.stored_regs();
-        // Blocks of eight rows are independent: pack them in parallel.
-        let mins: Vec<&mut [F8]> = if layout.has_min {
-            p.m.chunks_mut(units).collect()
-        } else {
-            (0..rows.div_ceil(8)).map(|_| &mut [][..]).collect()
-        };
-        let blocks = p.q.chunks_mut(regs).zip(p.d.chunks_mut(units)).zip(mins);
-        let rows_of = data.chunks(8 * row_bytes);
-        macro_rules! go {
-            ($d:ty) => {
-                blocks
-                    .zip(rows_of)
-                    .par_bridge()
-                    .for_each(|(((q, d), m), rows)| {
-                        put_block::<$d>(layout, cols, rows, row_bytes, q, d, m)
-                    })
-            };
+    }
+
+    /// Whether the scales (and offsets) cover the first `entries` entries, which the
+    /// vector kernels then read unchecked.
+    pub(crate) fn scales_cover(&self, entries: usize) -> bool {
+        let min = if self.layout.has_min { entries } else { 0 };
+        match &self.scales {
+            Scales::Half { d, m } => d.len() >= entries && m.len() >= min,
+            Scales::Int { d, m, gd, gm } => {
+                let g = self.layout.group_units();
+                d.len() >= entries
+                    && m.len() >= min
+                    && gd.len() >= entries.div_ceil(g)
+                    && gm.len() >= min.div_ceil(g)
+            }
         }
-        match ty {
-            GgmlType::Q4_0 => go!(blocks::Q4_0),
-            GgmlType::Q4_1 => go!(blocks::Q4_1),
-            GgmlType::Q5_0 => go!(blocks::Q5_0),
-            GgmlType::Q5_1 => go!(blocks::Q5_1),
-            GgmlType::Q8_0 => go!(blocks::Q8_0),
-            GgmlType::Q2K => go!(blocks::Q2K),
-            GgmlType::Q3K => go!(blocks::Q3K),
-            GgmlType::Q4K => go!(blocks::Q4K),
-            GgmlType::Q5K => go!(blocks::Q5K),
-            GgmlType::Q6K => go!(blocks::Q6K),
-            GgmlType::IQ4NL => go!(blocks::IQ4NL),
-            GgmlType::IQ4XS => go!(blocks::IQ4XS),
-            _ => unreachable!("Layout::of accepted it"),
+    }
+
+    /// The scale and offset (0 without offsets) of entry `at`'s lane `lane`, the floats
+    /// the vector kernels compute from the stored form.
+    pub(crate) fn scale(&self, at: usize, lane: usize) -> (f32, f32) {
+        match &self.scales {
+            Scales::Half { d, m } => (
+                f16::from_bits(d[at].0[lane]).to_f32(),
+                m.get(at)
+                    .map_or(0.0, |m| f16::from_bits(m.0[lane]).to_f32()),
+            ),
+            Scales::Int { d, m, gd, gm } => {
+                let g = at / self.layout.group_units();
+                (
+                    gd[g].0[lane] * d[at].0[lane] as f32,
+                    m.get(at).map_or(0.0, |m| gm[g].0[lane] * m.0[lane] as f32),
+                )
+            }
         }
-        p
     }
 
     /// Index of unit `u` of row `r`'s block of eight, and `r`'s lane.
@@ -232,8 +342,7 @@ impl Packed {
         let l = self.layout;
         for (u, chunk) in out.chunks_mut(l.unit).enumerate() {
             let (at, lane) = self.at(r, u);
-            let d = self.d[at].0[lane];
-            let m = if l.has_min { self.m[at].0[lane] } else { 0.0 };
+            let (d, m) = self.scale(at, lane);
             for (k, four) in chunk.chunks_mut(4).enumerate() {
                 let reg = self.unpacked(at, k);
                 for (i, o) in four.iter_mut().enumerate() {
@@ -246,21 +355,41 @@ impl Packed {
 
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.q)
-            + std::mem::size_of_val(&*self.d)
-            + std::mem::size_of_val(&*self.m)
+            + match &self.scales {
+                Scales::Half { d, m } => std::mem::size_of_val(&**d) + std::mem::size_of_val(&**m),
+                Scales::Int { d, m, gd, gm } => {
+                    std::mem::size_of_val(&**d)
+                        + std::mem::size_of_val(&**m)
+                        + std::mem::size_of_val(&**gd)
+                        + std::mem::size_of_val(&**gm)
+                }
+            }
     }
 }
 
-/// Packs up to eight ggml rows (`rows`, `row_bytes` each) into one block's registers `q`,
-/// scales `d` and offsets `m` (empty without offsets).
+/// One block of eight rows' share of [`Scales`].
+enum BlockScales<'a> {
+    Half {
+        d: &'a mut [H8],
+        m: &'a mut [H8],
+    },
+    Int {
+        d: &'a mut [I8x8],
+        m: &'a mut [I8x8],
+        gd: &'a mut [F8],
+        gm: &'a mut [F8],
+    },
+}
+
+/// Packs up to eight ggml rows (`rows`, `row_bytes` each) into one block's registers `q`
+/// and scales `sc`.
 fn put_block<D: Decoder>(
     l: Layout,
     cols: usize,
     rows: &[u8],
     row_bytes: usize,
     q: &mut [Reg],
-    d: &mut [F8],
-    m: &mut [F8],
+    mut sc: BlockScales<'_>,
 ) {
     let per_group = 256 / l.unit;
     let half = l.unit / 8;
@@ -268,12 +397,29 @@ fn put_block<D: Decoder>(
     for (lane, row) in rows.chunks(row_bytes).enumerate() {
         for gi in 0..cols.div_ceil(256) {
             D::decode_group(row, gi, &mut g);
+            if let BlockScales::Int { gd, gm, .. } = &mut sc {
+                gd[gi].0[lane] = g.d;
+                if l.has_min {
+                    gm[gi].0[lane] = g.dmin;
+                }
+            }
             for j in 0..g.n_sub * 32 / l.unit {
                 let unit = gi * per_group + j;
                 let off = j * l.unit;
-                d[unit].0[lane] = g.sc16[off / 16];
-                if l.has_min {
-                    m[unit].0[lane] = g.min16[off / 16];
+                match &mut sc {
+                    BlockScales::Half { d, m } => {
+                        // The 32-weight formats' scales are f16 values widened.
+                        d[unit].0[lane] = f16::from_f32(g.sc16[off / 16]).to_bits();
+                        if l.has_min {
+                            m[unit].0[lane] = f16::from_f32(g.min16[off / 16]).to_bits();
+                        }
+                    }
+                    BlockScales::Int { d, m, .. } => {
+                        d[unit].0[lane] = g.isc16[off / 16];
+                        if l.has_min {
+                            m[unit].0[lane] = g.imin16[off / 16];
+                        }
+                    }
                 }
                 let regs = &mut q[unit * l.stored_regs()..(unit + 1) * l.stored_regs()];
                 for e in 0..l.unit {

@@ -108,13 +108,7 @@ pub fn run_golden(model: &Model, file: &str, tol: Tolerance) {
         };
         let mut kv = model.new_kv_cache();
         let mut logits = model
-            .forward(
-                &mut [SeqInput {
-                    tokens: &prompt,
-                    kv: &mut kv,
-                }],
-                &mut scratch,
-            )
+            .forward(&mut [SeqInput::last(&prompt, &mut kv)], &mut scratch)
             .unwrap()
             .remove(0);
         for (i, &next) in completion.iter().enumerate().take(steps) {
@@ -161,13 +155,7 @@ pub fn run_golden(model: &Model, file: &str, tol: Tolerance) {
             checked += 1;
             if i + 1 < steps {
                 logits = model
-                    .forward(
-                        &mut [SeqInput {
-                            tokens: &[next],
-                            kv: &mut kv,
-                        }],
-                        &mut scratch,
-                    )
+                    .forward(&mut [SeqInput::last(&[next], &mut kv)], &mut scratch)
                     .unwrap()
                     .remove(0);
             }

@@ -1,0 +1,113 @@
+//! `tokenfab bench bandwidth`: how fast this machine streams memory into the cores.
+//!
+//! Single-stream decode of a model that does not fit the caches reads every weight once
+//! per token, so its speed limit is read bandwidth ÷ bytes read per token. The bench
+//! measures the first of those instead of assuming it: the given threads each sum their
+//! own contiguous share of a buffer much larger than the caches (a plain streaming read,
+//! 256-bit loads where the CPU has AVX2), and the best of several passes is reported, as
+//! decode benches report their best-case rate too.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use rayon::prelude::*;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BandwidthArgs {
+    /// Reading threads (the engine's math threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Buffer size in MiB: far beyond the last-level cache.
+    #[arg(long, default_value_t = 512)]
+    mib: usize,
+    /// Passes over the buffer; the fastest is reported.
+    #[arg(long, default_value_t = 10)]
+    passes: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BandwidthArgs) -> anyhow::Result<()> {
+    let threads = args.threads.max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("thread pool")?;
+    let words = (args.mib.max(1) << 20) / 8;
+    // Written, not just allocated: untouched pages would all read the one zero page.
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let share = words.div_ceil(threads);
+    let mut best = 0.0f64;
+    for _ in 0..args.passes.max(1) {
+        let t = Instant::now();
+        let sum = pool.install(|| {
+            buf.par_chunks(share)
+                .map(read_sum)
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / secs / 1e9);
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"threads": threads, "mib": args.mib, "read_gb_per_s": best})
+        );
+    } else {
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!(
+            "| streaming read, {threads} threads, {} MiB | {best:.1} GB/s |",
+            args.mib
+        );
+    }
+    Ok(())
+}
+
+/// The wrapping sum of `words`: every byte loaded once, in order.
+fn read_sum(words: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected on this CPU.
+        return unsafe { read_sum_avx2(words) };
+    }
+    sum_lanes(words)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn read_sum_avx2(words: &[u64]) -> u64 {
+    // Compiled with AVX2 on, the lane sums below become 256-bit loads and adds.
+    sum_lanes(words)
+}
+
+/// Sums in sixteen independent lanes, so that no add waits for the one before and the
+/// loop is bound by the loads alone.
+#[inline(always)]
+fn sum_lanes(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 16];
+    let chunks = words.chunks_exact(16);
+    let tail: u64 = chunks.remainder().iter().fold(0, |a, &w| a.wrapping_add(w));
+    for c in chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter().fold(tail, |a, &w| a.wrapping_add(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_sums_every_word() {
+        let words: Vec<u64> = (0..1000).collect();
+        assert_eq!(read_sum(&words), 999 * 1000 / 2);
+        assert_eq!(read_sum(&words[..7]), 21);
+    }
+}
