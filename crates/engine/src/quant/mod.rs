@@ -766,6 +766,32 @@ mod tests {
         }
     }
 
+    /// Packed matrices take about the memory of their ggml form, scales included: a decode
+    /// step reads all of it, so every byte more is decode time. (Q2_K and Q3_K keep their
+    /// weights as nibbles, and take more.)
+    #[test]
+    fn packed_matrices_keep_their_ggml_size() {
+        let mut rng = Rng::new(5);
+        for &ty in &TYPES {
+            let Some(l) = packed::Layout::of(ty) else {
+                continue;
+            };
+            let (rows, cols) = (64, 1024);
+            let raw: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(&mut rng, ty, cols))
+                .collect();
+            let w = Weights::from_ggml(ty, rows, cols, &raw).unwrap();
+            let ratio = w.bytes() as f64 / raw.len() as f64;
+            let most = match ty {
+                GgmlType::Q2K => 2.01,
+                GgmlType::Q3K => 1.35,
+                _ if l.int_scales => 1.06,
+                _ => 1.0,
+            };
+            assert!(ratio <= most, "{ty:?}: packed {ratio:.3}x its ggml size");
+        }
+    }
+
     /// A matrix refuses data of the wrong size and types it cannot run, with a message.
     #[test]
     fn weights_check_their_input() {
