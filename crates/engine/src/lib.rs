@@ -20,6 +20,8 @@
 //!   at load eight rows to a register for their kernels (portable, AVX2, AVX-512 VNNI).
 //! - [`sampler`]: logits become the next token, within what a request's [`constraint`]
 //!   allows (a JSON schema, regex or grammar, by llguidance).
+//! - [`speculative`]: a draft model of the same vocabulary proposes tokens that the
+//!   scheduler verifies in one step of the served model (greedy output unchanged).
 
 pub mod constraint;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod prefix_cache;
 pub mod quant;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculative;
 pub mod template;
 pub mod tokenizer;
 

@@ -113,11 +113,23 @@ impl Sampler {
 
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        self.sample_proposed(logits, None)
+    }
+
+    /// [`Sampler::sample`] where a draft model proposed `proposal` (speculative decoding):
+    /// the token drawn is still distributed exactly as the sampler's distribution `p`, but
+    /// it is the proposal whenever it can be. The proposal is taken with probability
+    /// `p(proposal)`, else a token is drawn from `p` without it, renormalized; so every
+    /// token `x` comes with probability `p(x)`. (This is the speculative-sampling rule for
+    /// a draft that proposes its argmax, whose own distribution is a point mass.) Greedy
+    /// sampling takes the argmax, proposal or not, so speculative greedy output is the
+    /// output without a draft, token for token.
+    pub fn sample_proposed(&mut self, logits: &mut [f32], proposal: Option<u32>) -> u32 {
         self.apply_bias_and_penalties(logits);
         let token = if self.params.temperature <= 0.0 {
             argmax(logits)
         } else {
-            self.draw(logits)
+            self.draw(logits, proposal)
         };
         *self.output_counts.entry(token).or_insert(0) += 1;
         if self.params.repetition_penalty != 1.0 {
@@ -153,11 +165,11 @@ impl Sampler {
         }
     }
 
-    fn draw(&mut self, logits: &[f32]) -> u32 {
+    fn draw(&mut self, logits: &[f32], proposal: Option<u32>) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
         if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
-            return self.draw_all(logits, inv_t);
+            return self.draw_all(logits, inv_t, proposal);
         }
         let c = &mut self.candidates;
         c.clear();
@@ -203,21 +215,47 @@ impl Sampler {
                 .count();
             keep = above.max(1);
         }
-        let total = if keep == c.len() {
+        let mut total = if keep == c.len() {
             sum
         } else {
             (0..keep).map(|i| order.at(c, i).1 as f64).sum()
         };
+        // The kept candidates are `c[..keep]`: all of them, or the first `keep` in order.
+        if let Some(d) = proposal {
+            let w = c[..keep]
+                .iter()
+                .find(|x| x.0 == d)
+                .map_or(0.0, |x| x.1 as f64);
+            match accept(&mut self.rng, w, total) {
+                Some(true) => return d,
+                Some(false) => total -= w,
+                None => {}
+            }
+        }
         let mut r = self.rng.next_f64() * total;
+        let mut last = order.at(c, keep - 1).0;
         for i in 0..keep {
             let (token, w) = order.at(c, i);
+            if Some(token) == proposal {
+                continue;
+            }
+            last = token;
             r -= w as f64;
             if r < 0.0 {
                 return token;
             }
         }
-        order.at(c, keep - 1).0
+        last
     }
+}
+
+/// Whether a proposal of weight `w` out of `total` is taken (`None` when it cannot be
+/// drawn at all, or is the only token that can): drawn with probability `w / total`.
+fn accept(rng: &mut Rng, w: f64, total: f64) -> Option<bool> {
+    if w <= 0.0 || w >= total {
+        return (w > 0.0).then_some(true);
+    }
+    Some(rng.next_f64() * total < w)
 }
 
 impl Sampler {
@@ -225,7 +263,7 @@ impl Sampler {
     /// list and no order, only the weights in token order, a vectorized `exp`, and a walk
     /// to the drawn point of the cumulative sum (any fixed order draws from the same
     /// distribution).
-    fn draw_all(&mut self, logits: &[f32], inv_t: f32) -> u32 {
+    fn draw_all(&mut self, logits: &[f32], inv_t: f32, proposal: Option<u32>) -> u32 {
         let max = logits
             .iter()
             .filter(|l| l.is_finite())
@@ -243,7 +281,18 @@ impl Sampler {
                 *w = 0.0;
             }
         }
-        let sum: f64 = w.iter().map(|&x| x as f64).sum();
+        let mut sum: f64 = w.iter().map(|&x| x as f64).sum();
+        if let Some(d) = proposal {
+            let wd = w.get(d as usize).map_or(0.0, |&x| x as f64);
+            match accept(&mut self.rng, wd, sum) {
+                Some(true) => return d,
+                Some(false) => {
+                    sum -= wd;
+                    w[d as usize] = 0.0;
+                }
+                None => {}
+            }
+        }
         let mut r = self.rng.next_f64() * sum;
         let mut last = 0;
         for (i, &x) in w.iter().enumerate() {
@@ -453,6 +502,62 @@ mod tests {
     /// A large vocabulary whose mass spreads over 300 tokens, so the draw walks past the
     /// first lazily sorted chunks: frequencies follow the distribution, and top-p still
     /// keeps exactly the nucleus.
+    /// Speculative sampling keeps the target's distribution: whatever the draft proposes
+    /// (a likely token, an unlikely one, one the cuts remove, none), the tokens drawn
+    /// follow the sampler's own distribution, for the whole-vocabulary draw and the cut
+    /// one (top-k, top-p) alike; and greedy takes the argmax whatever is proposed.
+    #[test]
+    fn proposals_keep_the_distribution() {
+        let logits = [1.0f32, 2.5, 0.3, 2.0, -1.0, 1.7];
+        let n = 60_000;
+        let cases = [
+            params(0.8),
+            SamplingParams {
+                top_k: 4,
+                top_p: 0.9,
+                ..params(1.3)
+            },
+        ];
+        for (ci, sp) in cases.into_iter().enumerate() {
+            // The reference: the distribution drawn without proposals.
+            let freq = |proposal: Option<u32>, seed: u64| {
+                let mut s = Sampler::new(sp.clone(), seed, &[]);
+                let mut f = [0usize; 6];
+                for _ in 0..n {
+                    f[s.sample_proposed(&mut logits.clone(), proposal) as usize] += 1;
+                }
+                f
+            };
+            let base = freq(None, 1);
+            for proposal in [Some(1), Some(4), Some(5), Some(0)] {
+                let got = freq(proposal, 2 + proposal.unwrap() as u64);
+                for t in 0..6 {
+                    let (a, b) = (base[t] as f64 / n as f64, got[t] as f64 / n as f64);
+                    // Two samples' frequencies: about five standard deviations apart at most.
+                    let sd = (2.0 * a.max(b).max(1e-4) * (1.0 - a.min(b)) / n as f64).sqrt();
+                    assert!(
+                        (a - b).abs() <= 5.0 * sd + 1e-4,
+                        "case {ci}, proposal {proposal:?}, token {t}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let mut greedy = Sampler::new(params(0.0), 1, &[]);
+        for d in 0..6 {
+            assert_eq!(greedy.sample_proposed(&mut logits.clone(), Some(d)), 1);
+        }
+        // A proposal the cuts remove is never drawn.
+        let mut cut = Sampler::new(
+            SamplingParams {
+                top_k: 2,
+                ..params(1.0)
+            },
+            9,
+            &[],
+        );
+        assert!((0..2000).all(|_| cut.sample_proposed(&mut logits.clone(), Some(4)) != 4));
+    }
+
     #[test]
     fn lazy_order_over_a_large_vocabulary() {
         let mut logits = vec![-30.0f32; 20_000];

@@ -28,7 +28,8 @@ use crate::error::EngineError;
 use crate::loader::ReasoningSpec;
 use crate::model::{BLOCK_TOKENS, KvCache, Model, SeqInput};
 use crate::prefix_cache::PrefixCache;
-use crate::sampler::{Sampler, SamplingParams, log_softmax, top_k_logprobs};
+use crate::sampler::{Sampler, SamplingParams, argmax, log_softmax, top_k_logprobs};
+use crate::speculative::{Counters, Draft, Drafting, MAX_BATCH};
 use crate::tokenizer::Tokenizer;
 use tokenfab_text::output::{OutputText, Piece};
 use tokenfab_text::reasoning::Split;
@@ -47,6 +48,8 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Memory for finished sequences' KV caches that later prompts can start from.
     pub prefix_cache_bytes: usize,
+    /// A draft model for speculative decoding ([`crate::speculative`]).
+    pub draft: Option<Arc<Draft>>,
 }
 
 impl Default for SchedulerConfig {
@@ -57,6 +60,7 @@ impl Default for SchedulerConfig {
             max_waiting: 64,
             prefill_chunk: 512,
             prefix_cache_bytes: 128 << 20,
+            draft: None,
         }
     }
 }
@@ -180,6 +184,7 @@ pub struct EngineHandle {
     tokenizer: Arc<Tokenizer>,
     /// The vocabulary index for grammars, built on the first request that has one.
     grammars: Arc<OnceLock<Result<Grammars, String>>>,
+    speculation: Option<Arc<Counters>>,
 }
 
 impl EngineHandle {
@@ -211,6 +216,11 @@ impl EngineHandle {
     /// The context window served: a prompt plus its `max_tokens` must fit in it.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// What speculative decoding achieved so far; `None` without a draft model.
+    pub fn speculation(&self) -> Option<&Counters> {
+        self.speculation.as_deref()
     }
 
     /// How the model thinks; `None` for a model that does not.
@@ -252,9 +262,14 @@ pub fn start(
     let reasoning = reasoning.map(Arc::new);
     let spec = reasoning.clone();
     let handle_tokenizer = tokenizer.clone();
+    let counters = config.draft.as_ref().map(|_| Arc::new(Counters::default()));
+    let engine_counters = counters.clone();
     std::thread::Builder::new()
         .name("tokenfab-engine".into())
-        .spawn(move || Scheduler::new(model, tokenizer, spec, config, pool).run(jobs_rx, &gauge))
+        .spawn(move || {
+            Scheduler::new(model, tokenizer, spec, config, pool, engine_counters)
+                .run(jobs_rx, &gauge)
+        })
         .map_err(|e| EngineError::BadModel(format!("cannot start the engine thread: {e}")))?;
     Ok(EngineHandle {
         jobs: jobs_tx,
@@ -264,6 +279,7 @@ pub fn start(
         reasoning,
         tokenizer: handle_tokenizer,
         grammars: Arc::new(OnceLock::new()),
+        speculation: counters,
     })
 }
 
@@ -294,6 +310,20 @@ struct Sequence {
     /// grammar's tokens (once begun, the tag is finished), and the constraint waits while
     /// the thought is open.
     open_tokens: Vec<u32>,
+    /// The draft's state, when the engine has a draft model.
+    drafting: Option<Drafting>,
+    /// This step's input of the draft: the tokens its cache lacks.
+    draft_in: Vec<u32>,
+    /// This step's input when proposals are verified: the last token, then the proposals.
+    verify: Vec<u32>,
+}
+
+/// The draft model's share of the engine thread: its working memory and prefix cache.
+struct Speculation {
+    draft: Arc<Draft>,
+    counters: Arc<Counters>,
+    scratch: crate::model::Scratch,
+    prefix: PrefixCache,
 }
 
 struct Scheduler {
@@ -308,6 +338,7 @@ struct Scheduler {
     deferred: VecDeque<Job>,
     prefix: PrefixCache,
     scratch: crate::model::Scratch,
+    speculation: Option<Speculation>,
 }
 
 impl Scheduler {
@@ -317,10 +348,22 @@ impl Scheduler {
         reasoning: Option<Arc<ReasoningSpec>>,
         config: SchedulerConfig,
         pool: rayon::ThreadPool,
+        counters: Option<Arc<Counters>>,
     ) -> Self {
         let scratch = model.new_scratch();
         let prefix = PrefixCache::new(config.prefix_cache_bytes);
+        let speculation = config
+            .draft
+            .clone()
+            .zip(counters)
+            .map(|(draft, counters)| Speculation {
+                counters,
+                scratch: draft.model.new_scratch(),
+                prefix: PrefixCache::new(config.prefix_cache_bytes),
+                draft,
+            });
         Scheduler {
+            speculation,
             model,
             tokenizer,
             reasoning,
@@ -438,6 +481,10 @@ impl Scheduler {
         } else {
             self.prefix.lookup(&req.prompt, self.model.new_kv_cache())
         };
+        let drafting = self.speculation.as_mut().map(|sp| {
+            let empty = sp.draft.model.new_kv_cache();
+            Drafting::new(sp.prefix.lookup(&req.prompt, empty))
+        });
         self.running.push(Sequence {
             fed: kv.len(),
             cached: kv.len(),
@@ -454,6 +501,9 @@ impl Scheduler {
             prompt_logprobs: Vec::new(),
             constraint,
             open_tokens,
+            drafting,
+            draft_in: Vec::new(),
+            verify: Vec::new(),
         });
     }
 
@@ -461,17 +511,21 @@ impl Scheduler {
     /// is fully fed.
     fn step(&mut self) {
         let chunk = self.config.prefill_chunk.max(1);
+        self.draft(chunk);
         let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
         for s in self.running.iter_mut() {
             let tokens: &[u32] = match s.last {
+                Some(_) if !s.verify.is_empty() => &s.verify,
                 Some(ref t) => std::slice::from_ref(t),
                 None => &s.req.prompt[s.fed..(s.fed + s.chunk(chunk)).min(s.req.prompt.len())],
             };
             inputs.push(SeqInput {
                 tokens,
                 kv: &mut s.kv,
-                // A prompt's log-probabilities read every position's logits.
-                all_logits: s.last.is_none() && s.req.prompt_logprobs.is_some(),
+                // Proposals are verified, and a prompt's log-probabilities read, at every
+                // position.
+                all_logits: !s.verify.is_empty()
+                    || (s.last.is_none() && s.req.prompt_logprobs.is_some()),
             });
         }
         let model = &self.model;
@@ -493,6 +547,7 @@ impl Scheduler {
         // order).
         let prefilling: Vec<bool> = self.running.iter().map(|s| s.last.is_none()).collect();
         let vocab = self.model.config.vocab_size;
+        let counters = self.speculation.as_ref().map(|sp| &*sp.counters);
         let (tokenizer, close_tokens) = (
             &self.tokenizer,
             self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
@@ -530,8 +585,10 @@ impl Scheduler {
                     }
                     let end = if s.req.max_tokens == 0 {
                         Ok(FinishReason::Length)
+                    } else if !s.verify.is_empty() {
+                        Self::verify(s, logits, tokenizer, buf, close_tokens, counters)?
                     } else {
-                        Self::advance(s, logits, tokenizer, buf, close_tokens)?
+                        Self::advance(s, logits, tokenizer, buf, close_tokens, None)?
                     };
                     let _ = s.events.send(match end {
                         Ok(reason) => Event::Finished {
@@ -561,21 +618,179 @@ impl Scheduler {
         }
     }
 
-    /// A sequence leaves: its computed tokens go to the prefix cache.
+    /// A sequence leaves: its computed tokens go to the prefix cache (the draft's to the
+    /// draft's), and what its draft achieved to the log.
     fn retire(&mut self, s: Sequence) {
         let mut tokens = s.req.prompt;
         tokens.extend_from_slice(&s.sampled);
         self.prefix.insert(&tokens, &s.kv);
+        if let (Some(sp), Some(d)) = (&mut self.speculation, &s.drafting) {
+            sp.prefix.insert(&tokens, &d.kv);
+            if d.steps > 0 {
+                tracing::info!(
+                    proposed = d.proposed_total,
+                    accepted = d.accepted_total,
+                    acceptance = format!(
+                        "{:.2}",
+                        d.accepted_total as f64 / d.proposed_total.max(1) as f64
+                    ),
+                    tokens_per_step = format!("{:.2}", d.produced as f64 / d.steps as f64),
+                    "speculative decoding"
+                );
+            }
+        }
     }
 
-    /// Samples (or takes a forced) token for a sequence and emits its text; returns why
-    /// the sequence ended, if it did (an error: its grammar failed).
+    /// The draft's part of a step. Every sequence's draft cache catches up with what the
+    /// served model has seen or is about to see (prompt chunks alongside the served
+    /// model's, generated tokens); then each decoding sequence whose draft has caught up
+    /// gets its proposals, greedy, one draft step per token for all of them together, and
+    /// its `verify` input: the last token and the proposals.
+    fn draft(&mut self, chunk: usize) {
+        let Some(sp) = &mut self.speculation else {
+            return;
+        };
+        let decoding = self.running.iter().filter(|s| s.last.is_some()).count();
+        let mut wanted = vec![0usize; self.running.len()];
+        for (s, k) in self.running.iter_mut().zip(wanted.iter_mut()) {
+            let Some(d) = &mut s.drafting else {
+                continue;
+            };
+            let known = s.req.prompt.len() + s.sampled.len();
+            s.draft_in.clear();
+            let from = d.kv.len();
+            let to = match s.last {
+                None => (s.fed + s.chunk(chunk)).min(s.req.prompt.len()),
+                Some(_) => {
+                    let caught_up = known - from <= chunk;
+                    if decoding <= MAX_BATCH && caught_up && s.forced.is_empty() {
+                        // Every proposal and the token after them count against max_tokens.
+                        let room = s.req.max_tokens.saturating_sub(s.generated + 1);
+                        *k = d.proposals(sp.draft.cost, room);
+                    }
+                    if *k == 0 && caught_up {
+                        // Not proposing: the draft catches up when it next does.
+                        continue;
+                    }
+                    known.min(from + chunk)
+                }
+            };
+            let (prompt, sampled) = (&s.req.prompt, &s.sampled);
+            let at = |p: usize| {
+                prompt
+                    .get(p)
+                    .copied()
+                    .unwrap_or_else(|| sampled[p - prompt.len()])
+            };
+            s.draft_in.extend((from..to.max(from)).map(at));
+        }
+        let model = &sp.draft.model;
+        let scratch = &mut sp.scratch;
+        let mut round = 0;
+        loop {
+            let mut inputs = Vec::new();
+            let mut who = Vec::new();
+            for (i, s) in self.running.iter_mut().enumerate() {
+                let Some(d) = &mut s.drafting else {
+                    continue;
+                };
+                let tokens: &[u32] = if round == 0 {
+                    &s.draft_in
+                } else if wanted[i] > round {
+                    &s.verify[round..round + 1]
+                } else {
+                    continue;
+                };
+                if tokens.is_empty() {
+                    continue;
+                }
+                who.push(i);
+                inputs.push(SeqInput::last(tokens, &mut d.kv));
+            }
+            if inputs.is_empty() {
+                break;
+            }
+            let logits = match self.pool.install(|| model.forward(&mut inputs, scratch)) {
+                Ok(l) => l,
+                Err(e) => {
+                    // The served model decodes on alone; only this step's proposals are lost.
+                    tracing::warn!(error = %e, "the draft model's step failed");
+                    drop(inputs);
+                    for s in self.running.iter_mut() {
+                        s.verify.clear();
+                    }
+                    return;
+                }
+            };
+            drop(inputs);
+            for (&i, l) in who.iter().zip(&logits) {
+                let s = &mut self.running[i];
+                if wanted[i] <= round {
+                    continue;
+                }
+                if round == 0 {
+                    s.verify.clear();
+                    s.verify.extend(s.last);
+                }
+                let proposal = argmax(l);
+                s.verify.push(proposal);
+                if self.tokenizer.is_eog(proposal) {
+                    // Nothing follows the end: propose no further.
+                    wanted[i] = round + 1;
+                }
+            }
+            round += 1;
+        }
+    }
+
+    /// Samples a verified step's tokens position by position, as decoding without a draft
+    /// would, each with its proposal, up to the first token that is not its proposal (or
+    /// the end); the caches forget the positions past it. Returns as [`Self::advance`].
+    fn verify(
+        s: &mut Sequence,
+        logits: &mut [f32],
+        tokenizer: &Tokenizer,
+        buf: &mut Vec<f32>,
+        close_tokens: &[u32],
+        counters: Option<&Counters>,
+    ) -> Option<Result<FinishReason, String>> {
+        let input = std::mem::take(&mut s.verify);
+        let vocab = logits.len() / input.len();
+        let proposed = input.len() - 1;
+        let base = s.kv.len() - input.len();
+        let mut i = 0;
+        let end = loop {
+            let proposal = input.get(i + 1).copied();
+            let row = &mut logits[i * vocab..(i + 1) * vocab];
+            if let Some(end) = Self::advance(s, row, tokenizer, buf, close_tokens, proposal) {
+                break Some(end);
+            }
+            if proposal.is_none() || s.last != proposal {
+                break None;
+            }
+            i += 1;
+        };
+        // Positions base..=base + i hold the last token and the i proposals taken.
+        s.kv.truncate(base + i + 1);
+        if let (Some(d), Some(all)) = (&mut s.drafting, counters) {
+            d.kv.truncate(d.kv.len().min(base + i + 1));
+            d.record(proposed, i, i + 1, all);
+        }
+        s.verify = input;
+        s.verify.clear();
+        end
+    }
+
+    /// Samples (or takes a forced) token for a sequence, given the draft's `proposal` if
+    /// there is one, and emits its text; returns why the sequence ended, if it did (an
+    /// error: its grammar failed).
     fn advance(
         s: &mut Sequence,
         logits: &mut [f32],
         tokenizer: &Tokenizer,
         buf: &mut Vec<f32>,
         close_tokens: &[u32],
+        proposal: Option<u32>,
     ) -> Option<Result<FinishReason, String>> {
         // Log-probabilities describe the model's distribution, before the sampler's changes.
         if s.req.logprobs.is_some() {
@@ -615,7 +830,7 @@ impl Scheduler {
                 }
             }
         }
-        let token = forced.unwrap_or_else(|| s.sampler.sample(logits));
+        let token = forced.unwrap_or_else(|| s.sampler.sample_proposed(logits, proposal));
         if constrained
             && (Some(token) != open || s.open_tokens.is_empty())
             && let Some(c) = &mut s.constraint

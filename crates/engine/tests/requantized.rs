@@ -11,18 +11,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::model::Model;
 
 use common::golden::{Tolerance, run_golden};
-
-fn requantized_dir() -> PathBuf {
-    std::env::var_os("TOKENFAB_REQUANTIZED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tokenfab_testkit::cache_home().join("tokenfab/requantized"))
-}
+use tokenfab_testkit::requantized_dir;
 
 /// Loads `stem.gguf` from the requantized folder, checks that it holds every type in
 /// `types` (ggml's names), and compares it with its golden file.

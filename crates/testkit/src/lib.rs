@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! All here, one small file:
-//! - [`cache_home`] and [`test_assets_dir`]: the folders the fetch scripts fill.
+//! - [`cache_home`], [`test_assets_dir`] and [`requantized_dir`]: the folders the fetch
+//!   and requantize scripts fill.
 //! - [`unique`]: a tag made unique, for names in the shared temp directory and in the
 //!   PostgreSQL and Redis that outlive a test.
 //! - [`TempPath`], made by [`temp_path`], [`temp_db`] and [`temp_dir`]: a path in the temp
@@ -31,6 +32,14 @@ pub fn test_assets_dir() -> PathBuf {
     std::env::var_os("TOKENFAB_TEST_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_home().join("tokenfab/test-assets"))
+}
+
+/// Where scripts/requantize.sh keeps the test models requantized into every weight type:
+/// `$TOKENFAB_REQUANTIZED`, else `tokenfab/requantized` under [`cache_home`].
+pub fn requantized_dir() -> PathBuf {
+    std::env::var_os("TOKENFAB_REQUANTIZED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_home().join("tokenfab/requantized"))
 }
 
 /// `tag` followed by the process id, the clock in nanoseconds and a counter: distinct across

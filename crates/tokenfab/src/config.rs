@@ -26,6 +26,8 @@
 //! source = "HuggingFaceTB/SmolLM2-135M-Instruct" # catalog id, local path, or hf:org/repo/file.gguf
 //! context_length = 8192                         # optional cap
 //! chat_template_file = "template.jinja"         # optional, replaces the GGUF's template
+//! draft = "Qwen/Qwen2.5-Coder-0.5B-Instruct"   # optional: speculative decoding with this
+//!                                              # smaller model of the same vocabulary
 //! reasoning = true          # split <think>…</think> into reasoning_content (default: detected)
 //! think_start = "<think>"   # optional, the thought's tags
 //! think_end = "</think>"
@@ -114,6 +116,9 @@ pub struct ModelConfig {
     pub sub_type: Option<String>,
     pub context_length: Option<usize>,
     pub chat_template_file: Option<PathBuf>,
+    /// A local model's draft for speculative decoding: a smaller model (catalog id, path
+    /// or `hf:` spec) with the very same vocabulary.
+    pub draft: Option<String>,
     /// Split `<think>` thoughts into `reasoning_content`: `true`/`false` overrides the
     /// detection from the chat template (which finds Qwen3, DeepSeek-R1, QwQ). For upstream
     /// models, `false` passes `content` on untouched.
@@ -185,6 +190,11 @@ impl ModelConfig {
         let kind = self.kind.as_deref().unwrap_or("chat");
         if !["chat", "embedding", "reranker"].contains(&kind) {
             bail!("model `{name}`: `type` must be chat, embedding or reranker, not `{kind}`");
+        }
+        if self.draft.is_some() && self.source.is_none() {
+            bail!(
+                "model `{name}`: a `draft` speeds up a local model; an upstream drafts on its own"
+            );
         }
         if self.source.is_some() && kind != "chat" {
             bail!(
@@ -416,6 +426,10 @@ timeout_s = 30
             (
                 "[[models]]\nsource = \"a.gguf\"\ndialect = \"vllm\"\n",
                 "for upstream models",
+            ),
+            (
+                "[[models]]\nid = \"x\"\ndraft = \"d.gguf\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",
+                "drafts on its own",
             ),
         ];
         for (text, why) in refused {

@@ -132,6 +132,10 @@ struct ServeArgs {
     /// A Jinja chat template file replacing the model's own.
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// A draft model for speculative decoding (same vocabulary, smaller): a catalog id, a
+    /// local GGUF path, or `hf:org/repo/file.gguf`.
+    #[arg(long)]
+    draft: Option<String>,
     /// Split `<think>` thoughts into `reasoning_content` (default: detected from the
     /// chat template).
     #[arg(long)]
@@ -279,6 +283,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         source: Some(source.to_owned()),
         context_length: args.context_length,
         chat_template_file: args.chat_template.clone(),
+        draft: args.draft.clone(),
         reasoning: args.reasoning,
         ..ModelConfig::default()
     };

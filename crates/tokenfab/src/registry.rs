@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
+use tokenfab_engine::speculative::Draft;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_models::{ModelSpec, ResolvedModel};
@@ -91,6 +92,11 @@ fn load_local(
     if loaded.template.is_none() {
         tracing::warn!(%id, "the model has no chat template: chat requests will be refused until one is configured");
     }
+    let draft = m
+        .draft
+        .as_deref()
+        .map(|source| load_draft(&id, source, &loaded, how))
+        .transpose()?;
     let defaults = SchedulerConfig::default();
     let cfg = &how.file_cfg;
     let engine = scheduler::start(
@@ -104,6 +110,7 @@ fn load_local(
             prefix_cache_bytes: cfg
                 .prefix_cache_mb
                 .map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
+            draft,
             ..defaults
         },
     )?;
@@ -115,6 +122,33 @@ fn load_local(
             template: loaded.template,
         },
     ))
+}
+
+/// Loads `id`'s draft model from `source`, refused unless its vocabulary is the served
+/// model's.
+fn load_draft(
+    id: &str,
+    source: &str,
+    target: &LoadedModel,
+    how: &Loading,
+) -> anyhow::Result<Arc<Draft>> {
+    let spec: ModelSpec = source.parse()?;
+    let ResolvedModel { path, .. } = spec.resolve(&how.cache_dir, true)?;
+    let draft = LoadedModel::load(&path, None, None).with_context(|| {
+        format!(
+            "cannot load the draft model of `{id}` from {}",
+            path.display()
+        )
+    })?;
+    let draft = Draft::new(
+        draft.model,
+        &draft.tokenizer,
+        &target.model,
+        &target.tokenizer,
+    )
+    .with_context(|| format!("`{source}` cannot be the draft of `{id}`"))?;
+    tracing::info!(%id, draft = %source, cost = format!("{:.2}", draft.cost), "speculative decoding");
+    Ok(Arc::new(draft))
 }
 
 fn think_tags(m: &ModelConfig) -> ThinkTags {

@@ -397,16 +397,31 @@ unsafe fn rows_packed<
         let (b0, b1) = (r0 / 8, (r0 + n_rows).div_ceil(8));
         // The lanes of block `b` that fall in the requested rows, as indices into them.
         let lanes = |b: usize| (b * 8).max(r0) - r0..(b * 8 + 8).min(r0 + n_rows) - r0;
-        if n_tok == 1 {
+        if n_tok <= DIRECT_TOKENS {
+            // A few tokens (a decode step, a speculative verification): the stored weights
+            // are unpacked in registers for each group of tokens, and read once from memory.
             for b in b0..b1 {
                 let at = b * units;
-                let f = block_tokens::<D, S, U, BITS, MIN, WIDE, NL, 1>(
-                    p.q.as_ptr().add(at * stored),
-                    (sc, at),
-                    units,
-                    &[tok(0)],
-                );
-                put_tokens(&f, b * 8, r0, lanes(b), n_rows, 0, out);
+                let w = p.q.as_ptr().add(at * stored);
+                let mut t = 0;
+                macro_rules! run {
+                    ($tt:literal) => {
+                        while n_tok - t >= $tt {
+                            let toks: [Tok; $tt] = std::array::from_fn(|i| tok(t + i));
+                            let f = block_tokens::<D, S, U, BITS, MIN, WIDE, NL, $tt>(
+                                w,
+                                (sc, at),
+                                units,
+                                &toks,
+                            );
+                            put_tokens(&f, b * 8, r0, lanes(b), n_rows, t, out);
+                            t += $tt;
+                        }
+                    };
+                }
+                run!(4);
+                run!(2);
+                run!(1);
             }
             return;
         }
@@ -575,6 +590,11 @@ macro_rules! packed_entry {
 packed_entry!(packed_avx2, Avx2Dot, "avx2,fma,f16c");
 packed_entry!(packed_vnni, VnniDot, "avx2,fma,f16c,avx512vnni,avx512vl");
 
+/// Tokens up to which a matmul reads the stored weights directly (unpacking them in
+/// registers once per group of four tokens) rather than unpacking a tile of them into
+/// memory first: a handful of tokens is bound by reading the weights, more by arithmetic.
+pub(crate) const DIRECT_TOKENS: usize = 12;
+
 /// [`super::Weights::dot_rows`] for packed weights on x86-64.
 ///
 /// # Safety
@@ -587,7 +607,7 @@ pub(crate) unsafe fn dot_packed(isa: Isa, job: &Job<'_>, out: &mut [f32]) {
             unsafe {
                 match isa {
                     Isa::Avx2 => packed_avx2::<$s, $u, $bits, $min, $wide, $nl>(job, out),
-                    Isa::Vnni if job.n_tok > 1 => {
+                    Isa::Vnni if job.n_tok > DIRECT_TOKENS => {
                         super::avx512::rows_tiled::<$s, $u, $bits, $min, $nl>(job, out)
                     }
                     Isa::Vnni => packed_vnni::<$s, $u, $bits, $min, $wide, $nl>(job, out),
