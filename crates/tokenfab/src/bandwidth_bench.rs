@@ -37,8 +37,12 @@ pub fn run(args: BandwidthArgs) -> anyhow::Result<()> {
         .build()
         .context("thread pool")?;
     let words = (args.mib.max(1) << 20) / 8;
-    // Written, not just allocated: untouched pages would all read the one zero page.
-    let buf: Vec<u64> = (0..words as u64).collect();
+    // In the memory the engine keeps weights in (huge pages where the kernel gives them),
+    // and written, not just allocated: untouched pages would all read the one zero page.
+    let mut buf: Vec<u64> = tokenfab_engine::quant::streamed(words);
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = i as u64;
+    }
     let share = words.div_ceil(threads);
     let mut best = 0.0f64;
     for _ in 0..args.passes.max(1) {

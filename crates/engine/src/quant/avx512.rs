@@ -118,15 +118,36 @@ pub(crate) unsafe fn rows_tiled<
         }
         let rows = (b * 8).max(r0) - r0..(b * 8 + 16).min(r0 + n_rows) - r0;
         let first = b * 8;
+        // While this pair computes, the next one's weights stream in: its first pass over
+        // the units prefetches them, a share per unit (otherwise reading a pair and
+        // computing it take turns, and a few tokens pay for both).
+        let next = (b + 2).min(b1);
+        let ahead = (
+            next * units * stored,
+            (b + 4).min(b1).max(next) * units * stored,
+        );
+        let mut prefetch = Some(Prefetch {
+            // SAFETY: `ahead` lies inside `p.q` (blocks below b1).
+            from: unsafe { p.q.as_ptr().add(ahead.0) as *const u8 },
+            per_unit: ((ahead.1 - ahead.0) * 32).div_ceil(units.max(1)),
+        });
         let mut t = 0;
         macro_rules! run {
             ($tt:literal) => {
                 while n_tok - t >= $tt {
                     let toks: [Tok; $tt] = std::array::from_fn(|i| tok(t + i));
                     // SAFETY: the scratch holds `units` units; tokens below n_tok are
-                    // inside the activations (asserted above); features enabled here.
+                    // inside the activations (asserted above); features enabled here;
+                    // prefetches stay inside `p.q`.
                     let f = unsafe {
-                        pair_tokens::<U, MIN, $tt>(w.as_ptr(), d.as_ptr(), m.as_ptr(), units, &toks)
+                        pair_tokens::<U, MIN, $tt>(
+                            w.as_ptr(),
+                            d.as_ptr(),
+                            m.as_ptr(),
+                            units,
+                            &toks,
+                            prefetch.take(),
+                        )
                     };
                     put(&f, first, r0, rows.clone(), n_rows, t, out);
                     t += $tt;
@@ -153,11 +174,19 @@ unsafe fn pair_tokens<const U: usize, const MIN: bool, const TT: usize>(
     m: *const F16x,
     units: usize,
     toks: &[Tok; TT],
+    prefetch: Option<Prefetch>,
 ) -> [__m512; TT] {
-    // SAFETY (whole body): unit indices stay below `units` (the caller's contract).
+    // SAFETY (whole body): unit indices stay below `units` (the caller's contract);
+    // prefetches only hint, and stay inside the range the caller gave.
     unsafe {
         let mut f = [_mm512_setzero_ps(); TT];
         for u in 0..units {
+            if let Some(pf) = prefetch {
+                let start = u * pf.per_unit;
+                for line in (start..start + pf.per_unit).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.from.wrapping_add(line) as *const i8);
+                }
+            }
             let start = u * U;
             let a: [&super::BlockQ8; TT] =
                 std::array::from_fn(|t| &*toks[t].blocks.add(start / QK8));
@@ -202,6 +231,13 @@ unsafe fn pair_tokens<const U: usize, const MIN: bool, const TT: usize>(
         }
         f
     }
+}
+
+/// Bytes to prefetch while a pair computes: `per_unit` of them from `from` for each unit.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    from: *const u8,
+    per_unit: usize,
 }
 
 /// Stores `f` (token `t + i` in `f[i]`, lane `j` the row `first + j`) into the

@@ -24,6 +24,8 @@ mod blocks;
 mod kernel;
 mod packed;
 
+pub use packed::streamed;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

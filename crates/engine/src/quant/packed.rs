@@ -192,19 +192,19 @@ impl Packed {
         let n_blocks = rows.div_ceil(8);
         let n = n_blocks * units;
         let mins = if layout.has_min { n } else { 0 };
-        let mut q = vec![Reg::default(); n * layout.stored_regs()];
+        let mut q = streamed(n * layout.stored_regs());
         let mut scales = if layout.int_scales {
             let groups = n / layout.group_units();
             Scales::Int {
-                d: vec![I8x8::default(); n],
-                m: vec![I8x8::default(); mins],
-                gd: vec![F8::default(); groups],
-                gm: vec![F8::default(); if layout.has_min { groups } else { 0 }],
+                d: streamed(n),
+                m: streamed(mins),
+                gd: streamed(groups),
+                gm: streamed(if layout.has_min { groups } else { 0 }),
             }
         } else {
             Scales::Half {
-                d: vec![H8::default(); n],
-                m: vec![H8::default(); mins],
+                d: streamed(n),
+                m: streamed(mins),
             }
         };
         if rows > 0 && units > 0 {
@@ -365,6 +365,31 @@ impl Packed {
                 }
             }
     }
+}
+
+/// `n` default values in memory that decode steps stream through, backed by 2 MiB pages
+/// where the kernel allows it (Linux's transparent huge pages, asked for with `madvise`
+/// before the first write): a page walk every 4 KiB of a stream that reads a gigabyte per
+/// token is a cost of its own, and the hardware prefetchers stop at page boundaries.
+pub fn streamed<T: Copy + Default>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let (start, len) = (v.as_mut_ptr() as usize, n * std::mem::size_of::<T>());
+        let first = start.next_multiple_of(PAGE);
+        let end = (start + len) / PAGE * PAGE;
+        if end > first {
+            // SAFETY: the range lies inside `v`'s allocation, page-aligned; the advice
+            // changes how its pages are backed, never their contents. A kernel without
+            // transparent huge pages refuses it, and small pages stay: nothing to handle.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v.resize(n, T::default());
+    v
 }
 
 /// One block of eight rows' share of [`Scales`].
