@@ -206,6 +206,38 @@ for round in $(seq 1 "$rounds"); do
   stop_server
 done
 
+# Speculative decoding: one stream at a time on a code prompt, greedy, the 1.5B model with
+# Qwen2.5-Coder-0.5B as its draft, against llama-server with the same draft
+# (`--model-draft`), and both servers without a draft on the same requests.
+code_prompt="Write a Python function that checks whether a string is a palindrome, ignoring case and punctuation, with a docstring and three doctests."
+spec_rows() { # name base_url
+  "$tf" bench http --url "$2" --concurrency 1 --requests 3 --max-tokens 256 \
+    --prompt "$code_prompt" --temperature 0 --json >"$out/$1.json"
+  cat "$out/$1.json"
+}
+for round in $(seq 1 "$rounds"); do
+  for draft in none qwen; do
+    echo "== speculative round $round, draft $draft: tokenfab serve, then llama-server"
+    extra=()
+    ref_extra=()
+    if [ "$draft" = qwen ]; then
+      extra=(--draft "$qwen")
+      ref_extra=(--model-draft "$qwen")
+    fi
+    "$tf" serve --model "$coder15" "${extra[@]}" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
+    server_pid=$!
+    wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+    spec_rows "tf-$round-spec-$draft" "http://127.0.0.1:$tf_port/v1"
+    stop_server
+    "$ref_bin/llama-server" -m "$coder15" "${ref_extra[@]}" --host 127.0.0.1 --port "$ref_port" \
+      -t "$threads" -c 4096 >"$out/ref-serve.log" 2>&1 &
+    server_pid=$!
+    wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+    spec_rows "ref-$round-spec-$draft" "http://127.0.0.1:$ref_port/v1"
+    stop_server
+  done
+done
+
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" <<'PY'
@@ -300,6 +332,16 @@ rows.append(("Qwen2.5-Coder-1.5B HTTP aggregate generated tokens/s (16 streams x
 # Not against llama.cpp: decode after 512 as a fraction of the bandwidth limit (target >= 0.85).
 rows.append((f"1.5B decode / bandwidth limit ({bandwidth:.1f} GB/s over {bytes_per_token / 2**20:.0f} MiB per token; llama.cpp column: the limit)",
              c512, limit, "{:.1f}"))
+def spec(side, draft):
+    return max(load(f"{side}-{rnd}-spec-{draft}.json")["aggregate_tokens_per_s"]
+               for rnd in range(1, rounds + 1))
+rows.append(("1.5B one stream, code prompt, greedy, with the 0.5B draft (llama.cpp: llama-server --model-draft)",
+             spec("tf", "qwen"), spec("ref", "qwen"), "{:.1f}"))
+# Not against llama.cpp with a draft: tokenfab with its draft against llama-server without one (target >= 2.0).
+rows.append(("1.5B one stream with the draft / llama-server without one (llama.cpp column: without)",
+             spec("tf", "qwen"), spec("ref", "none"), "{:.1f}"))
+rows.append(("1.5B one stream, code prompt, greedy, no draft",
+             spec("tf", "none"), spec("ref", "none"), "{:.1f}"))
 ts, rs = http("tf", "http16-schema"), http("ref", "http16-schema")
 rows.append(("HTTP aggregate generated tokens/s, 16 streams x 128 with a json_schema",
              ts["aggregate_tokens_per_s"], rs["aggregate_tokens_per_s"], "{:.1f}"))
