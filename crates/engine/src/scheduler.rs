@@ -684,7 +684,7 @@ impl Scheduler {
             };
             s.draft_in.extend((from..to.max(from)).map(at));
         }
-        let model = &sp.draft.model;
+        let (model, head) = (&sp.draft.model, sp.draft.head);
         let scratch = &mut sp.scratch;
         let mut round = 0;
         loop {
@@ -710,7 +710,10 @@ impl Scheduler {
             if inputs.is_empty() {
                 break;
             }
-            let logits = match self.pool.install(|| model.forward(&mut inputs, scratch)) {
+            let logits = match self
+                .pool
+                .install(|| model.forward_head(&mut inputs, scratch, head))
+            {
                 Ok(l) => l,
                 Err(e) => {
                     // The served model decodes on alone; only this step's proposals are lost.

@@ -3,8 +3,9 @@
 //!
 //! Single-stream decode is bound by reading the weights once per step, and a step over
 //! `k + 1` tokens reads them once too, so every proposal the served model agrees with is a
-//! token for almost nothing. The draft proposes its greedy choices; the scheduler feeds the
-//! last token and the proposals to the served model with every position's logits, then
+//! token for almost nothing. The draft proposes its greedy choices (among the vocabulary's
+//! first [`DRAFT_HEAD`] tokens, a fraction of its output matrix to read); the scheduler
+//! feeds the last token and the proposals to the served model with every position's logits, then
 //! samples position after position as it would without a draft, handing the sampler each
 //! proposal ([`crate::sampler::Sampler::sample_proposed`]), and stops at the first token
 //! that differs from its proposal. So greedy output is the output without a draft, token
@@ -35,17 +36,31 @@ pub const MAX_BATCH: usize = 4;
 /// single proposal again (its acceptance may have changed with the text).
 const PAUSE_STEPS: usize = 16;
 
+/// Tokens a draft proposes among: the first ones of its vocabulary. BPE vocabularies are
+/// in merge order, most frequent first, and a small model's output matrix over 150k tokens
+/// is a third of what it reads per token (Qwen2.5-Coder-0.5B: 138 of 375 MiB), so the
+/// draft reads only the rows of the frequent tokens (FR-Spec's frequency-ranked draft
+/// head, with the vocabulary's own order for the ranking). Measured with the 1.5B model on
+/// a coding answer: the first 65536 rows kept acceptance at 0.83 (0.84 with all) and gave
+/// 60.5-61.9 tokens/s against 58.2-59.8; 32768 rows cut it to 0.68 and 53-54 tokens/s.
+pub const DRAFT_HEAD: usize = 65536;
+
 /// A draft model for a served model: checked to share its vocabulary.
 pub struct Draft {
     pub model: Arc<Model>,
+    /// The tokens it proposes among: ids below this ([`DRAFT_HEAD`]).
+    pub head: usize,
     /// A draft step's cost in served-model steps: the ratio of the bytes each reads per
-    /// token, which is what bounds both at batch 1.
+    /// token (the draft's output matrix over its head only), which bounds both at batch 1.
     pub cost: f64,
 }
 
 impl std::fmt::Debug for Draft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Draft").field("cost", &self.cost).finish()
+        f.debug_struct("Draft")
+            .field("head", &self.head)
+            .field("cost", &self.cost)
+            .finish()
     }
 }
 
@@ -75,8 +90,12 @@ impl Draft {
                 String::from_utf8_lossy(target_tokenizer.token_bytes(id)),
             )));
         }
-        let cost = model.streamed_bytes() as f64 / target.streamed_bytes().max(1) as f64;
-        Ok(Draft { model, cost })
+        let vocab = model.config.vocab_size;
+        let head = DRAFT_HEAD.min(vocab);
+        let skipped = model.head_bytes() as f64 * (1.0 - head as f64 / vocab as f64);
+        let cost =
+            (model.streamed_bytes() as f64 - skipped) / target.streamed_bytes().max(1) as f64;
+        Ok(Draft { model, head, cost })
     }
 }
 

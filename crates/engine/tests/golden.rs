@@ -112,6 +112,25 @@ fn prefill_matches_incremental(model: &Model, n: u32, keep: usize) {
         .unwrap()
         .remove(0);
     assert_eq!(every.len(), tokens.len() * vocab);
+    // A draft's head: the first logits of each row, the same values.
+    let head = model
+        .forward_head(
+            &mut [SeqInput {
+                tokens: &tokens,
+                kv: &mut model.new_kv_cache(),
+                all_logits: true,
+            }],
+            &mut scratch,
+            1000,
+        )
+        .unwrap()
+        .remove(0);
+    for (i, row) in head.chunks_exact(1000).enumerate() {
+        assert!(
+            row == &every[i * vocab..i * vocab + 1000],
+            "position {i}'s head"
+        );
+    }
     let all = every[(tokens.len() - 1) * vocab..].to_vec();
     let mut kv1 = model.new_kv_cache();
     let mut last = Vec::new();

@@ -143,7 +143,8 @@ enum Input {
     Same,
 }
 
-/// `out[t][r] = dot(w row r, x[t])` for `n_tok` rows of `x`.
+/// `out[t][r] = dot(w row r, x[t])` for `n_tok` rows of `x`, for the first
+/// `out.len() / n_tok` rows of `w` (all of them but in a draft's head).
 fn matmul(
     w: &Matrix,
     (x, input): (&[f32], Input),
@@ -156,9 +157,9 @@ fn matmul(
         &mut Option<(usize, usize)>,
     ),
 ) {
-    let (cols, rows) = (w.cols, w.rows);
+    let (cols, rows) = (w.cols, out.len() / n_tok.max(1));
     debug_assert_eq!(x.len(), n_tok * cols);
-    debug_assert_eq!(out.len(), n_tok * rows);
+    debug_assert!(rows <= w.rows && out.len() == n_tok * rows);
     if input == Input::New {
         // Whatever `q8` holds is another input's, even at the same address (a buffer
         // rewritten since, as `xn` is layer after layer).
@@ -370,7 +371,20 @@ impl Model {
         batch: &mut [SeqInput<'_>],
         scratch: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.forward_head(batch, scratch, self.config.vocab_size)
+    }
+
+    /// [`Model::forward`] with the logits of the first `head` tokens of the vocabulary
+    /// only (the same values as theirs in the full logits): a draft model that proposes
+    /// among the frequent tokens reads a fraction of its output matrix.
+    pub fn forward_head(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        scratch: &mut Scratch,
+        head: usize,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.config;
+        let head = head.clamp(1, c.vocab_size);
         for item in batch.iter() {
             if item.tokens.is_empty() {
                 return Err(EngineError::BadRequest(
@@ -456,7 +470,7 @@ impl Model {
         debug_assert_eq!(s.last.len(), n_out * d);
         let xn = resize(&mut s.xn, n_out * d);
         rms_norm(&s.last, &self.output_norm, c.rms_eps, xn);
-        let logits = resize(&mut s.logits, n_out * c.vocab_size);
+        let logits = resize(&mut s.logits, n_out * head);
         matmul(
             &self.output,
             (xn, Input::New),
@@ -474,7 +488,7 @@ impl Model {
         Ok(wanted
             .iter()
             .map(|&n| {
-                let (item, tail) = rest.split_at(n * c.vocab_size);
+                let (item, tail) = rest.split_at(n * head);
                 rest = tail;
                 item.to_vec()
             })

@@ -601,6 +601,11 @@ impl Model {
         self.weight_bytes() - self.tok_embd.as_ref().map_or(0, |e| e.bytes())
     }
 
+    /// Bytes of the output matrix (the LM head).
+    pub fn head_bytes(&self) -> usize {
+        self.output.bytes()
+    }
+
     /// Bytes of weights held, for logs and memory accounting.
     pub fn weight_bytes(&self) -> usize {
         let m = |m: &Matrix| m.bytes();
