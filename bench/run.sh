@@ -139,6 +139,23 @@ stop_server() {
   server_pid=""
 }
 
+# Starts one server on its loopback port and waits until it answers.
+start_tf() { # model [serve flags...]
+  local model=$1
+  shift
+  "$tf" serve --model "$model" "$@" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+}
+start_ref() { # model [llama-server flags...]
+  local model=$1
+  shift
+  "$ref_bin/llama-server" -m "$model" "$@" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
+    >"$out/ref-serve.log" 2>&1 &
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+}
+
 # HTTP rows for one server already listening: 16 streams (aggregate tokens/s, peak RSS
 # over that run), then 8 streams for 24 requests (time to first token; a closed loop, so
 # later requests arrive while others decode, as they would in use).
@@ -172,17 +189,12 @@ model_id() { # base_url
 # figure per row (its worst for peak RSS).
 for round in $(seq 1 "$rounds"); do
   echo "== HTTP round $round: tokenfab serve"
-  "$tf" serve --model "$smol" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
-  server_pid=$!
-  wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+  start_tf "$smol"
   http_rows "tf-$round" "http://127.0.0.1:$tf_port/v1"
   stop_server
 
   echo "== HTTP round $round: llama-server --parallel 16"
-  "$ref_bin/llama-server" -m "$smol" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
-    --parallel 16 -c "$ref_ctx" >"$out/ref-serve.log" 2>&1 &
-  server_pid=$!
-  wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+  start_ref "$smol" --parallel 16 -c "$ref_ctx"
   http_rows "ref-$round" "http://127.0.0.1:$ref_port/v1"
   stop_server
 done
@@ -195,15 +207,10 @@ coder15_http16() { # name base_url
 }
 for round in $(seq 1 "$rounds"); do
   echo "== HTTP round $round, coder15: tokenfab serve, then llama-server --parallel 16"
-  "$tf" serve --model "$coder15" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
-  server_pid=$!
-  wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+  start_tf "$coder15"
   coder15_http16 "tf-$round" "http://127.0.0.1:$tf_port/v1"
   stop_server
-  "$ref_bin/llama-server" -m "$coder15" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
-    --parallel 16 -c "$ref_ctx" >"$out/ref-serve.log" 2>&1 &
-  server_pid=$!
-  wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+  start_ref "$coder15" --parallel 16 -c "$ref_ctx"
   coder15_http16 "ref-$round" "http://127.0.0.1:$ref_port/v1"
   stop_server
 done
@@ -226,15 +233,10 @@ for round in $(seq 1 "$rounds"); do
       extra=(--draft "$qwen")
       ref_extra=(--model-draft "$qwen")
     fi
-    "$tf" serve --model "$coder15" "${extra[@]}" --port "$tf_port" --threads "$threads" >"$out/tf-serve.log" 2>&1 &
-    server_pid=$!
-    wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/tf-serve.log"
+    start_tf "$coder15" "${extra[@]}"
     spec_rows "tf-$round-spec-$draft" "http://127.0.0.1:$tf_port/v1"
     stop_server
-    "$ref_bin/llama-server" -m "$coder15" "${ref_extra[@]}" --host 127.0.0.1 --port "$ref_port" \
-      -t "$threads" -c 4096 >"$out/ref-serve.log" 2>&1 &
-    server_pid=$!
-    wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
+    start_ref "$coder15" "${ref_extra[@]}" -c 4096
     spec_rows "ref-$round-spec-$draft" "http://127.0.0.1:$ref_port/v1"
     stop_server
   done
