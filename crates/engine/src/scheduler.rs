@@ -318,6 +318,16 @@ struct Sequence {
     verify: Vec<u32>,
 }
 
+/// What sampling a step's tokens reads besides the sequence: shared by every sequence of
+/// the step, on whichever math thread it runs.
+#[derive(Clone, Copy)]
+struct StepCx<'a> {
+    tokenizer: &'a Tokenizer,
+    /// The tokens that close a thought whose budget is spent.
+    close_tokens: &'a [u32],
+    counters: Option<&'a Counters>,
+}
+
 /// The draft model's share of the engine thread: its working memory and prefix cache.
 struct Speculation {
     draft: Arc<Draft>,
@@ -547,11 +557,11 @@ impl Scheduler {
         // order).
         let prefilling: Vec<bool> = self.running.iter().map(|s| s.last.is_none()).collect();
         let vocab = self.model.config.vocab_size;
-        let counters = self.speculation.as_ref().map(|sp| &*sp.counters);
-        let (tokenizer, close_tokens) = (
-            &self.tokenizer,
-            self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
-        );
+        let cx = StepCx {
+            tokenizer: &self.tokenizer,
+            close_tokens: self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
+            counters: self.speculation.as_ref().map(|sp| &*sp.counters),
+        };
         let outcomes: Vec<Option<()>> = self.pool.install(|| {
             self.running
                 .par_iter_mut()
@@ -586,9 +596,9 @@ impl Scheduler {
                     let end = if s.req.max_tokens == 0 {
                         Ok(FinishReason::Length)
                     } else if !s.verify.is_empty() {
-                        Self::verify(s, logits, tokenizer, buf, close_tokens, counters)?
+                        Self::verify(s, logits, cx, buf)?
                     } else {
-                        Self::advance(s, logits, tokenizer, buf, close_tokens, None)?
+                        Self::advance(s, logits, cx, buf, None)?
                     };
                     let _ = s.events.send(match end {
                         Ok(reason) => Event::Finished {
@@ -626,15 +636,13 @@ impl Scheduler {
         self.prefix.insert(&tokens, &s.kv);
         if let (Some(sp), Some(d)) = (&mut self.speculation, &s.drafting) {
             sp.prefix.insert(&tokens, &d.kv);
-            if d.steps > 0 {
+            let t = &d.tally;
+            if t.steps > 0 {
                 tracing::info!(
-                    proposed = d.proposed_total,
-                    accepted = d.accepted_total,
-                    acceptance = format!(
-                        "{:.2}",
-                        d.accepted_total as f64 / d.proposed_total.max(1) as f64
-                    ),
-                    tokens_per_step = format!("{:.2}", d.produced as f64 / d.steps as f64),
+                    proposed = t.proposed,
+                    accepted = t.accepted,
+                    acceptance = format!("{:.2}", t.acceptance()),
+                    tokens_per_step = format!("{:.2}", t.tokens_per_step()),
                     "speculative decoding"
                 );
             }
@@ -650,40 +658,12 @@ impl Scheduler {
         let Some(sp) = &mut self.speculation else {
             return;
         };
-        let decoding = self.running.iter().filter(|s| s.last.is_some()).count();
-        let mut wanted = vec![0usize; self.running.len()];
-        for (s, k) in self.running.iter_mut().zip(wanted.iter_mut()) {
-            let Some(d) = &mut s.drafting else {
-                continue;
-            };
-            let known = s.req.prompt.len() + s.sampled.len();
-            s.draft_in.clear();
-            let from = d.kv.len();
-            let to = match s.last {
-                None => (s.fed + s.chunk(chunk)).min(s.req.prompt.len()),
-                Some(_) => {
-                    let caught_up = known - from <= chunk;
-                    if decoding <= MAX_BATCH && caught_up && s.forced.is_empty() {
-                        // Every proposal and the token after them count against max_tokens.
-                        let room = s.req.max_tokens.saturating_sub(s.generated + 1);
-                        *k = d.proposals(sp.draft.cost, room);
-                    }
-                    if *k == 0 && caught_up {
-                        // Not proposing: the draft catches up when it next does.
-                        continue;
-                    }
-                    known.min(from + chunk)
-                }
-            };
-            let (prompt, sampled) = (&s.req.prompt, &s.sampled);
-            let at = |p: usize| {
-                prompt
-                    .get(p)
-                    .copied()
-                    .unwrap_or_else(|| sampled[p - prompt.len()])
-            };
-            s.draft_in.extend((from..to.max(from)).map(at));
-        }
+        let speculate = self.running.iter().filter(|s| s.last.is_some()).count() <= MAX_BATCH;
+        let mut wanted: Vec<usize> = self
+            .running
+            .iter_mut()
+            .map(|s| s.plan_draft(chunk, speculate, sp.draft.cost))
+            .collect();
         let (model, head) = (&sp.draft.model, sp.draft.head);
         let scratch = &mut sp.scratch;
         let mut round = 0;
@@ -752,10 +732,8 @@ impl Scheduler {
     fn verify(
         s: &mut Sequence,
         logits: &mut [f32],
-        tokenizer: &Tokenizer,
+        cx: StepCx<'_>,
         buf: &mut Vec<f32>,
-        close_tokens: &[u32],
-        counters: Option<&Counters>,
     ) -> Option<Result<FinishReason, String>> {
         let input = std::mem::take(&mut s.verify);
         let vocab = logits.len() / input.len();
@@ -765,7 +743,7 @@ impl Scheduler {
         let end = loop {
             let proposal = input.get(i + 1).copied();
             let row = &mut logits[i * vocab..(i + 1) * vocab];
-            if let Some(end) = Self::advance(s, row, tokenizer, buf, close_tokens, proposal) {
+            if let Some(end) = Self::advance(s, row, cx, buf, proposal) {
                 break Some(end);
             }
             if proposal.is_none() || s.last != proposal {
@@ -775,7 +753,7 @@ impl Scheduler {
         };
         // Positions base..=base + i hold the last token and the i proposals taken.
         s.kv.truncate(base + i + 1);
-        if let (Some(d), Some(all)) = (&mut s.drafting, counters) {
+        if let (Some(d), Some(all)) = (&mut s.drafting, cx.counters) {
             d.kv.truncate(d.kv.len().min(base + i + 1));
             d.record(proposed, i, i + 1, all);
         }
@@ -790,11 +768,11 @@ impl Scheduler {
     fn advance(
         s: &mut Sequence,
         logits: &mut [f32],
-        tokenizer: &Tokenizer,
+        cx: StepCx<'_>,
         buf: &mut Vec<f32>,
-        close_tokens: &[u32],
         proposal: Option<u32>,
     ) -> Option<Result<FinishReason, String>> {
+        let (tokenizer, close_tokens) = (cx.tokenizer, cx.close_tokens);
         // Log-probabilities describe the model's distribution, before the sampler's changes.
         if s.req.logprobs.is_some() {
             log_softmax(logits, buf);
@@ -899,6 +877,44 @@ impl Scheduler {
 }
 
 impl Sequence {
+    /// Fills `draft_in` with what the draft's cache lacks this step (the served model's
+    /// prompt chunk, or the generated tokens since it last drafted, a chunk at most) and
+    /// returns how many tokens to propose after them: none while prefilling, catching up,
+    /// feeding a forced token, or when `speculate` is off (the batch is too large).
+    fn plan_draft(&mut self, chunk: usize, speculate: bool, cost: f64) -> usize {
+        self.draft_in.clear();
+        let Some(d) = &mut self.drafting else {
+            return 0;
+        };
+        let (from, known) = (d.kv.len(), self.req.prompt.len() + self.sampled.len());
+        let mut k = 0;
+        let to = match self.last {
+            None => (self.fed + self.chunk(chunk)).min(self.req.prompt.len()),
+            Some(_) => {
+                let caught_up = known - from <= chunk;
+                if speculate && caught_up && self.forced.is_empty() {
+                    // Every proposal and the token after them count against max_tokens.
+                    let room = self.req.max_tokens.saturating_sub(self.generated + 1);
+                    k = d.proposals(cost, room);
+                }
+                if k == 0 && caught_up {
+                    // Not proposing: the draft catches up when it next does.
+                    return 0;
+                }
+                known.min(from + chunk)
+            }
+        };
+        let (prompt, sampled) = (&self.req.prompt, &self.sampled);
+        let at = |p: usize| {
+            prompt
+                .get(p)
+                .copied()
+                .unwrap_or_else(|| sampled[p - prompt.len()])
+        };
+        self.draft_in.extend((from..to.max(from)).map(at));
+        k
+    }
+
     /// Prompt tokens to feed this step: a chunk, a smaller one when the prompt's logprobs
     /// are wanted (every position's logits are kept, a vocabulary's worth of floats each).
     fn chunk(&self, chunk: usize) -> usize {

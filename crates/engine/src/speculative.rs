@@ -110,11 +110,33 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(&self, proposed: usize, accepted: usize, produced: usize) {
-        self.proposed.fetch_add(proposed, Ordering::Relaxed);
-        self.accepted.fetch_add(accepted, Ordering::Relaxed);
-        self.steps.fetch_add(1, Ordering::Relaxed);
-        self.produced.fetch_add(produced, Ordering::Relaxed);
+    fn add(&self, step: &Tally) {
+        self.proposed.fetch_add(step.proposed, Ordering::Relaxed);
+        self.accepted.fetch_add(step.accepted, Ordering::Relaxed);
+        self.steps.fetch_add(step.steps, Ordering::Relaxed);
+        self.produced.fetch_add(step.produced, Ordering::Relaxed);
+    }
+}
+
+/// [`Counters`]' figures for one sequence (or one verifying step).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Tally {
+    pub proposed: usize,
+    pub accepted: usize,
+    /// Served-model steps that verified proposals, and the tokens they produced.
+    pub steps: usize,
+    pub produced: usize,
+}
+
+impl Tally {
+    /// The share of proposals taken.
+    pub(crate) fn acceptance(&self) -> f64 {
+        self.accepted as f64 / self.proposed.max(1) as f64
+    }
+
+    /// Tokens per verifying step.
+    pub(crate) fn tokens_per_step(&self) -> f64 {
+        self.produced as f64 / self.steps.max(1) as f64
     }
 }
 
@@ -127,11 +149,7 @@ pub(crate) struct Drafting {
     decided: f64,
     /// Steps left without drafting.
     paused: usize,
-    pub proposed_total: usize,
-    pub accepted_total: usize,
-    /// Served-model steps that verified proposals, and the tokens they produced.
-    pub steps: usize,
-    pub produced: usize,
+    pub tally: Tally,
 }
 
 impl Drafting {
@@ -143,10 +161,7 @@ impl Drafting {
             accepted: 1.4,
             decided: 2.0,
             paused: 0,
-            proposed_total: 0,
-            accepted_total: 0,
-            steps: 0,
-            produced: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -179,16 +194,21 @@ impl Drafting {
         produced: usize,
         all: &Counters,
     ) {
-        all.add(proposed, accepted, produced);
+        let step = Tally {
+            proposed,
+            accepted,
+            steps: 1,
+            produced,
+        };
+        all.add(&step);
+        let t = &mut self.tally;
+        (t.proposed, t.accepted) = (t.proposed + proposed, t.accepted + accepted);
+        (t.steps, t.produced) = (t.steps + 1, t.produced + produced);
         const DECAY: f64 = 0.9;
         // The first refusal ends the run: later proposals were never decided.
         let decided = accepted + usize::from(accepted < proposed);
         self.accepted = self.accepted * DECAY + accepted as f64;
         self.decided = self.decided * DECAY + decided as f64;
-        self.proposed_total += proposed;
-        self.accepted_total += accepted;
-        self.steps += 1;
-        self.produced += produced;
     }
 }
 
@@ -244,8 +264,8 @@ mod tests {
         assert!(d.rate() > 0.9);
         assert!(d.proposals(0.35, 100) >= 3);
         assert_eq!(d.proposals(0.35, 2), 2, "no more than the room left");
-        assert_eq!(d.proposed_total, 20 * 4 + 30 * 4);
-        assert_eq!(d.accepted_total, 30 * 4);
+        assert_eq!(d.tally.proposed, 20 * 4 + 30 * 4);
+        assert_eq!(d.tally.accepted, 30 * 4);
         assert_eq!(all.steps.load(Ordering::Relaxed), 50);
         assert_eq!(all.produced.load(Ordering::Relaxed), 20 + 30 * 5);
     }
