@@ -2,7 +2,7 @@
 //! answers exactly as it does alone (greedy, whole and streamed), and a draft of another
 //! vocabulary stops the server at start with the reason. (The engine's tests prove the
 //! token-for-token identity while proposals are made and refused; this proves the
-//! configuration reaches the engine.)
+//! configuration reaches the engine: the served log shows the draft's proposals.)
 
 mod common;
 
@@ -34,7 +34,11 @@ fn a_served_draft_changes_no_answer() {
         }
     }
     std::fs::write(dir.join("tokenfab.toml"), config).unwrap();
-    let s = Server::start(&["--config", dir.join("tokenfab.toml").to_str().unwrap()]);
+    let log = dir.join("serve.log");
+    let s = Server::start_logged(
+        &["--config", dir.join("tokenfab.toml").to_str().unwrap()],
+        &log,
+    );
     run(async {
         let ask = |model: &str| {
             json!({"model": model, "max_tokens": 60, "temperature": 0,
@@ -63,6 +67,29 @@ fn a_served_draft_changes_no_answer() {
             alone["choices"][0]["message"]["content"].as_str().unwrap()
         );
     });
+    // The same answers prove nothing unless the draft ran: the engine logs what each
+    // drafted sequence proposed when it ends (the undrafted model logs no such line).
+    let proposed = drafted_sequences(&log);
+    assert_eq!(proposed.len(), 2, "two drafted answers, whole and streamed");
+    assert!(proposed.iter().all(|&n| n > 0), "{proposed:?}");
+}
+
+/// `proposed` of each "speculative decoding" line in a server's log, waiting a little for
+/// the lines of sequences that have just answered (they are logged as they retire).
+fn drafted_sequences(log: &std::path::Path) -> Vec<usize> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let proposed: Vec<usize> = text
+            .lines()
+            .filter(|l| l.contains("speculative decoding"))
+            .filter_map(|l| l.split("proposed=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        if proposed.len() >= 2 || std::time::Instant::now() > deadline {
+            return proposed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -48,14 +48,28 @@ impl Server {
 
     /// As [`Server::start`], on a given port (a restart under the same instance name).
     pub fn start_on(port: u16, extra: &[&str]) -> Server {
+        Self::start_with(port, extra, None)
+    }
+
+    /// As [`Server::start`], with the server's log at `info` written to `log`, for tests
+    /// that check what it reports.
+    pub fn start_logged(extra: &[&str], log: &std::path::Path) -> Server {
+        Self::start_with(free_port(), extra, Some(log))
+    }
+
+    fn start_with(port: u16, extra: &[&str], log: Option<&std::path::Path>) -> Server {
         let own_db = (!extra.contains(&"--database")).then(|| temp_db("server"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
         cmd.args(["serve", "--port", &port.to_string(), "--threads", "2"])
             .args(extra)
-            .env("RUST_LOG", "warn")
             .env_remove("TOKENFAB_DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::null());
+        match log {
+            Some(path) => cmd
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(path).expect("create the server's log")),
+            None => cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+        };
         if let Some(db) = &own_db {
             cmd.arg("--database").arg(db.sqlite_url());
         }
