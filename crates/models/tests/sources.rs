@@ -92,6 +92,10 @@ fn catalog_cache_layout() {
             "google/gemma-3-270m",
             "google--gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
         ),
+        (
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "sentence-transformers--all-MiniLM-L6-v2/model.safetensors",
+        ),
     ];
     assert_eq!(catalog().len(), expected.len());
     for (id, rel) in expected {

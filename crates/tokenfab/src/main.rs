@@ -191,28 +191,36 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::List(cache) => {
             let dir = cache.dir();
             println!(
-                "{:<36} {:<8} {:<7} {:>8}  {:<6} runs here",
+                "{:<40} {:<8} {:<7} {:>8}  {:<6} runs here",
                 "id", "arch", "format", "size", "cached"
             );
             for e in catalog() {
                 let spec: ModelSpec = e.id.parse()?;
                 let cached = spec.is_cached(&dir);
+                let encoder = e.file_name.ends_with(".safetensors");
                 let runs = if cached {
-                    // The file itself, header only: its real tensor types and shapes.
+                    // The file itself, header only: its real tensor types and shapes (an
+                    // encoder's configuration).
                     let file = e.cache_path(&dir);
-                    match tokenfab_engine::gguf::GgufFile::open(&file)
-                        .and_then(|g| tokenfab_engine::model::check(&g))
-                    {
+                    let checked = if encoder {
+                        tokenfab_engine::encoder::Encoder::config_of(&file).map(|_| ())
+                    } else {
+                        tokenfab_engine::gguf::GgufFile::open(&file)
+                            .and_then(|g| tokenfab_engine::model::check(&g))
+                    };
+                    match checked {
                         Ok(()) => "yes".to_string(),
                         Err(why) => format!("no: {why}"),
                     }
-                } else if tokenfab_engine::model::supports_architecture(e.architecture) {
+                } else if tokenfab_engine::model::supports_architecture(e.architecture)
+                    || encoder && tokenfab_engine::encoder::supports_architecture(e.architecture)
+                {
                     "yes (by architecture; fetch to check the file)".to_string()
                 } else {
                     format!("no: architecture `{}` is not supported", e.architecture)
                 };
                 println!(
-                    "{:<36} {:<8} {:<7} {:>5} MB  {:<6} {runs}",
+                    "{:<40} {:<8} {:<7} {:>5} MB  {:<6} {runs}",
                     e.id,
                     e.architecture,
                     e.format,

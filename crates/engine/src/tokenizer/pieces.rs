@@ -15,7 +15,7 @@ pub(super) struct Pieces {
 impl Pieces {
     pub(super) fn build(vocab: &Vocab, model: &Model) -> Pieces {
         let (escape, byte_level) = match model {
-            Model::Spm => (true, false),
+            Model::Spm | Model::WordPiece(_) => (true, false),
             Model::Bpe(b) => (b.escape_whitespace(), b.config().byte_encode),
         };
         // GPT-2 char -> byte.

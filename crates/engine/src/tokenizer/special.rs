@@ -116,6 +116,18 @@ impl Specials {
     }
 }
 
+impl Specials {
+    /// The special tokens of a vocabulary whose control tokens are already marked (a
+    /// Hugging Face `tokenizer.json`'s added tokens): cut out as they are, ending nothing
+    /// (an encoder generates no text).
+    pub(super) fn marked(vocab: &Vocab) -> Specials {
+        Specials {
+            partition: partition_list(vocab),
+            eog: HashSet::new(),
+        }
+    }
+}
+
 /// The tokens besides EOS that end generation, by their `*_token_id` keys or else found by
 /// text.
 struct Ends {

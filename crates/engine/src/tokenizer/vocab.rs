@@ -116,6 +116,24 @@ impl Vocab {
         })
     }
 
+    /// A vocabulary of these texts and attributes by id (no scores), for a tokenizer read
+    /// from elsewhere than a GGUF file; a text listed twice maps to its first id.
+    pub(super) fn from_parts(tokens: Vec<String>, attrs: Vec<u16>) -> Vocab {
+        let mut text_to_id: HashMap<String, u32, VocabHash> =
+            HashMap::with_capacity_and_hasher(tokens.len(), VocabHash::default());
+        for (i, t) in tokens.iter().enumerate() {
+            text_to_id.entry(t.clone()).or_insert(i as u32);
+        }
+        let byte_tokens = byte_tokens(&text_to_id);
+        Vocab {
+            scores: vec![0.0; tokens.len()],
+            tokens,
+            text_to_id,
+            attrs,
+            byte_tokens,
+        }
+    }
+
     /// The id that the key `tokenizer.ggml.<key>` names, if the file has it; an id outside
     /// the vocabulary is ignored, with a warning.
     pub(super) fn key_id(&self, g: &GgufFile, key: &str) -> Option<u32> {

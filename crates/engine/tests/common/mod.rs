@@ -72,3 +72,12 @@ pub fn gemma_path() -> PathBuf {
         "google--gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
     )
 }
+
+/// all-MiniLM-L6-v2's `model.safetensors` (its directory holds the tokenizer and the
+/// sentence-transformers configuration): the BERT encoder.
+pub fn minilm_path() -> PathBuf {
+    model_path(
+        "TOKENFAB_TEST_MINILM",
+        "sentence-transformers--all-MiniLM-L6-v2/model.safetensors",
+    )
+}

@@ -1,0 +1,269 @@
+//! The BERT encoder's forward pass over packed sequences: every sequence's tokens one
+//! after the other in one matrix, so a batch of sentences of different lengths pays for
+//! its tokens and nothing else (no padding, no mask). The dense layers run over all of
+//! them at once; attention runs per sequence, each attending only to itself.
+//!
+//! The layer is BERT's as Hugging Face's `BertModel` computes it: embeddings (word,
+//! absolute position, token type) and a LayerNorm, then per layer self-attention with
+//! biases, a residual and a LayerNorm after it (post-norm), a GELU feed-forward, a residual
+//! and a LayerNorm again. The matrix products are the `gemm` crate's (f32, blocked and
+//! vectorized for the CPU it runs on, split over the rayon pool).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::EncoderConfig;
+
+/// A dense layer: `rows` outputs of `cols` inputs, row-major (as PyTorch stores
+/// `Linear.weight`), and its bias.
+pub(crate) struct Linear {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub(crate) struct Norm {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+pub(crate) struct Layer {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub attn_norm: Norm,
+    pub up: Linear,
+    pub down: Linear,
+    pub out_norm: Norm,
+}
+
+/// The weights of a BERT encoder.
+pub(crate) struct Bert {
+    /// `vocab × width`, `positions × width`, `types × width`.
+    pub word: Vec<f32>,
+    pub position: Vec<f32>,
+    pub token_type: Vec<f32>,
+    pub embd_norm: Norm,
+    pub layers: Vec<Layer>,
+}
+
+/// One sequence of a packed batch: its tokens and, for a pair (a cross-encoder's query
+/// and document), the token types (0 for the first segment, 1 for the second).
+pub struct Segmented<'a> {
+    pub tokens: &'a [u32],
+    /// Token types, one per token; empty means all 0.
+    pub types: &'a [u32],
+}
+
+impl Bert {
+    /// The last layer's hidden states of every token of `seqs`, packed in order
+    /// (`Σ len × width` floats). Token ids and types must be inside the tables and every
+    /// sequence no longer than the position table (the caller checks).
+    pub(crate) fn forward(&self, c: &EncoderConfig, seqs: &[Segmented<'_>]) -> Vec<f32> {
+        let d = c.width;
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let mut x = vec![0.0f32; n * d];
+        let mut row = 0;
+        for s in seqs {
+            for (p, &t) in s.tokens.iter().enumerate() {
+                let ty = s.types.get(p).copied().unwrap_or(0) as usize;
+                let pos = (p + c.position_offset) * d;
+                let out = &mut x[row * d..(row + 1) * d];
+                let word = &self.word[t as usize * d..(t as usize + 1) * d];
+                for i in 0..d {
+                    out[i] = word[i] + self.position[pos + i] + self.token_type[ty * d + i];
+                }
+                row += 1;
+            }
+        }
+        layer_norm_rows(&mut x, d, &self.embd_norm, c.norm_eps);
+
+        let spans: Vec<(usize, usize)> = seqs
+            .iter()
+            .scan(0, |start, s| {
+                let span = (*start, s.tokens.len());
+                *start += s.tokens.len();
+                Some(span)
+            })
+            .collect();
+        let (mut q, mut k, mut v) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
+        let mut att = vec![0.0; n * d];
+        let mut proj = vec![0.0; n * d];
+        let mut hidden = vec![0.0; n * c.ffn];
+        for l in &self.layers {
+            linear(&x, n, &l.q, &mut q);
+            linear(&x, n, &l.k, &mut k);
+            linear(&x, n, &l.v, &mut v);
+            attention(c, &spans, (&q, &k, &v), &mut att);
+            linear(&att, n, &l.o, &mut proj);
+            add_norm(&mut x, &proj, d, &l.attn_norm, c.norm_eps);
+            linear(&x, n, &l.up, &mut hidden);
+            hidden
+                .par_chunks_mut(4096)
+                .for_each(|h| h.iter_mut().for_each(|v| *v = gelu(*v)));
+            linear(&hidden, n, &l.down, &mut proj);
+            add_norm(&mut x, &proj, d, &l.out_norm, c.norm_eps);
+        }
+        x
+    }
+}
+
+/// `out[t] = x[t] · wᵀ + b` for the `n` rows of `x`.
+fn linear(x: &[f32], n: usize, w: &Linear, out: &mut [f32]) {
+    let (k, m) = (w.cols, w.rows);
+    assert!(x.len() >= n * k && out.len() >= n * m && w.w.len() == m * k);
+    // SAFETY: dst is n×m row-major in `out`, lhs n×k row-major in `x`, rhs k×m with
+    // element (i, j) at w[j·k + i]; the lengths were checked above.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        )
+    };
+    out[..n * m]
+        .par_chunks_mut(m)
+        .for_each(|r| r.iter_mut().zip(&w.b).for_each(|(o, b)| *o += b));
+}
+
+/// Multi-head self-attention of every sequence over itself. Tasks are (head, sequence)
+/// pairs, each writing its own head's columns of its own rows: the output is gathered
+/// head-major first (one contiguous block per head) and then interleaved.
+fn attention(
+    c: &EncoderConfig,
+    spans: &[(usize, usize)],
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    out: &mut [f32],
+) {
+    let (d, hd) = (c.width, c.width / c.heads);
+    let n: usize = spans.iter().map(|s| s.1).sum();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut by_head = vec![0.0f32; n * d];
+    by_head
+        .par_chunks_mut(n * hd)
+        .enumerate()
+        .for_each(|(h, head_out)| {
+            let mut scores = Vec::new();
+            for &(start, len) in spans {
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                let col = h * hd;
+                // SAFETY: scores is len×len row-major; Q and K rows start..start+len,
+                // columns col..col+hd of the n×d matrices; the output block is this
+                // head's len×hd rows at `start`. All inside the slices' lengths.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        len,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q.as_ptr().add(start * d + col),
+                        1,
+                        d as isize,
+                        k.as_ptr().add(start * d + col),
+                        d as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for r in scores.chunks_exact_mut(len) {
+                    let m = r.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut z = 0.0;
+                    for s in r.iter_mut() {
+                        *s = (*s - m).exp();
+                        z += *s;
+                    }
+                    let inv = 1.0 / z;
+                    r.iter_mut().for_each(|s| *s *= inv);
+                }
+                let dst = &mut head_out[start * hd..(start + len) * hd];
+                // SAFETY: as above; dst is len×hd row-major, V's block like K's.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        hd,
+                        len,
+                        dst.as_mut_ptr(),
+                        1,
+                        hd as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v.as_ptr().add(start * d + col),
+                        1,
+                        d as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        });
+    out[..n * d]
+        .par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (h, part) in row.chunks_exact_mut(hd).enumerate() {
+                part.copy_from_slice(&by_head[h * n * hd + t * hd..h * n * hd + (t + 1) * hd]);
+            }
+        });
+}
+
+/// `x = LayerNorm(x + y)` row by row.
+fn add_norm(x: &mut [f32], y: &[f32], d: usize, norm: &Norm, eps: f32) {
+    x.par_chunks_mut(d).zip(y.par_chunks(d)).for_each(|(x, y)| {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        layer_norm(x, norm, eps);
+    });
+}
+
+fn layer_norm_rows(x: &mut [f32], d: usize, norm: &Norm, eps: f32) {
+    x.par_chunks_mut(d).for_each(|r| layer_norm(r, norm, eps));
+}
+
+/// `(x - mean) / sqrt(var + eps) · w + b`, the statistics in f64 (a row is short; this
+/// keeps them exact whatever the row's scale).
+fn layer_norm(x: &mut [f32], norm: &Norm, eps: f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for ((v, w), b) in x.iter_mut().zip(&norm.w).zip(&norm.b) {
+        *v = ((*v as f64 - mean) * inv) as f32 * w + b;
+    }
+}
+
+/// GELU with the error function, what Hugging Face's `"gelu"` is.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}

@@ -1,0 +1,189 @@
+//! Encoder models: text in, one vector per input out (embeddings), batched without
+//! padding.
+//!
+//! Layout: this file holds [`Encoder`] (configuration, tokenizer, weights) and its
+//! pooling; `hf.rs` reads a Hugging Face model directory (`config.json`,
+//! `model.safetensors`, `tokenizer.json` and sentence-transformers' pooling and
+//! normalization modules); `bert.rs` is the forward pass over packed sequences.
+
+mod bert;
+mod hf;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::EngineError;
+use crate::tokenizer::Tokenizer;
+
+pub use bert::Segmented;
+
+/// How one vector is made of a sequence's hidden states (sentence-transformers'
+/// `Pooling` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every token, `[CLS]` and `[SEP]` included.
+    Mean,
+    /// The first token's (`[CLS]`).
+    Cls,
+    /// The last token's.
+    Last,
+}
+
+impl Pooling {
+    pub fn parse(s: &str) -> Option<Pooling> {
+        match s {
+            "mean" => Some(Pooling::Mean),
+            "cls" => Some(Pooling::Cls),
+            "last" => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
+}
+
+/// An encoder's shapes and what makes its vectors.
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    /// The model family (`bert`).
+    pub arch: String,
+    pub width: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    /// Rows of the position table, and where the first position's row is in it
+    /// (RoBERTa-style models skip the padding index's rows).
+    pub positions: usize,
+    pub position_offset: usize,
+    pub token_types: usize,
+    pub norm_eps: f32,
+    /// The longest input in tokens, `[CLS]` and `[SEP]` included: sentence-transformers'
+    /// `max_seq_length` where the model has one, else what the position table holds.
+    pub context_length: usize,
+    pub pooling: Pooling,
+    /// Whether vectors are scaled to unit length (a `Normalize` module).
+    pub normalize: bool,
+}
+
+/// A loaded encoder: immutable, shared between threads behind an `Arc`.
+pub struct Encoder {
+    pub config: EncoderConfig,
+    pub tokenizer: Arc<Tokenizer>,
+    bert: bert::Bert,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Loads a Hugging Face encoder directory, or its `model.safetensors` (the directory
+    /// is the file's).
+    pub fn load(path: &std::path::Path) -> Result<Encoder, EngineError> {
+        hf::load(path)
+    }
+
+    /// The configuration of the encoder at `path`, read without its weights: whether
+    /// tokenfab runs it, and its shapes.
+    pub fn config_of(path: &std::path::Path) -> Result<EncoderConfig, EngineError> {
+        hf::config_of(path)
+    }
+
+    /// The vector of each token sequence (each framed as the tokenizer frames it, at
+    /// most [`EncoderConfig::context_length`] long, ids inside the vocabulary): pooled and,
+    /// if the model says so, normalized. All sequences run in one packed pass.
+    pub fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let segmented: Vec<Segmented<'_>> = seqs
+            .iter()
+            .map(|tokens| Segmented { tokens, types: &[] })
+            .collect();
+        self.check(&segmented)?;
+        let hidden = self.bert.forward(&self.config, &segmented);
+        let d = self.config.width;
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for s in seqs {
+            starts.push(at);
+            at += s.len();
+        }
+        Ok(seqs
+            .par_iter()
+            .zip(starts)
+            .map(|(s, start)| {
+                let rows = &hidden[start * d..(start + s.len()) * d];
+                let mut v = match self.config.pooling {
+                    Pooling::Cls => rows[..d].to_vec(),
+                    Pooling::Last => rows[rows.len() - d..].to_vec(),
+                    Pooling::Mean => {
+                        let mut sum = vec![0.0f64; d];
+                        for r in rows.chunks_exact(d) {
+                            sum.iter_mut().zip(r).for_each(|(a, &b)| *a += b as f64);
+                        }
+                        sum.iter().map(|&x| (x / s.len() as f64) as f32).collect()
+                    }
+                };
+                if self.config.normalize {
+                    normalize(&mut v);
+                }
+                v
+            })
+            .collect())
+    }
+
+    /// Refuses what the tables cannot hold: empty or over-long sequences, ids or types
+    /// outside them.
+    fn check(&self, seqs: &[Segmented<'_>]) -> Result<(), EngineError> {
+        let c = &self.config;
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(EngineError::BadRequest(format!("input {i} is empty")));
+            }
+            if s.tokens.len() > c.context_length {
+                return Err(EngineError::BadRequest(format!(
+                    "input {i} is {} tokens, more than the model's {}",
+                    s.tokens.len(),
+                    c.context_length
+                )));
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(EngineError::BadRequest(format!(
+                    "input {i} holds token {t}, outside the vocabulary of {}",
+                    c.vocab
+                )));
+            }
+            if s.types.iter().any(|&t| t as usize >= c.token_types) {
+                return Err(EngineError::BadRequest(format!(
+                    "input {i} has a token type the model does not have"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...).
+pub fn supports_architecture(model_type: &str) -> bool {
+    hf::family(model_type, 0).is_some()
+}
+
+/// Scales `v` to unit length (a zero vector stays zero), in f64 as
+/// `torch.nn.functional.normalize` is exact enough to compare against.
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        let inv = 1.0 / norm.max(1e-12);
+        v.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
+    }
+}

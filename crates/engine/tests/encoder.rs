@@ -1,0 +1,218 @@
+//! The BERT encoder on real weights (all-MiniLM-L6-v2), against an independent
+//! implementation: `python/bert_reference.py`, Hugging Face's `tokenizers` for the token
+//! ids and a float64 numpy forward pass written from the paper for the vectors. Also the
+//! published similarity of the model card's pair, and that packing several inputs into one
+//! pass changes no input's vector.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use tokenfab_engine::encoder::{Encoder, Pooling};
+
+/// Fifty inputs: several languages and scripts, accents, CJK, emoji, numbers,
+/// punctuation runs, odd whitespace, from one word to a few hundred tokens.
+const SENTENCES: &[&str] = &[
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "Hi",
+    "?",
+    "Hello, world!!! How are you???",
+    "e-mail me at someone@example.com or call +1 (555) 123-4567.",
+    "The price rose 12.5% to $1,234.56 on 2024-03-01.",
+    "Äpfel und Birnen schmecken im Herbst am besten.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "Les élèves étudient à la bibliothèque après l'école.",
+    "¿Dónde está la estación de tren más cercana?",
+    "Não há nada como um café forte pela manhã.",
+    "Il gatto dorme sul divano tutto il giorno.",
+    "Москва — столица России.",
+    "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας.",
+    "我喜欢在周末去公园散步。",
+    "東京は日本の首都です。",
+    "서울은 한국의 수도입니다.",
+    "مرحبا بكم في المدينة",
+    "שלום עולם",
+    "नमस्ते दुनिया",
+    "ทดสอบภาษาไทย",
+    "Emoji time 🦙🚀 with a llama and a rocket",
+    "naïve café résumé coöperate",
+    "ＦＵＬＬＷＩＤＴＨ letters and ｄｉｇｉｔｓ １２３",
+    "tabs\tand\nnewlines\r\nand  double  spaces",
+    "   leading and trailing spaces   ",
+    "UPPERCASE SENTENCE WITH SHOUTING",
+    "snake_case and camelCase and kebab-case identifiers",
+    "fn main() { println!(\"hello\"); }",
+    "SELECT * FROM users WHERE id = 42;",
+    "Supercalifragilisticexpialidocious is a long word.",
+    "Pneumonoultramicroscopicsilicovolcanoconiosis",
+    "The mitochondria is the powerhouse of the cell.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "The quick brown fox jumps over the lazy dog.",
+    "It was the best of times, it was the worst of times.",
+    "To be, or not to be, that is the question.",
+    "I can't believe it's not butter!",
+    "He said, \"don't go there\" — and left.",
+    "Numbers: 1 22 333 4444 55555 666666 7777777",
+    "A sentence with a zero width\u{200b}space and a soft\u{ad}hyphen.",
+    "Retrieval-augmented generation combines a search engine with a language model: \
+     the question is embedded, the nearest passages are found in a vector index, and \
+     the model answers from them. This long input repeats to reach a few hundred tokens. \
+     Retrieval-augmented generation combines a search engine with a language model: \
+     the question is embedded, the nearest passages are found in a vector index, and \
+     the model answers from them. Retrieval-augmented generation combines a search \
+     engine with a language model: the question is embedded, the nearest passages are \
+     found in a vector index, and the model answers from them.",
+];
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn load() -> Encoder {
+    let path = common::minilm_path();
+    Encoder::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn encode(e: &Encoder, text: &str) -> Vec<u32> {
+    e.tokenizer.encode(text, true, false)
+}
+
+#[test]
+fn minilm_configuration_is_read() {
+    let e = load();
+    let c = &e.config;
+    assert_eq!((c.width, c.layers, c.heads, c.ffn), (384, 6, 12, 1536));
+    assert_eq!(c.pooling, Pooling::Mean);
+    assert!(c.normalize);
+    assert_eq!(
+        c.context_length, 256,
+        "sentence-transformers' max_seq_length"
+    );
+    // [CLS] hello world [SEP]
+    assert_eq!(encode(&e, "Hello world"), [101, 7592, 2088, 102]);
+}
+
+#[test]
+fn the_model_cards_pair_scores_as_published() {
+    let e = load();
+    let seqs: Vec<Vec<u32>> = SENTENCES[..2].iter().map(|s| encode(&e, s)).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let v = e.embed(&refs).unwrap();
+    let c = cosine(&v[0], &v[1]);
+    assert!((c - 0.755).abs() < 0.005, "cosine {c}");
+    for x in &v {
+        let norm = x.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "normalized: {norm}");
+    }
+}
+
+/// Each input's vector is the same alone as inside a packed batch of different lengths
+/// (no padding exists to leak in; what may differ is only the matrix kernels' blocking
+/// over a different number of rows, within float rounding).
+#[test]
+fn packing_changes_no_vector() {
+    let e = load();
+    let seqs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| encode(&e, s)).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let together = e.embed(&refs).unwrap();
+    for (i, s) in refs.iter().enumerate().step_by(7) {
+        let alone = &e.embed(&[s]).unwrap()[0];
+        let diff = alone
+            .iter()
+            .zip(&together[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "input {i}: {diff}");
+    }
+}
+
+#[test]
+fn vectors_match_an_independent_implementation() {
+    let e = load();
+    let python = std::env::var("TOKENFAB_TEST_PYTHON").expect(
+        "TOKENFAB_TEST_PYTHON is not set: run scripts/test.sh (it installs numpy and tokenizers in .venv)",
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/bert_reference.py"
+    );
+    let dir = common::minilm_path().parent().unwrap().to_owned();
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(SENTENCES).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the reference failed");
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let seqs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| encode(&e, s)).collect();
+    for (i, (ours, theirs)) in seqs
+        .iter()
+        .zip(reference["ids"].as_array().unwrap())
+        .enumerate()
+    {
+        let theirs: Vec<u32> = serde_json::from_value(theirs.clone()).unwrap();
+        assert_eq!(ours, &theirs, "token ids of {:?} (input {i})", SENTENCES[i]);
+    }
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let ours = e.embed(&refs).unwrap();
+    let (mut worst_cos, mut worst_diff) = (1.0f64, 0.0f32);
+    for (i, (v, r)) in ours
+        .iter()
+        .zip(reference["embeddings"].as_array().unwrap())
+        .enumerate()
+    {
+        let r: Vec<f32> = serde_json::from_value(r.clone()).unwrap();
+        let c = cosine(v, &r);
+        let diff = v
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            c >= 0.9999 && diff < 1e-4,
+            "input {i} {:?}: cosine {c}, max diff {diff}",
+            SENTENCES[i]
+        );
+        (worst_cos, worst_diff) = (worst_cos.min(c), worst_diff.max(diff));
+    }
+    eprintln!(
+        "against the reference: lowest cosine {worst_cos:.9}, largest difference {worst_diff:e}"
+    );
+}
+
+#[test]
+fn inputs_the_model_cannot_hold_are_refused() {
+    let e = load();
+    let long = vec![1000u32; 257];
+    let err = e.embed(&[&long]).unwrap_err().to_string();
+    assert!(err.contains("257 tokens") && err.contains("256"), "{err}");
+    assert!(e.embed(&[&[]]).unwrap_err().to_string().contains("empty"));
+    let outside = [101u32, 40_000, 102];
+    assert!(
+        e.embed(&[&outside])
+            .unwrap_err()
+            .to_string()
+            .contains("outside the vocabulary")
+    );
+}
