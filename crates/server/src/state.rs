@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use tokenfab_engine::encoder::EncoderHandle;
 use tokenfab_engine::scheduler::EngineHandle;
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
@@ -42,7 +43,10 @@ pub struct UpstreamModel {
 
 /// Where a model's requests go.
 pub enum Serve {
+    /// A chat model on tokenfab's engine.
     Local(Arc<ServedModel>),
+    /// An embedding model on tokenfab's encoder.
+    Encoder(EncoderHandle),
     Upstream(Arc<UpstreamModel>),
 }
 

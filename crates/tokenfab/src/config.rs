@@ -40,7 +40,8 @@
 //!
 //! [[models]]                # an upstream model: answered by OpenAI-compatible servers
 //! id = "deepseek-ai/DeepSeek-R1"
-//! type = "chat"             # chat (default), embedding or reranker: /v1/models' filter
+//! type = "chat"             # chat, embedding or reranker: /v1/models' filter and the
+//!                           # endpoint; a local model's own kind when absent
 //! sub_type = "chat"         # optional, defaults to the type
 //! context_length = 65536    # bounds the reservation of a request without max_tokens
 //! tokenizer = "Qwen/Qwen2.5-Coder-0.5B-Instruct" # optional: counts usage an upstream omits
@@ -196,9 +197,9 @@ impl ModelConfig {
                 "model `{name}`: a `draft` speeds up a local model; an upstream drafts on its own"
             );
         }
-        if self.source.is_some() && kind != "chat" {
+        if self.source.is_some() && kind == "reranker" {
             bail!(
-                "model `{name}`: tokenfab's engine serves chat models; an {kind} model needs `backends`"
+                "model `{name}`: tokenfab's engine serves chat and embedding models; a reranker model needs `backends`"
             );
         }
         for b in &self.backends {
@@ -408,8 +409,8 @@ timeout_s = 30
                 "chat, embedding or reranker",
             ),
             (
-                "[[models]]\nsource = \"a.gguf\"\ntype = \"embedding\"\n",
-                "serves chat",
+                "[[models]]\nsource = \"a.gguf\"\ntype = \"reranker\"\n",
+                "serves chat and embedding",
             ),
             (
                 "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h/v1\"\nweight = 0\n",

@@ -3,11 +3,12 @@
 //! from then on, and its usage counter. A reload (SIGHUP) rebuilds only what changed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use tokenfab_engine::encoder::{self, Encoder, EncoderHandle};
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
@@ -35,15 +36,42 @@ pub struct Loading {
 
 /// A model of the configuration, resolved (and fetched on first use), loaded or connected.
 pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry> {
-    let kind = ModelType::parse(m.kind.as_deref().unwrap_or("chat")).context("model type")?;
-    let (id, serve) = match &m.source {
+    let declared = m
+        .kind
+        .as_deref()
+        .map(|k| ModelType::parse(k).context("model type"))
+        .transpose()?;
+    let (id, serve, kind) = match &m.source {
         Some(source) => {
-            let (id, served) = load_local(m, source, how)?;
-            (id, Serve::Local(Arc::new(served)))
+            let spec: ModelSpec = source.parse()?;
+            let ResolvedModel { id, path } = spec.resolve(&how.cache_dir, true)?;
+            let id = m.id.clone().unwrap_or(id);
+            // What the file is decides what it serves; a declared type must agree.
+            let (serve, kind) = if is_encoder(&path) {
+                (
+                    Serve::Encoder(load_encoder(&id, &path, how)?),
+                    ModelType::Embedding,
+                )
+            } else {
+                let served = load_local(m, &id, &path, how)?;
+                (Serve::Local(Arc::new(served)), ModelType::Chat)
+            };
+            if let Some(d) = declared
+                && d != kind
+            {
+                bail!(
+                    "model `{id}` is declared `type = \"{}\"` but {} holds a model of type {}",
+                    d.as_str(),
+                    path.display(),
+                    kind.as_str()
+                );
+            }
+            (id, serve, kind)
         }
         None => {
             let id = m.id.clone().context("an upstream model needs an id")?;
-            (id, Serve::Upstream(Arc::new(connect_upstream(m, how)?)))
+            let up = Serve::Upstream(Arc::new(connect_upstream(m, how)?));
+            (id, up, declared.unwrap_or(ModelType::Chat))
         }
     };
     Ok(ModelEntry {
@@ -59,15 +87,34 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
     })
 }
 
-/// Resolves a local model's source (fetching it on first use) and loads it.
+/// Whether `path` is an encoder's (a Hugging Face directory or its safetensors weights)
+/// rather than a GGUF file of a chat model.
+fn is_encoder(path: &Path) -> bool {
+    path.is_dir() || path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// Loads an embedding model and starts its encoder thread.
+fn load_encoder(id: &str, path: &Path, how: &Loading) -> anyhow::Result<EncoderHandle> {
+    tracing::info!(%id, path = %path.display(), "loading encoder");
+    let encoder = Encoder::load(path)
+        .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
+    let c = &encoder.config;
+    tracing::info!(%id, arch = %c.arch, width = c.width, context = c.context_length, pooling = c.pooling.as_str(), "embedding model");
+    let max_waiting = how
+        .file_cfg
+        .max_waiting
+        .unwrap_or(SchedulerConfig::default().max_waiting);
+    Ok(encoder::start(Arc::new(encoder), how.threads, max_waiting)?)
+}
+
+/// Loads a local chat model from its resolved file and starts its engine.
 fn load_local(
     m: &ModelConfig,
-    source: &str,
+    id: &str,
+    path: &Path,
     how: &Loading,
-) -> anyhow::Result<(String, ServedModel)> {
-    let spec: ModelSpec = source.parse()?;
-    let ResolvedModel { id, path } = spec.resolve(&how.cache_dir, true)?;
-    let id = m.id.clone().unwrap_or(id);
+) -> anyhow::Result<ServedModel> {
+    let id = id.to_owned();
     let template = m
         .chat_template_file
         .as_ref()
@@ -77,7 +124,7 @@ fn load_local(
         })
         .transpose()?;
     tracing::info!(%id, path = %path.display(), "loading model");
-    let mut loaded = LoadedModel::load(&path, template.as_deref(), m.context_length)
+    let mut loaded = LoadedModel::load(path, template.as_deref(), m.context_length)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
     if m.reasoning.is_some()
         || m.think_start.is_some()
@@ -114,14 +161,11 @@ fn load_local(
             ..defaults
         },
     )?;
-    Ok((
-        id,
-        ServedModel {
-            engine,
-            tokenizer: loaded.tokenizer,
-            template: loaded.template,
-        },
-    ))
+    Ok(ServedModel {
+        engine,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+    })
 }
 
 /// Loads `id`'s draft model from `source`, refused unless its vocabulary is the served

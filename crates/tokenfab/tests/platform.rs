@@ -761,3 +761,37 @@ fn completions_are_charged_like_chat() {
         assert_eq!(complete(&poor, free).await.unwrap().status(), 200);
     });
 }
+
+/// An embedding model's price is on its input tokens: the key's account pays
+/// `usage.prompt_tokens` at `input_per_million`, and an account without balance is refused.
+#[test]
+fn embeddings_are_charged_for_their_input_tokens() {
+    let ledger = temp_db("ledger");
+    let db = ledger.sqlite_url();
+    let rich = account(&db, "rich", "10.00");
+    let poor = account(&db, "poor", "0");
+    let cfg = config(
+        "[[models]]\nid = \"test/embed\"\nsource = \"sentence-transformers/all-MiniLM-L6-v2\"\n\
+         type = \"embedding\"\ninput_per_million = \"1000\"\n",
+    );
+    let s = serve(&db, &cfg, &[]);
+    run(async {
+        let embed = |key: &str| {
+            client()
+                .post(s.url("/v1/embeddings"))
+                .bearer_auth(key)
+                .json(&json!({"model": "test/embed", "input": ["Red, green and blue.", "Hi"]}))
+                .send()
+        };
+        let (b0, _) = balance(&s, "rich").await;
+        let r = embed(&rich).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let tokens = v["usage"]["prompt_tokens"].as_i64().unwrap();
+        assert!(tokens > 0, "{v}");
+        let (b1, held) = settled(&s, "rich").await;
+        assert_eq!((b0 - b1, held), (tokens * IN, 0), "{v}");
+        let status = embed(&poor).await.unwrap().status().as_u16();
+        assert!(status == 402 || status == 403, "{status}");
+    });
+}

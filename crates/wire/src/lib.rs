@@ -4,6 +4,7 @@
 //! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
 //! - [`completions`]: `POST /v1/completions` (legacy text completion), with its own
 //!   `logprobs` form; `usage`, `stop` and finish reasons are chat's.
+//! - [`embeddings`]: `POST /v1/embeddings`.
 //! - [`models`]: `GET /v1/models`.
 //! - [`error`]: the one error body every failing route returns.
 //! - [`usage`]: [`usage::TokenUsage`], the token counts every layer passes, and the one
@@ -15,6 +16,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod error;
 pub mod models;
 pub mod time;

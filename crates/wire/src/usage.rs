@@ -1,11 +1,13 @@
 //! Token counts of one request: the one shape every layer passes. The engine reports it per
 //! sequence as it generates, the server sums a request's choices, the platform bills it,
 //! upstream answers are read into it; the API's `usage` object is made from it here, and
-//! only here ([`From<TokenUsage> for Usage`](Usage)).
+//! only here ([`From<TokenUsage> for Usage`](Usage), and the embeddings answer's
+//! [`EmbeddingUsage`]).
 
 use serde_json::Value;
 
 use crate::chat::{CompletionTokensDetails, PromptTokensDetails, Usage};
+use crate::embeddings::EmbeddingUsage;
 
 /// Tokens a request (or one of its sequences) used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +110,15 @@ impl From<TokenUsage> for Usage {
             prompt_tokens_details: PromptTokensDetails {
                 cached_tokens: u.cached,
             },
+        }
+    }
+}
+
+impl From<TokenUsage> for EmbeddingUsage {
+    fn from(u: TokenUsage) -> EmbeddingUsage {
+        EmbeddingUsage {
+            prompt_tokens: u.prompt,
+            total_tokens: u.total(),
         }
     }
 }

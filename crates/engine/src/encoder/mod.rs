@@ -2,10 +2,12 @@
 //! padding.
 //!
 //! Layout: this file holds [`Encoder`] (configuration, tokenizer, weights) and its
-//! pooling; `hf.rs` reads a Hugging Face model directory (`config.json`,
+//! pooling; `batcher.rs` is the thread that serves it ([`start`], [`EncoderHandle`]),
+//! packing concurrent requests into shared passes; `hf.rs` reads a Hugging Face model directory (`config.json`,
 //! `model.safetensors`, `tokenizer.json` and sentence-transformers' pooling and
 //! normalization modules); `bert.rs` is the forward pass over packed sequences.
 
+mod batcher;
 mod bert;
 mod hf;
 
@@ -16,7 +18,13 @@ use rayon::prelude::*;
 use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
 
+pub use batcher::{EmbedError, EncoderHandle, start};
 pub use bert::Segmented;
+
+/// The most tokens one forward pass packs: about 40 MB of activations for a model of
+/// MiniLM's size (width 384, feed-forward 1536), and far past where larger passes stop
+/// paying (the matrix kernels are saturated by a few hundred rows).
+pub const PASS_TOKENS: usize = 8192;
 
 /// How one vector is made of a sequence's hidden states (sentence-transformers'
 /// `Pooling` module).
@@ -110,7 +118,26 @@ impl Encoder {
             .map(|tokens| Segmented { tokens, types: &[] })
             .collect();
         self.check(&segmented)?;
-        let hidden = self.bert.forward(&self.config, &segmented);
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut first = 0;
+        while first < seqs.len() {
+            // Consecutive inputs up to PASS_TOKENS per pass (at least one): a pass's
+            // working memory grows with its tokens, a request's need not.
+            let mut end = first + 1;
+            let mut tokens = seqs[first].len();
+            while end < seqs.len() && tokens + seqs[end].len() <= PASS_TOKENS {
+                tokens += seqs[end].len();
+                end += 1;
+            }
+            out.extend(self.pass(&seqs[first..end], &segmented[first..end]));
+            first = end;
+        }
+        Ok(out)
+    }
+
+    /// Vectors of checked inputs, in one forward pass.
+    fn pass(&self, seqs: &[&[u32]], segmented: &[Segmented<'_>]) -> Vec<Vec<f32>> {
+        let hidden = self.bert.forward(&self.config, segmented);
         let d = self.config.width;
         let mut starts = Vec::with_capacity(seqs.len());
         let mut at = 0;
@@ -118,8 +145,7 @@ impl Encoder {
             starts.push(at);
             at += s.len();
         }
-        Ok(seqs
-            .par_iter()
+        seqs.par_iter()
             .zip(starts)
             .map(|(s, start)| {
                 let rows = &hidden[start * d..(start + s.len()) * d];
@@ -139,12 +165,12 @@ impl Encoder {
                 }
                 v
             })
-            .collect())
+            .collect()
     }
 
     /// Refuses what the tables cannot hold: empty or over-long sequences, ids or types
     /// outside them.
-    fn check(&self, seqs: &[Segmented<'_>]) -> Result<(), EngineError> {
+    pub fn check(&self, seqs: &[Segmented<'_>]) -> Result<(), EngineError> {
         let c = &self.config;
         for (i, s) in seqs.iter().enumerate() {
             if s.tokens.is_empty() {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod local;
 pub mod models;
 pub mod proxy;
@@ -93,7 +94,7 @@ pub fn model_request(
         return Err(HttpError::bad_request(
             Some("model"),
             format!(
-                "`{}` is a {} model: send it to {}",
+                "`{}` is a model of type {}: send it to {}",
                 entry.id,
                 entry.kind.as_str(),
                 entry.kind.endpoint()

@@ -48,6 +48,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .iter()
         .map(|m| match &m.serve {
             Serve::Local(l) => serde_json::json!({ "id": m.id, "running": l.engine.running() }),
+            Serve::Encoder(_) => serde_json::json!({ "id": m.id }),
             Serve::Upstream(u) => serde_json::json!({
                 "id": m.id,
                 "backends": u.pool.backends.len(),

@@ -506,11 +506,14 @@ async fn forward(
     };
     match &entry.serve {
         Serve::Upstream(up) => json(state, caller, &entry, up, body, path).await,
-        // Local models are chat models (the type check above refused this one).
-        Serve::Local(_) => HttpError::bad_request(
+        Serve::Encoder(enc) if kind == ModelType::Embedding => {
+            crate::routes::embeddings::local(state, caller, &entry, enc, body).await
+        }
+        // The type check above refused every other pairing of a local model.
+        Serve::Local(_) | Serve::Encoder(_) => HttpError::bad_request(
             Some("model"),
             format!(
-                "`{}` is run by tokenfab's engine, which serves chat only",
+                "`{}` is run by tokenfab's engine, which does not serve {path} for it",
                 entry.id
             ),
         )

@@ -1,0 +1,199 @@
+//! `POST /v1/embeddings` for a model run by tokenfab's own encoder: the inputs are
+//! checked and tokenized off the async runtime, admitted and billed for their tokens, and
+//! embedded by the encoder's thread, which packs concurrent requests into shared passes.
+//!
+//! Limits (OpenAI's): at most [`MAX_INPUTS`] inputs and [`MAX_TOKENS`] tokens per
+//! request; each input at most the model's context (its `[CLS]` and `[SEP]` included),
+//! refused beyond it. Texts are framed as the model's tokenizer frames them; token arrays
+//! are embedded as given.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::Value;
+use tokenfab_engine::EngineError;
+use tokenfab_engine::encoder::{EmbedError, EncoderHandle};
+use tokenfab_platform::store::{Outcome, Source};
+use tokenfab_platform::{Caller, Used};
+use tokenfab_wire::embeddings::{
+    EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Vector,
+};
+use tokenfab_wire::usage::TokenUsage;
+
+use crate::error::HttpError;
+use crate::routes::{admit, settle, typed, with_rate_headers};
+use crate::state::{AppState, ModelEntry};
+
+/// Inputs per request at most.
+pub const MAX_INPUTS: usize = 2048;
+/// Tokens per request at most, all inputs together.
+pub const MAX_TOKENS: usize = 300_000;
+
+/// Answers an embeddings request for `entry`, served by `encoder`.
+pub async fn local(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    encoder: &EncoderHandle,
+    body: Value,
+) -> Response {
+    let req: EmbeddingsRequest = match typed(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let format = req.encoding_format.unwrap_or_default();
+    let width = encoder.config().width;
+    if let Some(d) = req.dimensions
+        && d != width as u64
+    {
+        return HttpError::bad_request(
+            Some("dimensions"),
+            format!(
+                "`{}` gives vectors of {width} dimensions and was not trained to be truncated: `dimensions` must be {width} or absent",
+                entry.id
+            ),
+        )
+        .into_response();
+    }
+    let Some(input) = req.input else {
+        return HttpError::bad_request(Some("input"), "`input` is required").into_response();
+    };
+    let handle = encoder.clone();
+    let inputs = match tokio::task::spawn_blocking(move || tokenize(&handle, input)).await {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => {
+            return HttpError::internal(format!("could not prepare the request: {e}"))
+                .into_response();
+        }
+    };
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    crate::request_id::note_prompt(tokens as u64);
+    let admission = match admit(state, caller, &entry.id, tokens as u64, 0).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let standing = admission
+        .as_ref()
+        .map(tokenfab_platform::Admission::standing);
+    let usage = TokenUsage::prompt(tokens as u64);
+    let used = Used {
+        tokens: usage,
+        source: Source::Engine,
+    };
+    let vectors = match encoder.embed(inputs).await {
+        Ok(v) => v,
+        Err(e) => {
+            // Recorded, not charged.
+            settle(admission, used, Outcome::Error).await;
+            let err = match e {
+                EmbedError::Engine(EngineError::BadRequest(m)) => {
+                    HttpError::bad_request(Some("input"), m)
+                }
+                EmbedError::Submit(s) => HttpError::overloaded(s.to_string()),
+                EmbedError::Engine(other) => HttpError::internal(other.to_string()),
+            };
+            return with_rate_headers(err.into_response(), standing);
+        }
+    };
+    settle(admission, used, Outcome::Done).await;
+    let vectors = vectors
+        .into_iter()
+        .map(|v| match format {
+            EncodingFormat::Float => Vector::Float(v),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        })
+        .collect();
+    let answer = EmbeddingsResponse::new(entry.id.clone(), vectors, usage);
+    with_rate_headers(axum::Json(answer).into_response(), standing)
+}
+
+/// The token ids of each input, checked against the request limits and the model's
+/// context; the first input that does not fit is named.
+fn tokenize(encoder: &EncoderHandle, input: EmbeddingInput) -> Result<Vec<Vec<u32>>, HttpError> {
+    let tokenizer = encoder.tokenizer();
+    let inputs: Vec<Vec<u32>> = match input {
+        EmbeddingInput::Text(t) => vec![text(tokenizer, &t, "input")?],
+        EmbeddingInput::Texts(ts) => {
+            check_count(ts.len())?;
+            ts.iter()
+                .enumerate()
+                .map(|(i, t)| text(tokenizer, t, &format!("input[{i}]")))
+                .collect::<Result<_, _>>()?
+        }
+        EmbeddingInput::Tokens(t) => vec![t],
+        EmbeddingInput::TokenLists(ls) => {
+            check_count(ls.len())?;
+            ls
+        }
+    };
+    let context = encoder.config().context_length;
+    let mut total = 0;
+    for (i, t) in inputs.iter().enumerate() {
+        let name = if inputs.len() == 1 {
+            "input".to_owned()
+        } else {
+            format!("input[{i}]")
+        };
+        if t.is_empty() {
+            return Err(HttpError::bad_request(
+                Some(&name),
+                format!("`{name}` is empty"),
+            ));
+        }
+        if t.len() > context {
+            return Err(HttpError::context_exceeded(
+                &name,
+                format!(
+                    "`{name}` is {} tokens, more than the model's {context}",
+                    t.len()
+                ),
+            ));
+        }
+        total += t.len();
+    }
+    if total > MAX_TOKENS {
+        return Err(HttpError::bad_request(
+            Some("input"),
+            format!(
+                "the inputs are {total} tokens together, more than the {MAX_TOKENS} a request may hold"
+            ),
+        ));
+    }
+    Ok(inputs)
+}
+
+fn check_count(n: usize) -> Result<(), HttpError> {
+    if n == 0 {
+        return Err(HttpError::bad_request(
+            Some("input"),
+            "`input` is an empty list",
+        ));
+    }
+    if n > MAX_INPUTS {
+        return Err(HttpError::bad_request(
+            Some("input"),
+            format!("`input` holds {n} inputs, more than the {MAX_INPUTS} a request may hold"),
+        ));
+    }
+    Ok(())
+}
+
+/// A text's tokens, framed; an empty text is refused as OpenAI refuses it.
+fn text(
+    tokenizer: &tokenfab_engine::tokenizer::Tokenizer,
+    t: &str,
+    name: &str,
+) -> Result<Vec<u32>, HttpError> {
+    if t.is_empty() {
+        return Err(HttpError::bad_request(
+            Some(name),
+            format!("`{name}` is an empty string"),
+        ));
+    }
+    Ok(tokenizer.encode(t, true, false))
+}
