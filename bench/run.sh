@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The engine-speed table, tokenfab against llama.cpp, from one run, then the proxy
-# overhead table (tokenfab in front of an upstream against the upstream asked directly):
+# The engine-speed table, tokenfab against llama.cpp, from one run, then the embeddings
+# table (tokenfab's encoder against sentence-transformers in PyTorch, whose environment
+# bench/reference-st.sh installs once) and the proxy overhead table (tokenfab in front of
+# an upstream against the upstream asked directly):
 #
 #   bench/run.sh
 #
@@ -375,6 +377,33 @@ for name, d in (("16 streams", (t16, r16)), ("8 streams", (t8, r8))):
           f"({r['tokens_counted_by']}, {r['finished_by_stop']}/{r['requests']} stopped early)")
 print(f"engine load average: tokenfab smol {tf_s['load_before']}, qwen {tf_q['load_before']}; "
       f"HTTP: tokenfab {t16['load_before']}, llama.cpp {r16['load_before']}")
+PY
+
+# Embeddings: tokenfab's encoder against sentence-transformers in PyTorch on CPU, the same
+# 1000 sentences in the same batches of 32, on the same 2 threads, alternating rounds.
+echo
+echo "== embeddings (reference: sentence-transformers in PyTorch on CPU)"
+minilm=$("$tf" models fetch sentence-transformers/all-MiniLM-L6-v2)
+st_venv=$(bench/reference-st.sh | tail -n 1)
+python3 bench/sentences.py >"$out/sentences.json"
+for round in $(seq 1 "$rounds"); do
+  "$tf" bench embed --model "$minilm" --input "$out/sentences.json" --batch 32 \
+    --threads "$threads" --runs "$runs" --json >"$out/tf-embed-$round.json"
+  "$st_venv/bin/python" bench/st_reference.py "$(dirname "$minilm")" "$out/sentences.json" \
+    "$threads" 32 "$runs" 2>/dev/null >"$out/st-embed-$round.json"
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, os, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def best(side):
+    return max(json.load(open(os.path.join(out, f"{side}-embed-{r}.json")))["sentences_per_s"]
+               for r in range(1, rounds + 1))
+tf, st = best("tf"), best("st")
+tokens = json.load(open(os.path.join(out, "tf-embed-1.json")))["tokens"]
+print("| figure | tokenfab | sentence-transformers | ratio |")
+print("|---|---|---|---|")
+print(f"| all-MiniLM-L6-v2 sentences/s (1000 sentences, {tokens} tokens, batches of 32; target >= 1.5) "
+      f"| {tf:.1f} | {st:.1f} | {tf / st:.2f} |")
 PY
 
 # What tokenfab adds in front of an upstream (issue 6's figure). Its reference is the same

@@ -11,6 +11,8 @@
 //!   that answers at once (see `proxy_bench.rs`).
 //! - `tokenfab bench bandwidth`: the machine's streaming read rate, which with the engine
 //!   bench's bytes read per token gives decode's physical limit (`bandwidth_bench.rs`).
+//! - `tokenfab bench embed --input texts.json`: sentences/s of an embedding model, in the
+//!   batches sentence-transformers takes (`embed_bench.rs`).
 //!
 //! Both report the machine's load average: on 2 cores, another busy process halves the
 //! figures, and a number without that context misleads. `--json` prints one JSON object
@@ -52,6 +54,8 @@ enum BenchCommand {
     Proxy(crate::proxy_bench::ProxyArgs),
     /// The machine's streaming read bandwidth: the limit of single-stream decode.
     Bandwidth(crate::bandwidth_bench::BandwidthArgs),
+    /// Sentences per second of an embedding model on a file of texts.
+    Embed(crate::embed_bench::EmbedArgs),
 }
 
 #[derive(Args)]
@@ -134,6 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Http(h)) => run_http(h),
         Some(BenchCommand::Proxy(p)) => crate::proxy_bench::run(p),
         Some(BenchCommand::Bandwidth(b)) => crate::bandwidth_bench::run(b),
+        Some(BenchCommand::Embed(e)) => crate::embed_bench::run(e),
     }
 }
 

@@ -8,6 +8,7 @@ mod admin;
 mod bandwidth_bench;
 mod bench;
 mod config;
+mod embed_bench;
 mod inspect;
 mod proxy_bench;
 mod registry;

@@ -13,6 +13,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::EncoderConfig;
+use crate::model::exp_nonpositive;
 
 /// A dense layer: `rows` outputs of `cols` inputs, row-major (as PyTorch stores
 /// `Linear.weight`), and its bias.
@@ -100,9 +101,7 @@ impl Bert {
             linear(&att, n, &l.o, &mut proj);
             add_norm(&mut x, &proj, d, &l.attn_norm, c.norm_eps);
             linear(&x, n, &l.up, &mut hidden);
-            hidden
-                .par_chunks_mut(4096)
-                .for_each(|h| h.iter_mut().for_each(|v| *v = gelu(*v)));
+            hidden.par_chunks_mut(4096).for_each(gelu);
             linear(&hidden, n, &l.down, &mut proj);
             add_norm(&mut x, &proj, d, &l.out_norm, c.norm_eps);
         }
@@ -263,7 +262,27 @@ fn layer_norm(x: &mut [f32], norm: &Norm, eps: f32) {
     }
 }
 
-/// GELU with the error function, what Hugging Face's `"gelu"` is.
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+/// GELU with the error function (Hugging Face's `"gelu"`), in place, `x · (1 + erf(x/√2))
+/// / 2`. The error function is Abramowitz and Stegun's 7.1.26, `1 - t·P(t)·e^(-z²)` with `t
+/// = 1 / (1 + p·z)`, within 1.5e-7 of the true one, over the engine's vector exponential:
+/// a loop the compiler vectorizes, where the scalar `erff` took a fifth of the encoder's
+/// time.
+fn gelu(x: &mut [f32]) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let mut e: Vec<f32> = x.iter().map(|&v| -0.5 * v * v).collect();
+    exp_nonpositive(&mut e);
+    for (v, e) in x.iter_mut().zip(&e) {
+        let z = v.abs() * std::f32::consts::FRAC_1_SQRT_2;
+        let t = 1.0 / (1.0 + P * z);
+        let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+        let erf = (1.0 - poly * e).copysign(*v);
+        *v = 0.5 * *v * (1.0 + erf);
+    }
 }
