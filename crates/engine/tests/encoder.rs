@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use tokenfab_engine::encoder::{Encoder, Pooling};
+use tokenfab_testkit::cosine;
 
 /// Fifty inputs: several languages and scripts, accents, CJK, emoji, numbers,
 /// punctuation runs, odd whitespace, from one word to a few hundred tokens.
@@ -72,12 +73,6 @@ const SENTENCES: &[&str] = &[
      engine with a language model: the question is embedded, the nearest passages are \
      found in a vector index, and the model answers from them.",
 ];
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
-}
 
 fn load() -> Encoder {
     let path = common::minilm_path();

@@ -117,6 +117,13 @@ pub fn temp_dir(tag: &str) -> TempPath {
     dir
 }
 
+/// The cosine of two vectors, in f64: how the embedding tests compare vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

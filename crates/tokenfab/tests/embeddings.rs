@@ -9,6 +9,7 @@ mod common;
 use base64::Engine as _;
 use common::{Server, run, run_seed};
 use serde_json::{Value, json};
+use tokenfab_testkit::cosine;
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -32,12 +33,6 @@ fn floats(v: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 #[test]

@@ -10,7 +10,6 @@
 use serde_json::Value;
 
 use super::framing::Framing;
-use super::pieces::Pieces;
 use super::special::Specials;
 use super::vocab::{ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, Vocab};
 use super::wordpiece::{Strip, WORD_START, WordPiece};
@@ -101,16 +100,13 @@ impl Tokenizer {
             add_space_prefix: false,
         };
         let special = Specials::marked(&vocab);
-        let model = Model::WordPiece(wp);
-        let pieces = Pieces::build(&vocab, &model);
-        Ok(Tokenizer {
+        Ok(Tokenizer::assemble(
             vocab,
-            model,
-            pieces,
+            Model::WordPiece(wp),
             special,
             framing,
-            fim: None,
-        })
+            None,
+        ))
     }
 }
 

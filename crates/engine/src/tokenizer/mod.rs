@@ -98,16 +98,27 @@ impl Tokenizer {
                 unk,
             } => Model::WordPiece(WordPiece::new(&vocab, lowercase, strip, None, unk)),
         };
-        let pieces = Pieces::build(&vocab, &model);
         let fim = Fim::from_gguf(g, &vocab);
-        Ok(Tokenizer {
+        Ok(Tokenizer::assemble(vocab, model, special, framing, fim))
+    }
+
+    /// The tokenizer of these parts, with every token's bytes computed once.
+    fn assemble(
+        vocab: Vocab,
+        model: Model,
+        special: Specials,
+        framing: Framing,
+        fim: Option<Fim>,
+    ) -> Tokenizer {
+        let pieces = Pieces::build(&vocab, &model);
+        Tokenizer {
             vocab,
             model,
             pieces,
             special,
             framing,
             fim,
-        })
+        }
     }
 
     /// Encode text. `add_special`: prepend BOS (and append EOS) when the vocabulary says so

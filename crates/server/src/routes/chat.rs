@@ -80,17 +80,7 @@ pub async fn chat_completions(
     let model = match &entry.serve {
         Serve::Upstream(up) => return proxy::chat(&state, &caller, &entry, up, body).await,
         Serve::Local(m) => m.clone(),
-        // A chat entry is never an encoder's (the registry pairs them); said, not assumed.
-        Serve::Encoder(_) => {
-            return HttpError::bad_request(
-                Some("model"),
-                format!(
-                    "`{}` is an embedding model: send it to /v1/embeddings",
-                    entry.id
-                ),
-            )
-            .into_response();
-        }
+        Serve::Encoder(_) => return crate::routes::embedding_model(&entry),
     };
     let (id, limits) = (entry.id.clone(), state.limits.clone());
     let build = move || job::build(body, &id, model, &limits);

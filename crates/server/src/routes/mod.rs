@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokenfab_platform::limits::Standing;
 use tokenfab_platform::store::Outcome;
@@ -102,6 +102,19 @@ pub fn model_request(
         ));
     }
     Ok((v, entry))
+}
+
+/// The answer to a chat or completions request naming an embedding model (a chat entry is
+/// never an encoder's: the registry pairs them; said, not assumed).
+pub fn embedding_model(entry: &ModelEntry) -> Response {
+    HttpError::bad_request(
+        Some("model"),
+        format!(
+            "`{}` is an embedding model: send it to /v1/embeddings",
+            entry.id
+        ),
+    )
+    .into_response()
 }
 
 /// Lets a request in through the platform (rate limits, then the reservation of the most
