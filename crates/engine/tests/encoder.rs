@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use tokenfab_engine::encoder::{Encoder, Pooling};
+use tokenfab_engine::encoder::{Encoder, Pooling, Segmented};
 use tokenfab_testkit::cosine;
 
 /// Fifty inputs: several languages and scripts, accents, CJK, emoji, numbers,
@@ -74,6 +74,37 @@ const SENTENCES: &[&str] = &[
      found in a vector index, and the model answers from them.",
 ];
 
+/// Runs `python/bert_reference.py` with `args`, `input` on its standard input; returns
+/// what it printed.
+fn reference(args: &[&std::ffi::OsStr], input: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var("TOKENFAB_TEST_PYTHON").expect(
+        "TOKENFAB_TEST_PYTHON is not set: run scripts/test.sh (it installs numpy and tokenizers in .venv)",
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/bert_reference.py"
+    );
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the reference failed: {args:?}");
+    if out.stdout.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn load() -> Encoder {
     let path = common::minilm_path();
     Encoder::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -135,30 +166,11 @@ fn packing_changes_no_vector() {
 #[test]
 fn vectors_match_an_independent_implementation() {
     let e = load();
-    let python = std::env::var("TOKENFAB_TEST_PYTHON").expect(
-        "TOKENFAB_TEST_PYTHON is not set: run scripts/test.sh (it installs numpy and tokenizers in .venv)",
-    );
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/bert_reference.py"
-    );
     let dir = common::minilm_path().parent().unwrap().to_owned();
-    let mut child = Command::new(python)
-        .arg(script)
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(SENTENCES).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the reference failed");
-    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = reference(
+        &["embed".as_ref(), dir.as_os_str()],
+        &serde_json::json!(SENTENCES),
+    );
 
     let seqs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| encode(&e, s)).collect();
     for (i, (ours, theirs)) in seqs
@@ -210,4 +222,81 @@ fn inputs_the_model_cannot_hold_are_refused() {
             .to_string()
             .contains("outside the vocabulary")
     );
+}
+
+/// A cross-encoder (BERT with a classification head of one logit) against the reference,
+/// on a seeded conformance file in Hugging Face's layout over all-MiniLM-L6-v2's real
+/// vocabulary (random weights: it tests numerics and pair framing, it ranks nothing).
+#[test]
+fn a_cross_encoder_scores_pairs_as_the_reference_does() {
+    let dir = tokenfab_testkit::temp_dir("cross-encoder");
+    let tokenizer = common::minilm_path().with_file_name("tokenizer.json");
+    reference(
+        &[
+            "make-reranker".as_ref(),
+            dir.as_os_str(),
+            tokenizer.as_os_str(),
+        ],
+        &serde_json::Value::Null,
+    );
+    let e = Encoder::load(&dir).unwrap();
+    assert!(e.config.reranker);
+    let pairs = [
+        (
+            "What is the capital of France?",
+            "Paris is the capital and largest city of France.",
+        ),
+        (
+            "What is the capital of France?",
+            "Bananas are rich in potassium.",
+        ),
+        (
+            "how do plants make food",
+            "Photosynthesis converts light energy into chemical energy.",
+        ),
+        ("Wie spät ist es?", "Es ist halb acht am Morgen."),
+        ("东京在哪里?", "東京は日本の首都です。"),
+        ("a", "b"),
+        ("Long documents", &SENTENCES[49][..400]),
+    ];
+    let want = reference(
+        &["pairs".as_ref(), dir.as_os_str()],
+        &serde_json::json!(pairs),
+    );
+    let framed: Vec<(Vec<u32>, Vec<u32>)> = pairs
+        .iter()
+        .map(|(q, d)| {
+            let q = e.tokenizer.encode(q, false, false);
+            let d = e.tokenizer.encode(d, false, false);
+            e.pair(&q, &d)
+        })
+        .collect();
+    for (i, (tokens, types)) in framed.iter().enumerate() {
+        let ids: Vec<u32> = serde_json::from_value(want["ids"][i].clone()).unwrap();
+        let tys: Vec<u32> = serde_json::from_value(want["types"][i].clone()).unwrap();
+        assert_eq!((tokens, types), (&ids, &tys), "pair {i}");
+    }
+    let seqs: Vec<Segmented<'_>> = framed
+        .iter()
+        .map(|(tokens, types)| Segmented { tokens, types })
+        .collect();
+    let together = e.run(&seqs).unwrap();
+    for (i, got) in together.iter().enumerate() {
+        let want = want["scores"][i].as_f64().unwrap();
+        assert!(
+            (got[0] as f64 - want).abs() < 1e-5,
+            "pair {i}: {} against {want}",
+            got[0]
+        );
+        let alone = e.run(&seqs[i..=i]).unwrap();
+        assert!((alone[0][0] - got[0]).abs() < 1e-6, "pair {i} alone");
+    }
+    // The scores are not all alike (random weights put them all low, but several-fold
+    // apart): the pair, not a constant, decides them.
+    let max = together
+        .iter()
+        .map(|s| s[0])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let min = together.iter().map(|s| s[0]).fold(f32::INFINITY, f32::min);
+    assert!(max > 2.0 * min, "{together:?}");
 }

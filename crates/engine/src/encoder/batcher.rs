@@ -1,4 +1,4 @@
-//! The thread that serves an encoder: requests arrive over a bounded channel, and every
+//! The thread that serves an encoder (embeddings or a reranker's scores): requests arrive over a bounded channel, and every
 //! request waiting when a pass starts joins it (up to [`BATCH_TOKENS`]), so concurrent
 //! clients share passes instead of queueing one pass each. Each request's inputs are
 //! checked alone first: one bad request is refused without failing the others.
@@ -20,8 +20,9 @@ pub const BATCH_TOKENS: usize = 4 * super::PASS_TOKENS;
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>;
 
+/// A request: its sequences, each with its token types (empty: all 0).
 struct Job {
-    inputs: Vec<Vec<u32>>,
+    inputs: Vec<(Vec<u32>, Vec<u32>)>,
     reply: Reply,
 }
 
@@ -50,9 +51,24 @@ impl EncoderHandle {
         &self.encoder.tokenizer
     }
 
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
     /// The vector of each input (token ids, framed): queued for the encoder's thread, or
     /// refused at once when `max_waiting` requests already wait.
     pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.submit(inputs.into_iter().map(|t| (t, Vec::new())).collect())
+            .await
+    }
+
+    /// A reranker's relevance of each (tokens, types) pair ([`Encoder::pair`]).
+    pub async fn score(&self, pairs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Vec<f32>, EmbedError> {
+        let scores = self.submit(pairs).await?;
+        Ok(scores.into_iter().map(|s| s[0]).collect())
+    }
+
+    async fn submit(&self, inputs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (reply, rx) = oneshot::channel();
         match self.jobs.try_send(Job { inputs, reply }) {
             Ok(()) => {}
@@ -114,18 +130,10 @@ fn serve(encoder: &Encoder, pool: &rayon::ThreadPool, rx: &Receiver<Job>) {
         let mut tokens = 0;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let segmented: Vec<Segmented<'_>> = job
-                .inputs
-                .iter()
-                .map(|t| Segmented {
-                    tokens: t,
-                    types: &[],
-                })
-                .collect();
-            if let Err(e) = encoder.check(&segmented) {
+            if let Err(e) = encoder.check(&segmented(&job)) {
                 let _ = job.reply.send(Err(e));
             } else if !job.reply.is_closed() {
-                tokens += job.inputs.iter().map(Vec::len).sum::<usize>();
+                tokens += job.inputs.iter().map(|(t, _)| t.len()).sum::<usize>();
                 batch.push(job);
             }
             if tokens < BATCH_TOKENS {
@@ -135,11 +143,8 @@ fn serve(encoder: &Encoder, pool: &rayon::ThreadPool, rx: &Receiver<Job>) {
         if batch.is_empty() {
             continue;
         }
-        let all: Vec<&[u32]> = batch
-            .iter()
-            .flat_map(|j| j.inputs.iter().map(Vec::as_slice))
-            .collect();
-        match pool.install(|| encoder.embed(&all)) {
+        let all: Vec<Segmented<'_>> = batch.iter().flat_map(segmented).collect();
+        match pool.install(|| encoder.run(&all)) {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter();
                 for job in batch {
@@ -155,4 +160,11 @@ fn serve(encoder: &Encoder, pool: &rayon::ThreadPool, rx: &Receiver<Job>) {
             }
         }
     }
+}
+
+fn segmented(job: &Job) -> Vec<Segmented<'_>> {
+    job.inputs
+        .iter()
+        .map(|(tokens, types)| Segmented { tokens, types })
+        .collect()
 }

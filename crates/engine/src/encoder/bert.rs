@@ -50,6 +50,25 @@ pub(crate) struct Bert {
     pub layers: Vec<Layer>,
 }
 
+/// A cross-encoder's head on the first token's hidden state: BERT's pooler (a dense layer
+/// and tanh) and a classifier of one logit, whose sigmoid is the pair's relevance (what
+/// sentence-transformers' `CrossEncoder` reports for a one-label model).
+pub(crate) struct Classifier {
+    pub pooler: Linear,
+    pub out: Linear,
+}
+
+impl Classifier {
+    pub(crate) fn score(&self, first: &[f32]) -> f32 {
+        let mut pooled = vec![0.0f32; self.pooler.rows];
+        linear(first, 1, &self.pooler, &mut pooled);
+        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let mut logit = [0.0f32];
+        linear(&pooled, 1, &self.out, &mut logit);
+        1.0 / (1.0 + (-logit[0]).exp())
+    }
+}
+
 /// One sequence of a packed batch: its tokens and, for a pair (a cross-encoder's query
 /// and document), the token types (0 for the first segment, 1 for the second).
 pub struct Segmented<'a> {

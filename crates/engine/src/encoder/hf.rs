@@ -10,7 +10,7 @@ use std::sync::Arc;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use super::bert::{Bert, Layer, Linear, Norm};
+use super::bert::{Bert, Classifier, Layer, Linear, Norm};
 use super::{Encoder, EncoderConfig, Pooling};
 use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
@@ -57,11 +57,12 @@ pub(super) fn load(path: &Path) -> Result<Encoder, EngineError> {
             config.vocab
         )));
     }
-    let bert = weights(&dir.join("model.safetensors"), &config)?;
+    let (bert, head) = weights(&dir.join("model.safetensors"), &config)?;
     Ok(Encoder {
         config,
         tokenizer: Arc::new(tokenizer),
         bert,
+        head,
     })
 }
 
@@ -121,6 +122,19 @@ fn config(dir: &Path) -> Result<EncoderConfig, EngineError> {
         .and_then(|v| v["max_seq_length"].as_u64())
         .map(|m| m as usize);
     let (pooling, normalize) = pooling(dir, st("modules.json")?)?;
+    let architectures = cfg["architectures"].as_array().cloned().unwrap_or_default();
+    let reranker = architectures.iter().any(|a| {
+        a.as_str()
+            .is_some_and(|a| a.ends_with("ForSequenceClassification"))
+    });
+    if reranker {
+        let labels = cfg["id2label"].as_object().map_or(1, |m| m.len());
+        if labels != 1 {
+            return Err(bad(format!(
+                "a classifier of {labels} labels is not a reranker (a cross-encoder scores with one)"
+            )));
+        }
+    }
     Ok(EncoderConfig {
         arch: model_type.to_owned(),
         width,
@@ -135,6 +149,7 @@ fn config(dir: &Path) -> Result<EncoderConfig, EngineError> {
         context_length: max_seq.unwrap_or(usable).min(usable),
         pooling,
         normalize,
+        reranker,
     })
 }
 
@@ -177,7 +192,7 @@ fn pooling(dir: &Path, modules: Option<Value>) -> Result<(Pooling, bool), Engine
 
 /// The weights, by Hugging Face's `BertModel` names with or without the prefix of a model
 /// that wraps one (`bert.`, `roberta.`).
-fn weights(path: &Path, c: &EncoderConfig) -> Result<Bert, EngineError> {
+fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>), EngineError> {
     let file = std::fs::File::open(path)
         .map_err(|e| bad(format!("cannot open {}: {e}", path.display())))?;
     // SAFETY: the file is mapped read-only and only read while the mapping lives; a file
@@ -248,7 +263,7 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<Bert, EngineError> {
             })
         })
         .collect::<Result<Vec<_>, EngineError>>()?;
-    Ok(Bert {
+    let bert = Bert {
         word: tensor("embeddings.word_embeddings.weight", &[c.vocab, d])?,
         position: tensor("embeddings.position_embeddings.weight", &[c.positions, d])?,
         token_type: tensor(
@@ -257,7 +272,39 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<Bert, EngineError> {
         )?,
         embd_norm: norm("embeddings.LayerNorm")?,
         layers,
-    })
+    };
+    // The classifier sits outside the wrapped model's prefix (`classifier.*`).
+    let head = if c.reranker {
+        let outside = |name: &str, shape: &[usize]| -> Result<Vec<f32>, EngineError> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("{}: no tensor {name}", path.display())))?;
+            if t.shape() != shape {
+                return Err(bad(format!(
+                    "{name} has shape {:?}, expected {shape:?}",
+                    t.shape()
+                )));
+            }
+            floats(t.dtype(), t.data()).ok_or_else(|| {
+                bad(format!(
+                    "{name} is {:?}; encoders load F32, F16 and BF16",
+                    t.dtype()
+                ))
+            })
+        };
+        Some(Classifier {
+            pooler: linear("pooler.dense", d, d)?,
+            out: Linear {
+                w: outside("classifier.weight", &[1, d])?,
+                b: outside("classifier.bias", &[1])?,
+                rows: 1,
+                cols: d,
+            },
+        })
+    } else {
+        None
+    };
+    Ok((bert, head))
 }
 
 /// Little-endian tensor bytes as f32, for the float types.

@@ -79,6 +79,9 @@ pub struct EncoderConfig {
     pub pooling: Pooling,
     /// Whether vectors are scaled to unit length (a `Normalize` module).
     pub normalize: bool,
+    /// A cross-encoder (a classification head of one logit): it scores (query, document)
+    /// pairs instead of embedding texts.
+    pub reranker: bool,
 }
 
 /// A loaded encoder: immutable, shared between threads behind an `Arc`.
@@ -86,6 +89,7 @@ pub struct Encoder {
     pub config: EncoderConfig,
     pub tokenizer: Arc<Tokenizer>,
     bert: bert::Bert,
+    head: Option<bert::Classifier>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -117,38 +121,61 @@ impl Encoder {
             .iter()
             .map(|tokens| Segmented { tokens, types: &[] })
             .collect();
-        self.check(&segmented)?;
+        self.run(&segmented)
+    }
+
+    /// What the model makes of each sequence: its vector, or for a reranker its score
+    /// alone (a vector of one). Checked first ([`Encoder::check`]).
+    pub fn run(&self, seqs: &[Segmented<'_>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.check(seqs)?;
         let mut out = Vec::with_capacity(seqs.len());
         let mut first = 0;
         while first < seqs.len() {
             // Consecutive inputs up to PASS_TOKENS per pass (at least one): a pass's
             // working memory grows with its tokens, a request's need not.
             let mut end = first + 1;
-            let mut tokens = seqs[first].len();
-            while end < seqs.len() && tokens + seqs[end].len() <= PASS_TOKENS {
-                tokens += seqs[end].len();
+            let mut tokens = seqs[first].tokens.len();
+            while end < seqs.len() && tokens + seqs[end].tokens.len() <= PASS_TOKENS {
+                tokens += seqs[end].tokens.len();
                 end += 1;
             }
-            out.extend(self.pass(&seqs[first..end], &segmented[first..end]));
+            out.extend(self.pass(&seqs[first..end]));
             first = end;
         }
         Ok(out)
     }
 
-    /// Vectors of checked inputs, in one forward pass.
-    fn pass(&self, seqs: &[&[u32]], segmented: &[Segmented<'_>]) -> Vec<Vec<f32>> {
-        let hidden = self.bert.forward(&self.config, segmented);
+    /// A (query, document) pair as a cross-encoder reads it, from unframed tokens:
+    /// `[CLS] query [SEP] document [SEP]`, the tokens and their types (0 up to the first
+    /// separator, 1 after).
+    pub fn pair(&self, query: &[u32], document: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let (cls, sep) = (self.tokenizer.bos_id(), self.tokenizer.eos_id());
+        let mut tokens: Vec<u32> = cls.into_iter().chain(query.iter().copied()).collect();
+        tokens.extend(sep);
+        let first = tokens.len();
+        tokens.extend_from_slice(document);
+        tokens.extend(sep);
+        let types = (0..tokens.len()).map(|i| u32::from(i >= first)).collect();
+        (tokens, types)
+    }
+
+    /// Results of checked inputs, in one forward pass.
+    fn pass(&self, seqs: &[Segmented<'_>]) -> Vec<Vec<f32>> {
+        let hidden = self.bert.forward(&self.config, seqs);
         let d = self.config.width;
         let mut starts = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for s in seqs {
             starts.push(at);
-            at += s.len();
+            at += s.tokens.len();
         }
         seqs.par_iter()
             .zip(starts)
             .map(|(s, start)| {
-                let rows = &hidden[start * d..(start + s.len()) * d];
+                let rows = &hidden[start * d..(start + s.tokens.len()) * d];
+                if let Some(head) = &self.head {
+                    return vec![head.score(&rows[..d])];
+                }
                 let mut v = match self.config.pooling {
                     Pooling::Cls => rows[..d].to_vec(),
                     Pooling::Last => rows[rows.len() - d..].to_vec(),
@@ -157,7 +184,8 @@ impl Encoder {
                         for r in rows.chunks_exact(d) {
                             sum.iter_mut().zip(r).for_each(|(a, &b)| *a += b as f64);
                         }
-                        sum.iter().map(|&x| (x / s.len() as f64) as f32).collect()
+                        let n = s.tokens.len() as f64;
+                        sum.iter().map(|&x| (x / n) as f32).collect()
                     }
                 };
                 if self.config.normalize {
@@ -187,6 +215,13 @@ impl Encoder {
                 return Err(EngineError::BadRequest(format!(
                     "input {i} holds token {t}, outside the vocabulary of {}",
                     c.vocab
+                )));
+            }
+            if !s.types.is_empty() && s.types.len() != s.tokens.len() {
+                return Err(EngineError::BadRequest(format!(
+                    "input {i} has {} token types for {} tokens",
+                    s.types.len(),
+                    s.tokens.len()
                 )));
             }
             if s.types.iter().any(|&t| t as usize >= c.token_types) {
