@@ -12,7 +12,7 @@ use crate::{ModelsError, ResolvedModel, hf};
 /// The forms [`ModelSpec::from_str`] accepts; appended to every parse error
 /// so a typo is followed by the fix.
 pub const ACCEPTED_FORMS: &str = "accepted forms:\n  \
-    PATH or file:PATH                  a local .gguf file\n  \
+    PATH or file:PATH                  a local .gguf file, or a Hugging Face model directory (config.json beside model.safetensors)\n  \
     ORG/NAME                           a built-in model (`tokenfab models list`), e.g. HuggingFaceTB/SmolLM2-135M-Instruct\n  \
     hf:ORG/REPO/FILE.gguf[@REVISION]   a file in a Hugging Face repo (also hf:ORG/REPO:FILE.gguf)";
 
@@ -89,7 +89,7 @@ impl ModelSpec {
     /// or the Hugging Face file is in the hub cache.
     pub fn is_cached(&self, cache_dir: &Path) -> bool {
         match self {
-            Self::Local { path, .. } => path.is_file(),
+            Self::Local { path, .. } => path.is_file() || is_model_dir(path),
             Self::Catalog { entry, .. } => entry.is_cached(cache_dir),
             Self::HuggingFace {
                 repo,
@@ -151,6 +151,11 @@ impl ModelSpec {
     }
 }
 
+/// A Hugging Face model directory (an encoder's: `config.json` beside its weights).
+fn is_model_dir(path: &Path) -> bool {
+    path.is_dir() && path.join("config.json").is_file()
+}
+
 /// Checks a local model path and makes it absolute (so logs and the engine
 /// see the same path whatever the working directory becomes).
 fn resolve_local(path: &Path) -> Result<PathBuf, ModelsError> {
@@ -159,7 +164,7 @@ fn resolve_local(path: &Path) -> Result<PathBuf, ModelsError> {
         reason,
     };
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => {
+        Ok(m) if m.is_file() || is_model_dir(path) => {
             std::path::absolute(path).map_err(|e| fail(format!("cannot make it absolute: {e}")))
         }
         Ok(_) => Err(fail("is a directory, not a file".into())),
@@ -198,7 +203,7 @@ impl FromStr for ModelSpec {
             });
         }
         let path = expand_tilde(input);
-        if path.is_file() {
+        if path.is_file() || is_model_dir(&path) {
             return Ok(Self::Local { path, id: None });
         }
         if let Some(entry) = find_catalog(input) {
@@ -206,7 +211,7 @@ impl FromStr for ModelSpec {
         }
         if path.is_dir() {
             return Err(invalid(
-                "it is a directory; pass the .gguf file inside it".into(),
+                "it is a directory without a config.json; pass the .gguf file inside it".into(),
             ));
         }
         let looks_like_path = input.starts_with(['/', '.', '~'])

@@ -197,11 +197,6 @@ impl ModelConfig {
                 "model `{name}`: a `draft` speeds up a local model; an upstream drafts on its own"
             );
         }
-        if self.source.is_some() && kind == "reranker" {
-            bail!(
-                "model `{name}`: tokenfab's engine serves chat and embedding models; a reranker model needs `backends`"
-            );
-        }
         for b in &self.backends {
             if let Err(e) = Origin::parse(&b.url) {
                 bail!("model `{name}`: {e}");
@@ -407,10 +402,6 @@ timeout_s = 30
             (
                 "[[models]]\nid = \"x\"\ntype = \"image\"\n[[models.backends]]\nurl = \"http://h/v1\"\n",
                 "chat, embedding or reranker",
-            ),
-            (
-                "[[models]]\nsource = \"a.gguf\"\ntype = \"reranker\"\n",
-                "serves chat and embedding",
             ),
             (
                 "[[models]]\nid = \"x\"\n[[models.backends]]\nurl = \"http://h/v1\"\nweight = 0\n",

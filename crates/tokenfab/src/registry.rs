@@ -48,10 +48,13 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
             let id = m.id.clone().unwrap_or(id);
             // What the file is decides what it serves; a declared type must agree.
             let (serve, kind) = if is_encoder(&path) {
-                (
-                    Serve::Encoder(load_encoder(&id, &path, how)?),
-                    ModelType::Embedding,
-                )
+                let encoder = load_encoder(&id, &path, how)?;
+                let kind = if encoder.config().reranker {
+                    ModelType::Reranker
+                } else {
+                    ModelType::Embedding
+                };
+                (Serve::Encoder(encoder), kind)
             } else {
                 let served = load_local(m, &id, &path, how)?;
                 (Serve::Local(Arc::new(served)), ModelType::Chat)
@@ -93,13 +96,13 @@ fn is_encoder(path: &Path) -> bool {
     path.is_dir() || path.extension().is_some_and(|e| e == "safetensors")
 }
 
-/// Loads an embedding model and starts its encoder thread.
+/// Loads an embedding model or a cross-encoder and starts its encoder thread.
 fn load_encoder(id: &str, path: &Path, how: &Loading) -> anyhow::Result<EncoderHandle> {
     tracing::info!(%id, path = %path.display(), "loading encoder");
     let encoder = Encoder::load(path)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
     let c = &encoder.config;
-    tracing::info!(%id, arch = %c.arch, width = c.width, context = c.context_length, pooling = c.pooling.as_str(), "embedding model");
+    tracing::info!(%id, arch = %c.arch, width = c.width, context = c.context_length, pooling = c.pooling.as_str(), reranker = c.reranker, "encoder");
     let max_waiting = how
         .file_cfg
         .max_waiting

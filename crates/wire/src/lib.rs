@@ -6,6 +6,7 @@
 //!   `logprobs` form; `usage`, `stop` and finish reasons are chat's.
 //! - [`embeddings`]: `POST /v1/embeddings`.
 //! - [`models`]: `GET /v1/models`.
+//! - [`rerank`]: `POST /v1/rerank` (SiliconFlow's shape).
 //! - [`error`]: the one error body every failing route returns.
 //! - [`usage`]: [`usage::TokenUsage`], the token counts every layer passes, and the one
 //!   conversion to and from the API's `usage` object.
@@ -19,6 +20,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod models;
+pub mod rerank;
 pub mod time;
 pub mod usage;
 

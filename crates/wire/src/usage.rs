@@ -2,12 +2,13 @@
 //! sequence as it generates, the server sums a request's choices, the platform bills it,
 //! upstream answers are read into it; the API's `usage` object is made from it here, and
 //! only here ([`From<TokenUsage> for Usage`](Usage), and the embeddings answer's
-//! [`EmbeddingUsage`]).
+//! [`EmbeddingUsage`] and the rerank answer's [`RerankTokens`]).
 
 use serde_json::Value;
 
 use crate::chat::{CompletionTokensDetails, PromptTokensDetails, Usage};
 use crate::embeddings::EmbeddingUsage;
+use crate::rerank::RerankTokens;
 
 /// Tokens a request (or one of its sequences) used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +120,15 @@ impl From<TokenUsage> for EmbeddingUsage {
         EmbeddingUsage {
             prompt_tokens: u.prompt,
             total_tokens: u.total(),
+        }
+    }
+}
+
+impl From<TokenUsage> for RerankTokens {
+    fn from(u: TokenUsage) -> RerankTokens {
+        RerankTokens {
+            input_tokens: u.prompt,
+            output_tokens: u.completion,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod embeddings;
 pub mod local;
 pub mod models;
 pub mod proxy;
+pub mod rerank;
 pub mod user;
 
 use std::sync::Arc;

@@ -488,9 +488,19 @@ pub async fn embeddings(
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(rid): Extension<crate::request_id::RequestId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    forward(&state, &caller, body, ModelType::Reranker, "rerank").await
+    let (body, entry) = match model_request(body, &state, ModelType::Reranker) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    match &entry.serve {
+        Serve::Encoder(enc) => {
+            crate::routes::rerank::local(&state, &caller, &entry, enc, body, &rid).await
+        }
+        _ => serve(&state, &caller, body, entry, ModelType::Reranker, "rerank").await,
+    }
 }
 
 async fn forward(
@@ -504,6 +514,18 @@ async fn forward(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    serve(state, caller, body, entry, kind, path).await
+}
+
+/// Where an embeddings or rerank request for `entry` (of type `kind`) is answered.
+async fn serve(
+    state: &AppState,
+    caller: &Caller,
+    body: Value,
+    entry: Arc<ModelEntry>,
+    kind: ModelType,
+    path: &str,
+) -> Response {
     match &entry.serve {
         Serve::Upstream(up) => json(state, caller, &entry, up, body, path).await,
         Serve::Encoder(enc) if kind == ModelType::Embedding => {
