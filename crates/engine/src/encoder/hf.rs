@@ -215,24 +215,8 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
                 path.display()
             ))
         })?;
-    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, EngineError> {
-        let full = format!("{prefix}{name}");
-        let t = st
-            .tensor(&full)
-            .map_err(|_| bad(format!("{}: no tensor {full}", path.display())))?;
-        if t.shape() != shape {
-            return Err(bad(format!(
-                "{full} has shape {:?}, expected {shape:?}",
-                t.shape()
-            )));
-        }
-        floats(t.dtype(), t.data()).ok_or_else(|| {
-            bad(format!(
-                "{full} is {:?}; encoders load F32, F16 and BF16",
-                t.dtype()
-            ))
-        })
-    };
+    let tensor =
+        |name: &str, shape: &[usize]| read_tensor(&st, path, &format!("{prefix}{name}"), shape);
     let (d, f) = (c.width, c.ffn);
     let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, EngineError> {
         Ok(Linear {
@@ -275,23 +259,7 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
     };
     // The classifier sits outside the wrapped model's prefix (`classifier.*`).
     let head = if c.reranker {
-        let outside = |name: &str, shape: &[usize]| -> Result<Vec<f32>, EngineError> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(format!("{}: no tensor {name}", path.display())))?;
-            if t.shape() != shape {
-                return Err(bad(format!(
-                    "{name} has shape {:?}, expected {shape:?}",
-                    t.shape()
-                )));
-            }
-            floats(t.dtype(), t.data()).ok_or_else(|| {
-                bad(format!(
-                    "{name} is {:?}; encoders load F32, F16 and BF16",
-                    t.dtype()
-                ))
-            })
-        };
+        let outside = |name: &str, shape: &[usize]| read_tensor(&st, path, name, shape);
         Some(Classifier {
             pooler: linear("pooler.dense", d, d)?,
             out: Linear {
@@ -305,6 +273,30 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
         None
     };
     Ok((bert, head))
+}
+
+/// Tensor `name` of `st` (the file at `path`) as f32, checked to have `shape`.
+fn read_tensor(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, EngineError> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| bad(format!("{}: no tensor {name}", path.display())))?;
+    if t.shape() != shape {
+        return Err(bad(format!(
+            "{name} has shape {:?}, expected {shape:?}",
+            t.shape()
+        )));
+    }
+    floats(t.dtype(), t.data()).ok_or_else(|| {
+        bad(format!(
+            "{name} is {:?}; encoders load F32, F16 and BF16",
+            t.dtype()
+        ))
+    })
 }
 
 /// Little-endian tensor bytes as f32, for the float types.

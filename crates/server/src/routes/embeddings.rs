@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokenfab_engine::EngineError;
 use tokenfab_engine::encoder::{EmbedError, EncoderHandle};
 use tokenfab_platform::store::{Outcome, Source};
-use tokenfab_platform::{Caller, Used};
+use tokenfab_platform::{Admission, Caller, Used};
 use tokenfab_wire::embeddings::{
     EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Vector,
 };
@@ -70,34 +70,12 @@ pub async fn local(
     };
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     crate::request_id::note_prompt(tokens as u64);
-    let admission = match admit(state, caller, &entry.id, tokens as u64, 0).await {
-        Ok(a) => a,
-        Err(refused) => return refused,
-    };
-    let standing = admission
-        .as_ref()
-        .map(tokenfab_platform::Admission::standing);
     let usage = TokenUsage::prompt(tokens as u64);
-    let used = Used {
-        tokens: usage,
-        source: Source::Engine,
-    };
-    let vectors = match encoder.embed(inputs).await {
-        Ok(v) => v,
-        Err(e) => {
-            // Recorded, not charged.
-            settle(admission, used, Outcome::Error).await;
-            let err = match e {
-                EmbedError::Engine(EngineError::BadRequest(m)) => {
-                    HttpError::bad_request(Some("input"), m)
-                }
-                EmbedError::Submit(s) => HttpError::overloaded(s.to_string()),
-                EmbedError::Engine(other) => HttpError::internal(other.to_string()),
-            };
-            return with_rate_headers(err.into_response(), standing);
-        }
-    };
-    settle(admission, used, Outcome::Done).await;
+    let (vectors, standing) =
+        match billed(state, caller, entry, usage, "input", encoder.embed(inputs)).await {
+            Ok(x) => x,
+            Err(refused) => return refused,
+        };
     let vectors = vectors
         .into_iter()
         .map(|v| match format {
@@ -111,6 +89,49 @@ pub async fn local(
     let answer = EmbeddingsResponse::new(entry.id.clone(), vectors, usage);
     with_rate_headers(axum::Json(answer).into_response(), standing)
 }
+
+/// An encoder request's way through the platform: `usage` admitted for `entry`, `work`
+/// run, then settled (charged when it succeeded, recorded only when it failed). The
+/// answer's rate-limit standing comes back with the result; an engine refusal is a 400
+/// naming `param`.
+pub(crate) async fn billed<T>(
+    state: &AppState,
+    caller: &Caller,
+    entry: &ModelEntry,
+    usage: TokenUsage,
+    param: &str,
+    work: impl std::future::Future<Output = Result<T, EmbedError>>,
+) -> Result<(T, Standing), Response> {
+    let admission = admit(state, caller, &entry.id, usage.prompt, 0).await?;
+    let standing = admission.as_ref().map(Admission::standing);
+    let used = Used {
+        tokens: usage,
+        source: Source::Engine,
+    };
+    match work.await {
+        Ok(v) => {
+            settle(admission, used, Outcome::Done).await;
+            Ok((v, standing))
+        }
+        Err(e) => {
+            settle(admission, used, Outcome::Error).await;
+            let err = match e {
+                EmbedError::Engine(EngineError::BadRequest(m)) => {
+                    HttpError::bad_request(Some(param), m)
+                }
+                EmbedError::Submit(s) => HttpError::overloaded(s.to_string()),
+                EmbedError::Engine(other) => HttpError::internal(other.to_string()),
+            };
+            Err(with_rate_headers(err.into_response(), standing))
+        }
+    }
+}
+
+/// The answer's rate-limit standing ([`with_rate_headers`]).
+pub(crate) type Standing = Option<(
+    Option<tokenfab_platform::limits::Standing>,
+    Option<tokenfab_platform::limits::Standing>,
+)>;
 
 /// The token ids of each input, checked against the request limits and the model's
 /// context; the first input that does not fit is named.

@@ -12,17 +12,15 @@ use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use tokenfab_engine::EngineError;
-use tokenfab_engine::encoder::{EmbedError, EncoderHandle};
-use tokenfab_platform::store::{Outcome, Source};
-use tokenfab_platform::{Caller, Used};
+use tokenfab_engine::encoder::EncoderHandle;
+use tokenfab_platform::Caller;
 use tokenfab_wire::rerank::{DocumentText, RerankRequest, RerankResponse, RerankResult};
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::error::HttpError;
 use crate::request_id::RequestId;
-use crate::routes::embeddings::MAX_TOKENS;
-use crate::routes::{admit, settle, typed, with_rate_headers};
+use crate::routes::embeddings::{MAX_TOKENS, billed};
+use crate::routes::{typed, with_rate_headers};
 use crate::state::{AppState, ModelEntry};
 
 /// Documents per request at most.
@@ -88,34 +86,12 @@ pub async fn local(
         }
     };
     crate::request_id::note_prompt(pairs.tokens as u64);
-    let admission = match admit(state, caller, &entry.id, pairs.tokens as u64, 0).await {
-        Ok(a) => a,
+    let usage = TokenUsage::prompt(pairs.tokens as u64);
+    let work = encoder.score(pairs.pairs);
+    let (scores, standing) = match billed(state, caller, entry, usage, "documents", work).await {
+        Ok(x) => x,
         Err(refused) => return refused,
     };
-    let standing = admission
-        .as_ref()
-        .map(tokenfab_platform::Admission::standing);
-    let usage = TokenUsage::prompt(pairs.tokens as u64);
-    let used = Used {
-        tokens: usage,
-        source: Source::Engine,
-    };
-    let scores = match encoder.score(pairs.pairs).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Recorded, not charged.
-            settle(admission, used, Outcome::Error).await;
-            let err = match e {
-                EmbedError::Engine(EngineError::BadRequest(m)) => {
-                    HttpError::bad_request(Some("documents"), m)
-                }
-                EmbedError::Submit(s) => HttpError::overloaded(s.to_string()),
-                EmbedError::Engine(other) => HttpError::internal(other.to_string()),
-            };
-            return with_rate_headers(err.into_response(), standing);
-        }
-    };
-    settle(admission, used, Outcome::Done).await;
     let mut best = vec![f32::NEG_INFINITY; documents.len()];
     for (&doc, score) in pairs.document.iter().zip(scores) {
         best[doc] = best[doc].max(score);
