@@ -58,14 +58,63 @@ fn spec_string(repo: &str, file: &str, revision: Option<&str>) -> String {
     }
 }
 
-/// The local path of the file, from the hub cache or downloaded into it.
+/// What an encoder's safetensors weights need beside them in the repo: the files it
+/// cannot load without, then sentence-transformers' modules, which it does without.
+const ENCODER_FILES: [(&str, bool); 5] = [
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("modules.json", false),
+    ("sentence_bert_config.json", false),
+    ("1_Pooling/config.json", false),
+];
+
+/// The local path of the file, from the hub cache or downloaded into it; for an
+/// encoder's `.safetensors` weights, with the small files beside them in the repo
+/// ([`ENCODER_FILES`]), which the loader reads from the same snapshot folder.
 pub(crate) fn resolve(
     repo: &str,
     file: &str,
     revision: Option<&str>,
     progress: bool,
 ) -> Result<PathBuf, ModelsError> {
-    if let Some(path) = cached_path(repo, file, revision) {
+    resolve_in(&hub_cache_dir(), repo, file, revision, progress)
+}
+
+fn resolve_in(
+    hub: &Path,
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf, ModelsError> {
+    if file.to_ascii_lowercase().ends_with(".safetensors") {
+        let folder = file.rsplit_once('/').map_or("", |(dir, _)| dir);
+        for (name, required) in ENCODER_FILES {
+            let companion = if folder.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{folder}/{name}")
+            };
+            match one_file(hub, repo, &companion, revision, false) {
+                Ok(_) => {}
+                Err(e) if required => return Err(e),
+                Err(e) => {
+                    tracing::debug!(file = %companion, error = %e, "optional encoder file not fetched")
+                }
+            }
+        }
+    }
+    one_file(hub, repo, file, revision, progress)
+}
+
+fn one_file(
+    hub: &Path,
+    repo: &str,
+    file: &str,
+    revision: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf, ModelsError> {
+    if let Some(path) = cached_path_in(hub, repo, file, revision) {
         tracing::debug!(path = %path.display(), "using cached Hugging Face file");
         return Ok(path);
     }
@@ -180,6 +229,29 @@ mod tests {
             cached_path_in(hub.path(), "org/other", "m.gguf", None),
             None
         );
+    }
+
+    /// An encoder's weights resolve from a cached snapshot with the files beside them; a
+    /// missing required one is what the error names (this build cannot download).
+    #[cfg(not(feature = "hf"))]
+    #[test]
+    fn safetensors_weights_bring_their_configuration() {
+        let hub = tempfile::tempdir().unwrap();
+        let repo_dir = hub.path().join("models--org--enc");
+        let commit = "89abcdef0123456789abcdef0123456789abcdef";
+        let snap = repo_dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+        for f in ["model.safetensors", "config.json"] {
+            std::fs::write(snap.join(f), b"x").unwrap();
+        }
+        let get = || resolve_in(hub.path(), "org/enc", "model.safetensors", None, false);
+        let err = get().unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+        std::fs::write(snap.join("tokenizer.json"), b"x").unwrap();
+        // The optional sentence-transformers files may be missing.
+        assert_eq!(get().unwrap(), snap.join("model.safetensors"));
     }
 
     #[test]

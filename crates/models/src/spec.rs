@@ -14,7 +14,7 @@ use crate::{ModelsError, ResolvedModel, hf};
 pub const ACCEPTED_FORMS: &str = "accepted forms:\n  \
     PATH or file:PATH                  a local .gguf file, or a Hugging Face model directory (config.json beside model.safetensors)\n  \
     ORG/NAME                           a built-in model (`tokenfab models list`), e.g. HuggingFaceTB/SmolLM2-135M-Instruct\n  \
-    hf:ORG/REPO/FILE.gguf[@REVISION]   a file in a Hugging Face repo (also hf:ORG/REPO:FILE.gguf)";
+    hf:ORG/REPO/FILE.gguf[@REVISION]   a file in a Hugging Face repo (also hf:ORG/REPO:FILE.gguf; an encoder's FILE.safetensors brings its config.json and tokenizer.json)";
 
 /// Where a model's file comes from, parsed from a user string with
 /// [`str::parse`]. Each variant carries an optional served-id override
@@ -275,9 +275,10 @@ fn parse_hf(rest: &str) -> Result<ModelSpec, String> {
     {
         return Err(format!("`{file}` is not a file path inside the repo"));
     }
-    if !file.to_ascii_lowercase().ends_with(".gguf") {
+    let lower = file.to_ascii_lowercase();
+    if !lower.ends_with(".gguf") && !lower.ends_with(".safetensors") {
         return Err(format!(
-            "`{file}` is not a .gguf file; tokenfab runs GGUF models"
+            "`{file}` is not a .gguf or .safetensors file; tokenfab runs GGUF models and safetensors encoders"
         ));
     }
     Ok(ModelSpec::HuggingFace {
@@ -378,7 +379,7 @@ mod tests {
     fn hf_errors_say_what_is_wrong() {
         assert!(err("hf:org/repo").contains("names no file"));
         assert!(err("hf:org").contains("names no file"));
-        assert!(err("hf:org/repo/model.bin").contains("not a .gguf file"));
+        assert!(err("hf:org/repo/model.bin").contains("not a .gguf or .safetensors file"));
         assert!(err("hf:org/repo/m.gguf@").contains("revision"));
         assert!(err("hf:org/re po:m.gguf").contains("not a Hugging Face repo id"));
         assert!(err("hf:/repo/m.gguf").contains("not a Hugging Face repo id"));
