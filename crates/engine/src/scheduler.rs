@@ -78,6 +78,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Tokens whose log-probabilities each step also reports, after the `k` most likely
+    /// (those among them not already there): a relevance judge's "yes" and "no".
+    pub logprobs_of: Vec<u32>,
     /// `Some(k)`: also report each prompt token's log-probability given the tokens before
     /// it, with `k` alternatives (the legacy completions' `echo` with `logprobs`), in one
     /// [`Event::Prompt`] before the first token. Such a prompt is computed whole (not
@@ -113,7 +116,8 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
     pub logprob: f32,
-    /// The most likely tokens at this step, most likely first.
+    /// The most likely tokens at this step, most likely first, then the request's
+    /// [`GenerateRequest::logprobs_of`] tokens not among them.
     pub top: Vec<(u32, f32)>,
 }
 
@@ -822,9 +826,19 @@ impl Scheduler {
         s.generated += 1;
         s.last = Some(token);
         s.sampled.push(token);
-        let logprob = s.req.logprobs.map(|k| TokenLogprob {
-            logprob: buf[token as usize],
-            top: top_k_logprobs(buf, k),
+        let logprob = s.req.logprobs.map(|k| {
+            let mut top = top_k_logprobs(buf, k);
+            for &id in &s.req.logprobs_of {
+                if !top.iter().any(|&(t, _)| t == id)
+                    && let Some(&lp) = buf.get(id as usize)
+                {
+                    top.push((id, lp));
+                }
+            }
+            TokenLogprob {
+                logprob: buf[token as usize],
+                top,
+            }
         });
         if tokenizer.is_eog(token) {
             let tail = s.output.push_end();

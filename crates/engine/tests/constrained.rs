@@ -64,6 +64,7 @@ fn run(
         max_tokens,
         stop: vec![],
         logprobs: None,
+        logprobs_of: Vec::new(),
         prompt_logprobs: None,
         thinking_budget: Some(48),
         split_thought: true,

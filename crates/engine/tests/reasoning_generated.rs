@@ -74,6 +74,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
             max_tokens: 32,
             stop: vec![],
             logprobs: None,
+            logprobs_of: Vec::new(),
             prompt_logprobs: None,
             // The engine finds the opened thought in the prompt itself.
             thinking_budget: Some(if seed % 4 < 2 {

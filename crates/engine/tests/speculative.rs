@@ -77,6 +77,7 @@ fn generate(
                 max_tokens,
                 stop: vec![],
                 logprobs: Some(2),
+                logprobs_of: Vec::new(),
                 prompt_logprobs: None,
                 thinking_budget: None,
                 split_thought: false,

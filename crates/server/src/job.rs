@@ -585,6 +585,7 @@ pub fn build(
         max_tokens,
         stop: asked.stop.clone(),
         logprobs: asked.logprobs.then_some(asked.top_logprobs),
+        logprobs_of: Vec::new(),
         prompt_logprobs: None,
         thinking_budget,
         split_thought: true,

@@ -59,6 +59,11 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
                 let served = load_local(m, &id, &path, how)?;
                 (Serve::Local(Arc::new(served)), ModelType::Chat)
             };
+            // A chat model declared a reranker judges relevance (`/v1/rerank` only).
+            let kind = match (declared, kind) {
+                (Some(ModelType::Reranker), ModelType::Chat) => ModelType::Reranker,
+                _ => kind,
+            };
             if let Some(d) = declared
                 && d != kind
             {

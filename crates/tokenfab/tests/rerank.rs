@@ -1,8 +1,9 @@
-//! `/v1/rerank` served by tokenfab's own encoder, on a cross-encoder conformance file (a
-//! seeded BertForSequenceClassification in Hugging Face's layout over all-MiniLM-L6-v2's
-//! vocabulary, written by the engine tests' reference script; random weights, so it tests
-//! the route, not relevance): SiliconFlow's answer, sorted and cut, each document scored
-//! as the engine scores its pair, a long document as its best chunk, and the 400s.
+//! `/v1/rerank` served locally, both ways. By tokenfab's own encoder, on a cross-encoder
+//! conformance file (a seeded BertForSequenceClassification in Hugging Face's layout over
+//! all-MiniLM-L6-v2's vocabulary, written by the engine tests' reference script; random
+//! weights, so it tests the route, not relevance): SiliconFlow's answer, sorted and cut,
+//! each document scored as the engine scores its pair, a long document as its best chunk,
+//! and the 400s. By a chat model as relevance judge, on a committed relevance set.
 
 mod common;
 
@@ -186,6 +187,65 @@ fn what_cannot_be_reranked_is_a_400_naming_it() {
         let r = reqwest::Client::new()
             .post(s.url("/v1/embeddings"))
             .json(&json!({"model": m, "input": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    });
+}
+
+/// A chat model declared a reranker judges relevance: on the relevance set committed with
+/// the tests (`data/relevance.json`: each query with one relevant document among three
+/// distractors, the relevant one placed second), Qwen2.5-Coder-0.5B-Instruct puts the
+/// relevant document first for every query.
+#[test]
+fn a_chat_model_judge_ranks_the_relevant_document_first() {
+    let dir = tokenfab_testkit::temp_dir("judge");
+    let config = dir.join("tokenfab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nid = \"test/judge\"\nsource = {:?}\ntype = \"reranker\"\n",
+            cached("Qwen/Qwen2.5-Coder-0.5B-Instruct").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&["--config", config.to_str().unwrap()]);
+    let set: Vec<Value> = serde_json::from_str(include_str!("data/relevance.json")).unwrap();
+    run(async {
+        for case in &set {
+            let d = case["distractors"].as_array().unwrap();
+            let docs = [&d[0], &case["relevant"], &d[1], &d[2]];
+            let (status, v) = rerank(
+                &s,
+                &json!({"model": "test/judge", "query": case["query"], "documents": docs}),
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+            let results = v["results"].as_array().unwrap();
+            assert_eq!(results.len(), 4);
+            assert_eq!(results[0]["index"], 1, "{}: {v}", case["query"]);
+            for r in results {
+                let p = r["relevance_score"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&p), "{v}");
+            }
+            assert!(v["tokens"]["input_tokens"].as_u64().unwrap() > 100, "{v}");
+        }
+        // A judge reads whole documents: chunking is a cross-encoder's.
+        let (status, v) = rerank(
+            &s,
+            &json!({"model": "test/judge", "query": "q", "documents": ["a"], "max_chunks_per_doc": 2}),
+        )
+        .await;
+        assert_eq!(
+            (status, &v["error"]["param"]),
+            (400, &json!("max_chunks_per_doc")),
+            "{v}"
+        );
+        // A reranker answers no chat.
+        let r = reqwest::Client::new()
+            .post(s.url("/v1/chat/completions"))
+            .json(&json!({"model": "test/judge", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
             .unwrap();

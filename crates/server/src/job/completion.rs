@@ -232,6 +232,7 @@ pub fn build(
             stop: asked.stop.clone(),
             // Ranking `best_of` candidates needs every token's logprob.
             logprobs: logprobs.or((best_of > n).then_some(0)),
+            logprobs_of: Vec::new(),
             prompt_logprobs: logprobs.filter(|_| echo),
             thinking_budget: None,
             // A completion's text is everything the model wrote.

@@ -499,6 +499,9 @@ pub async fn rerank(
         Serve::Encoder(enc) => {
             crate::routes::rerank::local(&state, &caller, &entry, enc, body, &rid).await
         }
+        Serve::Local(m) => {
+            crate::routes::rerank::judge(&state, &caller, &entry, m, body, &rid).await
+        }
         _ => serve(&state, &caller, body, entry, ModelType::Reranker, "rerank").await,
     }
 }

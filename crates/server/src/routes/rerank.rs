@@ -50,28 +50,10 @@ pub async fn local(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (Some(query), Some(documents)) = (req.query.clone(), req.documents.clone()) else {
-        let missing = if req.query.is_none() {
-            "query"
-        } else {
-            "documents"
-        };
-        return HttpError::bad_request(Some(missing), format!("`{missing}` is required"))
-            .into_response();
+    let (query, documents) = match checked(&req) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
     };
-    if documents.is_empty() || documents.len() > MAX_DOCUMENTS {
-        return HttpError::bad_request(
-            Some("documents"),
-            format!(
-                "`documents` holds {} documents; a request takes 1 to {MAX_DOCUMENTS}",
-                documents.len()
-            ),
-        )
-        .into_response();
-    }
-    if req.top_n == Some(0) {
-        return HttpError::bad_request(Some("top_n"), "`top_n` must be at least 1").into_response();
-    }
     let handle = encoder.clone();
     let texts: Vec<String> = documents.iter().map(|d| d.text().to_owned()).collect();
     let (chunks, overlap) = (req.max_chunks_per_doc, req.overlap_tokens);
@@ -122,12 +104,6 @@ fn pairs(
     overlap: Option<u64>,
 ) -> Result<Pairs, HttpError> {
     let e = encoder.encoder();
-    if query.is_empty() {
-        return Err(HttpError::bad_request(
-            Some("query"),
-            "`query` is an empty string",
-        ));
-    }
     let q = e.tokenizer.encode(query, false, false);
     let context = e.config.context_length;
     // [CLS] query [SEP] chunk [SEP]
@@ -187,4 +163,251 @@ fn pairs(
         ));
     }
     Ok(out)
+}
+
+/// What a chat model judging relevance is told (Qwen3-Reranker's instruction): the score
+/// is the probability of "yes" against "no" as its answer's first token.
+const JUDGE_SYSTEM: &str = "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".";
+const JUDGE_INSTRUCT: &str = "Given a search query, judge whether the document answers it";
+
+/// The judge's prompt for each document, its "yes" and "no" tokens, and the tokens all
+/// prompts hold.
+struct Judged {
+    prompts: Vec<Vec<u32>>,
+    yes: u32,
+    no: u32,
+    tokens: usize,
+}
+
+/// Answers a rerank request for `entry`, a chat model run as a relevance judge: one
+/// prompt per document through the model's own template, each answered by one step whose
+/// "yes" and "no" log-probabilities give the score, `P(yes) / (P(yes) + P(no))`. The
+/// prompts share their beginning (instruction and query), which the engine computes once
+/// and serves the others from its prefix cache.
+pub async fn judge(
+    state: &AppState,
+    caller: &Caller,
+    entry: &Arc<ModelEntry>,
+    model: &Arc<crate::state::ServedModel>,
+    body: Value,
+    rid: &RequestId,
+) -> Response {
+    let req: RerankRequest = match typed(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let (query, documents) = match checked(&req) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    if req.max_chunks_per_doc.is_some() || req.overlap_tokens.is_some() {
+        let param = if req.max_chunks_per_doc.is_some() {
+            "max_chunks_per_doc"
+        } else {
+            "overlap_tokens"
+        };
+        return HttpError::bad_request(
+            Some(param),
+            format!(
+                "`{}` judges whole documents: `{param}` applies to cross-encoders",
+                entry.id
+            ),
+        )
+        .into_response();
+    }
+    let served = model.clone();
+    let texts: Vec<String> = documents.iter().map(|d| d.text().to_owned()).collect();
+    let built = tokio::task::spawn_blocking(move || judge_prompts(&served, &query, &texts));
+    let judged = match built.await {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => {
+            return HttpError::internal(format!("could not prepare the request: {e}"))
+                .into_response();
+        }
+    };
+    crate::request_id::note_prompt(judged.tokens as u64);
+    let usage = TokenUsage::prompt(judged.tokens as u64);
+    let work = judge_all(model, judged);
+    let (scores, standing) = match billed(state, caller, entry, usage, "documents", work).await {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
+    let with_text = req.return_documents.unwrap_or(false);
+    let results = scores
+        .into_iter()
+        .enumerate()
+        .map(|(index, score)| RerankResult {
+            index,
+            relevance_score: score,
+            document: with_text.then(|| DocumentText {
+                text: documents[index].text().to_owned(),
+            }),
+        })
+        .collect();
+    let top_n = req.top_n.map(|n| n as usize);
+    let answer = RerankResponse::new(format!("rerank-{}", rid.0), results, top_n, usage);
+    with_rate_headers(axum::Json(answer).into_response(), standing)
+}
+
+/// The query and documents of a request, or the 400 naming what is missing or out of range.
+fn checked(
+    req: &RerankRequest,
+) -> Result<(String, Vec<tokenfab_wire::rerank::RerankDocument>), HttpError> {
+    let (Some(query), Some(documents)) = (req.query.clone(), req.documents.clone()) else {
+        let missing = if req.query.is_none() {
+            "query"
+        } else {
+            "documents"
+        };
+        return Err(HttpError::bad_request(
+            Some(missing),
+            format!("`{missing}` is required"),
+        ));
+    };
+    if documents.is_empty() || documents.len() > MAX_DOCUMENTS {
+        return Err(HttpError::bad_request(
+            Some("documents"),
+            format!(
+                "`documents` holds {} documents; a request takes 1 to {MAX_DOCUMENTS}",
+                documents.len()
+            ),
+        ));
+    }
+    if req.top_n == Some(0) {
+        return Err(HttpError::bad_request(
+            Some("top_n"),
+            "`top_n` must be at least 1",
+        ));
+    }
+    if query.is_empty() {
+        return Err(HttpError::bad_request(
+            Some("query"),
+            "`query` is an empty string",
+        ));
+    }
+    Ok((query, documents))
+}
+
+fn judge_prompts(
+    model: &crate::state::ServedModel,
+    query: &str,
+    documents: &[String],
+) -> Result<Judged, HttpError> {
+    let Some(template) = &model.template else {
+        return Err(HttpError::bad_request(
+            Some("model"),
+            "the model has no chat template, which judging relevance needs",
+        ));
+    };
+    let tok = &model.tokenizer;
+    let single = |word: &str| match tok.encode(word, false, false).as_slice() {
+        [id] => Ok(*id),
+        _ => Err(HttpError::internal(format!(
+            "the model's vocabulary has no single token for {word:?}, which judging relevance needs"
+        ))),
+    };
+    let (yes, no) = (single("yes")?, single("no")?);
+    let context = model.engine.context_length();
+    let mut out = Judged {
+        prompts: Vec::with_capacity(documents.len()),
+        yes,
+        no,
+        tokens: 0,
+    };
+    for (i, d) in documents.iter().enumerate() {
+        let message = |role: &str, content: String| tokenfab_engine::template::TemplateMessage {
+            role: role.into(),
+            content,
+            extra: Default::default(),
+        };
+        let conversation = [
+            message("system", JUDGE_SYSTEM.into()),
+            message(
+                "user",
+                format!("<Instruct>: {JUDGE_INSTRUCT}\n<Query>: {query}\n<Document>: {d}"),
+            ),
+        ];
+        let text = template
+            .render(&conversation, true, &Default::default())
+            .map_err(|e| HttpError::internal(format!("the model's template: {e}")))?;
+        let prompt = crate::job::encode_prompt(tok, &text);
+        if prompt.len() + 1 > context {
+            let name = format!("documents[{i}]");
+            return Err(HttpError::context_exceeded(
+                &name,
+                format!(
+                    "`{name}` and the query make a judging prompt of {} tokens, more than the model's {context}",
+                    prompt.len()
+                ),
+            ));
+        }
+        out.tokens += prompt.len();
+        out.prompts.push(prompt);
+    }
+    Ok(out)
+}
+
+/// Every prompt's one judging step, in the engine's batches; the scores in order.
+async fn judge_all(
+    model: &crate::state::ServedModel,
+    judged: Judged,
+) -> Result<Vec<f64>, tokenfab_engine::encoder::EmbedError> {
+    use tokenfab_engine::encoder::EmbedError;
+    use tokenfab_engine::scheduler::{Event, GenerateRequest};
+    let mut receivers = Vec::with_capacity(judged.prompts.len());
+    for prompt in judged.prompts {
+        let req = GenerateRequest {
+            prompt,
+            sampling: tokenfab_engine::sampler::SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            fallback_seed: 0,
+            max_tokens: 1,
+            stop: Vec::new(),
+            logprobs: Some(0),
+            logprobs_of: vec![judged.yes, judged.no],
+            prompt_logprobs: None,
+            thinking_budget: None,
+            split_thought: false,
+            constraint: None,
+            shown: Vec::new(),
+        };
+        receivers.push(model.engine.submit(req).map_err(EmbedError::Submit)?);
+    }
+    let mut scores = Vec::with_capacity(receivers.len());
+    for mut rx in receivers {
+        let mut score = None;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Token {
+                    logprob: Some(lp), ..
+                } => {
+                    let of = |id| {
+                        lp.top
+                            .iter()
+                            .find(|(t, _)| *t == id)
+                            .map(|&(_, l)| l as f64)
+                    };
+                    if let (Some(y), Some(n)) = (of(judged.yes), of(judged.no)) {
+                        // P(yes) / (P(yes) + P(no)), from log-probabilities without overflow.
+                        score = Some(1.0 / (1.0 + (n - y).exp()));
+                    }
+                }
+                Event::Failed(m) => {
+                    return Err(EmbedError::Engine(
+                        tokenfab_engine::EngineError::BadRequest(m),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        scores.push(score.ok_or_else(|| {
+            EmbedError::Engine(tokenfab_engine::EngineError::BadRequest(
+                "the judge's step ended without its log-probabilities".into(),
+            ))
+        })?);
+    }
+    Ok(scores)
 }
