@@ -406,6 +406,17 @@ print(f"| all-MiniLM-L6-v2 sentences/s (1000 sentences, {tokens} tokens, batches
       f"| {tf:.1f} | {st:.1f} | {tf / st:.2f} |")
 PY
 
+# Rerank latency (reported, no reference): Qwen2.5-Coder-0.5B as relevance judge, 1 query x
+# 32 documents of about 100 tokens, 20 requests in a row.
+echo
+echo "== rerank latency (a chat model as judge)"
+printf '[[models]]\nid = "judge"\nsource = "%s"\ntype = "reranker"\n' "$qwen" >"$out/judge.toml"
+"$tf" serve --config "$out/judge.toml" --port "$tf_port" --threads "$threads" >"$out/judge-serve.log" 2>&1 &
+server_pid=$!
+wait_ready "http://127.0.0.1:$tf_port/v1/models" "$server_pid" "$out/judge-serve.log"
+python3 bench/rerank_latency.py "http://127.0.0.1:$tf_port/v1" judge | tee "$out/rerank.json"
+stop_server
+
 # What tokenfab adds in front of an upstream (issue 6's figure). Its reference is the same
 # instant upstream asked directly, alternating with the runs through `tokenfab serve`.
 echo
