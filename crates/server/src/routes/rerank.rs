@@ -14,12 +14,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokenfab_engine::encoder::EncoderHandle;
 use tokenfab_platform::Caller;
-use tokenfab_wire::rerank::{DocumentText, RerankRequest, RerankResponse, RerankResult};
+use tokenfab_wire::rerank::{
+    DocumentText, RerankDocument, RerankRequest, RerankResponse, RerankResult,
+};
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::error::HttpError;
 use crate::request_id::RequestId;
-use crate::routes::embeddings::{MAX_TOKENS, billed};
+use crate::routes::embeddings::{MAX_TOKENS, Standing, billed};
 use crate::routes::{typed, with_rate_headers};
 use crate::state::{AppState, ModelEntry};
 
@@ -78,21 +80,8 @@ pub async fn local(
     for (&doc, score) in pairs.document.iter().zip(scores) {
         best[doc] = best[doc].max(score);
     }
-    let with_text = req.return_documents.unwrap_or(false);
-    let results = best
-        .into_iter()
-        .enumerate()
-        .map(|(index, score)| RerankResult {
-            index,
-            relevance_score: score as f64,
-            document: with_text.then(|| DocumentText {
-                text: documents[index].text().to_owned(),
-            }),
-        })
-        .collect();
-    let top_n = req.top_n.map(|n| n as usize);
-    let answer = RerankResponse::new(format!("rerank-{}", rid.0), results, top_n, usage);
-    with_rate_headers(axum::Json(answer).into_response(), standing)
+    let scores = best.into_iter().map(f64::from);
+    answer(&req, &documents, scores, usage, rid, standing)
 }
 
 /// The query beside each document's chunks, checked against the model's context.
@@ -233,13 +222,26 @@ pub async fn judge(
         Ok(x) => x,
         Err(refused) => return refused,
     };
+    answer(&req, &documents, scores, usage, rid, standing)
+}
+
+/// The answer of either kind of reranker: each document's score in request order, sorted,
+/// cut to `top_n`, with the texts when asked.
+fn answer(
+    req: &RerankRequest,
+    documents: &[RerankDocument],
+    scores: impl IntoIterator<Item = f64>,
+    usage: TokenUsage,
+    rid: &RequestId,
+    standing: Standing,
+) -> Response {
     let with_text = req.return_documents.unwrap_or(false);
     let results = scores
         .into_iter()
         .enumerate()
-        .map(|(index, score)| RerankResult {
+        .map(|(index, relevance_score)| RerankResult {
             index,
-            relevance_score: score,
+            relevance_score,
             document: with_text.then(|| DocumentText {
                 text: documents[index].text().to_owned(),
             }),
@@ -251,9 +253,7 @@ pub async fn judge(
 }
 
 /// The query and documents of a request, or the 400 naming what is missing or out of range.
-fn checked(
-    req: &RerankRequest,
-) -> Result<(String, Vec<tokenfab_wire::rerank::RerankDocument>), HttpError> {
+fn checked(req: &RerankRequest) -> Result<(String, Vec<RerankDocument>), HttpError> {
     let (Some(query), Some(documents)) = (req.query.clone(), req.documents.clone()) else {
         let missing = if req.query.is_none() {
             "query"
