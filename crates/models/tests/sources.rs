@@ -96,6 +96,10 @@ fn catalog_cache_layout() {
             "sentence-transformers/all-MiniLM-L6-v2",
             "sentence-transformers--all-MiniLM-L6-v2/model.safetensors",
         ),
+        (
+            "nomic-ai/nomic-embed-text-v1.5",
+            "nomic-ai--nomic-embed-text-v1.5/nomic-embed-text-v1.5.f16.gguf",
+        ),
     ];
     assert_eq!(catalog().len(), expected.len());
     for (id, rel) in expected {

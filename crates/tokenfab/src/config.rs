@@ -116,6 +116,13 @@ pub struct ModelConfig {
     pub kind: Option<String>,
     pub sub_type: Option<String>,
     pub context_length: Option<usize>,
+    /// An embedding model's pooling (`mean`, `cls` or `last`): over its own default for
+    /// an encoder; for a chat GGUF declared `type = "embedding"`, how its final hidden
+    /// states make a vector (`last` for Qwen3-Embedding's kind, `mean` otherwise).
+    pub pooling: Option<String>,
+    /// An embedding model trained with Matryoshka representation learning: the shorter
+    /// sizes its vectors may be cut to (`dimensions` in a request), over the catalog's.
+    pub matryoshka_dimensions: Option<Vec<usize>>,
     pub chat_template_file: Option<PathBuf>,
     /// A local model's draft for speculative decoding: a smaller model (catalog id, path
     /// or `hf:` spec) with the very same vocabulary.

@@ -198,7 +198,7 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
             for e in catalog() {
                 let spec: ModelSpec = e.id.parse()?;
                 let cached = spec.is_cached(&dir);
-                let encoder = e.file_name.ends_with(".safetensors");
+                let encoder = tokenfab_engine::encoder::supports_architecture(e.architecture);
                 let runs = if cached {
                     // The file itself, header only: its real tensor types and shapes (an
                     // encoder's configuration).

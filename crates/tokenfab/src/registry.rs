@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokenfab_engine::encoder::{self, Encoder, EncoderHandle};
+use tokenfab_engine::encoder::{self, Encoder, EncoderHandle, Pooling};
 use tokenfab_engine::gguf::GgufFile;
 use tokenfab_engine::loader::LoadedModel;
 use tokenfab_engine::scheduler::{self, SchedulerConfig};
@@ -47,8 +47,8 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
             let ResolvedModel { id, path } = spec.resolve(&how.cache_dir, true)?;
             let id = m.id.clone().unwrap_or(id);
             // What the file is decides what it serves; a declared type must agree.
-            let (serve, kind) = if is_encoder(&path) {
-                let encoder = load_encoder(&id, &path, how)?;
+            let (serve, kind) = if Encoder::at(&path) {
+                let encoder = load_encoder(m, &spec, &id, &path, how)?;
                 let kind = if encoder.config().reranker {
                     ModelType::Reranker
                 } else {
@@ -95,17 +95,37 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
     })
 }
 
-/// Whether `path` is an encoder's (a Hugging Face directory or its safetensors weights)
-/// rather than a GGUF file of a chat model.
-fn is_encoder(path: &Path) -> bool {
-    path.is_dir() || path.extension().is_some_and(|e| e == "safetensors")
-}
-
-/// Loads an embedding model or a cross-encoder and starts its encoder thread.
-fn load_encoder(id: &str, path: &Path, how: &Loading) -> anyhow::Result<EncoderHandle> {
+/// Loads an embedding model or a cross-encoder and starts its encoder thread. The
+/// configuration's `pooling` and `matryoshka_dimensions` stand over the file's (and the
+/// catalog's) own.
+fn load_encoder(
+    m: &ModelConfig,
+    spec: &ModelSpec,
+    id: &str,
+    path: &Path,
+    how: &Loading,
+) -> anyhow::Result<EncoderHandle> {
     tracing::info!(%id, path = %path.display(), "loading encoder");
-    let encoder = Encoder::load(path)
+    let mut encoder = Encoder::load(path)
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
+    if let Some(p) = pooling(m)? {
+        encoder.config.pooling = p;
+    }
+    let catalog = match spec {
+        ModelSpec::Catalog { entry, .. } => entry.dimensions,
+        _ => &[],
+    };
+    if let Some(dims) = m
+        .matryoshka_dimensions
+        .as_deref()
+        .or((!catalog.is_empty()).then_some(catalog))
+    {
+        let width = encoder.config.width;
+        if let Some(bad) = dims.iter().find(|&&d| d == 0 || d > width) {
+            bail!("model `{id}`: matryoshka_dimensions holds {bad}, outside 1..={width}");
+        }
+        encoder.config.dimensions = dims.to_vec();
+    }
     let c = &encoder.config;
     tracing::info!(%id, arch = %c.arch, width = c.width, context = c.context_length, pooling = c.pooling.as_str(), reranker = c.reranker, "encoder");
     let max_waiting = how
@@ -113,6 +133,17 @@ fn load_encoder(id: &str, path: &Path, how: &Loading) -> anyhow::Result<EncoderH
         .max_waiting
         .unwrap_or(SchedulerConfig::default().max_waiting);
     Ok(encoder::start(Arc::new(encoder), how.threads, max_waiting)?)
+}
+
+/// The configured `pooling`, checked.
+fn pooling(m: &ModelConfig) -> anyhow::Result<Option<Pooling>> {
+    m.pooling
+        .as_deref()
+        .map(|p| {
+            Pooling::parse(p)
+                .with_context(|| format!("pooling `{p}` is not one of `mean`, `cls` or `last`"))
+        })
+        .transpose()
 }
 
 /// Loads a local chat model from its resolved file and starts its engine.

@@ -6,22 +6,46 @@
 //! The layer is BERT's as Hugging Face's `BertModel` computes it: embeddings (word,
 //! absolute position, token type) and a LayerNorm, then per layer self-attention with
 //! biases, a residual and a LayerNorm after it (post-norm), a GELU feed-forward, a residual
-//! and a LayerNorm again. The matrix products are the `gemm` crate's (f32, blocked and
-//! vectorized for the CPU it runs on, split over the rayon pool).
+//! and a LayerNorm again. Nomic-BERT is the same layer with rotary positions instead of a
+//! table (NeoX's halves, on queries and keys), no biases and a SwiGLU feed-forward: both
+//! are options of the one pass ([`Positions`], [`Layer::gate`], an empty bias).
+//! The matrix products are the `gemm` crate's (f32, blocked and vectorized for the CPU it
+//! runs on, split over the rayon pool).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::EncoderConfig;
+use super::{EncoderConfig, Positions};
 use crate::model::exp_nonpositive;
 
 /// A dense layer: `rows` outputs of `cols` inputs, row-major (as PyTorch stores
-/// `Linear.weight`), and its bias.
+/// `Linear.weight`), and its bias (empty: none).
 pub(crate) struct Linear {
     pub w: Vec<f32>,
     pub b: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
+}
+
+impl Linear {
+    /// Layers of the same inputs as one of their rows stacked (queries, keys and values
+    /// into one product).
+    pub fn stack<E>(parts: [Result<Linear, E>; 3]) -> Result<Linear, E> {
+        let mut out = Linear {
+            w: Vec::new(),
+            b: Vec::new(),
+            rows: 0,
+            cols: 0,
+        };
+        for part in parts {
+            let part = part?;
+            out.w.extend(part.w);
+            out.b.extend(part.b);
+            out.rows += part.rows;
+            out.cols = part.cols;
+        }
+        Ok(out)
+    }
 }
 
 pub(crate) struct Norm {
@@ -30,19 +54,21 @@ pub(crate) struct Norm {
 }
 
 pub(crate) struct Layer {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// Queries, keys and values in one product: `3 × width` rows, Q's then K's then V's.
+    pub qkv: Linear,
     pub o: Linear,
     pub attn_norm: Norm,
     pub up: Linear,
+    /// SwiGLU's gate (`down(silu(gate·x) ⊙ up·x)`); without one the feed-forward is
+    /// `down(gelu(up·x))`.
+    pub gate: Option<Linear>,
     pub down: Linear,
     pub out_norm: Norm,
 }
 
 /// The weights of a BERT encoder.
 pub(crate) struct Bert {
-    /// `vocab × width`, `positions × width`, `types × width`.
+    /// `vocab × width`, `positions × width` (empty for rotary positions), `types × width`.
     pub word: Vec<f32>,
     pub position: Vec<f32>,
     pub token_type: Vec<f32>,
@@ -89,11 +115,15 @@ impl Bert {
         for s in seqs {
             for (p, &t) in s.tokens.iter().enumerate() {
                 let ty = s.types.get(p).copied().unwrap_or(0) as usize;
-                let pos = (p + c.position_offset) * d;
                 let out = &mut x[row * d..(row + 1) * d];
                 let word = &self.word[t as usize * d..(t as usize + 1) * d];
+                let ty = &self.token_type[ty * d..(ty + 1) * d];
                 for i in 0..d {
-                    out[i] = word[i] + self.position[pos + i] + self.token_type[ty * d + i];
+                    out[i] = word[i] + ty[i];
+                }
+                if let Positions::Table { offset, .. } = c.positions {
+                    let pos = &self.position[(p + offset) * d..(p + offset + 1) * d];
+                    out.iter_mut().zip(pos).for_each(|(o, p)| *o += p);
                 }
                 row += 1;
             }
@@ -108,23 +138,92 @@ impl Bert {
                 Some(span)
             })
             .collect();
-        let (mut q, mut k, mut v) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
+        let rotary = match c.positions {
+            Positions::Rotary { base } => Some(Rotary::new(c, &spans, base)),
+            Positions::Table { .. } => None,
+        };
+        let mut qkv = vec![0.0; n * 3 * d];
         let mut att = vec![0.0; n * d];
         let mut proj = vec![0.0; n * d];
         let mut hidden = vec![0.0; n * c.ffn];
+        let mut gated = vec![
+            0.0;
+            if self.layers.iter().any(|l| l.gate.is_some()) {
+                n * c.ffn
+            } else {
+                0
+            }
+        ];
         for l in &self.layers {
-            linear(&x, n, &l.q, &mut q);
-            linear(&x, n, &l.k, &mut k);
-            linear(&x, n, &l.v, &mut v);
-            attention(c, &spans, (&q, &k, &v), &mut att);
+            linear(&x, n, &l.qkv, &mut qkv);
+            if let Some(r) = &rotary {
+                r.apply(&mut qkv, c);
+            }
+            attention(c, &spans, &qkv, &mut att);
             linear(&att, n, &l.o, &mut proj);
             add_norm(&mut x, &proj, d, &l.attn_norm, c.norm_eps);
             linear(&x, n, &l.up, &mut hidden);
-            hidden.par_chunks_mut(4096).for_each(gelu);
+            match &l.gate {
+                Some(gate) => {
+                    linear(&x, n, gate, &mut gated);
+                    hidden
+                        .par_chunks_mut(4096)
+                        .zip(gated.par_chunks_mut(4096))
+                        .for_each(|(up, g)| swiglu(up, g));
+                }
+                None => hidden.par_chunks_mut(4096).for_each(gelu),
+            }
             linear(&hidden, n, &l.down, &mut proj);
             add_norm(&mut x, &proj, d, &l.out_norm, c.norm_eps);
         }
         x
+    }
+}
+
+/// Rotary positions as GPT-NeoX applies them (what llama.cpp does for Nomic-BERT): each
+/// head's dimension `i < hd/2` is paired with `i + hd/2` and the pair turned by `p ·
+/// base^(-2i/hd)` radians, `p` the token's position in its own sequence.
+struct Rotary {
+    /// Per packed row, the cosines and then the sines of its position (`hd/2` each).
+    table: Vec<f32>,
+}
+
+impl Rotary {
+    fn new(c: &EncoderConfig, spans: &[(usize, usize)], base: f32) -> Rotary {
+        let half = c.width / c.heads / 2;
+        let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        let mut by_pos = vec![0.0f32; longest * 2 * half];
+        for (p, row) in by_pos.chunks_exact_mut(2 * half).enumerate() {
+            for i in 0..half {
+                let theta = p as f64 * (base as f64).powf(-((2 * i) as f64) / (2 * half) as f64);
+                row[i] = theta.cos() as f32;
+                row[half + i] = theta.sin() as f32;
+            }
+        }
+        let table = spans
+            .iter()
+            .flat_map(|&(_, len)| by_pos[..len * 2 * half].iter().copied())
+            .collect();
+        Rotary { table }
+    }
+
+    /// Turns the queries and keys of every row of `qkv` (`3 × width` per row).
+    fn apply(&self, qkv: &mut [f32], c: &EncoderConfig) {
+        let (d, hd) = (c.width, c.width / c.heads);
+        let half = hd / 2;
+        qkv.par_chunks_mut(3 * d)
+            .zip(self.table.par_chunks(2 * half))
+            .for_each(|(row, cs)| {
+                let (cos, sin) = cs.split_at(half);
+                for head in row[..2 * d].chunks_exact_mut(hd) {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x, y) = (a[i], b[i]);
+                        a[i] = x * cos[i] - y * sin[i];
+                        b[i] = x * sin[i] + y * cos[i];
+                    }
+                }
+            });
     }
 }
 
@@ -157,20 +256,17 @@ fn linear(x: &[f32], n: usize, w: &Linear, out: &mut [f32]) {
             Parallelism::Rayon(0),
         )
     };
-    out[..n * m]
-        .par_chunks_mut(m)
-        .for_each(|r| r.iter_mut().zip(&w.b).for_each(|(o, b)| *o += b));
+    if !w.b.is_empty() {
+        out[..n * m]
+            .par_chunks_mut(m)
+            .for_each(|r| r.iter_mut().zip(&w.b).for_each(|(o, b)| *o += b));
+    }
 }
 
-/// Multi-head self-attention of every sequence over itself. Tasks are (head, sequence)
-/// pairs, each writing its own head's columns of its own rows: the output is gathered
-/// head-major first (one contiguous block per head) and then interleaved.
-fn attention(
-    c: &EncoderConfig,
-    spans: &[(usize, usize)],
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    out: &mut [f32],
-) {
+/// Multi-head self-attention of every sequence over itself, from the fused `qkv` rows
+/// (`3 × width` each). Tasks are heads, each writing its own head's columns: the output
+/// is gathered head-major first (one contiguous block per head) and then interleaved.
+fn attention(c: &EncoderConfig, spans: &[(usize, usize)], qkv: &[f32], out: &mut [f32]) {
     let (d, hd) = (c.width, c.width / c.heads);
     let n: usize = spans.iter().map(|s| s.1).sum();
     let scale = 1.0 / (hd as f32).sqrt();
@@ -184,9 +280,14 @@ fn attention(
                 scores.clear();
                 scores.resize(len * len, 0.0);
                 let col = h * hd;
-                // SAFETY: scores is len×len row-major; Q and K rows start..start+len,
-                // columns col..col+hd of the n×d matrices; the output block is this
-                // head's len×hd rows at `start`. All inside the slices' lengths.
+                let (q, k, v) = (
+                    &qkv[start * 3 * d + col..],
+                    &qkv[start * 3 * d + d + col..],
+                    &qkv[start * 3 * d + 2 * d + col..],
+                );
+                // SAFETY: scores is len×len row-major; Q's and K's rows are `len` rows of
+                // stride 3d from the slices' starts, hd columns each, the last ending
+                // inside `qkv`; the output block is this head's len×hd rows at `start`.
                 unsafe {
                     gemm::gemm(
                         len,
@@ -196,11 +297,11 @@ fn attention(
                         1,
                         len as isize,
                         false,
-                        q.as_ptr().add(start * d + col),
+                        q.as_ptr(),
                         1,
-                        d as isize,
-                        k.as_ptr().add(start * d + col),
-                        d as isize,
+                        3 * d as isize,
+                        k.as_ptr(),
+                        3 * d as isize,
                         1,
                         0.0,
                         scale,
@@ -234,9 +335,9 @@ fn attention(
                         scores.as_ptr(),
                         1,
                         len as isize,
-                        v.as_ptr().add(start * d + col),
+                        v.as_ptr(),
                         1,
-                        d as isize,
+                        3 * d as isize,
                         0.0,
                         1.0,
                         false,
@@ -278,6 +379,23 @@ fn layer_norm(x: &mut [f32], norm: &Norm, eps: f32) {
     let inv = 1.0 / (var + eps as f64).sqrt();
     for ((v, w), b) in x.iter_mut().zip(&norm.w).zip(&norm.b) {
         *v = ((*v as f64 - mean) * inv) as f32 * w + b;
+    }
+}
+
+/// SwiGLU in place: `up ⊙ silu(gate)`, the sigmoid from `e^(-|g|)` (the engine's vector
+/// exponential, which takes non-positive arguments) so no lane overflows. `gate` is
+/// scratch.
+fn swiglu(up: &mut [f32], gate: &mut [f32]) {
+    let g: Vec<f32> = gate.to_vec();
+    gate.iter_mut().for_each(|v| *v = -v.abs());
+    exp_nonpositive(gate);
+    for ((u, e), &g) in up.iter_mut().zip(gate.iter()).zip(&g) {
+        let sigmoid = if g >= 0.0 {
+            1.0 / (1.0 + e)
+        } else {
+            e / (1.0 + e)
+        };
+        *u *= g * sigmoid;
     }
 }
 

@@ -11,7 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::bert::{Bert, Classifier, Layer, Linear, Norm};
-use super::{Encoder, EncoderConfig, Pooling};
+use super::{Encoder, EncoderConfig, Pooling, Positions};
 use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
 
@@ -110,6 +110,15 @@ fn config(dir: &Path) -> Result<EncoderConfig, EngineError> {
     }
     let positions = int("max_position_embeddings")?;
     let usable = positions.saturating_sub(position_offset);
+    let dimensions = cfg["matryoshka_dimensions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64().map(|v| v as usize))
+                .filter(|&v| v > 0 && v < width)
+                .collect()
+        })
+        .unwrap_or_default();
     let st = |name: &str| -> Result<Option<Value>, EngineError> {
         let p = dir.join(name);
         if p.is_file() {
@@ -142,14 +151,17 @@ fn config(dir: &Path) -> Result<EncoderConfig, EngineError> {
         layers: int("num_hidden_layers")?,
         ffn: int("intermediate_size")?,
         vocab: int("vocab_size")?,
-        positions,
-        position_offset,
+        positions: Positions::Table {
+            rows: positions,
+            offset: position_offset,
+        },
         token_types: cfg["type_vocab_size"].as_u64().unwrap_or(2) as usize,
         norm_eps: cfg["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
         context_length: max_seq.unwrap_or(usable).min(usable),
         pooling,
         normalize,
         reranker,
+        dimensions,
     })
 }
 
@@ -235,21 +247,25 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
     let layers = (0..c.layers)
         .map(|i| {
             let p = format!("encoder.layer.{i}");
+            let a = format!("{p}.attention.self");
+            let parts = ["query", "key", "value"].map(|n| linear(&format!("{a}.{n}"), d, d));
             Ok(Layer {
-                q: linear(&format!("{p}.attention.self.query"), d, d)?,
-                k: linear(&format!("{p}.attention.self.key"), d, d)?,
-                v: linear(&format!("{p}.attention.self.value"), d, d)?,
+                qkv: Linear::stack(parts)?,
                 o: linear(&format!("{p}.attention.output.dense"), d, d)?,
                 attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
                 up: linear(&format!("{p}.intermediate.dense"), f, d)?,
+                gate: None,
                 down: linear(&format!("{p}.output.dense"), d, f)?,
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             })
         })
         .collect::<Result<Vec<_>, EngineError>>()?;
+    let Positions::Table { rows, .. } = c.positions else {
+        return Err(bad("a Hugging Face BERT encoder has a position table"));
+    };
     let bert = Bert {
         word: tensor("embeddings.word_embeddings.weight", &[c.vocab, d])?,
-        position: tensor("embeddings.position_embeddings.weight", &[c.positions, d])?,
+        position: tensor("embeddings.position_embeddings.weight", &[rows, d])?,
         token_type: tensor(
             "embeddings.token_type_embeddings.weight",
             &[c.token_types, d],

@@ -3,14 +3,17 @@
 //!
 //! Layout: this file holds [`Encoder`] (configuration, tokenizer, weights) and its
 //! pooling; `batcher.rs` is the thread that serves it ([`start`], [`EncoderHandle`]),
-//! packing concurrent requests into shared passes; `hf.rs` reads a Hugging Face model directory (`config.json`,
-//! `model.safetensors`, `tokenizer.json` and sentence-transformers' pooling and
-//! normalization modules); `bert.rs` is the forward pass over packed sequences.
+//! packing concurrent requests into shared passes; `hf.rs` reads a Hugging Face model
+//! directory (`config.json`, `model.safetensors`, `tokenizer.json` and
+//! sentence-transformers' pooling and normalization modules), `gguf.rs` a GGUF file
+//! (Nomic-BERT); `bert.rs` is the forward pass over packed sequences.
 
 mod batcher;
 mod bert;
+mod gguf;
 mod hf;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -67,10 +70,7 @@ pub struct EncoderConfig {
     pub layers: usize,
     pub ffn: usize,
     pub vocab: usize,
-    /// Rows of the position table, and where the first position's row is in it
-    /// (RoBERTa-style models skip the padding index's rows).
-    pub positions: usize,
-    pub position_offset: usize,
+    pub positions: Positions,
     pub token_types: usize,
     pub norm_eps: f32,
     /// The longest input in tokens, `[CLS]` and `[SEP]` included: sentence-transformers'
@@ -82,6 +82,19 @@ pub struct EncoderConfig {
     /// A cross-encoder (a classification head of one logit): it scores (query, document)
     /// pairs instead of embedding texts.
     pub reranker: bool,
+    /// The shorter vector sizes the model was trained to be cut to (Matryoshka
+    /// representation learning), besides `width`: what `dimensions` may ask for.
+    pub dimensions: Vec<usize>,
+}
+
+/// How an encoder knows where a token is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Positions {
+    /// A learned table of `rows` rows, position 0 at row `offset` (RoBERTa-style models
+    /// skip the padding index's rows).
+    Table { rows: usize, offset: usize },
+    /// Rotary embeddings on queries and keys, of this frequency base.
+    Rotary { base: f32 },
 }
 
 /// A loaded encoder: immutable, shared between threads behind an `Arc`.
@@ -101,16 +114,34 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Loads a Hugging Face encoder directory, or its `model.safetensors` (the directory
-    /// is the file's).
-    pub fn load(path: &std::path::Path) -> Result<Encoder, EngineError> {
-        hf::load(path)
+    /// Loads a GGUF encoder, a Hugging Face encoder directory, or its `model.safetensors`
+    /// (the directory is the file's).
+    pub fn load(path: &Path) -> Result<Encoder, EngineError> {
+        if is_gguf(path) {
+            gguf::load(path)
+        } else {
+            hf::load(path)
+        }
     }
 
     /// The configuration of the encoder at `path`, read without its weights: whether
     /// tokenfab runs it, and its shapes.
-    pub fn config_of(path: &std::path::Path) -> Result<EncoderConfig, EngineError> {
-        hf::config_of(path)
+    pub fn config_of(path: &Path) -> Result<EncoderConfig, EngineError> {
+        if is_gguf(path) {
+            gguf::config_of(path)
+        } else {
+            hf::config_of(path)
+        }
+    }
+
+    /// Whether `path` holds an encoder rather than a chat model: a Hugging Face
+    /// directory or safetensors file, or a GGUF file of a bidirectional model.
+    pub fn at(path: &Path) -> bool {
+        if is_gguf(path) {
+            crate::gguf::GgufFile::open(path).is_ok_and(|g| gguf::is_encoder(&g))
+        } else {
+            path.is_dir() || path.extension().is_some_and(|e| e == "safetensors")
+        }
     }
 
     /// The vector of each token sequence (each framed as the tokenizer frames it, at
@@ -234,9 +265,14 @@ impl Encoder {
     }
 }
 
-/// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...).
+/// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...) or GGUF
+/// architecture (`nomic-bert`).
 pub fn supports_architecture(model_type: &str) -> bool {
-    hf::family(model_type, 0).is_some()
+    hf::family(model_type, 0).is_some() || gguf::ARCHITECTURES.contains(&model_type)
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gguf")
 }
 
 /// Scales `v` to unit length (a zero vector stays zero), in f64 as

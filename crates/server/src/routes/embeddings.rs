@@ -43,19 +43,10 @@ pub async fn local(
         Err(e) => return e.into_response(),
     };
     let format = req.encoding_format.unwrap_or_default();
-    let width = encoder.config().width;
-    if let Some(d) = req.dimensions
-        && d != width as u64
-    {
-        return HttpError::bad_request(
-            Some("dimensions"),
-            format!(
-                "`{}` gives vectors of {width} dimensions and was not trained to be truncated: `dimensions` must be {width} or absent",
-                entry.id
-            ),
-        )
-        .into_response();
-    }
+    let cut = match dimensions(entry, encoder.config(), req.dimensions) {
+        Ok(cut) => cut,
+        Err(e) => return e.into_response(),
+    };
     let Some(input) = req.input else {
         return HttpError::bad_request(Some("input"), "`input` is required").into_response();
     };
@@ -78,6 +69,13 @@ pub async fn local(
         };
     let vectors = vectors
         .into_iter()
+        .map(|mut v| {
+            if let Some(d) = cut {
+                v.truncate(d);
+                tokenfab_engine::encoder::normalize(&mut v);
+            }
+            v
+        })
         .map(|v| match format {
             EncodingFormat::Float => Vector::Float(v),
             EncodingFormat::Base64 => {
@@ -88,6 +86,42 @@ pub async fn local(
         .collect();
     let answer = EmbeddingsResponse::new(entry.id.clone(), vectors, usage);
     with_rate_headers(axum::Json(answer).into_response(), standing)
+}
+
+/// The size the vectors are cut to, if `dimensions` asks for one below the model's
+/// width: only a model trained to be cut (Matryoshka representation learning) may be,
+/// to any size from 1 up (its trained sizes are the ones that keep the most).
+fn dimensions(
+    entry: &ModelEntry,
+    config: &tokenfab_engine::encoder::EncoderConfig,
+    asked: Option<u64>,
+) -> Result<Option<usize>, HttpError> {
+    let width = config.width;
+    match asked {
+        None => Ok(None),
+        Some(d) if d == width as u64 => Ok(None),
+        Some(_) if config.dimensions.is_empty() => Err(HttpError::bad_request(
+            Some("dimensions"),
+            format!(
+                "`{}` gives vectors of {width} dimensions and was not trained to be truncated: `dimensions` must be {width} or absent",
+                entry.id
+            ),
+        )),
+        Some(d) if d == 0 || d > width as u64 => Err(HttpError::bad_request(
+            Some("dimensions"),
+            format!(
+                "`dimensions` must be from 1 to {width} for `{}` (trained sizes: {width}, {})",
+                entry.id,
+                config
+                    .dimensions
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        Some(d) => Ok(Some(d as usize)),
+    }
 }
 
 /// An encoder request's way through the platform: `usage` admitted for `entry`, `work`
