@@ -12,67 +12,11 @@ use std::process::{Command, Stdio};
 use tokenfab_engine::encoder::{Encoder, Pooling, Segmented};
 use tokenfab_testkit::cosine;
 
-/// Fifty inputs: several languages and scripts, accents, CJK, emoji, numbers,
-/// punctuation runs, odd whitespace, from one word to a few hundred tokens.
-const SENTENCES: &[&str] = &[
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "Hi",
-    "?",
-    "Hello, world!!! How are you???",
-    "e-mail me at someone@example.com or call +1 (555) 123-4567.",
-    "The price rose 12.5% to $1,234.56 on 2024-03-01.",
-    "Äpfel und Birnen schmecken im Herbst am besten.",
-    "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "Les élèves étudient à la bibliothèque après l'école.",
-    "¿Dónde está la estación de tren más cercana?",
-    "Não há nada como um café forte pela manhã.",
-    "Il gatto dorme sul divano tutto il giorno.",
-    "Москва — столица России.",
-    "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας.",
-    "我喜欢在周末去公园散步。",
-    "東京は日本の首都です。",
-    "서울은 한국의 수도입니다.",
-    "مرحبا بكم في المدينة",
-    "שלום עולם",
-    "नमस्ते दुनिया",
-    "ทดสอบภาษาไทย",
-    "Emoji time 🦙🚀 with a llama and a rocket",
-    "naïve café résumé coöperate",
-    "ＦＵＬＬＷＩＤＴＨ letters and ｄｉｇｉｔｓ １２３",
-    "tabs\tand\nnewlines\r\nand  double  spaces",
-    "   leading and trailing spaces   ",
-    "UPPERCASE SENTENCE WITH SHOUTING",
-    "snake_case and camelCase and kebab-case identifiers",
-    "fn main() { println!(\"hello\"); }",
-    "SELECT * FROM users WHERE id = 42;",
-    "Supercalifragilisticexpialidocious is a long word.",
-    "Pneumonoultramicroscopicsilicovolcanoconiosis",
-    "The mitochondria is the powerhouse of the cell.",
-    "Photosynthesis converts light energy into chemical energy.",
-    "The quick brown fox jumps over the lazy dog.",
-    "It was the best of times, it was the worst of times.",
-    "To be, or not to be, that is the question.",
-    "I can't believe it's not butter!",
-    "He said, \"don't go there\" — and left.",
-    "Numbers: 1 22 333 4444 55555 666666 7777777",
-    "A sentence with a zero width\u{200b}space and a soft\u{ad}hyphen.",
-    "Retrieval-augmented generation combines a search engine with a language model: \
-     the question is embedded, the nearest passages are found in a vector index, and \
-     the model answers from them. This long input repeats to reach a few hundred tokens. \
-     Retrieval-augmented generation combines a search engine with a language model: \
-     the question is embedded, the nearest passages are found in a vector index, and \
-     the model answers from them. Retrieval-augmented generation combines a search \
-     engine with a language model: the question is embedded, the nearest passages are \
-     found in a vector index, and the model answers from them.",
-];
+/// Fifty inputs (`data/sentences.json`, which llama.cpp's golden embeddings read too):
+/// several languages and scripts, accents, CJK, emoji, numbers, punctuation runs, odd
+/// whitespace, from one word to a few hundred tokens.
+static SENTENCES: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| serde_json::from_str(include_str!("data/sentences.json")).unwrap());
 
 /// Runs `python/bert_reference.py` with `args`, `input` on its standard input; returns
 /// what it printed.
@@ -169,7 +113,7 @@ fn vectors_match_an_independent_implementation() {
     let dir = common::minilm_path().parent().unwrap().to_owned();
     let reference = reference(
         &["embed".as_ref(), dir.as_os_str()],
-        &serde_json::json!(SENTENCES),
+        &serde_json::json!(*SENTENCES),
     );
 
     let seqs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| encode(&e, s)).collect();

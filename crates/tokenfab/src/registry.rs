@@ -46,8 +46,10 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
             let spec: ModelSpec = source.parse()?;
             let ResolvedModel { id, path } = spec.resolve(&how.cache_dir, true)?;
             let id = m.id.clone().unwrap_or(id);
-            // What the file is decides what it serves; a declared type must agree.
-            let (serve, kind) = if Encoder::at(&path) {
+            // What the file is decides what it serves, and a declared type must agree; but
+            // a chat model declared an embedding model serves as one, pooling its final
+            // hidden states.
+            let (serve, kind) = if Encoder::at(&path) || declared == Some(ModelType::Embedding) {
                 let encoder = load_encoder(m, &spec, &id, &path, how)?;
                 let kind = if encoder.config().reranker {
                     ModelType::Reranker
@@ -110,6 +112,10 @@ fn load_encoder(
         .with_context(|| format!("cannot load model `{id}` from {}", path.display()))?;
     if let Some(p) = pooling(m)? {
         encoder.config.pooling = p;
+    }
+    if let Some(cap) = m.context_length {
+        let c = &mut encoder.config;
+        c.context_length = c.context_length.min(cap.max(1));
     }
     let catalog = match spec {
         ModelSpec::Catalog { entry, .. } => entry.dimensions,

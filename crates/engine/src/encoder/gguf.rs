@@ -2,15 +2,18 @@
 //! (Nomic-BERT: rotary positions, fused QKV without biases, SwiGLU), its shapes under the
 //! architecture's keys, its WordPiece vocabulary in the file and its pooling in
 //! `{arch}.pooling_type`. Weights are F32 or F16, widened to f32 at load (the encoder's
-//! products are f32).
+//! products are f32). A GGUF of a causal model loads as a decoder embedder
+//! ([`Encoder::from_decoder`]), pooled as its `pooling_type` says (Qwen3-Embedding's
+//! files say `last`), else from its last token.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use super::bert::{Bert, Layer, Linear, Norm};
-use super::{Encoder, EncoderConfig, Pooling, Positions};
+use super::{Body, Encoder, EncoderConfig, Pooling, Positions};
 use crate::error::EngineError;
 use crate::gguf::{GgmlType, GgufFile};
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
 /// The GGUF encoder architectures tokenfab runs.
@@ -20,14 +23,17 @@ fn bad(what: impl std::fmt::Display) -> EngineError {
     EngineError::BadModel(what.to_string())
 }
 
-/// Whether a GGUF file holds an encoder (of whichever architecture, run or not): a model
-/// whose attention is not causal.
+/// Whether a GGUF file holds an embedding model (of whichever architecture, run or not):
+/// a model whose attention is not causal, or one converted with a pooling type (a decoder
+/// trained to embed, as Qwen3-Embedding).
 pub(super) fn is_encoder(g: &GgufFile) -> bool {
     let arch = g.architecture().unwrap_or("");
     ARCHITECTURES.contains(&arch)
         || g.get(&format!("{arch}.attention.causal"))
             .and_then(|v| v.as_bool())
             == Some(false)
+        || g.get_u64(&format!("{arch}.pooling_type"))
+            .is_some_and(|p| p > 0)
 }
 
 pub(super) fn config_of(path: &Path) -> Result<EncoderConfig, EngineError> {
@@ -36,6 +42,16 @@ pub(super) fn config_of(path: &Path) -> Result<EncoderConfig, EngineError> {
 
 pub(super) fn load(path: &Path) -> Result<Encoder, EngineError> {
     let g = GgufFile::open(path)?;
+    if !ARCHITECTURES.contains(&g.architecture().unwrap_or("")) {
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let model = Model::load(&g)?;
+        let pooling = pooling(&g)?.unwrap_or(Pooling::Last);
+        return Ok(Encoder::from_decoder(
+            Arc::new(model),
+            Arc::new(tokenizer),
+            pooling,
+        ));
+    }
     let config = config(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     if tokenizer.vocab_size() > config.vocab {
@@ -49,7 +65,7 @@ pub(super) fn load(path: &Path) -> Result<Encoder, EngineError> {
     Ok(Encoder {
         config,
         tokenizer: Arc::new(tokenizer),
-        bert,
+        body: Body::Bert(bert),
         head: None,
     })
 }
@@ -78,16 +94,7 @@ fn config(g: &GgufFile) -> Result<EncoderConfig, EngineError> {
         .tensor("token_embd.weight")
         .and_then(|t| t.dims.get(1).copied())
         .ok_or_else(|| bad("no token_embd.weight"))? as usize;
-    let pooling = match g.get_u64(&format!("{arch}.pooling_type")).unwrap_or(1) {
-        1 => Pooling::Mean,
-        2 => Pooling::Cls,
-        3 => Pooling::Last,
-        other => {
-            return Err(bad(format!(
-                "pooling type {other} is not one of mean (1), cls (2) or last (3)"
-            )));
-        }
-    };
+    let pooling = pooling(g)?.unwrap_or(Pooling::Mean);
     Ok(EncoderConfig {
         arch: arch.clone(),
         width,
@@ -109,6 +116,20 @@ fn config(g: &GgufFile) -> Result<EncoderConfig, EngineError> {
         reranker: false,
         dimensions: Vec::new(),
     })
+}
+
+/// The file's pooling type (llama.cpp's numbering), if it has one.
+fn pooling(g: &GgufFile) -> Result<Option<Pooling>, EngineError> {
+    let arch = g.architecture().unwrap_or("");
+    match g.get_u64(&format!("{arch}.pooling_type")) {
+        None | Some(0) => Ok(None),
+        Some(1) => Ok(Some(Pooling::Mean)),
+        Some(2) => Ok(Some(Pooling::Cls)),
+        Some(3) => Ok(Some(Pooling::Last)),
+        Some(other) => Err(bad(format!(
+            "pooling type {other} is not one of mean (1), cls (2) or last (3)"
+        ))),
+    }
 }
 
 /// The weights by llama.cpp's tensor names.

@@ -11,7 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::bert::{Bert, Classifier, Layer, Linear, Norm};
-use super::{Encoder, EncoderConfig, Pooling, Positions};
+use super::{Body, Encoder, EncoderConfig, Pooling, Positions};
 use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
 
@@ -61,7 +61,7 @@ pub(super) fn load(path: &Path) -> Result<Encoder, EngineError> {
     Ok(Encoder {
         config,
         tokenizer: Arc::new(tokenizer),
-        bert,
+        body: Body::Bert(bert),
         head,
     })
 }

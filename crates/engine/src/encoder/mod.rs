@@ -6,7 +6,9 @@
 //! packing concurrent requests into shared passes; `hf.rs` reads a Hugging Face model
 //! directory (`config.json`, `model.safetensors`, `tokenizer.json` and
 //! sentence-transformers' pooling and normalization modules), `gguf.rs` a GGUF file
-//! (Nomic-BERT); `bert.rs` is the forward pass over packed sequences.
+//! (Nomic-BERT); `bert.rs` is the forward pass over packed sequences. A causal decoder
+//! (any chat GGUF the engine runs) serves as an encoder too ([`Encoder::from_decoder`]),
+//! its vectors pooled from the final hidden states (Qwen3-Embedding's design).
 
 mod batcher;
 mod bert;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::EngineError;
+use crate::model::{Model, SeqInput};
 use crate::tokenizer::Tokenizer;
 
 pub use batcher::{EmbedError, EncoderHandle, start};
@@ -101,8 +104,16 @@ pub enum Positions {
 pub struct Encoder {
     pub config: EncoderConfig,
     pub tokenizer: Arc<Tokenizer>,
-    bert: bert::Bert,
+    body: Body,
     head: Option<bert::Classifier>,
+}
+
+/// What turns a pass's tokens into hidden states.
+enum Body {
+    /// A bidirectional BERT-family encoder.
+    Bert(bert::Bert),
+    /// A causal decoder: each token sees the ones before it, in its own sequence.
+    Decoder(Arc<Model>),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -131,6 +142,38 @@ impl Encoder {
             gguf::config_of(path)
         } else {
             hf::config_of(path)
+        }
+    }
+
+    /// A decoder (a chat model) as an embedding model: each sequence's final hidden
+    /// states (after the output norm), pooled by `pooling` and normalized. Sequences are
+    /// framed as the tokenizer frames them (a GGUF's `add_bos_token` / `add_eos_token`), as
+    /// llama.cpp's embedding mode frames them.
+    pub fn from_decoder(model: Arc<Model>, tokenizer: Arc<Tokenizer>, pooling: Pooling) -> Encoder {
+        let m = &model.config;
+        let config = EncoderConfig {
+            arch: m.arch.clone(),
+            width: m.n_embd,
+            heads: m.n_head,
+            layers: m.n_layer,
+            ffn: m.n_ff,
+            vocab: m.vocab_size,
+            positions: Positions::Rotary {
+                base: m.ropes.first().map_or(10_000.0, |r| r.theta),
+            },
+            token_types: 1,
+            norm_eps: m.rms_eps,
+            context_length: m.context_length,
+            pooling,
+            normalize: true,
+            reranker: false,
+            dimensions: Vec::new(),
+        };
+        Encoder {
+            config,
+            tokenizer,
+            body: Body::Decoder(model),
+            head: None,
         }
     }
 
@@ -192,7 +235,10 @@ impl Encoder {
 
     /// Results of checked inputs, in one forward pass.
     fn pass(&self, seqs: &[Segmented<'_>]) -> Vec<Vec<f32>> {
-        let hidden = self.bert.forward(&self.config, seqs);
+        let hidden = match &self.body {
+            Body::Bert(bert) => bert.forward(&self.config, seqs),
+            Body::Decoder(model) => decoder_states(model, seqs),
+        };
         let d = self.config.width;
         let mut starts = Vec::with_capacity(seqs.len());
         let mut at = 0;
@@ -263,6 +309,25 @@ impl Encoder {
         }
         Ok(())
     }
+}
+
+/// Every token's final hidden state, sequence after sequence, from one step of the
+/// decoder over fresh caches (checked already: in the vocabulary, within the context).
+fn decoder_states(model: &Model, seqs: &[Segmented<'_>]) -> Vec<f32> {
+    let mut caches: Vec<_> = seqs.iter().map(|_| model.new_kv_cache()).collect();
+    let mut batch: Vec<SeqInput<'_>> = seqs
+        .iter()
+        .zip(&mut caches)
+        .map(|(s, kv)| SeqInput {
+            tokens: s.tokens,
+            kv,
+            all_logits: true,
+        })
+        .collect();
+    let states = model
+        .hidden(&mut batch, &mut model.new_scratch())
+        .expect("checked inputs fit the model");
+    states.concat()
 }
 
 /// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...) or GGUF

@@ -119,6 +119,19 @@ struct Seg {
 /// compute-bound steps costs nothing measurable.
 const PASS_ROWS: usize = 512;
 
+/// `rows` cut into consecutive pieces of `counts[i] * width` values.
+fn split_rows(rows: &[f32], counts: &[usize], width: usize) -> Vec<Vec<f32>> {
+    let mut rest = rows;
+    counts
+        .iter()
+        .map(|&n| {
+            let (item, tail) = rest.split_at(n * width);
+            rest = tail;
+            item.to_vec()
+        })
+        .collect()
+}
+
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
@@ -402,6 +415,48 @@ impl Model {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.config;
         let head = head.clamp(1, c.vocab_size);
+        let wanted = self.final_states(batch, scratch)?;
+        let s = scratch;
+        let n_out: usize = wanted.iter().sum();
+        let logits = resize(&mut s.logits, n_out * head);
+        matmul(
+            &self.output,
+            (&s.xn[..n_out * c.n_embd], Input::New),
+            n_out,
+            logits,
+            &mut s.mm,
+            (&mut s.q8, &mut s.init, &mut s.q8_of),
+        );
+        if let Some(cap) = c.final_softcap {
+            for v in logits.iter_mut() {
+                *v = (*v / cap).tanh() * cap;
+            }
+        }
+        Ok(split_rows(logits, &wanted, head))
+    }
+
+    /// The final hidden states (after the output norm, what the LM head reads) of the
+    /// tokens [`Model::forward`] would give logits for, `n_embd` values a token: what a
+    /// decoder used as an embedding model pools. Same checks, same cache updates.
+    pub fn hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let wanted = self.final_states(batch, scratch)?;
+        let n_out: usize = wanted.iter().sum();
+        let d = self.config.n_embd;
+        Ok(split_rows(&scratch.xn[..n_out * d], &wanted, d))
+    }
+
+    /// Runs `batch` through the layer stack and leaves the normed final states of the
+    /// wanted tokens in `scratch.xn`, item after item; returns how many each item has.
+    fn final_states(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<usize>, EngineError> {
+        let c = &self.config;
         for item in batch.iter() {
             if item.tokens.is_empty() {
                 return Err(EngineError::BadRequest(
@@ -482,34 +537,12 @@ impl Model {
         }
         scratch.segs = segs;
 
-        // The LM head, over the wanted rows only.
+        // The output norm, over the wanted rows only.
         let s = scratch;
         debug_assert_eq!(s.last.len(), n_out * d);
         let xn = resize(&mut s.xn, n_out * d);
         rms_norm(&s.last, &self.output_norm, c.rms_eps, xn);
-        let logits = resize(&mut s.logits, n_out * head);
-        matmul(
-            &self.output,
-            (xn, Input::New),
-            n_out,
-            logits,
-            &mut s.mm,
-            (&mut s.q8, &mut s.init, &mut s.q8_of),
-        );
-        if let Some(cap) = c.final_softcap {
-            for v in logits.iter_mut() {
-                *v = (*v / cap).tanh() * cap;
-            }
-        }
-        let mut rest = &*logits;
-        Ok(wanted
-            .iter()
-            .map(|&n| {
-                let (item, tail) = rest.split_at(n * head);
-                rest = tail;
-                item.to_vec()
-            })
-            .collect())
+        Ok(wanted)
     }
 
     /// Runs the rows of `segs` (`n` rows in all) through the layer stack, appending their
