@@ -20,11 +20,14 @@ TOKENFAB_TEST_MODEL_QWEN="$(cargo run -q --release --locked -- models fetch Qwen
 TOKENFAB_TEST_MODEL_GEMMA="$(cargo run -q --release --locked -- models fetch google/gemma-3-270m)"
 # all-MiniLM-L6-v2, the BERT embedding model (a Hugging Face directory).
 TOKENFAB_TEST_MINILM="$(cargo run -q --release --locked -- models fetch sentence-transformers/all-MiniLM-L6-v2)"
-export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA TOKENFAB_TEST_MINILM
+# nomic-embed-text-v1.5, the Nomic-BERT encoder (a GGUF).
+TOKENFAB_TEST_NOMIC="$(cargo run -q --release --locked -- models fetch nomic-ai/nomic-embed-text-v1.5)"
+export TOKENFAB_TEST_MODEL TOKENFAB_TEST_MODEL_QWEN TOKENFAB_TEST_MODEL_GEMMA TOKENFAB_TEST_MINILM TOKENFAB_TEST_NOMIC
 echo "$TOKENFAB_TEST_MODEL"
 echo "$TOKENFAB_TEST_MODEL_QWEN"
 echo "$TOKENFAB_TEST_MODEL_GEMMA"
 echo "$TOKENFAB_TEST_MINILM"
+echo "$TOKENFAB_TEST_NOMIC"
 
 echo "== requantized real-weight files (every weight type; llama-quantize is built once, cached)"
 # The last line is the folder; crates/engine/tests/requantized.rs reads the files there.

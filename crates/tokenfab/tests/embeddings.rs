@@ -187,3 +187,108 @@ fn concurrent_requests_get_their_own_vectors() {
         }
     });
 }
+
+const NOMIC: &str = "nomic-ai/nomic-embed-text-v1.5";
+
+/// nomic-embed-text from the catalog (a GGUF encoder: `serve --model` finds its kind in
+/// the file), with Matryoshka `dimensions`: the first components renormalized, any size up
+/// to the width; past it a 400.
+#[test]
+fn nomic_embed_serves_matryoshka_dimensions() {
+    let s = Server::start(&["--model", NOMIC]);
+    run(async {
+        let texts = [
+            "search_query: What is TSNE?",
+            "search_document: t-SNE is a dimensionality reduction technique for visualization.",
+            "search_document: The bakery opens at seven and sells rye bread.",
+        ];
+        let (status, full) = embed(&s, &json!({"model": NOMIC, "input": texts})).await;
+        assert_eq!(status, 200, "{full}");
+        let full: Vec<Vec<f32>> = (0..3)
+            .map(|i| floats(&full["data"][i]["embedding"]))
+            .collect();
+        assert_eq!(full[0].len(), 768);
+        assert!(cosine(&full[0], &full[1]) > cosine(&full[0], &full[2]) + 0.1);
+        for d in [512, 256, 64, 7] {
+            let (status, cut) = embed(
+                &s,
+                &json!({"model": NOMIC, "input": texts, "dimensions": d}),
+            )
+            .await;
+            assert_eq!(status, 200, "{cut}");
+            for (i, whole) in full.iter().enumerate() {
+                let got = floats(&cut["data"][i]["embedding"]);
+                assert_eq!(got.len(), d);
+                let norm = got.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5, "{d}: norm {norm}");
+                assert!(
+                    cosine(&got, &whole[..d]) > 0.999_999,
+                    "{d}: a scaled prefix"
+                );
+            }
+        }
+        for d in [0, 769] {
+            let (status, v) =
+                embed(&s, &json!({"model": NOMIC, "input": "x", "dimensions": d})).await;
+            assert_eq!(
+                (status, &v["error"]["param"]),
+                (400, &json!("dimensions")),
+                "{v}"
+            );
+        }
+        let models: Value = reqwest::get(s.url("/v1/models?type=embedding"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(models["data"][0]["id"], NOMIC, "{models}");
+    });
+}
+
+/// A chat model declared `type = "embedding"` with `pooling = "last"` serves
+/// `/v1/embeddings` from its final hidden states (the engine's own test compares them with
+/// llama.cpp's); the same sentence gives the same vector alone and among others, and it
+/// is listed as an embedding model, not a chat one.
+#[test]
+fn a_chat_model_declared_an_embedding_model_embeds() {
+    let dir = tokenfab_testkit::temp_dir("decoder-embedder");
+    let config = dir.join("tokenfab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nid = \"qwen-embed\"\nsource = {:?}\ntype = \"embedding\"\npooling = \"last\"\n",
+            common::cached("Qwen/Qwen2.5-Coder-0.5B-Instruct").display().to_string()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&["--config", config.to_str().unwrap()]);
+    run(async {
+        let texts = [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The stock market fell sharply today.",
+        ];
+        let (status, v) = embed(&s, &json!({"model": "qwen-embed", "input": texts})).await;
+        assert_eq!(status, 200, "{v}");
+        let all: Vec<Vec<f32>> = (0..3).map(|i| floats(&v["data"][i]["embedding"])).collect();
+        assert_eq!(all[0].len(), 896);
+        assert!(cosine(&all[0], &all[1]) > cosine(&all[0], &all[2]));
+        let (_, alone) = embed(&s, &json!({"model": "qwen-embed", "input": texts[2]})).await;
+        assert!(cosine(&floats(&alone["data"][0]["embedding"]), &all[2]) > 0.999_999);
+        let models: Value = reqwest::get(s.url("/v1/models?type=embedding"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(models["data"][0]["id"], "qwen-embed", "{models}");
+        let r = reqwest::Client::new()
+            .post(s.url("/v1/chat/completions"))
+            .json(&json!({"model": "qwen-embed", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    });
+}
