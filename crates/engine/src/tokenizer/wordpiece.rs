@@ -21,13 +21,16 @@ use super::vocab::Vocab;
 /// The word-start marker of llama.cpp's WordPiece vocabularies.
 pub(super) const WORD_START: char = '\u{2581}';
 
-/// Which marks stripping accents removes after NFD: the two sources differ on spacing
-/// marks (Devanagari's vowel signs, for one), which Hugging Face keeps.
+/// How stripping accents decomposes and what it removes: the two sources differ on spacing
+/// marks (Devanagari's vowel signs, for one), which Hugging Face keeps, and on what
+/// decomposing leaves (see [`Strip::Marks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Strip {
     /// Nothing: accents stay.
     Nothing,
-    /// Every mark, `\p{M}` (llama.cpp).
+    /// llama.cpp's: each character replaced by the first character of its NFD alone (a
+    /// Hangul syllable by its leading consonant, where a full NFD keeps its vowel and
+    /// final consonant too), then every mark, `\p{M}`, removed.
     Marks,
     /// Nonspacing marks only, `\p{Mn}` (Hugging Face's `BertNormalizer`).
     Nonspacing,
@@ -108,13 +111,21 @@ impl WordPiece {
                 word.push(c);
             }
         };
-        if self.strip != Strip::Nothing {
-            for c in text.nfd() {
-                push(c, &mut word);
+        match self.strip {
+            Strip::Marks => {
+                for c in text.chars() {
+                    push(std::iter::once(c).nfd().next().unwrap_or(c), &mut word);
+                }
             }
-        } else {
-            for c in text.chars() {
-                push(c, &mut word);
+            Strip::Nonspacing => {
+                for c in text.nfd() {
+                    push(c, &mut word);
+                }
+            }
+            Strip::Nothing => {
+                for c in text.chars() {
+                    push(c, &mut word);
+                }
             }
         }
         emit(&mut word);

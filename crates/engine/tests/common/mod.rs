@@ -81,3 +81,11 @@ pub fn minilm_path() -> PathBuf {
         "sentence-transformers--all-MiniLM-L6-v2/model.safetensors",
     )
 }
+
+/// nomic-embed-text-v1.5 F16 GGUF: the Nomic-BERT encoder.
+pub fn nomic_path() -> PathBuf {
+    model_path(
+        "TOKENFAB_TEST_NOMIC",
+        "nomic-ai--nomic-embed-text-v1.5/nomic-embed-text-v1.5.f16.gguf",
+    )
+}
