@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The engine-speed table, tokenfab against llama.cpp, from one run, then the embeddings
-# table (tokenfab's encoder against sentence-transformers in PyTorch, whose environment
-# bench/reference-st.sh installs once) and the proxy overhead table (tokenfab in front of
+# tables (tokenfab's encoder against sentence-transformers in PyTorch, whose environment
+# bench/reference-st.sh installs once, and against llama-server on nomic-embed's GGUF), the
+# rerank latency and the proxy overhead table (tokenfab in front of
 # an upstream against the upstream asked directly):
 #
 #   bench/run.sh
@@ -404,6 +405,40 @@ print("| figure | tokenfab | sentence-transformers | ratio |")
 print("|---|---|---|---|")
 print(f"| all-MiniLM-L6-v2 sentences/s (1000 sentences, {tokens} tokens, batches of 32; target >= 1.5) "
       f"| {tf:.1f} | {st:.1f} | {tf / st:.2f} |")
+PY
+
+# nomic-embed-text against llama.cpp on the same F16 GGUF: both as servers, the same 1000
+# sentences (with nomic's `search_document: ` prefix) in requests of 32 inputs, one request
+# at a time, through the same client (bench/embed_http.py), alternating rounds. llama-server
+# gets 32 slots and a micro-batch that holds a whole request (its best of the settings
+# tried: 8 or 32 slots, 1024 or 4096 per micro-batch, flash attention on or off).
+echo
+echo "== embeddings over HTTP: nomic-embed-text-v1.5 (reference: llama-server --embedding)"
+nomic=$("$tf" models fetch nomic-ai/nomic-embed-text-v1.5)
+python3 -c 'import json, sys; print(json.dumps(["search_document: " + t for t in json.load(open(sys.argv[1]))]))' \
+  "$out/sentences.json" >"$out/nomic-sentences.json"
+for round in $(seq 1 "$rounds"); do
+  start_tf "$nomic" --model-id nomic
+  python3 bench/embed_http.py "http://127.0.0.1:$tf_port/v1" nomic "$out/nomic-sentences.json" 32 "$runs" \
+    >"$out/tf-nomic-$round.json"
+  stop_server
+  start_ref "$nomic" --embedding --pooling mean -np 32 -c 16384 -b 4096 -ub 4096
+  python3 bench/embed_http.py "http://127.0.0.1:$ref_port/v1" nomic "$out/nomic-sentences.json" 32 "$runs" \
+    >"$out/ref-nomic-$round.json"
+  stop_server
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, os, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def best(side):
+    return max(json.load(open(os.path.join(out, f"{side}-nomic-{r}.json")))["sentences_per_s"]
+               for r in range(1, rounds + 1))
+tf, ref = best("tf"), best("ref")
+tokens = json.load(open(os.path.join(out, "tf-nomic-1.json")))["tokens"]
+print("| figure | tokenfab | llama.cpp | ratio |")
+print("|---|---|---|---|")
+print(f"| nomic-embed-text-v1.5 F16 sentences/s over HTTP (1000 sentences, {tokens} tokens, requests of 32; "
+      f"target >= 1.5) | {tf:.1f} | {ref:.1f} | {tf / ref:.2f} |")
 PY
 
 # Rerank latency (reported, no reference): Qwen2.5-Coder-0.5B as relevance judge, 1 query x
