@@ -67,11 +67,15 @@ pub struct RerankMeta {
     pub tokens: RerankTokens,
 }
 
-/// A rerank answer's token counts: input only (a reranker generates nothing).
+/// A rerank answer's token counts: input only (a reranker generates nothing). A chat
+/// model judging relevance also says how many input tokens came from its prefix cache
+/// (the shared instruction and query, computed once), when any did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RerankTokens {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
 }
 
 impl RerankResponse {

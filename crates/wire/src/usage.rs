@@ -129,6 +129,7 @@ impl From<TokenUsage> for RerankTokens {
         RerankTokens {
             input_tokens: u.prompt,
             output_tokens: u.completion,
+            cached_tokens: (u.cached > 0).then_some(u.cached),
         }
     }
 }

@@ -216,12 +216,16 @@ pub async fn judge(
         }
     };
     crate::request_id::note_prompt(judged.tokens as u64);
+    // Priced per input token as SiliconFlow prices rerank: the prefix cache saves the
+    // work, and the answer says how much of it.
     let usage = TokenUsage::prompt(judged.tokens as u64);
     let work = judge_all(model, judged);
-    let (scores, standing) = match billed(state, caller, entry, usage, "documents", work).await {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
+    let ((scores, cached), standing) =
+        match billed(state, caller, entry, usage, "documents", work).await {
+            Ok(x) => x,
+            Err(refused) => return refused,
+        };
+    let usage = TokenUsage { cached, ..usage };
     answer(&req, &documents, scores, usage, rid, standing)
 }
 
@@ -348,11 +352,12 @@ fn judge_prompts(
     Ok(out)
 }
 
-/// Every prompt's one judging step, in the engine's batches; the scores in order.
+/// Every prompt's one judging step, in the engine's batches: the scores in order, and
+/// how many prompt tokens the prefix cache served.
 async fn judge_all(
     model: &crate::state::ServedModel,
     judged: Judged,
-) -> Result<Vec<f64>, tokenfab_engine::encoder::EmbedError> {
+) -> Result<(Vec<f64>, u64), tokenfab_engine::encoder::EmbedError> {
     use tokenfab_engine::encoder::EmbedError;
     use tokenfab_engine::scheduler::{Event, GenerateRequest};
     let mut receivers = Vec::with_capacity(judged.prompts.len());
@@ -377,10 +382,12 @@ async fn judge_all(
         receivers.push(model.engine.submit(req).map_err(EmbedError::Submit)?);
     }
     let mut scores = Vec::with_capacity(receivers.len());
+    let mut cached = 0;
     for mut rx in receivers {
         let mut score = None;
         while let Some(ev) = rx.recv().await {
             match ev {
+                Event::Finished { usage, .. } => cached += usage.cached,
                 Event::Token {
                     logprob: Some(lp), ..
                 } => {
@@ -409,5 +416,5 @@ async fn judge_all(
             ))
         })?);
     }
-    Ok(scores)
+    Ok((scores, cached))
 }
