@@ -97,7 +97,7 @@ struct ZipMember<W: Write> {
 /// member they hold.
 enum Sink<'a, W: Write> {
     Plain(&'a mut Hashed<W>),
-    Member(ZipMember<&'a mut Hashed<W>>),
+    Member(Box<ZipMember<&'a mut Hashed<W>>>),
 }
 
 impl<W: Write> Sink<'_, W> {
@@ -446,7 +446,7 @@ pub fn fetch_entry(
             header_at,
             compressed,
             ..
-        } => Sink::Member(ZipMember::new(header_at, compressed, &mut hashed)),
+        } => Sink::Member(Box::new(ZipMember::new(header_at, compressed, &mut hashed))),
     };
     let mut buf = vec![0u8; 1 << 20];
 
