@@ -192,7 +192,7 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::List(cache) => {
             let dir = cache.dir();
             println!(
-                "{:<40} {:<8} {:<7} {:>8}  {:<6} runs here",
+                "{:<40} {:<10} {:<7} {:>8}  {:<6} runs here",
                 "id", "arch", "format", "size", "cached"
             );
             for e in catalog() {
@@ -221,7 +221,7 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
                     format!("no: architecture `{}` is not supported", e.architecture)
                 };
                 println!(
-                    "{:<40} {:<8} {:<7} {:>5} MB  {:<6} {runs}",
+                    "{:<40} {:<10} {:<7} {:>5} MB  {:<6} {runs}",
                     e.id,
                     e.architecture,
                     e.format,

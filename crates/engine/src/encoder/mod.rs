@@ -213,7 +213,7 @@ impl Encoder {
                 tokens += seqs[end].tokens.len();
                 end += 1;
             }
-            out.extend(self.pass(&seqs[first..end]));
+            out.extend(self.pass(&seqs[first..end])?);
             first = end;
         }
         Ok(out)
@@ -234,10 +234,10 @@ impl Encoder {
     }
 
     /// Results of checked inputs, in one forward pass.
-    fn pass(&self, seqs: &[Segmented<'_>]) -> Vec<Vec<f32>> {
+    fn pass(&self, seqs: &[Segmented<'_>]) -> Result<Vec<Vec<f32>>, EngineError> {
         let hidden = match &self.body {
             Body::Bert(bert) => bert.forward(&self.config, seqs),
-            Body::Decoder(model) => decoder_states(model, seqs),
+            Body::Decoder(model) => decoder_states(model, seqs)?,
         };
         let d = self.config.width;
         let mut starts = Vec::with_capacity(seqs.len());
@@ -246,7 +246,8 @@ impl Encoder {
             starts.push(at);
             at += s.tokens.len();
         }
-        seqs.par_iter()
+        Ok(seqs
+            .par_iter()
             .zip(starts)
             .map(|(s, start)| {
                 let rows = &hidden[start * d..(start + s.tokens.len()) * d];
@@ -270,7 +271,7 @@ impl Encoder {
                 }
                 v
             })
-            .collect()
+            .collect())
     }
 
     /// Refuses what the tables cannot hold: empty or over-long sequences, ids or types
@@ -313,7 +314,7 @@ impl Encoder {
 
 /// Every token's final hidden state, sequence after sequence, from one step of the
 /// decoder over fresh caches (checked already: in the vocabulary, within the context).
-fn decoder_states(model: &Model, seqs: &[Segmented<'_>]) -> Vec<f32> {
+fn decoder_states(model: &Model, seqs: &[Segmented<'_>]) -> Result<Vec<f32>, EngineError> {
     let mut caches: Vec<_> = seqs.iter().map(|_| model.new_kv_cache()).collect();
     let mut batch: Vec<SeqInput<'_>> = seqs
         .iter()
@@ -324,10 +325,8 @@ fn decoder_states(model: &Model, seqs: &[Segmented<'_>]) -> Vec<f32> {
             all_logits: true,
         })
         .collect();
-    let states = model
-        .hidden(&mut batch, &mut model.new_scratch())
-        .expect("checked inputs fit the model");
-    states.concat()
+    let states = model.hidden(&mut batch, &mut model.new_scratch())?;
+    Ok(states.concat())
 }
 
 /// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...) or GGUF
