@@ -162,12 +162,12 @@ fn weights(g: &GgufFile, c: &EncoderConfig) -> Result<Bert, EngineError> {
     };
     let (d, f) = (c.width, c.ffn);
     let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, EngineError> {
-        Ok(Linear {
-            w: tensor(&format!("{name}.weight"), &[rows, cols])?,
-            b: Vec::new(),
+        Ok(Linear::new(
+            tensor(&format!("{name}.weight"), &[rows, cols])?,
+            Vec::new(),
             rows,
             cols,
-        })
+        ))
     };
     let norm = |name: &str| -> Result<Norm, EngineError> {
         Ok(Norm {

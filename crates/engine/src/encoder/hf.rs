@@ -231,12 +231,12 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
         |name: &str, shape: &[usize]| read_tensor(&st, path, &format!("{prefix}{name}"), shape);
     let (d, f) = (c.width, c.ffn);
     let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, EngineError> {
-        Ok(Linear {
-            w: tensor(&format!("{name}.weight"), &[rows, cols])?,
-            b: tensor(&format!("{name}.bias"), &[rows])?,
+        Ok(Linear::new(
+            tensor(&format!("{name}.weight"), &[rows, cols])?,
+            tensor(&format!("{name}.bias"), &[rows])?,
             rows,
             cols,
-        })
+        ))
     };
     let norm = |name: &str| -> Result<Norm, EngineError> {
         Ok(Norm {
@@ -278,12 +278,12 @@ fn weights(path: &Path, c: &EncoderConfig) -> Result<(Bert, Option<Classifier>),
         let outside = |name: &str, shape: &[usize]| read_tensor(&st, path, name, shape);
         Some(Classifier {
             pooler: linear("pooler.dense", d, d)?,
-            out: Linear {
-                w: outside("classifier.weight", &[1, d])?,
-                b: outside("classifier.bias", &[1])?,
-                rows: 1,
-                cols: d,
-            },
+            out: Linear::new(
+                outside("classifier.weight", &[1, d])?,
+                outside("classifier.bias", &[1])?,
+                1,
+                d,
+            ),
         })
     } else {
         None
