@@ -393,19 +393,8 @@ for round in $(seq 1 "$rounds"); do
   "$st_venv/bin/python" bench/st_reference.py "$(dirname "$minilm")" "$out/sentences.json" \
     "$threads" 32 "$runs" 2>/dev/null >"$out/st-embed-$round.json"
 done
-python3 - "$out" "$rounds" <<'PY'
-import json, os, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-def best(side):
-    return max(json.load(open(os.path.join(out, f"{side}-embed-{r}.json")))["sentences_per_s"]
-               for r in range(1, rounds + 1))
-tf, st = best("tf"), best("st")
-tokens = json.load(open(os.path.join(out, "tf-embed-1.json")))["tokens"]
-print("| figure | tokenfab | sentence-transformers | ratio |")
-print("|---|---|---|---|")
-print(f"| all-MiniLM-L6-v2 sentences/s (1000 sentences, {tokens} tokens, batches of 32; target >= 1.5) "
-      f"| {tf:.1f} | {st:.1f} | {tf / st:.2f} |")
-PY
+python3 bench/embed_row.py "$out" "$rounds" embed st sentence-transformers \
+  "all-MiniLM-L6-v2 sentences/s (1000 sentences, {tokens} tokens, batches of 32; target >= 1.5)"
 
 # nomic-embed-text against llama.cpp on the same F16 GGUF: both as servers, the same 1000
 # sentences (with nomic's `search_document: ` prefix) in requests of 32 inputs, one request
@@ -427,19 +416,8 @@ for round in $(seq 1 "$rounds"); do
     >"$out/ref-nomic-$round.json"
   stop_server
 done
-python3 - "$out" "$rounds" <<'PY'
-import json, os, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-def best(side):
-    return max(json.load(open(os.path.join(out, f"{side}-nomic-{r}.json")))["sentences_per_s"]
-               for r in range(1, rounds + 1))
-tf, ref = best("tf"), best("ref")
-tokens = json.load(open(os.path.join(out, "tf-nomic-1.json")))["tokens"]
-print("| figure | tokenfab | llama.cpp | ratio |")
-print("|---|---|---|---|")
-print(f"| nomic-embed-text-v1.5 F16 sentences/s over HTTP (1000 sentences, {tokens} tokens, requests of 32; "
-      f"target >= 1.5) | {tf:.1f} | {ref:.1f} | {tf / ref:.2f} |")
-PY
+python3 bench/embed_row.py "$out" "$rounds" nomic ref llama.cpp \
+  "nomic-embed-text-v1.5 F16 sentences/s over HTTP (1000 sentences, {tokens} tokens, requests of 32; target >= 1.5)"
 
 # Rerank latency (reported, no reference): Qwen2.5-Coder-0.5B as relevance judge, 1 query x
 # 32 documents of about 100 tokens, 20 requests in a row.
