@@ -51,7 +51,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::layer,
         ));
-    let mut app = Router::new().nest("/v1", v1);
+    // vLLM and llama-server serve these beside `/v1`, not under it.
+    let tokenizing = Router::new()
+        .route("/tokenize", post(routes::tokenize::tokenize))
+        .route("/detokenize", post(routes::tokenize::detokenize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer,
+        ));
+    let mut app = Router::new().nest("/v1", v1).merge(tokenizing);
     if state.admin_key_hash.is_some() {
         use routes::admin;
         let admin = Router::new()

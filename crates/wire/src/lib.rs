@@ -7,6 +7,7 @@
 //! - [`embeddings`]: `POST /v1/embeddings`.
 //! - [`models`]: `GET /v1/models`.
 //! - [`rerank`]: `POST /v1/rerank` (SiliconFlow's shape).
+//! - [`tokenize`]: `POST /tokenize` and `/detokenize` (vLLM's and llama-server's shapes).
 //! - [`error`]: the one error body every failing route returns.
 //! - [`usage`]: [`usage::TokenUsage`], the token counts every layer passes, and the one
 //!   conversion to and from the API's `usage` object.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod models;
 pub mod rerank;
 pub mod time;
+pub mod tokenize;
 pub mod usage;
 
 pub use error::{ApiError, ErrorBody};

@@ -10,6 +10,7 @@ pub mod local;
 pub mod models;
 pub mod proxy;
 pub mod rerank;
+pub mod tokenize;
 pub mod user;
 
 use std::sync::Arc;
