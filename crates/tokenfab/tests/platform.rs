@@ -187,6 +187,19 @@ fn keys_prices_balances_and_limits_on_sqlite() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        // The tokenizer routes beside /v1 are behind the keys too.
+        let tokenize = |key: Option<&str>| {
+            let r = client()
+                .post(s.url("/tokenize"))
+                .json(&json!({"model": "test/paid", "prompt": "hi"}));
+            match key {
+                Some(k) => r.bearer_auth(k),
+                None => r,
+            }
+            .send()
+        };
+        assert_eq!(tokenize(None).await.unwrap().status(), 401);
+        assert_eq!(tokenize(Some(&rich)).await.unwrap().status(), 200);
         assert_eq!(
             chat(&s, Some(&revoked), body("test/paid", 2))
                 .await
