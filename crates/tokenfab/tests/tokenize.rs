@@ -90,6 +90,11 @@ fn a_chat_models_tokenizer_in_both_shapes() {
                 json!({"model": "nope", "prompt": "a"}),
                 "model",
             ),
+            (
+                "/tokenize",
+                json!({"messages": messages, "tools": [{"type": "function"}]}),
+                "tools",
+            ),
             ("/detokenize", json!({}), "tokens"),
             ("/detokenize", json!({"tokens": [1, 99999999]}), "tokens[1]"),
             ("/detokenize", json!({"tokens": [-1]}), "tokens[0]"),

@@ -197,3 +197,29 @@ fn weights(g: &GgufFile, c: &EncoderConfig) -> Result<Bert, EngineError> {
         layers,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::test_writer::{Kv, gguf_bytes, write_temp};
+
+    /// A GGUF is an embedding model by its architecture, or by a pooling type (a decoder
+    /// converted as an embedder); a chat model's file is not.
+    #[test]
+    fn embedding_models_are_told_from_chat_models() {
+        let cases: [(&str, &[(&str, Kv)], bool); 4] = [
+            ("nomic-bert", &[], true),
+            ("qwen3", &[("qwen3.pooling_type", Kv::U32(3))], true),
+            ("qwen3", &[("qwen3.pooling_type", Kv::U32(0))], false),
+            ("llama", &[], false),
+        ];
+        for (i, (arch, extra, encoder)) in cases.into_iter().enumerate() {
+            let mut kvs = vec![("general.architecture", Kv::Str(arch))];
+            kvs.extend_from_slice(extra);
+            let p = write_temp(&gguf_bytes(&kvs, &[]), &format!("is-encoder-{i}"));
+            let g = GgufFile::open(&p).unwrap();
+            assert_eq!(is_encoder(&g), encoder, "{arch} {i}");
+            std::fs::remove_file(p).ok();
+        }
+    }
+}

@@ -325,8 +325,7 @@ fn decoder_states(model: &Model, seqs: &[Segmented<'_>]) -> Result<Vec<f32>, Eng
             all_logits: true,
         })
         .collect();
-    let states = model.hidden(&mut batch, &mut model.new_scratch())?;
-    Ok(states.concat())
+    model.hidden(&mut batch, &mut model.new_scratch())
 }
 
 /// Whether tokenfab runs encoders of this `model_type` (`bert`, `roberta`, ...) or GGUF

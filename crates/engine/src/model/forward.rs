@@ -436,17 +436,17 @@ impl Model {
     }
 
     /// The final hidden states (after the output norm, what the LM head reads) of the
-    /// tokens [`Model::forward`] would give logits for, `n_embd` values a token: what a
-    /// decoder used as an embedding model pools. Same checks, same cache updates.
+    /// tokens [`Model::forward`] would give logits for, `n_embd` values a token, item after
+    /// item in one buffer: what a decoder used as an embedding model pools. Same checks,
+    /// same cache updates.
     pub fn hidden(
         &self,
         batch: &mut [SeqInput<'_>],
         scratch: &mut Scratch,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
+    ) -> Result<Vec<f32>, EngineError> {
         let wanted = self.final_states(batch, scratch)?;
         let n_out: usize = wanted.iter().sum();
-        let d = self.config.n_embd;
-        Ok(split_rows(&scratch.xn[..n_out * d], &wanted, d))
+        Ok(scratch.xn[..n_out * self.config.n_embd].to_vec())
     }
 
     /// Runs `batch` through the layer stack and leaves the normed final states of the

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::response::{IntoResponse, Response};
 use tokenfab_engine::template::ChatTemplate;
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_wire::tokenize::{
@@ -89,23 +89,32 @@ fn model(state: &AppState, id: Option<&str>) -> Result<Tokenizing, HttpError> {
     })
 }
 
+/// vLLM's request fields that would change the tokens and that this route does not
+/// honour: refused by name rather than counted without them.
+const UNHONOURED: [&str; 4] = [
+    "tools",
+    "chat_template",
+    "continue_final_message",
+    "documents",
+];
+
 /// `POST /tokenize`.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match answer_tokenize(&state, body) {
-        Ok(r) => axum::Json(r).into_response(),
-        Err(e) => e.into_response(),
+) -> Result<Json<TokenizeResponse>, HttpError> {
+    let body = body_value(body, state.limits.max_body_bytes)?;
+    if let Some(field) = UNHONOURED
+        .iter()
+        .find(|f| body.get(**f).is_some_and(|v| !v.is_null()))
+    {
+        return Err(HttpError::bad_request(
+            Some(field),
+            format!("`{field}` is not supported by /tokenize; send the conversation as it stands"),
+        ));
     }
-}
-
-fn answer_tokenize(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<TokenizeResponse, HttpError> {
-    let req: TokenizeRequest = typed(body_value(body, state.limits.max_body_bytes)?)?;
-    let m = model(state, req.model.as_deref())?;
+    let req: TokenizeRequest = typed(body)?;
+    let m = model(&state, req.model.as_deref())?;
     if req.add_special.is_some() && req.add_special_tokens.is_some() {
         return Err(HttpError::bad_request(
             Some("add_special"),
@@ -177,31 +186,21 @@ fn answer_tokenize(
             }
         })
         .collect();
-    Ok(TokenizeResponse {
+    Ok(Json(TokenizeResponse {
         tokens,
         count: ids.len(),
         max_model_len: m.context,
         token_strs,
-    })
+    }))
 }
 
 /// `POST /detokenize`.
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match answer_detokenize(&state, body) {
-        Ok(r) => axum::Json(r).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn answer_detokenize(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<DetokenizeResponse, HttpError> {
+) -> Result<Json<DetokenizeResponse>, HttpError> {
     let req: DetokenizeRequest = typed(body_value(body, state.limits.max_body_bytes)?)?;
-    let m = model(state, req.model.as_deref())?;
+    let m = model(&state, req.model.as_deref())?;
     let tokens = req
         .tokens
         .ok_or_else(|| HttpError::bad_request(Some("tokens"), "`tokens` is required"))?;
@@ -216,8 +215,8 @@ fn answer_detokenize(
         ));
     }
     let text = m.tokenizer.decode(&tokens, false);
-    Ok(DetokenizeResponse {
+    Ok(Json(DetokenizeResponse {
         prompt: text.clone(),
         content: text,
-    })
+    }))
 }
