@@ -207,15 +207,16 @@ mod tests {
     /// converted as an embedder); a chat model's file is not.
     #[test]
     fn embedding_models_are_told_from_chat_models() {
-        let cases: [(&str, &[(&str, Kv)], bool); 4] = [
-            ("nomic-bert", &[], true),
-            ("qwen3", &[("qwen3.pooling_type", Kv::U32(3))], true),
-            ("qwen3", &[("qwen3.pooling_type", Kv::U32(0))], false),
-            ("llama", &[], false),
+        let cases = [
+            ("nomic-bert", None, true),
+            ("qwen3", Some(3), true),
+            ("qwen3", Some(0), false),
+            ("llama", None, false),
         ];
-        for (i, (arch, extra, encoder)) in cases.into_iter().enumerate() {
+        for (i, (arch, pooling, encoder)) in cases.into_iter().enumerate() {
+            let key = format!("{arch}.pooling_type");
             let mut kvs = vec![("general.architecture", Kv::Str(arch))];
-            kvs.extend_from_slice(extra);
+            kvs.extend(pooling.map(|p| (key.as_str(), Kv::U32(p))));
             let p = write_temp(&gguf_bytes(&kvs, &[]), &format!("is-encoder-{i}"));
             let g = GgufFile::open(&p).unwrap();
             assert_eq!(is_encoder(&g), encoder, "{arch} {i}");
