@@ -69,6 +69,16 @@ tf="${CARGO_TARGET_DIR:-target}/release/tokenfab"
 
 echo "== building the reference (cached after the first run)"
 ref_bin=$(bench/build-reference.sh | tail -n 1)
+# On a CPU with AMX, this llama.cpp's kernels for repacked (AMX) weights segfault on a
+# prompt pass (llama-bench at pp512, llama-server on a whole prompt); there the reference
+# runs with its weights as they are in the file, and the table says so.
+bench_repack=()
+server_repack=()
+if grep -qw amx_int8 /proc/cpuinfo; then
+  bench_repack=(--repack 0)
+  server_repack=(-nr)
+  echo "note: AMX CPU: the reference runs without weight repacking (--repack 0 / -nr)" >&2
+fi
 
 echo "== models"
 smol=$("$tf" models fetch "$smol_id")
@@ -95,7 +105,7 @@ for m in smol qwen smol_q5km smol_iq4xs gemma; do
     "$tf" bench engine --model "$path" --threads "$threads" --prompt 512 --generate 128 \
       --runs "$runs" --json >"$out/tf-engine-$m-$round.json"
     cat "$out/tf-engine-$m-$round.json"
-    "$ref_bin/llama-bench" -m "$path" -t "$threads" -p 512 -n 128 -d 0,512 -r "$runs" \
+    "$ref_bin/llama-bench" "${bench_repack[@]}" -m "$path" -t "$threads" -p 512 -n 128 -d 0,512 -r "$runs" \
       -o json >"$out/ref-engine-$m-$round.json" 2>"$out/ref-engine-$m-$round.log"
   done
 done
@@ -114,9 +124,9 @@ for round in $(seq 1 "$rounds"); do
       --runs "$runs" --json >"$out/tf-engine-coder15-d$depth-$round.json"
     cat "$out/tf-engine-coder15-d$depth-$round.json"
   done
-  "$ref_bin/llama-bench" -m "$coder15" -t "$threads" -p 512 -n 0 -r "$runs" \
+  "$ref_bin/llama-bench" "${bench_repack[@]}" -m "$coder15" -t "$threads" -p 512 -n 0 -r "$runs" \
     -o json >"$out/ref-engine-coder15-pp-$round.json" 2>"$out/ref-engine-coder15-pp-$round.log"
-  "$ref_bin/llama-bench" -m "$coder15" -t "$threads" -p 0 -n 128 -d 512,4096 -r "$runs" \
+  "$ref_bin/llama-bench" "${bench_repack[@]}" -m "$coder15" -t "$threads" -p 0 -n 128 -d 512,4096 -r "$runs" \
     -o json >"$out/ref-engine-coder15-tg-$round.json" 2>"$out/ref-engine-coder15-tg-$round.log"
 done
 
@@ -153,7 +163,7 @@ start_tf() { # model [serve flags...]
 start_ref() { # model [llama-server flags...]
   local model=$1
   shift
-  "$ref_bin/llama-server" -m "$model" "$@" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
+  "$ref_bin/llama-server" "${server_repack[@]}" -m "$model" "$@" --host 127.0.0.1 --port "$ref_port" -t "$threads" \
     >"$out/ref-serve.log" 2>&1 &
   server_pid=$!
   wait_ready "http://127.0.0.1:$ref_port/health" "$server_pid" "$out/ref-serve.log"
