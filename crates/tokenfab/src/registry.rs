@@ -84,6 +84,12 @@ pub fn build_model(m: &ModelConfig, how: &Loading) -> anyhow::Result<ModelEntry>
             (id, up, declared.unwrap_or(ModelType::Chat))
         }
     };
+    if kind != ModelType::Embedding && (m.pooling.is_some() || m.matryoshka_dimensions.is_some()) {
+        bail!(
+            "model `{id}` serves {}: `pooling` and `matryoshka_dimensions` apply to embedding models (a chat GGUF embeds when declared `type = \"embedding\"`)",
+            kind.endpoint()
+        );
+    }
     Ok(ModelEntry {
         owned_by: id.split('/').next().unwrap_or("tokenfab").to_owned(),
         sub_type: m

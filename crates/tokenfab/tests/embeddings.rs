@@ -296,3 +296,33 @@ fn a_chat_model_declared_an_embedding_model_embeds() {
         assert_eq!(r.status().as_u16(), 400);
     });
 }
+
+/// Embedding settings on a model that does not embed stop the server at start rather than
+/// being ignored.
+#[test]
+fn embedding_settings_on_a_chat_model_are_refused_at_start() {
+    let dir = tokenfab_testkit::temp_dir("pooling-on-chat");
+    let config = dir.join("tokenfab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nid = \"chat\"\nsource = {:?}\npooling = \"last\"\n",
+            common::cached(common::MODEL).display().to_string()
+        ),
+    )
+    .unwrap();
+    let db = tokenfab_testkit::temp_db("pooling-on-chat");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&config)
+        .arg("--database")
+        .arg(db.sqlite_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`pooling`") && err.contains("embedding"),
+        "{err}"
+    );
+}

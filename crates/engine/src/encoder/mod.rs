@@ -177,8 +177,9 @@ impl Encoder {
         }
     }
 
-    /// Whether `path` holds an encoder rather than a chat model: a Hugging Face
-    /// directory or safetensors file, or a GGUF file of a bidirectional model.
+    /// Whether `path` holds an embedding model rather than a chat model: a Hugging Face
+    /// directory or safetensors file, or a GGUF file of a bidirectional model or of a
+    /// decoder converted with a pooling type.
     pub fn at(path: &Path) -> bool {
         if is_gguf(path) {
             crate::gguf::GgufFile::open(path).is_ok_and(|g| gguf::is_encoder(&g))
