@@ -4,7 +4,8 @@
 # (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests and numpy and `tokenizers` for the encoder's reference in .venv, and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
-# (scripts/services.sh), installed from Debian's packages when missing.
+# (scripts/services.sh), installed from Debian's packages when missing; the /metrics test a
+# Prometheus (Debian's package, installed when missing; the test starts and stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,16 @@ echo "== PostgreSQL and Redis for the platform tests (throwaway, loopback)"
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 services_start
+
+echo "== Prometheus for the /metrics test (Debian's package; the test starts its own on loopback)"
+if ! command -v prometheus >/dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+TOKENFAB_TEST_PROMETHEUS="$(command -v prometheus)"
+export TOKENFAB_TEST_PROMETHEUS
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -22,6 +22,8 @@
 //!   allows (a JSON schema, regex or grammar, by llguidance).
 //! - [`encoder`]: embedding models (BERT), text to one vector per input, over packed
 //!   sequences without padding; their WordPiece vocabulary is the [`tokenizer`]'s.
+//! - [`metrics`]: what the scheduler reports (queue, latencies, tokens, KV blocks), in
+//!   vLLM's names, to whatever recorder the process installed.
 //! - [`speculative`]: a draft model of the same vocabulary proposes tokens that the
 //!   scheduler verifies in one step of the served model (greedy output unchanged).
 
@@ -30,6 +32,7 @@ pub mod encoder;
 pub mod error;
 pub mod gguf;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod prefix_cache;
 pub mod quant;

@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::error::EngineError;
 use crate::loader::ReasoningSpec;
+use crate::metrics::{Clock, Ending, EngineMetrics};
 use crate::model::{BLOCK_TOKENS, KvCache, Model, SeqInput};
 use crate::prefix_cache::PrefixCache;
 use crate::sampler::{Sampler, SamplingParams, argmax, log_softmax, top_k_logprobs};
@@ -50,6 +51,9 @@ pub struct SchedulerConfig {
     pub prefix_cache_bytes: usize,
     /// A draft model for speculative decoding ([`crate::speculative`]).
     pub draft: Option<Arc<Draft>>,
+    /// The model's served id: the `model_name` label of the engine's metrics
+    /// ([`crate::metrics`]).
+    pub name: String,
 }
 
 impl Default for SchedulerConfig {
@@ -61,6 +65,7 @@ impl Default for SchedulerConfig {
             prefill_chunk: 512,
             prefix_cache_bytes: 128 << 20,
             draft: None,
+            name: "model".into(),
         }
     }
 }
@@ -174,6 +179,7 @@ const PROMPT_LOGPROBS_CHUNK: usize = 64;
 struct Job {
     req: GenerateRequest,
     events: UnboundedSender<Event>,
+    arrived: std::time::Instant,
 }
 
 /// A cheap, cloneable handle for submitting jobs to the engine thread, and what callers
@@ -189,6 +195,7 @@ pub struct EngineHandle {
     /// The vocabulary index for grammars, built on the first request that has one.
     grammars: Arc<OnceLock<Result<Grammars, String>>>,
     speculation: Option<Arc<Counters>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl EngineHandle {
@@ -204,9 +211,23 @@ impl EngineHandle {
             });
         }
         let (tx, rx) = unbounded_channel();
-        match self.jobs.try_send(Job { req, events: tx }) {
+        let job = Job {
+            req,
+            events: tx,
+            arrived: std::time::Instant::now(),
+        };
+        // Counted before it is sent: the engine thread may take it at once.
+        self.metrics.waiting.increment(1.0);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.metrics.waiting.decrement(1.0);
+        }
+        match sent {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded(self.max_waiting)),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.rejected.increment(1);
+                Err(SubmitError::Overloaded(self.max_waiting))
+            }
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
         }
     }
@@ -268,11 +289,21 @@ pub fn start(
     let handle_tokenizer = tokenizer.clone();
     let counters = config.draft.as_ref().map(|_| Arc::new(Counters::default()));
     let engine_counters = counters.clone();
+    let metrics = Arc::new(EngineMetrics::new(&config.name));
+    let engine_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("tokenfab-engine".into())
         .spawn(move || {
-            Scheduler::new(model, tokenizer, spec, config, pool, engine_counters)
-                .run(jobs_rx, &gauge)
+            Scheduler::new(
+                model,
+                tokenizer,
+                spec,
+                config,
+                pool,
+                engine_counters,
+                engine_metrics,
+            )
+            .run(jobs_rx, &gauge)
         })
         .map_err(|e| EngineError::BadModel(format!("cannot start the engine thread: {e}")))?;
     Ok(EngineHandle {
@@ -284,6 +315,7 @@ pub fn start(
         tokenizer: handle_tokenizer,
         grammars: Arc::new(OnceLock::new()),
         speculation: counters,
+        metrics,
     })
 }
 
@@ -320,6 +352,7 @@ struct Sequence {
     draft_in: Vec<u32>,
     /// This step's input when proposals are verified: the last token, then the proposals.
     verify: Vec<u32>,
+    clock: Clock,
 }
 
 /// What sampling a step's tokens reads besides the sequence: shared by every sequence of
@@ -330,6 +363,7 @@ struct StepCx<'a> {
     /// The tokens that close a thought whose budget is spent.
     close_tokens: &'a [u32],
     counters: Option<&'a Counters>,
+    metrics: &'a EngineMetrics,
 }
 
 /// The draft model's share of the engine thread: its working memory and prefix cache.
@@ -353,6 +387,7 @@ struct Scheduler {
     prefix: PrefixCache,
     scratch: crate::model::Scratch,
     speculation: Option<Speculation>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Scheduler {
@@ -363,6 +398,7 @@ impl Scheduler {
         config: SchedulerConfig,
         pool: rayon::ThreadPool,
         counters: Option<Arc<Counters>>,
+        metrics: Arc<EngineMetrics>,
     ) -> Self {
         let scratch = model.new_scratch();
         let prefix = PrefixCache::new(config.prefix_cache_bytes);
@@ -387,12 +423,29 @@ impl Scheduler {
             deferred: VecDeque::new(),
             prefix,
             scratch,
+            metrics,
+        }
+    }
+
+    /// The gauges a scrape reads: sequences running, KV blocks, speculation's totals.
+    fn report(&self) {
+        let m = &self.metrics;
+        m.running.set(self.running.len() as f64);
+        let (used, free) = self.model.kv_blocks();
+        m.kv_used.set(used as f64);
+        m.kv_free.set(free as f64);
+        if let Some(sp) = &self.speculation {
+            m.draft_tokens
+                .absolute(sp.counters.proposed.load(Ordering::Relaxed) as u64);
+            m.accepted_tokens
+                .absolute(sp.counters.accepted.load(Ordering::Relaxed) as u64);
         }
     }
 
     fn run(mut self, jobs: Receiver<Job>, gauge: &AtomicUsize) {
         loop {
             gauge.store(self.running.len(), Ordering::Relaxed);
+            self.report();
             if self.running.is_empty() && self.deferred.is_empty() {
                 // Idle: block until work arrives or every handle is gone.
                 match jobs.recv() {
@@ -424,6 +477,7 @@ impl Scheduler {
             while i < self.running.len() {
                 if self.running[i].events.is_closed() {
                     let gone = self.running.swap_remove(i);
+                    self.metrics.ended(gone.clock.arrived, Ending::Abort);
                     self.retire(gone);
                 } else {
                     i += 1;
@@ -440,6 +494,8 @@ impl Scheduler {
     /// prompt; a job whose client has gone is dropped.
     fn take(&mut self, job: Job) {
         if job.events.is_closed() {
+            self.metrics.waiting.decrement(1.0);
+            self.metrics.ended(job.arrived, Ending::Abort);
             return;
         }
         if self.shares_prefill(&job.req.prompt) {
@@ -471,7 +527,12 @@ impl Scheduler {
     }
 
     fn admit(&mut self, job: Job) {
-        let Job { mut req, events } = job;
+        let Job {
+            mut req,
+            events,
+            arrived,
+        } = job;
+        self.metrics.waiting.decrement(1.0);
         let constraint = req.constraint.take();
         let seed = req.sampling.seed.unwrap_or(req.fallback_seed);
         let sampler = Sampler::new(req.sampling.clone(), seed, &req.prompt);
@@ -488,13 +549,22 @@ impl Scheduler {
         let thinking_budget = spec.map(|r| req.thinking_budget.unwrap_or(r.budget));
         if req.prompt.is_empty() {
             let _ = events.send(Event::Failed("the prompt is empty".into()));
+            self.metrics.ended(arrived, Ending::Error);
             return;
         }
         let kv = if req.prompt_logprobs.is_some() {
             self.model.new_kv_cache()
         } else {
-            self.prefix.lookup(&req.prompt, self.model.new_kv_cache())
+            let kv = self.prefix.lookup(&req.prompt, self.model.new_kv_cache());
+            self.metrics
+                .prefix_queries
+                .increment(req.prompt.len() as u64);
+            self.metrics.prefix_hits.increment(kv.len() as u64);
+            kv
         };
+        self.metrics
+            .prompt_tokens
+            .increment(req.prompt.len() as u64);
         let drafting = self.speculation.as_mut().map(|sp| {
             let empty = sp.draft.model.new_kv_cache();
             Drafting::new(sp.prefix.lookup(&req.prompt, empty))
@@ -518,6 +588,7 @@ impl Scheduler {
             drafting,
             draft_in: Vec::new(),
             verify: Vec::new(),
+            clock: Clock::new(arrived),
         });
     }
 
@@ -542,6 +613,9 @@ impl Scheduler {
                     || (s.last.is_none() && s.req.prompt_logprobs.is_some()),
             });
         }
+        self.metrics.batch_size.record(inputs.len() as f64);
+        let tokens: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+        self.metrics.iteration_tokens.record(tokens as f64);
         let model = &self.model;
         let scratch = &mut self.scratch;
         let result = self.pool.install(|| model.forward(&mut inputs, scratch));
@@ -552,6 +626,7 @@ impl Scheduler {
                 let msg = e.to_string();
                 for s in self.running.drain(..) {
                     let _ = s.events.send(Event::Failed(msg.clone()));
+                    self.metrics.ended(s.clock.arrived, Ending::Error);
                 }
                 return;
             }
@@ -565,6 +640,7 @@ impl Scheduler {
             tokenizer: &self.tokenizer,
             close_tokens: self.reasoning.as_ref().map_or(&[][..], |r| &r.close_tokens),
             counters: self.speculation.as_ref().map(|sp| &*sp.counters),
+            metrics: &self.metrics,
         };
         let outcomes: Vec<Option<()>> = self.pool.install(|| {
             self.running
@@ -604,6 +680,13 @@ impl Scheduler {
                     } else {
                         Self::advance(s, logits, cx, buf, None)?
                     };
+                    cx.metrics.ended(
+                        s.clock.arrived,
+                        match &end {
+                            Ok(reason) => Ending::Finished(*reason),
+                            Err(_) => Ending::Error,
+                        },
+                    );
                     let _ = s.events.send(match end {
                         Ok(reason) => Event::Finished {
                             reason,
@@ -824,6 +907,8 @@ impl Scheduler {
             return Some(Err(format!("constrained decoding: {e}")));
         }
         s.generated += 1;
+        s.clock.token(cx.metrics);
+        cx.metrics.generation_tokens.increment(1);
         s.last = Some(token);
         s.sampled.push(token);
         let logprob = s.req.logprobs.map(|k| {

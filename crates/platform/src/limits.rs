@@ -126,7 +126,9 @@ pub struct Ticket {
 pub struct LimitError(String);
 
 impl From<redis::RedisError> for LimitError {
+    /// Every Redis failure passes here: `tokenfab:limiter_errors_total` counts them.
     fn from(e: redis::RedisError) -> Self {
+        metrics::counter!("tokenfab:limiter_errors_total", "backend" => "redis").increment(1);
         LimitError(e.to_string())
     }
 }

@@ -6,40 +6,65 @@
 //! is committed (its client then sees its balance); a free one comes without and waits
 //! briefly for company instead.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Settlement, Store, StoreError};
 
 /// A settlement on its way to the writer, and where its answer goes.
-type Pending = (
-    Settlement,
-    Option<oneshot::Sender<Result<bool, StoreError>>>,
-);
+struct Pending {
+    settlement: Settlement,
+    ack: Option<oneshot::Sender<Result<bool, StoreError>>>,
+    /// When it was queued: `tokenfab:ledger_settle_seconds` runs from here to its commit.
+    queued: Instant,
+}
 
 /// The writer's queue, where admissions send their settlements.
-pub(crate) struct Settler(mpsc::UnboundedSender<Pending>);
+pub(crate) struct Settler {
+    tx: mpsc::UnboundedSender<Pending>,
+    /// `tokenfab:ledger_queue_depth`: settlements queued and not yet committed.
+    depth: metrics::Gauge,
+}
 
 impl Settler {
     /// Starts the writer on `store`.
     pub(crate) fn start(store: Store) -> Settler {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_settlements(store, rx));
-        Settler(tx)
+        let depth = metrics::gauge!("tokenfab:ledger_queue_depth");
+        tokio::spawn(write_settlements(store, rx, depth.clone()));
+        Settler { tx, depth }
+    }
+
+    fn send(
+        &self,
+        settlement: Settlement,
+        ack: Option<oneshot::Sender<Result<bool, StoreError>>>,
+    ) -> Result<(), StoreError> {
+        let pending = Pending {
+            settlement,
+            ack,
+            queued: Instant::now(),
+        };
+        // Counted before it is sent: the writer may take it at once.
+        self.depth.increment(1.0);
+        self.tx.send(pending).map_err(|_| {
+            self.depth.decrement(1.0);
+            stopped()
+        })
     }
 
     /// Queues a settlement nobody waits for (a free request, a dropped admission); the
     /// writer logs it if it cannot be recorded.
     pub(crate) fn queue(&self, s: Settlement) -> Result<(), StoreError> {
-        self.0.send((s, None)).map_err(|_| stopped())
+        self.send(s, None)
     }
 
     /// Queues a settlement and waits until its group is committed; false when the request
     /// was settled before.
     pub(crate) async fn commit(&self, s: Settlement) -> Result<bool, StoreError> {
         let (ack, done) = oneshot::channel();
-        self.0.send((s, Some(ack))).map_err(|_| stopped())?;
+        self.send(s, Some(ack))?;
         done.await.map_err(|_| stopped())?
     }
 }
@@ -47,6 +72,9 @@ impl Settler {
 fn stopped() -> StoreError {
     StoreError::Settle("the settlement writer has stopped".into())
 }
+
+/// The histogram of the time from a settlement's queueing to its commit.
+const SETTLE_SECONDS: &str = "tokenfab:ledger_settle_seconds";
 
 /// Most settlements committed together.
 const MAX_GROUP: usize = 256;
@@ -59,7 +87,12 @@ const LINGER: Duration = Duration::from_millis(20);
 /// Commits settlements as they come, every one queued meanwhile in the same transaction:
 /// under load one sync serves many requests; alone, a settlement someone waits for is
 /// committed at once, and one nobody waits for after at most [`LINGER`].
-async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn write_settlements(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    depth: metrics::Gauge,
+) {
+    let latency = metrics::histogram!(SETTLE_SECONDS);
     let mut batch: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -69,12 +102,12 @@ async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending
                 Err(_) => break,
             }
         }
-        if batch.iter().all(|(_, ack)| ack.is_none()) {
+        if batch.iter().all(|p| p.ack.is_none()) {
             let deadline = tokio::time::Instant::now() + LINGER;
             while batch.len() < MAX_GROUP {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(p)) => {
-                        let waited_on = p.1.is_some();
+                        let waited_on = p.ack.is_some();
                         batch.push(p);
                         if waited_on {
                             break;
@@ -84,7 +117,7 @@ async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending
                 }
             }
         }
-        let group: Vec<Settlement> = batch.iter().map(|(s, _)| s.clone()).collect();
+        let group: Vec<Settlement> = batch.iter().map(|p| p.settlement.clone()).collect();
         let results: Vec<Result<bool, StoreError>> = match store.settle_many(&group).await {
             Ok(r) => r.into_iter().map(Ok).collect(),
             // One at a time, so that a row that fails fails alone.
@@ -96,7 +129,12 @@ async fn write_settlements(store: Store, mut rx: mpsc::UnboundedReceiver<Pending
                 out
             }
         };
-        for ((s, ack), r) in batch.drain(..).zip(results) {
+        depth.decrement(batch.len() as f64);
+        for (p, r) in batch.drain(..).zip(results) {
+            latency.record(p.queued.elapsed().as_secs_f64());
+            let Pending {
+                settlement: s, ack, ..
+            } = p;
             match ack {
                 Some(ack) => {
                     let _ = ack.send(r);

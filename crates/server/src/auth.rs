@@ -47,8 +47,30 @@ fn error(status: StatusCode, kind: &str, code: &str, message: String) -> HttpErr
     }
 }
 
-/// A refusal as the client sees it, with the rate-limit headers where it has them.
+/// The `reason` label of `tokenfab:refusals_total`.
+fn reason(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::MissingKey => "missing_key",
+        Refusal::InvalidKey => "invalid_key",
+        Refusal::RevokedKey => "revoked_key",
+        Refusal::InsufficientQuota { .. } => "insufficient_quota",
+        Refusal::RateLimited { limit, .. } if limit.starts_with('T') => "rate_limited_tokens",
+        Refusal::RateLimited { .. } => "rate_limited_requests",
+        Refusal::Store(_) => "ledger_unavailable",
+        Refusal::Limits(_) => "limits_unavailable",
+    }
+}
+
+/// A refusal as the client sees it, with the rate-limit headers where it has them; counted
+/// in `tokenfab:refusals_total` by status and reason.
 pub fn refusal(r: Refusal) -> Response {
+    let reason = reason(&r);
+    let resp = respond(r);
+    metrics::counter!("tokenfab:refusals_total", "status" => resp.status().as_u16().to_string(), "reason" => reason).increment(1);
+    resp
+}
+
+fn respond(r: Refusal) -> Response {
     let message = r.to_string();
     match r {
         Refusal::MissingKey | Refusal::InvalidKey | Refusal::RevokedKey => error(

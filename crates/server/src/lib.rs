@@ -11,11 +11,14 @@
 //! the tokens used. An upstream model's request is admitted the same way and forwarded by
 //! [`routes::proxy`] through `tokenfab-upstream` (backend choice, retries, normalisation
 //! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
+//! Every crate records its figures through the `metrics` facade; [`metrics`] installs the
+//! Prometheus recorder and serves `/metrics`.
 
 pub mod auth;
 pub mod error;
 pub mod fold;
 pub mod job;
+pub mod metrics;
 pub mod request_id;
 pub mod routes;
 pub mod state;
@@ -78,6 +81,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             ));
         app = app.nest("/admin", admin);
     }
+    // Behind the admin key when there is one (Prometheus sends it as a bearer token).
+    let mut scrape = Router::new().route("/metrics", get(metrics::page));
+    if state.admin_key_hash.is_some() {
+        scrape = scrape.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::admin::layer,
+        ));
+    }
+    app = app.merge(scrape);
     app.route("/health", get(routes::models::health))
         .fallback(not_found)
         .method_not_allowed_fallback(|m: Method, u: Uri| async move {

@@ -329,6 +329,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         threads,
         file_cfg: file_cfg.clone(),
     };
+    // Before any engine starts: each registers its metrics once, with the recorder it
+    // finds then.
+    tokenfab_server::metrics::install();
     let registry = rt.block_on(async {
         // Upstream pools start their health probes on the runtime.
         build_registry(&models, &Vec::new(), &how)

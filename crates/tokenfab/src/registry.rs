@@ -209,6 +209,7 @@ fn load_local(
                 .prefix_cache_mb
                 .map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
             draft,
+            name: id.to_string(),
             ..defaults
         },
     )?;

@@ -495,14 +495,12 @@ fn a_client_hanging_up_cancels_the_upstream_stream() {
 fn requests_fail_over_before_the_first_byte_only() {
     let (a, b) = (Stub::start(), Stub::start());
     let no_affinity = "affinity = false";
+    let gone = closed();
     let toml = [
         model(
             "up/retry",
             no_affinity,
-            &[
-                backend(&closed(), "plain", ""),
-                backend(&a.base(), "plain", ""),
-            ],
+            &[backend(&gone, "plain", ""), backend(&a.base(), "plain", "")],
         ),
         model(
             "up/failover",
@@ -559,6 +557,37 @@ fn requests_fail_over_before_the_first_byte_only() {
             1,
             "a stream that sent bytes is not retried"
         );
+
+        // The metrics tell the same story: each failed attempt by its kind, each retry
+        // elsewhere a failover, the closed backend out, nothing left in flight.
+        let page = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let m = |name: &str, labels: &[(&str, &str)]| {
+            common::metric(&page, name, labels).unwrap_or_else(|| panic!("{name} {labels:?}"))
+        };
+        let errors = "tokenfab:upstream_errors_total";
+        let failovers = "tokenfab:upstream_failovers_total";
+        let unreachable = m(errors, &[("backend", &gone), ("kind", "unreachable")]);
+        assert!(unreachable >= 1.0);
+        assert_eq!(m(failovers, &[("upstream_model", "plain")]), unreachable);
+        let five_hundreds = tried(&a, "status-500") as f64;
+        assert_eq!(
+            m(
+                errors,
+                &[("upstream_model", "status-500"), ("kind", "server_error")]
+            ),
+            five_hundreds
+        );
+        assert_eq!(
+            m(failovers, &[("upstream_model", "status-500")]),
+            five_hundreds
+        );
+        assert_eq!(m("tokenfab:upstream_up", &[("backend", &gone)]), 0.0);
+        assert_eq!(m("tokenfab:upstream_in_flight", &[]), 0.0);
     });
 }
 

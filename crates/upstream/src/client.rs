@@ -100,6 +100,19 @@ enum Miss {
 }
 
 impl Miss {
+    /// The `kind` label of `tokenfab:upstream_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Miss::Unsent => "unreachable",
+            Miss::Broken => "broken",
+            Miss::Late => "timeout",
+            Miss::Status { status: 429, .. } => "overloaded",
+            Miss::Status { status: 500.., .. } => "server_error",
+            Miss::Status { .. } => "client_error",
+            Miss::Invalid(_) => "protocol",
+        }
+    }
+
     /// What a transport error means for the attempt.
     fn of(e: &http::Error) -> Miss {
         match e {
@@ -193,7 +206,12 @@ where
     Fut: Future<Output = Result<T, Miss>>,
 {
     let mut retry = Retry::new();
+    // The backend the last attempt failed on: the next attempt is a failover from it.
+    let mut failed: Option<Arc<Backend>> = None;
     while let Some((i, lease)) = pool.pick(&retry.tried, affinity) {
+        if let Some(from) = failed.take() {
+            from.count_failover();
+        }
         retry.tried.push(i);
         if let Some(obj) = body.as_object_mut() {
             obj.insert(
@@ -207,11 +225,13 @@ where
                 return Ok(Answer { body, lease });
             }
             Err(miss) => {
+                lease.backend.count_error(miss.kind());
                 let verdict = judge(miss);
                 if verdict.down {
                     lease.backend.failed();
                 }
                 retry.missed(verdict)?;
+                failed = Some(lease.backend.clone());
             }
         }
     }

@@ -52,6 +52,10 @@ pub struct Backend {
     pub(crate) client: http::Client,
     outstanding: AtomicUsize,
     health: Mutex<Health>,
+    /// `tokenfab:upstream_in_flight`: what `outstanding` counts, for the metrics.
+    in_flight: metrics::Gauge,
+    /// `tokenfab:upstream_up`: 0 while taken out after a failure, else 1.
+    up: metrics::Gauge,
 }
 
 impl Backend {
@@ -64,12 +68,31 @@ impl Backend {
             cfg.ca_file.as_deref(),
         )
         .map_err(|e| format!("backend `{}`: {e}", cfg.url))?;
+        let labels = [
+            ("backend", cfg.url.clone()),
+            ("upstream_model", cfg.model.clone()),
+        ];
+        let up = metrics::gauge!("tokenfab:upstream_up", &labels);
+        up.set(1.0);
         Ok(Backend {
+            in_flight: metrics::gauge!("tokenfab:upstream_in_flight", &labels),
+            up,
             cfg,
             client,
             outstanding: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
         })
+    }
+
+    /// Counts a request passed on to another backend after failing here
+    /// (`tokenfab:upstream_failovers_total`).
+    pub(crate) fn count_failover(&self) {
+        metrics::counter!("tokenfab:upstream_failovers_total", "backend" => self.cfg.url.clone(), "upstream_model" => self.cfg.model.clone()).increment(1);
+    }
+
+    /// Counts a failed attempt on this backend by what went wrong (`tokenfab:upstream_errors_total`).
+    pub(crate) fn count_error(&self, kind: &'static str) {
+        metrics::counter!("tokenfab:upstream_errors_total", "backend" => self.cfg.url.clone(), "upstream_model" => self.cfg.model.clone(), "kind" => kind).increment(1);
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -87,6 +110,7 @@ impl Backend {
         h.failures = h.failures.saturating_add(1);
         let backoff = Duration::from_secs(1) * 2u32.saturating_pow(h.failures.min(16) - 1);
         h.down_until = Some(Instant::now() + backoff.min(MAX_BACKOFF));
+        self.up.set(0.0);
         tracing::warn!(url = %self.cfg.url, model = %self.cfg.model, failures = h.failures, "upstream backend taken out");
     }
 
@@ -97,6 +121,7 @@ impl Backend {
             tracing::info!(url = %self.cfg.url, model = %self.cfg.model, "upstream backend back");
         }
         *h = Health::default();
+        self.up.set(1.0);
     }
 
     pub fn outstanding(&self) -> usize {
@@ -112,6 +137,7 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.backend.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.decrement(1.0);
     }
 }
 
@@ -184,6 +210,7 @@ impl Pool {
         };
         let backend = self.backends[i].clone();
         backend.outstanding.fetch_add(1, Ordering::Relaxed);
+        backend.in_flight.increment(1.0);
         Some((i, Lease { backend }))
     }
 

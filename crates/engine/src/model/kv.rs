@@ -27,6 +27,8 @@ pub struct KvPool {
     kv_dim: usize,
     max_free: usize,
     free: std::sync::Mutex<Vec<Box<[f32]>>>,
+    /// Blocks held by caches (running sequences and the prefix cache), for metrics.
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl KvPool {
@@ -36,12 +38,14 @@ impl KvPool {
             kv_dim,
             max_free: max_free_bytes / KvBlock::bytes(n_layer, kv_dim).max(1),
             free: std::sync::Mutex::new(Vec::new()),
+            live: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     fn take(self: &Arc<Self>) -> KvBlock {
         let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let len = self.n_layer * 2 * BLOCK_TOKENS * self.kv_dim;
+        self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         KvBlock {
             data: reused.unwrap_or_else(|| vec![0.0; len].into_boxed_slice()),
             pool: self.clone(),
@@ -49,10 +53,19 @@ impl KvPool {
     }
 
     fn put(&self, data: Box<[f32]>) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < self.max_free && !data.is_empty() {
             free.push(data);
         }
+    }
+}
+
+impl KvPool {
+    /// Blocks held by caches, and freed blocks kept for reuse.
+    pub fn blocks(&self) -> (usize, usize) {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (self.live.load(std::sync::atomic::Ordering::Relaxed), free)
     }
 }
 
@@ -292,16 +305,17 @@ mod tests {
         let pool = KvPool::new(2, 3, 1 << 20);
         let mut a = KvCache::with_pool(pool.clone());
         a.reserve(40);
+        assert_eq!(pool.blocks(), (3, 0));
         let freed: Vec<*const f32> = a.blocks().iter().map(|b| b.data.as_ptr()).collect();
         drop(a);
-        assert_eq!(pool.free.lock().unwrap().len(), 3);
+        assert_eq!(pool.blocks(), (0, 3));
         let mut b = KvCache::with_pool(pool.clone());
         b.reserve(1);
         assert!(
             freed.contains(&b.blocks()[0].data.as_ptr()),
             "a freed block was taken"
         );
-        assert_eq!(pool.free.lock().unwrap().len(), 2);
+        assert_eq!(pool.blocks(), (1, 2));
         // The cap holds: a pool without room lets its blocks go.
         let tight = KvPool::new(2, 3, 0);
         let mut c = KvCache::with_pool(tight.clone());

@@ -584,6 +584,11 @@ impl Model {
         })
     }
 
+    /// KV blocks held by caches, and freed ones kept for reuse (for metrics).
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        self.kv_pool.blocks()
+    }
+
     /// A fresh, empty cache for one sequence.
     pub fn new_kv_cache(&self) -> KvCache {
         KvCache::with_pool(self.kv_pool.clone())

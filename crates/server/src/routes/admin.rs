@@ -35,6 +35,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
     match (&state.admin_key_hash, given) {
         (Some(want), Some(got)) if keys::same(want, &got) => next.run(req).await,
         _ => {
+            metrics::counter!("tokenfab:refusals_total", "status" => "401", "reason" => "invalid_admin_key").increment(1);
             let mut e = HttpError::bad_request(None, "a valid admin key is required");
             e.status = StatusCode::UNAUTHORIZED;
             e.body.code = Some("invalid_admin_key".into());

@@ -92,6 +92,7 @@ pub fn model_request(
     let entry = state
         .model(id)
         .ok_or_else(|| HttpError::model_not_found(id))?;
+    crate::request_id::note_served(&entry.id);
     if entry.kind != kind {
         return Err(HttpError::bad_request(
             Some("model"),

@@ -46,9 +46,11 @@ fn model(state: &AppState, id: Option<&str>) -> Result<Tokenizing, HttpError> {
     let entry = match id {
         Some(id) => {
             crate::request_id::note_model(id);
-            state
+            let entry = state
                 .model(id)
-                .ok_or_else(|| HttpError::model_not_found(id))?
+                .ok_or_else(|| HttpError::model_not_found(id))?;
+            crate::request_id::note_served(&entry.id);
+            entry
         }
         None => {
             let models = state.models();

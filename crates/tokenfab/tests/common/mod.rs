@@ -244,3 +244,24 @@ pub fn cached(id: &str) -> std::path::PathBuf {
         .unwrap_or_else(|e| panic!("{id}: {e}; run `cargo run --release -- models fetch {id}`"))
         .path
 }
+
+/// The sum of a Prometheus text page's samples of metric `name` whose labels include every
+/// pair of `labels`; `None` when no series matches.
+pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            continue;
+        }
+        let rest = rest.strip_suffix('}').unwrap_or(rest);
+        let has = |(k, v): &(&str, &str)| rest.contains(&format!("{k}=\"{v}\""));
+        if labels.iter().all(has) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
