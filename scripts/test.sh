@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' \
-  'numpy>=1.26,<3' 'tokenizers>=0.19,<1'
+  'numpy>=1.26,<3' 'tokenizers>=0.19,<1' 'openapi-spec-validator>=0.7,<1'
 export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
 
 echo "== PostgreSQL and Redis for the platform tests (throwaway, loopback)"

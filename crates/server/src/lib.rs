@@ -19,6 +19,7 @@ pub mod error;
 pub mod fold;
 pub mod job;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod state;
@@ -30,7 +31,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use state::{
     AppState, Counter, Limits, ModelEntry, ModelType, Serve, ServedModel, UpstreamModel,
@@ -42,62 +45,60 @@ async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
 
 /// The whole API as an axum router, so tests and embedders can serve it on any listener.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.limits.max_body_bytes;
-    let v1 = Router::new()
-        .route("/chat/completions", post(routes::chat::chat_completions))
-        .route("/completions", post(routes::completions::completions))
-        .route("/embeddings", post(routes::proxy::embeddings))
-        .route("/rerank", post(routes::proxy::rerank))
-        .route("/models", get(routes::models::list))
-        .route("/user/info", get(routes::user::info))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::layer,
-        ));
-    // vLLM and llama-server serve these beside `/v1`, not under it.
-    let tokenizing = Router::new()
-        .route("/tokenize", post(routes::tokenize::tokenize))
-        .route("/detokenize", post(routes::tokenize::detokenize))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::layer,
-        ));
-    let mut app = Router::new().nest("/v1", v1).merge(tokenizing);
-    if state.admin_key_hash.is_some() {
-        use routes::admin;
-        let admin = Router::new()
-            .route(
-                "/accounts",
-                get(admin::list_accounts).post(admin::create_account),
-            )
-            .route("/accounts/{name}", get(admin::get_account))
-            .route("/accounts/{name}/credit", post(admin::credit))
-            .route("/keys", get(admin::list_keys).post(admin::create_key))
-            .route("/keys/{which}", axum::routing::delete(admin::revoke_key))
-            .route("/usage", get(admin::usage))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                admin::layer,
-            ));
-        app = app.nest("/admin", admin);
-    }
-    // Behind the admin key when there is one (Prometheus sends it as a bearer token).
-    let mut scrape = Router::new().route("/metrics", get(metrics::page));
-    if state.admin_key_hash.is_some() {
-        scrape = scrape.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            routes::admin::layer,
-        ));
-    }
-    app = app.merge(scrape);
-    app.route("/health", get(routes::models::health))
+    let (app, doc) = api(&state).split_for_parts();
+    let doc = Arc::new(doc);
+    app.route("/openapi.json", get(move || openapi::document(doc.clone())))
         .fallback(not_found)
         .method_not_allowed_fallback(|m: Method, u: Uri| async move {
             error::HttpError::method_not_allowed(m.as_str(), u.path())
         })
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
+}
+
+/// The OpenAPI document of the routes `state` serves (the admin API only with an admin key).
+pub fn openapi(state: &Arc<AppState>) -> utoipa::openapi::OpenApi {
+    api(state).split_for_parts().1
+}
+
+/// Every route with its documentation: each handler's `#[utoipa::path]` and the wire types
+/// it names become the document, so a route cannot be served undocumented.
+fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    use routes::{admin, chat, completions, models, proxy, tokenize, user};
+    let keyed = || axum::middleware::from_fn_with_state(state.clone(), auth::layer);
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(chat::chat_completions))
+        .routes(routes!(completions::completions))
+        .routes(routes!(proxy::embeddings))
+        .routes(routes!(proxy::rerank))
+        .routes(routes!(models::list))
+        .routes(routes!(user::info))
+        .layer(keyed());
+    // vLLM and llama-server serve these beside `/v1`, not under it.
+    let tokenizing = OpenApiRouter::new()
+        .routes(routes!(tokenize::tokenize))
+        .routes(routes!(tokenize::detokenize))
+        .layer(keyed());
+    let mut app = OpenApiRouter::with_openapi(openapi::base())
+        .nest("/v1", v1)
+        .merge(tokenizing);
+    // Behind the admin key when there is one (Prometheus sends it as a bearer token).
+    let mut scrape = OpenApiRouter::new().routes(routes!(metrics::page));
+    if state.admin_key_hash.is_some() {
+        let admin_only = || axum::middleware::from_fn_with_state(state.clone(), admin::layer);
+        let admin = OpenApiRouter::new()
+            .routes(routes!(admin::list_accounts, admin::create_account))
+            .routes(routes!(admin::get_account))
+            .routes(routes!(admin::credit))
+            .routes(routes!(admin::list_keys, admin::create_key))
+            .routes(routes!(admin::revoke_key))
+            .routes(routes!(admin::usage))
+            .layer(admin_only());
+        app = app.nest("/admin", admin);
+        scrape = scrape.layer(admin_only());
+    }
+    app.merge(scrape).routes(routes!(models::health))
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.

@@ -72,7 +72,12 @@ pub fn install() -> bool {
         .is_some()
 }
 
-/// The page Prometheus scrapes.
+/// The page Prometheus scrapes: every metric in Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Prometheus' text format, version 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, description = "The admin key is configured and was not sent", body = tokenfab_wire::ErrorBody),
+        (status = 404, description = "The process has no Prometheus recorder", body = tokenfab_wire::ErrorBody)))]
 pub async fn page(_req: Request) -> Response {
     match HANDLE.get().and_then(Option::as_ref) {
         Some(h) => {

@@ -8,7 +8,7 @@ use serde_json::Value;
 /// A chat-completion request: OpenAI's fields plus SiliconFlow's and vLLM's extensions.
 /// Every field is optional on the wire so that the server, not serde, decides which are
 /// required and names the missing one in its 400.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
     pub messages: Option<Vec<ChatMessage>>,
@@ -45,13 +45,13 @@ pub struct ChatCompletionRequest {
 }
 
 /// `stream_options`: only `include_usage` has meaning today.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
 /// `stop` may be one string or a list of strings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
@@ -69,7 +69,7 @@ impl StopSpec {
 }
 
 /// One conversation turn as the client sent it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatMessage {
     pub role: Role,
     #[serde(default)]
@@ -89,7 +89,7 @@ pub struct ChatMessage {
 }
 
 /// Message roles the API accepts; `developer` is OpenAI's newer name for `system`.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
@@ -112,7 +112,7 @@ impl Role {
 }
 
 /// Message content: a plain string or OpenAI's array of typed parts.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -121,7 +121,7 @@ pub enum MessageContent {
 
 /// One part of an array-form content. Only text parts carry meaning for text models;
 /// others are kept so the server can refuse them by name.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -130,7 +130,7 @@ pub struct ContentPart {
 }
 
 /// Token accounting, including the detail objects OpenAI and SiliconFlow clients read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -139,18 +139,18 @@ pub struct Usage {
     pub completion_tokens_details: CompletionTokensDetails,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionTokensDetails {
     pub reasoning_tokens: u64,
 }
 
 /// Why a choice ended.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
@@ -159,7 +159,7 @@ pub enum FinishReason {
 }
 
 /// A non-streamed response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: String,
@@ -170,7 +170,7 @@ pub struct ChatCompletion {
     pub system_fingerprint: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Choice {
     pub index: u32,
     pub message: ResponseMessage,
@@ -181,7 +181,7 @@ pub struct Choice {
 /// The assistant's answer. `reasoning_content` is always present (null for models that do
 /// not think), because clients written for reasoning APIs, the seed's among them, read it
 /// unconditionally and the `openai` package raises on a missing extra field.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ResponseMessage {
     pub role: String,
     pub content: Option<String>,
@@ -192,7 +192,7 @@ pub struct ResponseMessage {
 }
 
 /// A tool call in an answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ToolCall {
     pub id: String,
     /// Always `function`.
@@ -201,7 +201,7 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     /// The arguments as JSON text.
@@ -210,7 +210,7 @@ pub struct FunctionCall {
 
 /// A tool call's part in a stream chunk: the first carries `id`, `type` and the name,
 /// later ones pieces of `arguments`, each with the call's `index`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ToolCallDelta {
     pub index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,7 +220,7 @@ pub struct ToolCallDelta {
     pub function: FunctionDelta,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FunctionDelta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -229,12 +229,12 @@ pub struct FunctionDelta {
 }
 
 /// `logprobs.content`: one entry per generated token, as OpenAI returns them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChoiceLogprobs {
     pub content: Vec<TokenLogprob>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -243,7 +243,7 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -251,7 +251,7 @@ pub struct TopLogprob {
 }
 
 /// One server-sent event of a streamed response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: String,
@@ -263,7 +263,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -274,7 +274,7 @@ pub struct ChunkChoice {
 /// The new text of one chunk. A field without text is omitted or null, never an empty
 /// string; `reasoning_content` is always present (null when there is none) for the same
 /// reason as in [`ResponseMessage`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,

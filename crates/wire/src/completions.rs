@@ -12,7 +12,7 @@ use crate::chat::{FinishReason, StopSpec, StreamOptions, Usage};
 /// A completion request: OpenAI's legacy fields plus the sampling extensions the chat
 /// endpoint takes (`top_k`, `min_p`, `repetition_penalty`). Every field is optional on the
 /// wire, as for chat, so the server names the missing or bad one in its 400.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Option<Prompt>,
@@ -44,7 +44,7 @@ pub struct CompletionRequest {
 
 /// `prompt` in each of its four forms. A list of strings or of token lists is a batch:
 /// one set of choices per prompt.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -73,7 +73,7 @@ impl Prompt {
 }
 
 /// A non-streamed response (`object: "text_completion"`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Completion {
     pub id: String,
     pub object: String,
@@ -86,7 +86,7 @@ pub struct Completion {
 
 /// One choice. In a batch, choice `index` belongs to prompt `index / n`, as OpenAI orders
 /// them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
@@ -97,7 +97,7 @@ pub struct CompletionChoice {
 /// One server-sent event of a streamed completion; the same shape as the whole response
 /// (OpenAI's chunks say `text_completion` too), with `usage` only on the last chunk when
 /// the client asked for it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionChunk {
     pub id: String,
     pub object: String,
@@ -113,10 +113,11 @@ pub struct CompletionChunk {
 /// `top_logprobs`. `text_offset[i]` is where token `i` starts in the choice's `text`, in
 /// characters (Unicode scalar values, which is what Python's `len` counts), as vLLM
 /// computes it: the running length of the token strings before it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
+    #[schema(value_type = Vec<Option<HashMap<String, f32>>>)]
     pub top_logprobs: Vec<Option<TopLogprobs>>,
     pub text_offset: Vec<u32>,
 }

@@ -7,7 +7,7 @@ use crate::usage::TokenUsage;
 
 /// An embeddings request. Every field is optional here; the server says which are
 /// missing or out of range.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
     pub model: Option<String>,
     pub input: Option<EmbeddingInput>,
@@ -20,7 +20,7 @@ pub struct EmbeddingsRequest {
 }
 
 /// What to embed: one text, several, one token array or several.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     Text(String),
@@ -29,7 +29,7 @@ pub enum EmbeddingInput {
     TokenLists(Vec<Vec<u32>>),
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     #[default]
@@ -38,7 +38,7 @@ pub enum EncodingFormat {
 }
 
 /// The answer: one [`Embedding`] per input, in input order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingsResponse {
     pub object: &'static str,
     pub data: Vec<Embedding>,
@@ -46,7 +46,7 @@ pub struct EmbeddingsResponse {
     pub usage: EmbeddingUsage,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Embedding {
     pub object: &'static str,
     pub index: usize,
@@ -54,7 +54,7 @@ pub struct Embedding {
 }
 
 /// A vector as the request's `encoding_format` asked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Vector {
     Float(Vec<f32>),
@@ -64,7 +64,7 @@ pub enum Vector {
 }
 
 /// An embeddings answer's `usage`: input tokens only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: u64,
     pub total_tokens: u64,

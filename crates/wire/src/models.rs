@@ -3,14 +3,35 @@
 use serde::{Deserialize, Serialize};
 
 /// The list envelope OpenAI clients expect (`client.models.list()`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelObject>,
 }
 
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` once the server accepts requests.
+    pub status: String,
+    pub models: Vec<ModelHealth>,
+}
+
+/// One served model's state: a local chat model's running sequences, an upstream model's
+/// backends and how many of them are up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ModelHealth {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends_up: Option<usize>,
+}
+
 /// One served model. `id` is what clients put in a request's `model` field.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelObject {
     pub id: String,
     pub object: String,

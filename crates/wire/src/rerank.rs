@@ -7,7 +7,7 @@ use crate::usage::TokenUsage;
 
 /// A rerank request. Every field is optional here; the server says which are missing or
 /// out of range.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct RerankRequest {
     pub model: Option<String>,
     pub query: Option<String>,
@@ -24,7 +24,7 @@ pub struct RerankRequest {
 }
 
 /// A document: its text, or an object holding it as `text`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RerankDocument {
     Text(String),
@@ -40,7 +40,7 @@ impl RerankDocument {
 }
 
 /// The answer: results sorted by `relevance_score`, highest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RerankResponse {
     pub id: String,
     pub results: Vec<RerankResult>,
@@ -48,7 +48,7 @@ pub struct RerankResponse {
     pub tokens: RerankTokens,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RerankResult {
     /// The document's place in the request.
     pub index: usize,
@@ -57,12 +57,12 @@ pub struct RerankResult {
     pub document: Option<DocumentText>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DocumentText {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct RerankMeta {
     pub tokens: RerankTokens,
 }
@@ -70,7 +70,7 @@ pub struct RerankMeta {
 /// A rerank answer's token counts: input only (a reranker generates nothing). A chat
 /// model judging relevance also says how many input tokens came from its prefix cache
 /// (the shared instruction and query, computed once), when any did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RerankTokens {
     pub input_tokens: u64,
     pub output_tokens: u64,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::chat::ChatMessage;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct TokenizeRequest {
     pub model: Option<String>,
     /// llama-server's text.
@@ -31,7 +31,7 @@ pub struct TokenizeRequest {
     pub return_token_strs: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TokenizeResponse {
     pub tokens: Vec<TokenOut>,
     pub count: usize,
@@ -42,7 +42,7 @@ pub struct TokenizeResponse {
 }
 
 /// A token of the answer: its id, or with `with_pieces` its id and text.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TokenOut {
     Id(u32),
@@ -51,7 +51,7 @@ pub enum TokenOut {
 
 /// A token's text: a string when its bytes are UTF-8 on their own, else the bytes (as
 /// llama-server answers for a token that holds part of a character).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Piece {
     Text(String),
@@ -67,14 +67,14 @@ impl Piece {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
     pub tokens: Option<Vec<u32>>,
 }
 
 /// The text under both servers' names: `prompt` (vLLM) and `content` (llama-server).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DetokenizeResponse {
     pub prompt: String,
     pub content: String,

@@ -11,11 +11,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokenfab_platform::Platform;
 use tokenfab_platform::keys;
 use tokenfab_platform::money::Money;
 use tokenfab_platform::store::{Account, KeyRecord, StoreError};
+use tokenfab_wire::ErrorBody;
+use tokenfab_wire::admin as wire;
 
 use crate::error::HttpError;
 use crate::routes::parse_json;
@@ -72,51 +73,54 @@ fn store_error(e: StoreError) -> HttpError {
     h
 }
 
-pub fn account_json(a: &Account) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "tier": a.tier,
-        "balance": a.balance.to_string(),
-        "reserved": a.reserved.to_string(),
-        "available": a.available().to_string(),
-        "created_at": a.created_at,
-    })
+pub fn account_json(a: &Account) -> wire::Account {
+    wire::Account {
+        id: a.id,
+        name: a.name.clone(),
+        tier: a.tier.clone(),
+        balance: a.balance.to_string(),
+        reserved: a.reserved.to_string(),
+        available: a.available().to_string(),
+        created_at: a.created_at,
+    }
 }
 
-pub fn key_json(k: &KeyRecord) -> Value {
-    json!({
-        "id": k.id,
-        "account": k.account,
-        "prefix": k.prefix,
-        "created_at": k.created_at,
-        "last_used_at": k.last_used_at,
-        "revoked": k.revoked_at.is_some(),
-    })
+pub fn key_json(k: &KeyRecord) -> wire::ApiKey {
+    wire::ApiKey {
+        id: k.id,
+        account: k.account.clone(),
+        prefix: k.prefix.clone(),
+        created_at: k.created_at,
+        last_used_at: k.last_used_at,
+        revoked: k.revoked_at.is_some(),
+        key: None,
+    }
 }
 
 type Answer = Result<Response, HttpError>;
 
+/// Every account with its balance.
+#[utoipa::path(get, path = "/accounts", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, body = wire::AccountList), (status = "4XX", body = ErrorBody)))]
 pub async fn list_accounts(State(state): State<Arc<AppState>>) -> Answer {
     let all = platform(&state)?
         .store
         .accounts()
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": all.iter().map(account_json).collect::<Vec<_>>() })).into_response())
+    let data = all.iter().map(account_json).collect();
+    Ok(Json(wire::AccountList { data }).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct NewAccount {
-    name: String,
-    tier: Option<String>,
-}
-
+/// Opens an account with a zero balance.
+#[utoipa::path(post, path = "/accounts", tag = "admin", security(("admin_key" = [])),
+    request_body = wire::NewAccount,
+    responses((status = 201, body = wire::Account), (status = "4XX", body = ErrorBody)))]
 pub async fn create_account(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let req: NewAccount = parse_json(body, state.limits.max_body_bytes)?;
+    let req: wire::NewAccount = parse_json(body, state.limits.max_body_bytes)?;
     if req.name.trim().is_empty() {
         return Err(HttpError::bad_request(
             Some("name"),
@@ -132,6 +136,10 @@ pub async fn create_account(
     Ok((StatusCode::CREATED, Json(account_json(&a))).into_response())
 }
 
+/// One account by name.
+#[utoipa::path(get, path = "/accounts/{name}", tag = "admin", security(("admin_key" = [])),
+    params(("name" = String, Path, description = "The account's name")),
+    responses((status = 200, body = wire::Account), (status = "4XX", body = ErrorBody)))]
 pub async fn get_account(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Answer {
     let a = platform(&state)?
         .store
@@ -141,19 +149,17 @@ pub async fn get_account(State(state): State<Arc<AppState>>, Path(name): Path<St
     Ok(Json(account_json(&a)).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Credit {
-    /// A decimal string (`"10.00"`): JSON numbers are floats, money is not.
-    amount: String,
-    note: Option<String>,
-}
-
+/// Adds credit to an account (a negative amount takes it back), recorded in the ledger.
+#[utoipa::path(post, path = "/accounts/{name}/credit", tag = "admin", security(("admin_key" = [])),
+    params(("name" = String, Path, description = "The account's name")),
+    request_body = wire::Credit,
+    responses((status = 200, body = wire::Account), (status = "4XX", body = ErrorBody)))]
 pub async fn credit(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let req: Credit = parse_json(body, state.limits.max_body_bytes)?;
+    let req: wire::Credit = parse_json(body, state.limits.max_body_bytes)?;
     let amount: Money = req
         .amount
         .parse()
@@ -168,21 +174,24 @@ pub async fn credit(
     Ok(Json(account_json(&a)).into_response())
 }
 
+/// Every key, revoked ones too; secrets are never shown again.
+#[utoipa::path(get, path = "/keys", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, body = wire::KeyList), (status = "4XX", body = ErrorBody)))]
 pub async fn list_keys(State(state): State<Arc<AppState>>) -> Answer {
     let all = platform(&state)?.store.keys().await.map_err(store_error)?;
-    Ok(Json(json!({ "data": all.iter().map(key_json).collect::<Vec<_>>() })).into_response())
+    let data = all.iter().map(key_json).collect();
+    Ok(Json(wire::KeyList { data }).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct NewKey {
-    account: String,
-}
-
+/// Creates a key for an account; the answer carries its secret, once.
+#[utoipa::path(post, path = "/keys", tag = "admin", security(("admin_key" = [])),
+    request_body = wire::NewKey,
+    responses((status = 201, body = wire::ApiKey), (status = "4XX", body = ErrorBody)))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let req: NewKey = parse_json(body, state.limits.max_body_bytes)?;
+    let req: wire::NewKey = parse_json(body, state.limits.max_body_bytes)?;
     let p = platform(&state)?;
     let (secret, rec) = p
         .store
@@ -190,11 +199,15 @@ pub async fn create_key(
         .await
         .map_err(store_error)?;
     p.forget_keys();
-    let mut v = key_json(&rec);
-    v["key"] = Value::String(secret);
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    let mut key = key_json(&rec);
+    key.key = Some(secret);
+    Ok((StatusCode::CREATED, Json(key)).into_response())
 }
 
+/// Revokes a key at once (by id or prefix).
+#[utoipa::path(delete, path = "/keys/{which}", tag = "admin", security(("admin_key" = [])),
+    params(("which" = String, Path, description = "The key's id or prefix")),
+    responses((status = 200, body = wire::ApiKey), (status = "4XX", body = ErrorBody)))]
 pub async fn revoke_key(State(state): State<Arc<AppState>>, Path(which): Path<String>) -> Answer {
     let p = platform(&state)?;
     let rec = p.store.revoke_key(&which).await.map_err(store_error)?;
@@ -202,7 +215,8 @@ pub async fn revoke_key(State(state): State<Arc<AppState>>, Path(which): Path<St
     Ok(Json(key_json(&rec)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Period {
     /// First UTC day, `YYYY-MM-DD` (default: today).
     from: Option<String>,
@@ -210,6 +224,10 @@ pub struct Period {
     to: Option<String>,
 }
 
+/// Tokens, requests and cost per account and model over a period of UTC days.
+#[utoipa::path(get, path = "/usage", tag = "admin", security(("admin_key" = [])),
+    params(Period),
+    responses((status = 200, body = wire::UsageReport), (status = "4XX", body = ErrorBody)))]
 pub async fn usage(State(state): State<Arc<AppState>>, Query(q): Query<Period>) -> Answer {
     let today = tokenfab_platform::store::unix_now().div_euclid(86_400);
     let day = |s: &Option<String>, param: &str, default: i64| match s {
@@ -225,20 +243,23 @@ pub async fn usage(State(state): State<Arc<AppState>>, Query(q): Query<Period>) 
         .usage(from, to)
         .await
         .map_err(store_error)?;
-    let data: Vec<Value> = rows
+    let data = rows
         .iter()
-        .map(|u| {
-            json!({
-                "account": u.account,
-                "model": u.model,
-                "requests": u.requests,
-                "prompt_tokens": u.prompt_tokens,
-                "cached_tokens": u.cached_tokens,
-                "reasoning_tokens": u.reasoning_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cost": u.cost.to_string(),
-            })
+        .map(|u| wire::UsageRow {
+            account: u.account.clone(),
+            model: u.model.clone(),
+            requests: u.requests,
+            prompt_tokens: u.prompt_tokens,
+            cached_tokens: u.cached_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            completion_tokens: u.completion_tokens,
+            cost: u.cost.to_string(),
         })
         .collect();
-    Ok(Json(json!({ "from": tokenfab_platform::days::format(from), "to": tokenfab_platform::days::format(to), "data": data })).into_response())
+    Ok(Json(wire::UsageReport {
+        from: tokenfab_platform::days::format(from),
+        to: tokenfab_platform::days::format(to),
+        data,
+    })
+    .into_response())
 }

@@ -67,6 +67,14 @@ fn wire_logprob(tok: &Tokenizer, id: u32, lp: &EngineLogprob) -> TokenLogprob {
     }
 }
 
+/// A chat completion: the whole answer, or with `stream: true` server-sent events of
+/// chunks ending in `data: [DONE]`.
+#[utoipa::path(post, path = "/chat/completions", tag = "inference", security(("api_key" = [])),
+    request_body = tokenfab_wire::chat::ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The answer (`application/json`), or its stream (`text/event-stream`, one chunk per event)",
+            content((tokenfab_wire::chat::ChatCompletion = "application/json"), (tokenfab_wire::chat::ChatCompletionChunk = "text/event-stream"))),
+        (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,

@@ -32,6 +32,13 @@ use crate::routes::local::{self, Started};
 use crate::routes::{model_request, proxy, sse, sse_response, with_rate_headers};
 use crate::state::{AppState, ModelType, Serve};
 
+/// A legacy text completion (with fill-in-the-middle `suffix`, `echo`, `best_of`).
+#[utoipa::path(post, path = "/completions", tag = "inference", security(("api_key" = [])),
+    request_body = tokenfab_wire::completions::CompletionRequest,
+    responses(
+        (status = 200, description = "The answer (`application/json`), or its stream (`text/event-stream`)",
+            content((tokenfab_wire::completions::Completion = "application/json"), (tokenfab_wire::completions::CompletionChunk = "text/event-stream"))),
+        (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,

@@ -5,18 +5,24 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
-use tokenfab_wire::models::{ModelList, ModelObject};
+use tokenfab_wire::models::{Health, ModelHealth, ModelList, ModelObject};
 
 use crate::state::{AppState, Serve};
 
 /// SiliconFlow's filters: `type` (chat, embedding, reranker) and `sub_type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ModelFilter {
+    /// `chat`, `embedding` or `reranker`.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     kind: Option<String>,
     sub_type: Option<String>,
 }
 
+/// The served models.
+#[utoipa::path(get, path = "/models", tag = "models", security(("api_key" = [])), params(ModelFilter),
+    responses((status = 200, body = ModelList), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<ModelFilter>,
@@ -42,19 +48,31 @@ pub async fn list(
 
 /// For load balancers: 200 with the served models once the server accepts requests
 /// (local ones with their running sequences, upstream ones with their backends up).
-pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let models: Vec<_> = state
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
+    let models = state
         .models()
         .iter()
-        .map(|m| match &m.serve {
-            Serve::Local(l) => serde_json::json!({ "id": m.id, "running": l.engine.running() }),
-            Serve::Encoder(_) => serde_json::json!({ "id": m.id }),
-            Serve::Upstream(u) => serde_json::json!({
-                "id": m.id,
-                "backends": u.pool.backends.len(),
-                "backends_up": u.pool.up(),
-            }),
+        .map(|m| {
+            let mut h = ModelHealth {
+                id: m.id.clone(),
+                running: None,
+                backends: None,
+                backends_up: None,
+            };
+            match &m.serve {
+                Serve::Local(l) => h.running = Some(l.engine.running()),
+                Serve::Encoder(_) => {}
+                Serve::Upstream(u) => {
+                    h.backends = Some(u.pool.backends.len());
+                    h.backends_up = Some(u.pool.up());
+                }
+            }
+            h
         })
         .collect();
-    Json(serde_json::json!({ "status": "ok", "models": models }))
+    Json(Health {
+        status: "ok".into(),
+        models,
+    })
 }

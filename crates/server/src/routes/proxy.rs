@@ -475,7 +475,10 @@ pub async fn json(
     with_rate_headers(axum::Json(v).into_response(), standing)
 }
 
-/// `POST /v1/embeddings`.
+/// Embeddings of one or many inputs.
+#[utoipa::path(post, path = "/embeddings", tag = "inference", security(("api_key" = [])),
+    request_body = tokenfab_wire::embeddings::EmbeddingsRequest,
+    responses((status = 200, body = tokenfab_wire::embeddings::EmbeddingsResponse), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -484,7 +487,10 @@ pub async fn embeddings(
     forward(&state, &caller, body, ModelType::Embedding, "embeddings").await
 }
 
-/// `POST /v1/rerank`.
+/// Documents ordered by relevance to a query (SiliconFlow's shape).
+#[utoipa::path(post, path = "/rerank", tag = "inference", security(("api_key" = [])),
+    request_body = tokenfab_wire::rerank::RerankRequest,
+    responses((status = 200, body = tokenfab_wire::rerank::RerankResponse), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,

@@ -100,7 +100,10 @@ const UNHONOURED: [&str; 4] = [
     "documents",
 ];
 
-/// `POST /tokenize`.
+/// A prompt or chat messages as the model's tokens (vLLM's and llama-server's shapes).
+#[utoipa::path(post, path = "/tokenize", tag = "tokenizer", security(("api_key" = [])),
+    request_body = tokenfab_wire::tokenize::TokenizeRequest,
+    responses((status = 200, body = tokenfab_wire::tokenize::TokenizeResponse), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -196,7 +199,10 @@ pub async fn tokenize(
     }))
 }
 
-/// `POST /detokenize`.
+/// Token ids back to text.
+#[utoipa::path(post, path = "/detokenize", tag = "tokenizer", security(("api_key" = [])),
+    request_body = tokenfab_wire::tokenize::DetokenizeRequest,
+    responses((status = 200, body = tokenfab_wire::tokenize::DetokenizeResponse), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,

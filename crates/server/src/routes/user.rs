@@ -5,13 +5,17 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tokenfab_platform::Caller;
 use tokenfab_platform::money::Money;
+use tokenfab_wire::ErrorBody;
+use tokenfab_wire::admin::{UserData, UserInfo};
 
 use crate::auth::refusal;
 use crate::state::AppState;
 
+/// The key's account and balances.
+#[utoipa::path(get, path = "/user/info", tag = "account", security(("api_key" = [])),
+    responses((status = 200, body = UserInfo), (status = "4XX", body = ErrorBody)))]
 pub async fn info(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -42,25 +46,25 @@ pub async fn info(
             Money(0),
         ),
     };
-    Json(json!({
-        "code": 20000,
-        "message": "OK",
-        "status": true,
-        "data": {
-            "id": id,
-            "name": name,
-            "image": "",
-            "email": "",
-            "isAdmin": false,
-            "balance": balance.to_string(),
-            "status": "normal",
-            "introduction": "",
-            "role": tier,
-            "chargeBalance": balance.to_string(),
-            "totalBalance": balance.to_string(),
-            "reservedBalance": reserved.to_string(),
-            "availableBalance": Money(balance.0 - reserved.0).to_string(),
-        }
-    }))
+    Json(UserInfo {
+        code: 20000,
+        message: "OK".into(),
+        status: true,
+        data: UserData {
+            id,
+            name,
+            image: String::new(),
+            email: String::new(),
+            is_admin: false,
+            balance: balance.to_string(),
+            status: "normal".into(),
+            introduction: String::new(),
+            role: tier,
+            charge_balance: balance.to_string(),
+            total_balance: balance.to_string(),
+            reserved_balance: reserved.to_string(),
+            available_balance: Money(balance.0 - reserved.0).to_string(),
+        },
+    })
     .into_response()
 }
