@@ -47,6 +47,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(routes::proxy::rerank))
         .route("/models", get(routes::models::list))
         .route("/user/info", get(routes::user::info))
+        .route("/user/usage", get(routes::user::usage))
+        .route("/user/requests", get(routes::user::requests))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::layer,
@@ -72,6 +74,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/keys", get(admin::list_keys).post(admin::create_key))
             .route("/keys/{which}", axum::routing::delete(admin::revoke_key))
             .route("/usage", get(admin::usage))
+            .route("/terms", get(admin::terms))
+            .route("/models", get(admin::models))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 admin::layer,

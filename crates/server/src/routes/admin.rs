@@ -1,6 +1,8 @@
-//! `/admin`: accounts, credits, keys and usage over HTTP, for operators' tooling. Behind
-//! its own key (never an API key), and absent unless the operator configures one.
+//! `/admin`: accounts, credits, keys, usage, the prices and limits in force and the models
+//! with their health, over HTTP, for operators' tooling and the web console. Behind its
+//! own key (never an API key), and absent unless the operator configures one.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -12,14 +14,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokenfab_platform::Platform;
-use tokenfab_platform::keys;
+use tokenfab_platform::limits::Rates;
 use tokenfab_platform::money::Money;
-use tokenfab_platform::store::{Account, KeyRecord, StoreError};
+use tokenfab_platform::store::{Account, KeyRecord, StoreError, UsageTotal};
+use tokenfab_platform::{Platform, days, keys};
 
 use crate::error::HttpError;
-use crate::routes::parse_json;
-use crate::state::AppState;
+use crate::routes::models::{health_json, reasoning};
+use crate::routes::{day, parse_json};
+use crate::state::{AppState, Serve};
 
 /// Lets a request through only with the admin key.
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -43,14 +46,14 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
 }
 
-fn platform(state: &AppState) -> Result<&Arc<Platform>, HttpError> {
+pub(crate) fn platform(state: &AppState) -> Result<&Arc<Platform>, HttpError> {
     state
         .platform
         .as_ref()
         .ok_or_else(|| HttpError::internal("this server runs without a ledger"))
 }
 
-fn store_error(e: StoreError) -> HttpError {
+pub(crate) fn store_error(e: StoreError) -> HttpError {
     let mut h = match &e {
         StoreError::NoAccount(_) | StoreError::NoKey(_) => {
             let mut h = HttpError::bad_request(None, e.to_string());
@@ -209,35 +212,124 @@ pub struct Period {
     to: Option<String>,
 }
 
+/// A usage total's numbers, as every usage report shows them.
+pub fn usage_json(u: &UsageTotal) -> Value {
+    json!({
+        "account": u.account,
+        "model": u.model,
+        "requests": u.requests,
+        "prompt_tokens": u.prompt_tokens,
+        "cached_tokens": u.cached_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cost": u.cost.to_string(),
+    })
+}
+
 pub async fn usage(State(state): State<Arc<AppState>>, Query(q): Query<Period>) -> Answer {
     let today = tokenfab_platform::store::unix_now().div_euclid(86_400);
-    let day = |s: &Option<String>, param: &str, default: i64| match s {
-        Some(s) => tokenfab_platform::days::parse(s).ok_or_else(|| {
-            HttpError::bad_request(Some(param), format!("`{s}` is not a date: use YYYY-MM-DD"))
-        }),
-        None => Ok(default),
-    };
-    let from = day(&q.from, "from", today)?;
-    let to = day(&q.to, "to", from)?;
+    let from = day(q.from.as_deref(), "from", today)?;
+    let to = day(q.to.as_deref(), "to", from)?;
     let rows = platform(&state)?
         .store
         .usage(from, to)
         .await
         .map_err(store_error)?;
-    let data: Vec<Value> = rows
+    let data: Vec<Value> = rows.iter().map(usage_json).collect();
+    Ok(
+        Json(json!({ "from": days::format(from), "to": days::format(to), "data": data }))
+            .into_response(),
+    )
+}
+
+fn rates_json(r: &Rates) -> Value {
+    json!({ "rpm": r.rpm, "tpm": r.tpm, "rpd": r.rpd, "tpd": r.tpd })
+}
+
+/// The prices and limits in force now: every served model's price, and its limits for
+/// every tier the configuration names (the tier's own limits overlaid with the model's,
+/// as admission applies them; `null` is unlimited). An account of a tier not named here
+/// gets the `default` tier's.
+pub async fn terms(State(state): State<Arc<AppState>>) -> Answer {
+    let p = platform(&state)?;
+    let terms = p.terms();
+    let mut tiers: BTreeSet<&str> = terms.tiers.keys().map(String::as_str).collect();
+    tiers.extend(
+        terms
+            .models
+            .values()
+            .flat_map(|m| m.limits.keys().map(String::as_str)),
+    );
+    tiers.insert("default");
+    let models: Vec<Value> = state
+        .models()
         .iter()
-        .map(|u| {
+        .map(|m| {
+            let price = p.price(&m.id);
+            let limits: serde_json::Map<String, Value> = tiers
+                .iter()
+                .map(|t| (t.to_string(), rates_json(&p.rates(t, &m.id))))
+                .collect();
             json!({
-                "account": u.account,
-                "model": u.model,
-                "requests": u.requests,
-                "prompt_tokens": u.prompt_tokens,
-                "cached_tokens": u.cached_tokens,
-                "reasoning_tokens": u.reasoning_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cost": u.cost.to_string(),
+                "id": m.id,
+                "type": m.kind.as_str(),
+                "input_per_million": price.input_per_million.to_string(),
+                "output_per_million": price.output_per_million.to_string(),
+                "cached_input_per_million": price.cached_input_per_million.map(|c| c.to_string()),
+                "free": price.is_free(),
+                "limits": limits,
             })
         })
         .collect();
-    Ok(Json(json!({ "from": tokenfab_platform::days::format(from), "to": tokenfab_platform::days::format(to), "data": data })).into_response())
+    let tier_limits: serde_json::Map<String, Value> = tiers
+        .iter()
+        .map(|t| {
+            let r = terms.tiers.get(*t).copied().unwrap_or_default();
+            (t.to_string(), rates_json(&r))
+        })
+        .collect();
+    Ok(Json(json!({ "tiers": tier_limits, "models": models })).into_response())
+}
+
+/// The served models with what runs them and how they are doing: `/health`'s facts plus
+/// a local model's context window and thinking, an upstream model's every backend.
+pub async fn models(State(state): State<Arc<AppState>>) -> Answer {
+    let data: Vec<Value> = state
+        .models()
+        .iter()
+        .map(|m| {
+            let mut v = health_json(m);
+            v["type"] = json!(m.kind.as_str());
+            v["sub_type"] = json!(m.sub_type);
+            v["reasoning"] = json!(reasoning(m));
+            match &m.serve {
+                Serve::Local(l) => {
+                    v["serve"] = json!("local");
+                    v["context_length"] = json!(l.engine.context_length());
+                }
+                Serve::Encoder(_) => v["serve"] = json!("encoder"),
+                Serve::Upstream(u) => {
+                    v["serve"] = json!("upstream");
+                    v["context_length"] = json!(u.context_length);
+                    v["pool"] = u
+                        .pool
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            json!({
+                                "url": b.cfg.url,
+                                "model": b.cfg.model,
+                                "weight": b.cfg.weight,
+                                "up": b.is_up(),
+                                "failures": b.failures(),
+                                "outstanding": b.outstanding(),
+                            })
+                        })
+                        .collect();
+                }
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })).into_response())
 }

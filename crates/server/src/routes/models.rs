@@ -5,9 +5,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
-use tokenfab_wire::models::{ModelList, ModelObject};
+use serde_json::{Value, json};
+use tokenfab_wire::models::{ModelList, ModelObject, ModelReasoning};
 
-use crate::state::{AppState, Serve};
+use crate::state::{AppState, ModelEntry, Serve};
 
 /// SiliconFlow's filters: `type` (chat, embedding, reranker) and `sub_type`.
 #[derive(Debug, Deserialize)]
@@ -32,6 +33,7 @@ pub async fn list(
             created: m.created,
             owned_by: m.owned_by.clone(),
             kind: Some(m.kind.as_str().into()),
+            reasoning: reasoning(m),
         })
         .collect();
     Json(ModelList {
@@ -40,21 +42,34 @@ pub async fn list(
     })
 }
 
-/// For load balancers: 200 with the served models once the server accepts requests
-/// (local ones with their running sequences, upstream ones with their backends up).
-pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let models: Vec<_> = state
-        .models()
-        .iter()
-        .map(|m| match &m.serve {
-            Serve::Local(l) => serde_json::json!({ "id": m.id, "running": l.engine.running() }),
-            Serve::Encoder(_) => serde_json::json!({ "id": m.id }),
-            Serve::Upstream(u) => serde_json::json!({
-                "id": m.id,
-                "backends": u.pool.backends.len(),
-                "backends_up": u.pool.up(),
-            }),
-        })
-        .collect();
-    Json(serde_json::json!({ "status": "ok", "models": models }))
+/// What the engine says of a local model's thinking. An upstream model's backends are
+/// not asked, so it is reported as not known to reason.
+pub fn reasoning(m: &ModelEntry) -> Option<ModelReasoning> {
+    let Serve::Local(l) = &m.serve else {
+        return None;
+    };
+    l.engine.reasoning().map(|r| ModelReasoning {
+        switchable: r.switchable,
+        thinking_budget: r.budget,
+    })
+}
+
+/// A model's state now: a local one's running sequences, an upstream one's backends up.
+/// `/health` shows it; the admin's model list adds its details.
+pub fn health_json(m: &ModelEntry) -> Value {
+    match &m.serve {
+        Serve::Local(l) => json!({ "id": m.id, "running": l.engine.running() }),
+        Serve::Encoder(_) => json!({ "id": m.id }),
+        Serve::Upstream(u) => json!({
+            "id": m.id,
+            "backends": u.pool.backends.len(),
+            "backends_up": u.pool.up(),
+        }),
+    }
+}
+
+/// For load balancers: 200 with the served models once the server accepts requests.
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models: Vec<Value> = state.models().iter().map(|m| health_json(m)).collect();
+    Json(json!({ "status": "ok", "models": models }))
 }
