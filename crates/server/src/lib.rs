@@ -11,8 +11,10 @@
 //! the tokens used. An upstream model's request is admitted the same way and forwarded by
 //! [`routes::proxy`] through `tokenfab-upstream` (backend choice, retries, normalisation
 //! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
+//! [`console`] serves the web console at `/`, a client of these same routes.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod fold;
 pub mod job;
@@ -83,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.nest("/admin", admin);
     }
     app.route("/health", get(routes::models::health))
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|m: Method, u: Uri| async move {
             error::HttpError::method_not_allowed(m.as_str(), u.path())

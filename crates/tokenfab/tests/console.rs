@@ -1,7 +1,7 @@
-//! The routes the web console reads, on the real binary and the real model:
-//! `/v1/user/usage` and `/v1/user/requests`, which show a key holder their own account and
-//! nobody else's; the admin's prices and limits in force and models with their health; the
-//! reasoning field of `/v1/models`.
+//! The web console and the routes it reads, on the real binary and the real model: the
+//! embedded files and their headers; `/v1/user/usage` and `/v1/user/requests`, which show
+//! a key holder their own account and nobody else's; the admin's prices and limits in
+//! force and models with their health; the reasoning field of `/v1/models`.
 
 mod common;
 
@@ -106,6 +106,77 @@ async fn chat(s: &Server, key: &str, model: &str) -> Value {
         .unwrap();
     assert_eq!(r.status(), 200);
     r.json::<Value>().await.unwrap()["usage"].clone()
+}
+
+#[test]
+fn console_files_are_embedded_small_and_self_contained() {
+    let (s, _dir) = start();
+    run(async {
+        let r = client().get(s.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+        let page = r.text().await.unwrap();
+        assert!(page.contains(r#"src="/console/app.js""#), "{page}");
+        let mut total = page.len();
+        let files = [
+            ("style.css", "text/css; charset=utf-8"),
+            ("app.js", "text/javascript; charset=utf-8"),
+            ("api.js", "text/javascript; charset=utf-8"),
+            ("playground.js", "text/javascript; charset=utf-8"),
+            ("account.js", "text/javascript; charset=utf-8"),
+            ("chart.js", "text/javascript; charset=utf-8"),
+            ("admin.js", "text/javascript; charset=utf-8"),
+        ];
+        for (name, kind) in files {
+            let r = client()
+                .get(s.url(&format!("/console/{name}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{name}");
+            assert_eq!(r.headers()["content-type"], kind, "{name}");
+            assert_eq!(r.headers()["cache-control"], "no-cache", "{name}");
+            let etag = r.headers()["etag"].clone();
+            let text = r.text().await.unwrap();
+            total += text.len();
+            // Nothing from elsewhere: the only URL is SVG's namespace, a name, not a fetch.
+            let outside = text
+                .replace("http://www.w3.org/2000/svg", "")
+                .contains("://");
+            assert!(!outside, "{name} refers to another site");
+            // Revalidation: unchanged, a 304 without the body.
+            let again = client()
+                .get(s.url(&format!("/console/{name}")))
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(again.status(), 304, "{name}");
+        }
+        assert!(total < 60_000, "the console is {total} bytes");
+        // An unknown file is the API's 404, not a page.
+        let (status, e) = get(&s, "/console/nope.js", None).await;
+        assert_eq!(status, 404);
+        assert!(e["error"]["message"].is_string(), "{e}");
+        // Every script the page loads is embedded: each import names a served file.
+        for (name, _) in files.iter().filter(|(n, _)| n.ends_with(".js")) {
+            let text = reqwest::get(s.url(&format!("/console/{name}")))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            for import in text.lines().filter_map(|l| l.split("from \"./").nth(1)) {
+                let file = import.split('"').next().unwrap();
+                assert!(
+                    files.iter().any(|(n, _)| *n == file),
+                    "{name} imports {file}"
+                );
+            }
+        }
+    });
 }
 
 #[test]
