@@ -1,9 +1,16 @@
 //! The web console and the routes it reads, on the real binary and the real model: the
 //! embedded files and their headers; `/v1/user/usage` and `/v1/user/requests`, which show
 //! a key holder their own account and nobody else's; the admin's prices and limits in
-//! force and models with their health; the reasoning field of `/v1/models`.
+//! force and models with their health; the reasoning field of `/v1/models`. Then the
+//! console itself in headless Chromium (tests/python/console_browser.py, Playwright from
+//! `.venv`, which scripts/test.sh installs along with Debian's `chromium`).
+//!
+//! `TOKENFAB_CONSOLE_SCREENSHOT=$PWD/docs/console.png cargo test --release -p tokenfab
+//! --test console` refreshes the README's picture.
 
 mod common;
+
+use std::process::Command;
 
 use common::{MODEL, Server, run};
 use serde_json::{Value, json};
@@ -313,4 +320,46 @@ fn user_reports_show_only_the_callers_account_and_admin_reads_terms_and_models()
         );
         assert!(think["context_length"].as_u64().unwrap() > 0);
     });
+}
+
+#[test]
+fn console_in_a_headless_browser() {
+    let Ok(python) = std::env::var("TOKENFAB_TEST_PYTHON") else {
+        eprintln!(
+            "TOKENFAB_TEST_PYTHON is not set: the browser test is skipped (scripts/test.sh \
+             installs Playwright in .venv and Chromium, and sets it)"
+        );
+        return;
+    };
+    let chromium =
+        std::env::var("TOKENFAB_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's `chromium` (scripts/test.sh does)"
+    );
+    let (s, _dir) = start();
+    let script = format!(
+        "{}/tests/python/console_browser.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(python)
+        .arg(&script)
+        .env("TOKENFAB_CONSOLE_URL", &s.base)
+        .env("TOKENFAB_ADMIN_KEY", ADMIN)
+        .env("TOKENFAB_MODEL", MODEL)
+        .env("TOKENFAB_THINK_MODEL", THINK)
+        .env("TOKENFAB_CHROMIUM", &chromium)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("{summary}");
+    assert!(summary["stream_updates"].as_u64().unwrap() >= 3);
+    assert!(summary["thought_chars"].as_u64().unwrap() > 0);
+    assert!(summary["stopped_completion_tokens"].as_u64().unwrap() > 0);
 }
