@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
 # first run), requantizes the test models into every weight type the engine runs
-# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests and numpy and `tokenizers` for the encoder's reference in .venv, and runs
+# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests, numpy and `tokenizers` for the encoder's reference and Playwright for the web console's browser test in .venv (with Debian's `chromium` when missing), and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
 # (scripts/services.sh), installed from Debian's packages when missing; the /metrics test a
@@ -41,8 +41,20 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' \
-  'numpy>=1.26,<3' 'tokenizers>=0.19,<1' 'openapi-spec-validator>=0.7,<1'
+  'numpy>=1.26,<3' 'tokenizers>=0.19,<1' 'openapi-spec-validator>=0.7,<1' \
+  'playwright>=1.40,<2'
 export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== Chromium for the web console's browser test (Debian's package; Playwright drives it)"
+# Playwright is told to use this browser, never to download its own.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (Debian package)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+export TOKENFAB_TEST_CHROMIUM=/usr/bin/chromium
 
 echo "== PostgreSQL and Redis for the platform tests (throwaway, loopback)"
 # shellcheck source=scripts/services.sh

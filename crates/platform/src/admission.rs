@@ -26,7 +26,9 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn account_id(&self) -> i64 {
+    /// The ledger account the caller's requests are charged to (and whose reports it may
+    /// read).
+    pub fn account_id(&self) -> i64 {
         match self {
             Caller::Open => OPEN_ACCOUNT,
             Caller::Key { account, .. } => account.id,

@@ -31,7 +31,9 @@ impl Platform {
         *self.terms.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(terms);
     }
 
-    fn terms(&self) -> Arc<Terms> {
+    /// The prices and limits in force now, for an operator to read back what the platform
+    /// applies (after a reload, not what a file on disk may say).
+    pub fn terms(&self) -> Arc<Terms> {
         self.terms.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

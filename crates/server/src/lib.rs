@@ -13,8 +13,10 @@
 //! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
 //! Every crate records its figures through the `metrics` facade; [`metrics`] installs the
 //! Prometheus recorder and serves `/metrics`.
+//! [`console`] serves the web console at `/`, a client of these same routes.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod fold;
 pub mod job;
@@ -74,6 +76,8 @@ fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(proxy::rerank))
         .routes(routes!(models::list))
         .routes(routes!(user::info))
+        .routes(routes!(user::usage))
+        .routes(routes!(user::requests))
         .layer(keyed());
     // vLLM and llama-server serve these beside `/v1`, not under it.
     let tokenizing = OpenApiRouter::new()
@@ -94,11 +98,15 @@ fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
             .routes(routes!(admin::list_keys, admin::create_key))
             .routes(routes!(admin::revoke_key))
             .routes(routes!(admin::usage))
+            .routes(routes!(admin::terms))
+            .routes(routes!(admin::models))
             .layer(admin_only());
         app = app.nest("/admin", admin);
         scrape = scrape.layer(admin_only());
     }
-    app.merge(scrape).routes(routes!(models::health))
+    app.merge(scrape)
+        .routes(routes!(models::health))
+        .merge(console::router())
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.

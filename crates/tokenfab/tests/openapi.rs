@@ -50,6 +50,8 @@ fn the_document_is_valid_complete_and_matches_real_answers() {
         "/v1/rerank",
         "/v1/models",
         "/v1/user/info",
+        "/v1/user/usage",
+        "/v1/user/requests",
         "/tokenize",
         "/detokenize",
         "/admin/accounts",
@@ -58,9 +60,13 @@ fn the_document_is_valid_complete_and_matches_real_answers() {
         "/admin/keys",
         "/admin/keys/{which}",
         "/admin/usage",
+        "/admin/terms",
+        "/admin/models",
         "/health",
         "/metrics",
         "/openapi.json",
+        "/",
+        "/console/{asset}",
     ] {
         assert!(paths.contains(&route), "{route} is not in {paths:?}");
     }

@@ -127,6 +127,16 @@ impl Backend {
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
+
+    /// Whether requests may go to it now (not taken out after failures).
+    pub fn is_up(&self) -> bool {
+        self.down_until(Instant::now()).is_none()
+    }
+
+    /// Failures in a row since it last answered, for an operator watching it.
+    pub fn failures(&self) -> u32 {
+        self.health().failures
+    }
 }
 
 /// A request's hold on a backend: counted as outstanding until dropped.
@@ -175,11 +185,7 @@ impl Pool {
 
     /// Backends not taken out now.
     pub fn up(&self) -> usize {
-        let now = Instant::now();
-        self.backends
-            .iter()
-            .filter(|b| b.down_until(now).is_none())
-            .count()
+        self.backends.iter().filter(|b| b.is_up()).count()
     }
 
     /// The backend for the next attempt, skipping those in `tried`; `affinity_key` is the

@@ -2,8 +2,12 @@
 //! key holder's own account in SiliconFlow's shape. Money is a decimal string
 //! (`"12.345678"`): JSON numbers are floats, money is not.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::models::{ModelHealth, ModelReasoning};
 
 /// One account and its money.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -73,9 +77,12 @@ pub struct KeyList {
     pub data: Vec<ApiKey>,
 }
 
-/// Totals of one account and model over a period.
+/// Totals of one account and model over a period (or one day of it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct UsageRow {
+    /// The UTC day, `YYYY-MM-DD`, in a report by day (`GET /v1/user/usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
     pub account: String,
     pub model: String,
     pub requests: i64,
@@ -127,4 +134,123 @@ pub struct UserData {
     pub reserved_balance: String,
     /// What new requests may spend (tokenfab's addition).
     pub available_balance: String,
+}
+
+/// `GET /v1/user/usage`: the caller's totals per UTC day and model, days without usage
+/// left out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct UserUsage {
+    /// `list`.
+    pub object: String,
+    pub from: String,
+    pub to: String,
+    pub data: Vec<UsageRow>,
+}
+
+/// One request as the ledger settled it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct LedgerRequest {
+    /// The request's id (its `x-request-id`).
+    pub id: String,
+    pub model: String,
+    /// The first characters of the key it came with; `null` for open access.
+    pub key: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cost: String,
+    /// How it ended: `done`, `length`, `client_gone` (a stream its client stopped),
+    /// `error`, `interrupted`.
+    pub status: String,
+    /// Who counted the tokens: `engine`, `upstream` (its own count), `counted` (tokenfab
+    /// counted an upstream's answer), `estimated`.
+    pub source: String,
+}
+
+/// `GET /v1/user/requests`: the caller's latest requests, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RequestList {
+    /// `list`.
+    pub object: String,
+    pub data: Vec<LedgerRequest>,
+}
+
+/// Rate limits; `null` is unlimited.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RateLimits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Requests per day.
+    pub rpd: Option<u64>,
+    /// Tokens per day.
+    pub tpd: Option<u64>,
+}
+
+/// One served model's price and its limits per tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ModelTerms {
+    pub id: String,
+    /// `chat`, `embedding` or `reranker`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub input_per_million: String,
+    pub output_per_million: String,
+    pub cached_input_per_million: Option<String>,
+    pub free: bool,
+    /// By tier: the tier's limits overlaid with the model's, as admission applies them.
+    pub limits: BTreeMap<String, RateLimits>,
+}
+
+/// `GET /admin/terms`: the prices and limits in force now. An account of a tier not named
+/// here gets the `default` tier's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct TermsReport {
+    pub tiers: BTreeMap<String, RateLimits>,
+    pub models: Vec<ModelTerms>,
+}
+
+/// One upstream backend's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct BackendState {
+    pub url: String,
+    /// The upstream's name for the model.
+    pub model: String,
+    pub weight: u32,
+    /// False while taken out after failures.
+    pub up: bool,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Requests in flight on it.
+    pub outstanding: usize,
+}
+
+/// One served model, what runs it and how it is doing: `/health`'s facts and more.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct AdminModel {
+    #[serde(flatten)]
+    pub health: ModelHealth,
+    /// `chat`, `embedding` or `reranker`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sub_type: String,
+    pub reasoning: Option<ModelReasoning>,
+    /// `local`, `encoder` or `upstream`.
+    pub serve: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// An upstream model's backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Vec<BackendState>>,
+}
+
+/// `GET /admin/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct AdminModelList {
+    pub data: Vec<AdminModel>,
 }

@@ -40,4 +40,19 @@ pub struct ModelObject {
     /// SiliconFlow's model kind (`chat`, `embedding`, `reranker`), used by the `type` filter.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// tokenfab's extension, present only for a model the server itself knows to reason:
+    /// a client (the web console) then offers the thinking fields the model honours, and
+    /// no others, which `enable_thinking: false` on a model that always thinks would be
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<ModelReasoning>,
+}
+
+/// How a reasoning model's thinking can be steered per request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ModelReasoning {
+    /// `enable_thinking: false` turns the thought off (the chat template reads it).
+    pub switchable: bool,
+    /// The `thinking_budget` a request gets when it names none.
+    pub thinking_budget: usize,
 }

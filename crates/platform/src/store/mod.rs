@@ -19,7 +19,8 @@
 //!   [`Settlement`] that charges it and releases the hold (one, or a group in one
 //!   transaction), and the recovery of holds a stopped server left; the [`Outcome`] and
 //!   [`Source`] a usage row records.
-//! - `reports`: [`UsageTotal`]s from the daily aggregates.
+//! - `reports`: [`UsageTotal`]s and one account's [`DailyUsage`] from the daily
+//!   aggregates; an account's latest [`UsageRecord`]s.
 //! - `testing` (tests only): a throwaway SQLite ledger.
 
 mod accounts;
@@ -33,7 +34,7 @@ mod testing;
 pub use accounts::{Account, OPEN_ACCOUNT};
 pub use keys::KeyRecord;
 pub use ledger::{Outcome, Reservation, Settlement, Source};
-pub use reports::UsageTotal;
+pub use reports::{DailyUsage, UsageRecord, UsageTotal};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};

@@ -34,6 +34,13 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
                 "usage_source",
                 Cow::Borrowed(include_str!("../../migrations/0002_usage_source.sql")),
             ),
+            step(
+                3,
+                "usage_records_account",
+                Cow::Borrowed(include_str!(
+                    "../../migrations/0003_usage_records_account.sql"
+                )),
+            ),
         ]),
         ..Migrator::DEFAULT
     }

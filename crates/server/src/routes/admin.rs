@@ -1,6 +1,8 @@
-//! `/admin`: accounts, credits, keys and usage over HTTP, for operators' tooling. Behind
-//! its own key (never an API key), and absent unless the operator configures one.
+//! `/admin`: accounts, credits, keys, usage, the prices and limits in force and the models
+//! with their health, over HTTP, for operators' tooling and the web console. Behind its
+//! own key (never an API key), and absent unless the operator configures one.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,16 +13,17 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokenfab_platform::Platform;
-use tokenfab_platform::keys;
+use tokenfab_platform::limits::Rates;
 use tokenfab_platform::money::Money;
-use tokenfab_platform::store::{Account, KeyRecord, StoreError};
+use tokenfab_platform::store::{Account, KeyRecord, StoreError, UsageTotal};
+use tokenfab_platform::{Platform, days, keys};
 use tokenfab_wire::ErrorBody;
 use tokenfab_wire::admin as wire;
 
 use crate::error::HttpError;
-use crate::routes::parse_json;
-use crate::state::AppState;
+use crate::routes::models::{model_health, reasoning};
+use crate::routes::{day, parse_json};
+use crate::state::{AppState, Serve};
 
 /// Lets a request through only with the admin key.
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -45,14 +48,14 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
 }
 
-fn platform(state: &AppState) -> Result<&Arc<Platform>, HttpError> {
+pub(crate) fn platform(state: &AppState) -> Result<&Arc<Platform>, HttpError> {
     state
         .platform
         .as_ref()
         .ok_or_else(|| HttpError::internal("this server runs without a ledger"))
 }
 
-fn store_error(e: StoreError) -> HttpError {
+pub(crate) fn store_error(e: StoreError) -> HttpError {
     let mut h = match &e {
         StoreError::NoAccount(_) | StoreError::NoKey(_) => {
             let mut h = HttpError::bad_request(None, e.to_string());
@@ -224,42 +227,141 @@ pub struct Period {
     to: Option<String>,
 }
 
+/// A usage total's numbers, as every usage report shows them (`day` for a report by day).
+pub fn usage_row(u: &UsageTotal, day: Option<i64>) -> wire::UsageRow {
+    wire::UsageRow {
+        day: day.map(days::format),
+        account: u.account.clone(),
+        model: u.model.clone(),
+        requests: u.requests,
+        prompt_tokens: u.prompt_tokens,
+        cached_tokens: u.cached_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+        completion_tokens: u.completion_tokens,
+        cost: u.cost.to_string(),
+    }
+}
+
 /// Tokens, requests and cost per account and model over a period of UTC days.
-#[utoipa::path(get, path = "/usage", tag = "admin", security(("admin_key" = [])),
+#[utoipa::path(get, path = "/usage", operation_id = "admin_usage", tag = "admin", security(("admin_key" = [])),
     params(Period),
     responses((status = 200, body = wire::UsageReport), (status = "4XX", body = ErrorBody)))]
 pub async fn usage(State(state): State<Arc<AppState>>, Query(q): Query<Period>) -> Answer {
     let today = tokenfab_platform::store::unix_now().div_euclid(86_400);
-    let day = |s: &Option<String>, param: &str, default: i64| match s {
-        Some(s) => tokenfab_platform::days::parse(s).ok_or_else(|| {
-            HttpError::bad_request(Some(param), format!("`{s}` is not a date: use YYYY-MM-DD"))
-        }),
-        None => Ok(default),
-    };
-    let from = day(&q.from, "from", today)?;
-    let to = day(&q.to, "to", from)?;
+    let from = day(q.from.as_deref(), "from", today)?;
+    let to = day(q.to.as_deref(), "to", from)?;
     let rows = platform(&state)?
         .store
         .usage(from, to)
         .await
         .map_err(store_error)?;
-    let data = rows
-        .iter()
-        .map(|u| wire::UsageRow {
-            account: u.account.clone(),
-            model: u.model.clone(),
-            requests: u.requests,
-            prompt_tokens: u.prompt_tokens,
-            cached_tokens: u.cached_tokens,
-            reasoning_tokens: u.reasoning_tokens,
-            completion_tokens: u.completion_tokens,
-            cost: u.cost.to_string(),
-        })
-        .collect();
+    let data = rows.iter().map(|u| usage_row(u, None)).collect();
     Ok(Json(wire::UsageReport {
-        from: tokenfab_platform::days::format(from),
-        to: tokenfab_platform::days::format(to),
+        from: days::format(from),
+        to: days::format(to),
         data,
     })
     .into_response())
+}
+
+fn rate_limits(r: &Rates) -> wire::RateLimits {
+    wire::RateLimits {
+        rpm: r.rpm,
+        tpm: r.tpm,
+        rpd: r.rpd,
+        tpd: r.tpd,
+    }
+}
+
+/// The prices and limits in force now: every served model's price, and its limits for
+/// every tier the configuration names (the tier's own limits overlaid with the model's,
+/// as admission applies them; `null` is unlimited). An account of a tier not named here
+/// gets the `default` tier's.
+#[utoipa::path(get, path = "/terms", operation_id = "admin_terms", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, body = wire::TermsReport), (status = "4XX", body = ErrorBody)))]
+pub async fn terms(State(state): State<Arc<AppState>>) -> Answer {
+    let p = platform(&state)?;
+    let terms = p.terms();
+    let mut tiers: BTreeSet<&str> = terms.tiers.keys().map(String::as_str).collect();
+    tiers.extend(
+        terms
+            .models
+            .values()
+            .flat_map(|m| m.limits.keys().map(String::as_str)),
+    );
+    tiers.insert("default");
+    let models = state
+        .models()
+        .iter()
+        .map(|m| {
+            let price = p.price(&m.id);
+            wire::ModelTerms {
+                id: m.id.clone(),
+                kind: m.kind.as_str().into(),
+                input_per_million: price.input_per_million.to_string(),
+                output_per_million: price.output_per_million.to_string(),
+                cached_input_per_million: price.cached_input_per_million.map(|c| c.to_string()),
+                free: price.is_free(),
+                limits: tiers
+                    .iter()
+                    .map(|t| (t.to_string(), rate_limits(&p.rates(t, &m.id))))
+                    .collect(),
+            }
+        })
+        .collect();
+    let tier_limits = tiers
+        .iter()
+        .map(|t| {
+            let r = terms.tiers.get(*t).copied().unwrap_or_default();
+            (t.to_string(), rate_limits(&r))
+        })
+        .collect();
+    Ok(Json(wire::TermsReport {
+        tiers: tier_limits,
+        models,
+    })
+    .into_response())
+}
+
+/// The served models with what runs them and how they are doing: `/health`'s facts plus
+/// a local model's context window and thinking, an upstream model's every backend.
+#[utoipa::path(get, path = "/models", operation_id = "admin_models", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, body = wire::AdminModelList), (status = "4XX", body = ErrorBody)))]
+pub async fn models(State(state): State<Arc<AppState>>) -> Answer {
+    let data = state
+        .models()
+        .iter()
+        .map(|m| {
+            let (serve, context_length, pool) = match &m.serve {
+                Serve::Local(l) => ("local", Some(l.engine.context_length()), None),
+                Serve::Encoder(_) => ("encoder", None, None),
+                Serve::Upstream(u) => {
+                    let pool = u
+                        .pool
+                        .backends
+                        .iter()
+                        .map(|b| wire::BackendState {
+                            url: b.cfg.url.clone(),
+                            model: b.cfg.model.clone(),
+                            weight: b.cfg.weight,
+                            up: b.is_up(),
+                            failures: b.failures(),
+                            outstanding: b.outstanding(),
+                        })
+                        .collect();
+                    ("upstream", Some(u.context_length), Some(pool))
+                }
+            };
+            wire::AdminModel {
+                health: model_health(m),
+                kind: m.kind.as_str().into(),
+                sub_type: m.sub_type.clone(),
+                reasoning: reasoning(m),
+                serve: serve.into(),
+                context_length,
+                pool,
+            }
+        })
+        .collect();
+    Ok(Json(wire::AdminModelList { data }).into_response())
 }

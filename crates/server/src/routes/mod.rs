@@ -120,6 +120,16 @@ pub fn embedding_model(entry: &ModelEntry) -> Response {
     .into_response()
 }
 
+/// A `YYYY-MM-DD` query parameter as days since the epoch (`default` when absent).
+pub fn day(s: Option<&str>, param: &str, default: i64) -> Result<i64, HttpError> {
+    match s {
+        Some(s) => tokenfab_platform::days::parse(s).ok_or_else(|| {
+            HttpError::bad_request(Some(param), format!("`{s}` is not a date: use YYYY-MM-DD"))
+        }),
+        None => Ok(default),
+    }
+}
+
 /// Lets a request in through the platform (rate limits, then the reservation of the most
 /// it can cost), or answers why not. `None` when the server runs without a platform.
 pub async fn admit(

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
-use tokenfab_wire::models::{Health, ModelHealth, ModelList, ModelObject};
+use tokenfab_wire::models::{Health, ModelHealth, ModelList, ModelObject, ModelReasoning};
 
-use crate::state::{AppState, Serve};
+use crate::state::{AppState, ModelEntry, Serve};
 
 /// SiliconFlow's filters: `type` (chat, embedding, reranker) and `sub_type`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -21,7 +21,7 @@ pub struct ModelFilter {
 }
 
 /// The served models.
-#[utoipa::path(get, path = "/models", tag = "models", security(("api_key" = [])), params(ModelFilter),
+#[utoipa::path(get, path = "/models", operation_id = "list_models", tag = "models", security(("api_key" = [])), params(ModelFilter),
     responses((status = 200, body = ModelList), (status = "4XX", description = "An OpenAI-shaped error: 400 bad request, 401 no or bad key, 402 balance, 404 model, 429 rate limit", body = tokenfab_wire::ErrorBody), (status = "5XX", description = "503 overloaded (with `retry-after`), 502/504 upstream failures", body = tokenfab_wire::ErrorBody)))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -38,6 +38,7 @@ pub async fn list(
             created: m.created,
             owned_by: m.owned_by.clone(),
             kind: Some(m.kind.as_str().into()),
+            reasoning: reasoning(m),
         })
         .collect();
     Json(ModelList {
@@ -46,31 +47,42 @@ pub async fn list(
     })
 }
 
-/// For load balancers: 200 with the served models once the server accepts requests
-/// (local ones with their running sequences, upstream ones with their backends up).
+/// What the engine says of a local model's thinking. An upstream model's backends are
+/// not asked, so it is reported as not known to reason.
+pub fn reasoning(m: &ModelEntry) -> Option<ModelReasoning> {
+    let Serve::Local(l) = &m.serve else {
+        return None;
+    };
+    l.engine.reasoning().map(|r| ModelReasoning {
+        switchable: r.switchable,
+        thinking_budget: r.budget,
+    })
+}
+
+/// A model's state now: a local one's running sequences, an upstream one's backends up.
+/// `/health` shows it; the admin's model list adds its details.
+pub fn model_health(m: &ModelEntry) -> ModelHealth {
+    let mut h = ModelHealth {
+        id: m.id.clone(),
+        running: None,
+        backends: None,
+        backends_up: None,
+    };
+    match &m.serve {
+        Serve::Local(l) => h.running = Some(l.engine.running()),
+        Serve::Encoder(_) => {}
+        Serve::Upstream(u) => {
+            h.backends = Some(u.pool.backends.len());
+            h.backends_up = Some(u.pool.up());
+        }
+    }
+    h
+}
+
+/// For load balancers: 200 with the served models once the server accepts requests.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
-    let models = state
-        .models()
-        .iter()
-        .map(|m| {
-            let mut h = ModelHealth {
-                id: m.id.clone(),
-                running: None,
-                backends: None,
-                backends_up: None,
-            };
-            match &m.serve {
-                Serve::Local(l) => h.running = Some(l.engine.running()),
-                Serve::Encoder(_) => {}
-                Serve::Upstream(u) => {
-                    h.backends = Some(u.pool.backends.len());
-                    h.backends_up = Some(u.pool.up());
-                }
-            }
-            h
-        })
-        .collect();
+    let models = state.models().iter().map(|m| model_health(m)).collect();
     Json(Health {
         status: "ok".into(),
         models,

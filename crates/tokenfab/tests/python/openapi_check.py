@@ -59,7 +59,7 @@ check("/admin/accounts/{name}/credit", "post", 200, json.loads(text))
 status, _, text = call("POST", "/admin/keys", {"account": "openapi"}, ADMIN)
 key = json.loads(text)["key"]
 check("/admin/keys", "post", 201, json.loads(text))
-for path in ["/admin/accounts", "/admin/keys", "/admin/usage"]:
+for path in ["/admin/accounts", "/admin/keys", "/admin/usage", "/admin/terms", "/admin/models"]:
     status, _, text = call("GET", path, None, ADMIN)
     assert status == 200, text
     check(path, "get", 200, json.loads(text))
@@ -88,7 +88,7 @@ status, _, text = call("POST", "/tokenize", {"model": MODEL, "prompt": "hello wo
 check("/tokenize", "post", 200, json.loads(text))
 status, _, text = call("POST", "/detokenize", {"model": MODEL, "tokens": [1, 2, 3]}, key)
 check("/detokenize", "post", 200, json.loads(text))
-for path in ["/v1/models", "/v1/user/info", "/health"]:
+for path in ["/v1/models", "/v1/user/info", "/v1/user/usage", "/v1/user/requests", "/health"]:
     status, _, text = call("GET", path, None, key)
     assert status == 200, text
     check(path, "get", 200, json.loads(text))
