@@ -1,5 +1,5 @@
-//! The `tokenfab` command: `serve` the API, manage `models`, `keys`, `accounts`, read
-//! `usage`, `bench` the engine.
+//! The `tokenfab` command: `serve` the API, `chat` with a model in the terminal, manage
+//! `models`, `keys`, `accounts`, read `usage`, `bench` the engine.
 //!
 //! This crate is glue: configuration and flags in, the models crate resolves files, the
 //! engine loads them, the platform keeps the ledger, the server serves them.
@@ -7,6 +7,7 @@
 mod admin;
 mod bandwidth_bench;
 mod bench;
+mod chat;
 mod config;
 mod embed_bench;
 mod inspect;
@@ -42,6 +43,9 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API (default: the built-in SmolLM2 on 127.0.0.1:8000).
     Serve(ServeArgs),
+    /// Chat with a model in the terminal: the local engine (default: the built-in SmolLM2)
+    /// or any OpenAI-compatible server (`--url`).
+    Chat(chat::ChatArgs),
     /// List, fetch or verify models.
     Models {
         #[command(subcommand)]
@@ -163,9 +167,10 @@ struct ServeArgs {
     cache: CacheArgs,
 }
 
-fn init_logging() {
+/// `default` applies unless `RUST_LOG` says otherwise.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -176,9 +181,15 @@ fn init_logging() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    // The chat's screen is the conversation: the server it may run inside logs only what
+    // goes wrong.
+    init_logging(match cli.command {
+        Command::Chat(_) => "warn",
+        _ => "info",
+    });
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Chat(args) => chat::run(args),
         Command::Models { command } => models(command),
         Command::Bench(args) => bench::run(args),
         Command::Keys { command, db } => admin::keys(command, db),
