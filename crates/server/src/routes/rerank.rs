@@ -378,6 +378,7 @@ async fn judge_all(
             split_thought: false,
             constraint: None,
             shown: Vec::new(),
+            priority: Default::default(),
         };
         receivers.push(model.engine.submit(req).map_err(EmbedError::Submit)?);
     }
