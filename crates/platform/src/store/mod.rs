@@ -20,9 +20,12 @@
 //!   transaction), and the recovery of holds a stopped server left; the [`Outcome`] and
 //!   [`Source`] a usage row records.
 //! - `reports`: [`UsageTotal`]s from the daily aggregates.
+//! - `batches`: the batch API's [`FileRecord`]s, [`BatchRecord`]s and their [`BatchLine`]s,
+//!   whose states are a batch's durable progress.
 //! - `testing` (tests only): a throwaway SQLite ledger.
 
 mod accounts;
+mod batches;
 mod keys;
 mod ledger;
 mod reports;
@@ -31,6 +34,7 @@ mod schema;
 mod testing;
 
 pub use accounts::{Account, OPEN_ACCOUNT};
+pub use batches::{BatchLine, BatchRecord, FileRecord, LineCounts};
 pub use keys::KeyRecord;
 pub use ledger::{Outcome, Reservation, Settlement, Source};
 pub use reports::UsageTotal;

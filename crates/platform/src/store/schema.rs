@@ -34,6 +34,11 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
                 "usage_source",
                 Cow::Borrowed(include_str!("../../migrations/0002_usage_source.sql")),
             ),
+            step(
+                3,
+                "batches",
+                Cow::Borrowed(include_str!("../../migrations/0003_batches.sql")),
+            ),
         ]),
         ..Migrator::DEFAULT
     }
