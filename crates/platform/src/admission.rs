@@ -26,7 +26,8 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn account_id(&self) -> i64 {
+    /// The account whose money, files and batches the caller uses.
+    pub fn account_id(&self) -> i64 {
         match self {
             Caller::Open => OPEN_ACCOUNT,
             Caller::Key { account, .. } => account.id,

@@ -13,8 +13,14 @@
 //! of the answer). Every failure is an [`error::HttpError`] in the OpenAI shape.
 //! Every crate records its figures through the `metrics` facade; [`metrics`] installs the
 //! Prometheus recorder and serves `/metrics`.
+//!
+//! The batch API ([`routes::files`], [`routes::batch`]) keeps its records in the
+//! platform's ledger and its files in a directory; [`batch`]'s runner feeds each line of a
+//! batch to the same handler code (`routes::chat::answer` and its siblings) in the batch
+//! [`routes::Lane`]: the batch price, no rate limits, low priority in the engine.
 
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod fold;
 pub mod job;
@@ -50,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(routes::proxy::rerank))
         .route("/models", get(routes::models::list))
         .route("/user/info", get(routes::user::info))
+        .merge(routes::batch::router(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::layer,

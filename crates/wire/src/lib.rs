@@ -1,6 +1,7 @@
 //! OpenAI-compatible wire types for tokenfab: serde only, no HTTP, no engine.
 //!
 //! # Layout
+//! - [`batch`]: the batch API's files, batches and the lines of their files.
 //! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
 //! - [`completions`]: `POST /v1/completions` (legacy text completion), with its own
 //!   `logprobs` form; `usage`, `stop` and finish reasons are chat's.
@@ -16,6 +17,7 @@
 //! Requests keep every field optional and unknown fields ignored, as the OpenAI API does;
 //! validation of values (ranges, limits) belongs to the server, which knows the model.
 
+pub mod batch;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
