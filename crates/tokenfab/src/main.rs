@@ -368,7 +368,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .strip_prefix("sqlite://")
             .and_then(|p| std::path::Path::new(p.split('?').next()?).parent())
             .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| admin::data_dir(), PathBuf::from)
+            .map_or_else(admin::data_dir, PathBuf::from)
             .join("files"),
     };
     let batches = Batches::new(BatchConfig {

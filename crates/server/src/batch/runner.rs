@@ -108,12 +108,13 @@ impl Runner {
                         .await?;
                     self.batches.wake();
                 }
-                "in_progress" if unix_now() >= batch.expires_at => {
-                    if running.is_empty() {
-                        self.close(&batch, "batch_expired", "expired").await?;
-                    }
+                "in_progress" if unix_now() < batch.expires_at => {
+                    self.feed(&batch, &running).await?
                 }
-                "in_progress" => self.feed(&batch, &running).await?,
+                // Past its window: no new line; the running ones end first.
+                "in_progress" if running.is_empty() => {
+                    self.close(&batch, "batch_expired", "expired").await?;
+                }
                 "cancelling" if running.is_empty() => {
                     self.close(&batch, "batch_cancelled", "cancelled").await?;
                 }
