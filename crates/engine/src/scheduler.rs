@@ -13,6 +13,14 @@
 //!
 //! A sequence whose receiver is dropped (the client went away) is removed before the next
 //! step, so generation stops at once and its KV cache is freed.
+//!
+//! Jobs have a [`Priority`]. Batch jobs fill the capacity interactive ones leave: they
+//! never take an interactive job's place (an interactive job is admitted whatever batch
+//! jobs run, up to `max_running` interactive ones), a step carries them only in the slots
+//! of `max_running` that interactive sequences leave free, and none at all while an
+//! interactive sequence computes its prompt, so a batch never delays a first token by more
+//! than the step already under way. Batch jobs wait in a queue of their own, off the
+//! bounded job channel, so they never fill it against interactive requests.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -70,6 +78,16 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Who is waiting for a job's tokens: a person (interactive) or a batch that only needs
+/// them eventually.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    /// Runs only in capacity interactive jobs leave free (see the module's doc).
+    Batch,
+}
+
 /// One generation job: prompt tokens in, up to `max_tokens` tokens out (none at all for
 /// `max_tokens: 0`, which scores a prompt). The prompt and `max_tokens` together must fit
 /// the context window ([`EngineHandle::context_length`]).
@@ -106,6 +124,7 @@ pub struct GenerateRequest {
     /// Control tokens whose text the output shows (rendered as nothing otherwise): the
     /// markers a model writes its tool calls with in Llama's and Mistral's vocabularies.
     pub shown: Vec<u32>,
+    pub priority: Priority,
 }
 
 /// Why a sequence ended.
@@ -384,6 +403,8 @@ struct Scheduler {
     /// Jobs held back while a running sequence computes a prompt prefix they share (see
     /// [`Scheduler::shares_prefill`]); admitted, in arrival order, once it is cached.
     deferred: VecDeque<Job>,
+    /// Batch jobs taken off the channel, admitted in arrival order into free slots.
+    batch_waiting: VecDeque<Job>,
     prefix: PrefixCache,
     scratch: crate::model::Scratch,
     speculation: Option<Speculation>,
@@ -421,6 +442,7 @@ impl Scheduler {
             pool,
             running: Vec::new(),
             deferred: VecDeque::new(),
+            batch_waiting: VecDeque::new(),
             prefix,
             scratch,
             metrics,
@@ -446,29 +468,43 @@ impl Scheduler {
         loop {
             gauge.store(self.running.len(), Ordering::Relaxed);
             self.report();
-            if self.running.is_empty() && self.deferred.is_empty() {
+            if self.running.is_empty() && self.deferred.is_empty() && self.batch_waiting.is_empty()
+            {
                 // Idle: block until work arrives or every handle is gone.
                 match jobs.recv() {
                     Ok(job) => self.take(job),
                     Err(_) => return,
                 }
             }
-            // Held-back jobs first, in arrival order; then new ones, while the running and
-            // held-back sequences together stay within `max_running` (so holding back
-            // never takes more from the bounded queue than running would).
+            // Held-back jobs first, in arrival order; then new ones, while the interactive
+            // sequences, running and held back, stay within `max_running` (so holding back
+            // never takes more from the bounded queue than running would; batch jobs leave
+            // the queue for their own at once).
             for _ in 0..self.deferred.len() {
-                if self.running.len() >= self.config.max_running {
+                if self.interactive() >= self.config.max_running {
                     break;
                 }
                 if let Some(job) = self.deferred.pop_front() {
                     self.take(job);
                 }
             }
-            while self.running.len() + self.deferred.len() < self.config.max_running {
+            while self.interactive() + self.deferred.len() < self.config.max_running {
                 match jobs.try_recv() {
                     Ok(job) => self.take(job),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            // Batch jobs into the slots left free.
+            while self.running.len() < self.config.max_running {
+                let Some(job) = self.batch_waiting.pop_front() else {
+                    break;
+                };
+                if job.events.is_closed() {
+                    self.metrics.waiting.decrement(1.0);
+                    self.metrics.ended(job.arrived, Ending::Abort);
+                } else {
+                    self.admit(job);
                 }
             }
             // Clients that went away stop here, before any more compute is spent on them
@@ -484,10 +520,49 @@ impl Scheduler {
                 }
             }
             gauge.store(self.running.len(), Ordering::Relaxed);
+            let parked = self.park();
             if !self.running.is_empty() {
                 self.step();
             }
+            self.running.extend(parked);
         }
+    }
+
+    /// Interactive sequences running.
+    fn interactive(&self) -> usize {
+        self.running
+            .iter()
+            .filter(|s| s.req.priority == Priority::Interactive)
+            .count()
+    }
+
+    /// Takes out of this step the batch sequences it must not carry: all of them while an
+    /// interactive sequence computes its prompt (its first token comes as soon as it
+    /// would alone), and beyond that those that do not fit in the slots of `max_running`
+    /// the interactive sequences leave. They keep their KV caches and go on later.
+    fn park(&mut self) -> Vec<Sequence> {
+        let prefilling = self
+            .running
+            .iter()
+            .any(|s| s.req.priority == Priority::Interactive && s.last.is_none());
+        let mut room = if prefilling {
+            0
+        } else {
+            self.config.max_running.saturating_sub(self.interactive())
+        };
+        let mut parked = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].req.priority == Priority::Batch {
+                if room == 0 {
+                    parked.push(self.running.remove(i));
+                    continue;
+                }
+                room -= 1;
+            }
+            i += 1;
+        }
+        parked
     }
 
     /// Admits a job, or holds it back when a running sequence is computing a prefix of its
@@ -498,7 +573,9 @@ impl Scheduler {
             self.metrics.ended(job.arrived, Ending::Abort);
             return;
         }
-        if self.shares_prefill(&job.req.prompt) {
+        if job.req.priority == Priority::Batch {
+            self.batch_waiting.push_back(job);
+        } else if self.shares_prefill(&job.req.prompt) {
             self.deferred.push_back(job);
         } else {
             self.admit(job);

@@ -69,6 +69,7 @@ fn run(
         thinking_budget: Some(48),
         split_thought: true,
         shown: Vec::new(),
+        priority: Default::default(),
         constraint: Some(constraint),
     };
     let mut rx = engine.submit(req).unwrap();

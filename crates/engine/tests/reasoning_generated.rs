@@ -84,6 +84,7 @@ fn streamed_split_equals_whole_split_on_generated_sequences() {
             }),
             split_thought: true,
             shown: Vec::new(),
+            priority: Default::default(),
             constraint: None,
         };
         runs.push((opened, engine.submit(req).unwrap()));

@@ -83,6 +83,7 @@ fn generate(
                 split_thought: false,
                 constraint: None,
                 shown: Vec::new(),
+                priority: Default::default(),
             };
             engine.submit(req).unwrap()
         })

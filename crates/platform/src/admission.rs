@@ -26,8 +26,8 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The ledger account the caller's requests are charged to (and whose reports it may
-    /// read).
+    /// The ledger account the caller's requests are charged to, whose reports it may read
+    /// and whose files and batches it uses.
     pub fn account_id(&self) -> i64 {
         match self {
             Caller::Open => OPEN_ACCOUNT,
@@ -262,6 +262,87 @@ impl Platform {
             admission.held = needed;
         }
         Ok(admission)
+    }
+
+    /// Lets one line of a batch run under its own ledger id, `request_id`, which the batch
+    /// runner derives from the batch and the line so that a resumed line is the same
+    /// request to the ledger. Batch lines are not counted against the rate limits (as
+    /// OpenAI exempts its batch API); they pay the model's batch price and are held to the
+    /// balance like any request. Their holds are recorded under this instance's batch name
+    /// ([`Platform::batch_instance`]), which the restart recovery leaves alone: the runner
+    /// resumes the line and adopts its hold here, and a line already settled (the server
+    /// stopped between its settlement and the runner's record of it) holds nothing, its
+    /// second settlement being refused by the ledger. Either way it is charged once.
+    pub async fn admit_batch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        model: &str,
+        prompt_tokens: u64,
+        max_completion: u64,
+        request_id: &str,
+    ) -> Result<Admission, Refusal> {
+        let account_id = caller.account_id();
+        let key_id = match caller {
+            Caller::Open => None,
+            Caller::Key { key_id, .. } => Some(*key_id),
+        };
+        let price = self.batch_price(model);
+        let mut admission = Admission {
+            platform: self.clone(),
+            request_id: request_id.to_owned(),
+            account_id,
+            key_id,
+            model: model.to_owned(),
+            price,
+            held: Money(0),
+            prompt_tokens,
+            decision: Decision {
+                refused: None,
+                retry_after: 0,
+                requests: None,
+                tokens: None,
+                ticket: Default::default(),
+            },
+            used: None,
+            settled: false,
+        };
+        if account_id == OPEN_ACCOUNT
+            || price.is_free()
+            || self.store.is_settled(request_id).await?
+        {
+            return Ok(admission);
+        }
+        if let Some(held) = self.store.reserved(request_id).await? {
+            admission.held = held;
+            return Ok(admission);
+        }
+        let needed = price.most(prompt_tokens, max_completion);
+        let r = Reservation {
+            request_id: request_id.to_owned(),
+            account_id,
+            key_id,
+            model: model.to_owned(),
+            amount: needed,
+            prompt_tokens,
+        };
+        if !self.store.reserve(&r, &self.batch_instance()).await? {
+            admission.settled = true;
+            let available = self
+                .store
+                .account_by_id(account_id)
+                .await?
+                .map_or(Money(0), |a| a.available());
+            return Err(Refusal::InsufficientQuota { needed, available });
+        }
+        admission.held = needed;
+        Ok(admission)
+    }
+
+    /// The name batch lines' holds are recorded under: not this instance's own, so that
+    /// the recovery at start (which releases the instance's holds as interrupted) leaves
+    /// them to the batch runner, which resumes their lines.
+    pub fn batch_instance(&self) -> String {
+        format!("{}#batch", self.cfg.instance)
     }
 
     /// The caller's account, fresh from the ledger.

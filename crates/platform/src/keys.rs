@@ -37,6 +37,14 @@ pub fn generate() -> Result<NewKey, getrandom::Error> {
     })
 }
 
+/// A fresh random id of 24 hex digits (96 bits), for the names of files and batches: no
+/// two replicas or restarts can mint the same one.
+pub fn random_id() -> Result<String, getrandom::Error> {
+    let mut buf = [0u8; 12];
+    getrandom::fill(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The stored form of a key: lowercase hex SHA-256.
 pub fn hash(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());

@@ -5,9 +5,10 @@
 //! - [`money`]: exact amounts (integer micro-units) and per-model prices.
 //! - [`keys`]: API key generation, hashing and constant-time comparison.
 //! - [`store`]: the ledger database (SQLite or PostgreSQL): accounts, keys, credits,
-//!   reservations, usage rows and daily aggregates.
+//!   reservations, usage rows and daily aggregates; the batch API's files, batches and
+//!   their lines.
 //! - [`limits`]: RPM/TPM/RPD/TPD counters, in process or in Redis.
-//! - `terms`: prices and limits per account tier and model ([`Terms`], [`ModelTerms`]),
+//! - `terms`: prices (and batch discounts) and limits per account tier and model ([`Terms`], [`ModelTerms`]),
 //!   replaced whole on a configuration reload.
 //! - here: [`Platform`], opened on the ledger with a [`PlatformConfig`]; it starts the
 //!   settler and releases what a previous run left reserved.
@@ -17,6 +18,9 @@
 //!   settled with the tokens actually used ([`Admission::settle`]), which charges the cost,
 //!   releases the rest and corrects the token counters. An admission dropped unsettled
 //!   settles itself as an error (not charged), so no path leaks a reservation.
+//!   [`Platform::admit_batch`] admits one line of a batch instead: under a ledger id the
+//!   batch runner derives from the line, at the batch price, without rate limits, its hold
+//!   left for the runner to resume after a crash.
 //! - `settler`: the group-commit writer every settlement goes through: one task commits
 //!   all the settlements queued meanwhile in one transaction, so that under load one sync
 //!   serves many requests. A settlement that moves money is acknowledged once committed;

@@ -118,6 +118,49 @@ impl Price {
     }
 }
 
+/// The share of a price a batch request pays (`batch_discount`, e.g. `0.5`), in millionths:
+/// more than 0, at most 1 (the default: no discount).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share(pub i64);
+
+impl Default for Share {
+    fn default() -> Self {
+        Share(MICROS)
+    }
+}
+
+impl FromStr for Share {
+    type Err = BadAmount;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let m: Money = s.parse()?;
+        if m.0 <= 0 || m.0 > MICROS {
+            return Err(BadAmount(format!(
+                "`{s}` is not a share of the price: give a decimal above 0 and at most 1"
+            )));
+        }
+        Ok(Share(m.0))
+    }
+}
+
+impl Price {
+    /// These prices times `share`, each rounded up to the micro-unit: what a batch request
+    /// is reserved and charged at, through the same [`Price::cost`] as any other.
+    pub fn times(&self, share: Share) -> Price {
+        let scale = |m: Money| {
+            Money(
+                (m.0 as i128 * share.0 as i128 + MICROS as i128 - 1).div_euclid(MICROS as i128)
+                    as i64,
+            )
+        };
+        Price {
+            input_per_million: scale(self.input_per_million),
+            output_per_million: scale(self.output_per_million),
+            cached_input_per_million: self.cached_input_per_million.map(scale),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +205,28 @@ mod tests {
         assert!(Price::default().is_free());
         // 120 × 1.33 + 10 × 4 = 199.6 micro-units, rounded up.
         assert_eq!(p.most(120, 10), Money(200));
+    }
+
+    #[test]
+    fn a_share_scales_every_price_and_must_be_a_fraction() {
+        let p = Price {
+            input_per_million: "1.00".parse().unwrap(),
+            output_per_million: "3".parse().unwrap(),
+            cached_input_per_million: Some(Money(1)),
+        };
+        let half: Share = "0.5".parse().unwrap();
+        let q = p.times(half);
+        assert_eq!(
+            (
+                q.input_per_million,
+                q.output_per_million,
+                q.cached_input_per_million
+            ),
+            (Money(500_000), Money(1_500_000), Some(Money(1)))
+        );
+        assert_eq!(p.times(Share::default()), p);
+        for bad in ["0", "1.5", "-0.5", "x"] {
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        }
     }
 }

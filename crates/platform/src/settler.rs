@@ -176,6 +176,7 @@ mod tests {
                 ModelTerms {
                     price,
                     limits: HashMap::new(),
+                    batch_discount: Default::default(),
                 },
             )]),
         };

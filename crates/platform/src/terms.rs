@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use crate::Platform;
 use crate::limits::Rates;
-use crate::money::Price;
+use crate::money::{Price, Share};
 
 /// Prices and limits of one model.
 #[derive(Clone, Debug, Default)]
 pub struct ModelTerms {
     pub price: Price,
+    /// The share of `price` a batch request pays.
+    pub batch_discount: Share,
     /// Per account tier; field by field over the tier's own limits.
     pub limits: HashMap<String, Rates>,
 }
@@ -42,6 +44,15 @@ impl Platform {
             .models
             .get(&model.to_ascii_lowercase())
             .map(|t| t.price)
+            .unwrap_or_default()
+    }
+
+    /// What one request of a batch pays: the price times the model's batch discount.
+    pub fn batch_price(&self, model: &str) -> Price {
+        self.terms()
+            .models
+            .get(&model.to_ascii_lowercase())
+            .map(|t| t.price.times(t.batch_discount))
             .unwrap_or_default()
     }
 

@@ -65,6 +65,18 @@ impl HttpError {
         )
     }
 
+    /// 404 for a file or batch that does not exist, or is another account's (which is
+    /// answered the same, so ids cannot be probed).
+    pub fn object_not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_found"),
+            None,
+            format!("No {what} with id `{id}` exists"),
+        )
+    }
+
     pub fn route_not_found(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

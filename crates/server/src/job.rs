@@ -591,6 +591,7 @@ pub fn build(
         split_thought: true,
         constraint: constraint.clone(),
         shown: shown.clone(),
+        priority: Default::default(),
     });
     Ok(Job {
         prompt_tokens: prompt.len(),

@@ -14,8 +14,14 @@
 //! Every crate records its figures through the `metrics` facade; [`metrics`] installs the
 //! Prometheus recorder and serves `/metrics`.
 //! [`console`] serves the web console at `/`, a client of these same routes.
+//!
+//! The batch API ([`routes::files`], [`routes::batch`]) keeps its records in the
+//! platform's ledger and its files in a directory; [`batch`]'s runner feeds each line of a
+//! batch to the same handler code (`routes::chat::answer` and its siblings) in the batch
+//! [`routes::Lane`]: the batch price, no rate limits, low priority in the engine.
 
 pub mod auth;
+pub mod batch;
 pub mod console;
 pub mod error;
 pub mod fold;
@@ -78,6 +84,7 @@ fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(user::info))
         .routes(routes!(user::usage))
         .routes(routes!(user::requests))
+        .merge(routes::batch::router(state))
         .layer(keyed());
     // vLLM and llama-server serve these beside `/v1`, not under it.
     let tokenizing = OpenApiRouter::new()

@@ -129,6 +129,8 @@ pub struct AppState {
     pub platform: Option<Arc<Platform>>,
     /// SHA-256 of the admin key; the `/admin` API is off without one.
     pub admin_key_hash: Option<String>,
+    /// The batch API's files and runner; off (404) without one ([`AppState::with_batches`]).
+    pub batches: Option<Arc<crate::batch::Batches>>,
 }
 
 impl AppState {
@@ -143,7 +145,14 @@ impl AppState {
             limits,
             platform,
             admin_key_hash,
+            batches: None,
         }
+    }
+
+    /// Serves the batch API with `batches` (it needs the platform's ledger too).
+    pub fn with_batches(mut self, batches: Arc<crate::batch::Batches>) -> AppState {
+        self.batches = Some(batches);
+        self
     }
 
     /// The models served now.

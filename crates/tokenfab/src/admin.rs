@@ -71,7 +71,7 @@ pub struct UsageArgs {
 }
 
 /// `$XDG_DATA_HOME/tokenfab`, else `~/.local/share/tokenfab`.
-fn data_dir() -> PathBuf {
+pub fn data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("tokenfab");
     }

@@ -14,6 +14,11 @@
 //! redis_url = "redis://127.0.0.1:6379/"  # rate-limit counters shared by replicas
 //! instance = "replica-a"    # this server's name in the ledger (default: host:port)
 //! admin_key = "…"           # turns on the /admin API (better: TOKENFAB_ADMIN_KEY)
+//! files_dir = "/var/lib/tokenfab/files" # the batch API's files (default: the data
+//!                           # directory's `files`; replicas share one directory)
+//! max_file_bytes = 104857600 # largest upload to /v1/files (default 100 MiB)
+//! batch_max_lines = 50000   # requests in one batch at most
+//! batch_concurrency = 8     # batch lines in the engines at once (default max_running / 2)
 //!
 //! [limits.default]          # per account tier, for every model
 //! rpm = 60
@@ -35,6 +40,7 @@
 //! input_per_million = "0.50"       # price per million prompt tokens (0 = free)
 //! output_per_million = "2.00"      # per million generated tokens, reasoning included
 //! cached_input_per_million = "0.10" # prompt tokens from the prefix cache (default: input)
+//! batch_discount = "0.5"    # the share of these prices a batch request pays (default 1)
 //! [models.limits.default]   # this model's limits for a tier, over the tier's own
 //! rpm = 10
 //!
@@ -70,7 +76,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokenfab_platform::limits::Rates;
-use tokenfab_platform::money::{Money, Price};
+use tokenfab_platform::money::{Money, Price, Share};
 use tokenfab_upstream::dialect::Dialect;
 use tokenfab_upstream::http::Origin;
 
@@ -96,6 +102,14 @@ pub struct FileConfig {
     pub instance: Option<String>,
     /// Enables `/admin` with this key.
     pub admin_key: Option<String>,
+    /// The batch API's files (default: `files` in the data directory).
+    pub files_dir: Option<PathBuf>,
+    pub max_file_bytes: Option<usize>,
+    pub batch_max_lines: Option<usize>,
+    /// Batch lines in the engines at once (default: half of `max_running`).
+    pub batch_concurrency: Option<usize>,
+    /// Accept completion windows in seconds (`"30s"`): for tests of expiry only.
+    pub batch_second_windows: Option<bool>,
     /// Limits per account tier.
     #[serde(default)]
     pub limits: HashMap<String, Rates>,
@@ -140,6 +154,8 @@ pub struct ModelConfig {
     pub input_per_million: Option<Amount>,
     pub output_per_million: Option<Amount>,
     pub cached_input_per_million: Option<Amount>,
+    /// The share of the prices a batch request pays: above 0, at most 1 (default).
+    pub batch_discount: Option<Amount>,
     /// This model's limits per account tier, field by field over the tier's.
     #[serde(default)]
     pub limits: HashMap<String, Rates>,
@@ -248,12 +264,17 @@ pub enum Amount {
 }
 
 impl Amount {
-    pub fn money(&self) -> anyhow::Result<Money> {
-        let text = match self {
+    /// The decimal as written (a number in its shortest form).
+    fn text(&self) -> String {
+        match self {
             Amount::Text(s) => s.clone(),
             Amount::Int(i) => i.to_string(),
             Amount::Float(f) => f.to_string(),
-        };
+        }
+    }
+
+    pub fn money(&self) -> anyhow::Result<Money> {
+        let text = self.text();
         let m: Money = text.parse()?;
         if m.0 < 0 {
             bail!("a price cannot be negative: {text}");
@@ -286,6 +307,18 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The share of its prices the model's batch requests pay.
+    pub fn batch_discount(&self) -> anyhow::Result<Share> {
+        let Some(a) = &self.batch_discount else {
+            return Ok(Share::default());
+        };
+        a.text()
+            .parse()
+            .with_context(|| format!("`batch_discount` of model `{}`", self.name()))
+    }
+}
+
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -307,6 +340,7 @@ impl FileConfig {
             m.check()
                 .with_context(|| format!("the config file {} is not valid", path.display()))?;
             m.price()?;
+            m.batch_discount()?;
             if let Some(id) = &m.id
                 && !ids.insert(id.to_ascii_lowercase())
             {

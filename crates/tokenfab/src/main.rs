@@ -20,9 +20,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tokenfab_engine::scheduler::SchedulerConfig;
 use tokenfab_models::{DEFAULT_MODEL, ModelSpec, catalog, default_cache_dir};
 use tokenfab_platform::store::Store;
 use tokenfab_platform::{Platform, PlatformConfig};
+use tokenfab_server::batch::{BatchConfig, Batches};
 use tokenfab_server::{AppState, Limits};
 
 use crate::config::{FileConfig, ModelConfig};
@@ -366,17 +368,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..defaults
     };
 
+    let max_running = file_cfg
+        .max_running
+        .unwrap_or(SchedulerConfig::default().max_running);
+    // Beside a SQLite ledger (the data directory by default), so that the files and their
+    // records stay together.
+    let files_dir = match &file_cfg.files_dir {
+        Some(d) => d.clone(),
+        None => database_url
+            .strip_prefix("sqlite://")
+            .and_then(|p| std::path::Path::new(p.split('?').next()?).parent())
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(admin::data_dir, PathBuf::from)
+            .join("files"),
+    };
+    let batches = Batches::new(BatchConfig {
+        max_file_bytes: file_cfg.max_file_bytes.unwrap_or(100 << 20),
+        max_lines: file_cfg.batch_max_lines.unwrap_or(50_000),
+        concurrency: file_cfg.batch_concurrency.unwrap_or(max_running / 2).max(1),
+        second_windows: file_cfg.batch_second_windows.unwrap_or(false),
+        files_dir,
+    })
+    .context("cannot create the files directory (`files_dir`)")?;
+
     rt.block_on(async move {
         tracing::info!(instance = %platform_cfg.instance, "recovering unsettled reservations");
         let platform = Platform::open(store, platform_cfg)
             .await
             .context("cannot open the ledger")?;
-        let state = Arc::new(AppState::new(
-            registry.iter().map(|(_, e)| e.clone()).collect(),
-            limits,
-            Some(platform),
-            admin_key.as_deref().map(tokenfab_platform::keys::hash),
-        ));
+        let state = Arc::new(
+            AppState::new(
+                registry.iter().map(|(_, e)| e.clone()).collect(),
+                limits,
+                Some(platform),
+                admin_key.as_deref().map(tokenfab_platform::keys::hash),
+            )
+            .with_batches(batches),
+        );
+        tokenfab_server::batch::runner::start(state.clone());
         #[cfg(unix)]
         registry::reload_on_hangup(reloadable, registry, how, state.clone());
         #[cfg(not(unix))]

@@ -362,6 +362,7 @@ pub fn terms(file_cfg: &FileConfig, registry: &Registry) -> anyhow::Result<Terms
             ModelTerms {
                 price: m.price()?,
                 limits: m.limits.clone(),
+                batch_discount: m.batch_discount()?,
             },
         );
     }

@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, run};
+use common::{Server, account, cli, micros, run, run_returning};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokenfab_testkit::{TempPath, temp_db, temp_path, unique};
@@ -62,35 +62,6 @@ fn serve(db: &str, config: &std::path::Path, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// Runs the CLI on a ledger; returns stdout.
-fn cli(db: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-        .args(args)
-        .args(["--database", db])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tokenfab");
-    assert!(
-        out.status.success(),
-        "tokenfab {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// An account with `balance` and a key for it.
-fn account(db: &str, name: &str, balance: &str) -> String {
-    cli(db, &["accounts", "create", name]);
-    if balance != "0" {
-        cli(db, &["accounts", "top-up", name, "--add", balance]);
-    }
-    let key = cli(db, &["keys", "create", "--account", name])
-        .trim()
-        .to_owned();
-    assert!(key.starts_with("sk-") && key.len() > 40, "{key}");
-    key
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -121,21 +92,6 @@ async fn admin_get(s: &Server, path: &str) -> Value {
         .unwrap();
     assert_eq!(r.status(), 200, "{path}");
     r.json().await.unwrap()
-}
-
-fn micros(v: &Value) -> i64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a decimal string: {v}"));
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let neg = int.starts_with('-');
-    let whole: i64 = int.trim_start_matches('-').parse().unwrap();
-    let mut f = frac.to_owned();
-    while f.len() < 6 {
-        f.push('0');
-    }
-    let v = whole * 1_000_000 + f.parse::<i64>().unwrap();
-    if neg { -v } else { v }
 }
 
 /// (balance, reserved) of an account, in micro-units.
@@ -560,18 +516,6 @@ fn the_ledger_survives_sigkill_mid_load() {
         );
         assert_eq!(5_000_000 - bal, micros(&row["cost"]), "{row}");
     });
-}
-
-/// Runs an async block on a runtime that is then dropped (its tasks die with it).
-fn run_returning<T>(f: impl std::future::Future<Output = T>) -> T {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let out = rt.block_on(f);
-    rt.shutdown_background();
-    out
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the `/admin` API's and `/v1/user/info`'s bodies.
+//! - [`batch`]: the batch API's files, batches and the lines of their files.
 //! - [`chat`]: `POST /v1/chat/completions` requests, responses and stream chunks.
 //! - [`completions`]: `POST /v1/completions` (legacy text completion), with its own
 //!   `logprobs` form; `usage`, `stop` and finish reasons are chat's.
@@ -18,6 +19,7 @@
 //! validation of values (ranges, limits) belongs to the server, which knows the model.
 
 pub mod admin;
+pub mod batch;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -293,6 +293,25 @@ impl Store {
         .bind(unix_now() - stale_secs)
         .fetch_all(&self.pool)
         .await?;
+        self.release_rows(rows).await
+    }
+
+    /// Releases, as `recover` does, the holds of `instance` whose request ids start with
+    /// `prefix`: a finished batch's lines that will not run again.
+    pub async fn release(&self, instance: &str, prefix: &str) -> Result<usize> {
+        let rows = sqlx::query(
+            "SELECT request_id, account_id, key_id, model, amount, prompt_tokens \
+             FROM reservations WHERE instance = $1 AND substr(request_id, 1, $2) = $3",
+        )
+        .bind(instance)
+        .bind(prefix.len() as i64)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        self.release_rows(rows).await
+    }
+
+    async fn release_rows(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<usize> {
         let mut n = 0;
         for row in rows {
             let s = Settlement {
@@ -317,6 +336,24 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Whether a request has its usage row (settled, or released as interrupted).
+    pub async fn is_settled(&self, request_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM usage_records WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// What a request still holds, if it holds anything.
+    pub async fn reserved(&self, request_id: &str) -> Result<Option<Money>> {
+        let row = sqlx::query("SELECT amount FROM reservations WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(Money(r.try_get("amount")?))).transpose()
     }
 }
 

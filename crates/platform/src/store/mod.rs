@@ -21,9 +21,12 @@
 //!   [`Source`] a usage row records.
 //! - `reports`: [`UsageTotal`]s and one account's [`DailyUsage`] from the daily
 //!   aggregates; an account's latest [`UsageRecord`]s.
+//! - `batches`: the batch API's [`FileRecord`]s, [`BatchRecord`]s and their [`BatchLine`]s,
+//!   whose states are a batch's durable progress.
 //! - `testing` (tests only): a throwaway SQLite ledger.
 
 mod accounts;
+mod batches;
 mod keys;
 mod ledger;
 mod reports;
@@ -32,6 +35,7 @@ mod schema;
 mod testing;
 
 pub use accounts::{Account, OPEN_ACCOUNT};
+pub use batches::{BatchLine, BatchRecord, FileRecord, LineCounts};
 pub use keys::KeyRecord;
 pub use ledger::{Outcome, Reservation, Settlement, Source};
 pub use reports::{DailyUsage, UsageRecord, UsageTotal};

@@ -41,6 +41,11 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
                     "../../migrations/0003_usage_records_account.sql"
                 )),
             ),
+            step(
+                4,
+                "batches",
+                Cow::Borrowed(include_str!("../../migrations/0004_batches.sql")),
+            ),
         ]),
         ..Migrator::DEFAULT
     }

@@ -238,6 +238,7 @@ pub fn build(
             // A completion's text is everything the model wrote.
             split_thought: false,
             shown: Vec::new(),
+            priority: Default::default(),
             constraint: constraint.clone(),
         }));
         prompts.push(ids.len());

@@ -8,6 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use serde_json::Value;
 use tokenfab_engine::scheduler::{
     Event, FinishReason as EngineFinish, TokenLogprob as EngineLogprob,
 };
@@ -27,8 +28,8 @@ use crate::fold::{Fold, Step};
 use crate::job::{self, ChatJob};
 use crate::request_id::RequestId;
 use crate::routes::local::{self, Started};
-use crate::routes::{model_request, proxy, sse, sse_response, with_rate_headers};
-use crate::state::{AppState, ModelType, Serve};
+use crate::routes::{Lane, model_request, proxy, sse, sse_response, with_rate_headers};
+use crate::state::{AppState, ModelEntry, ModelType, Serve};
 
 pub(crate) const FINGERPRINT: &str = concat!("tokenfab-", env!("CARGO_PKG_VERSION"));
 
@@ -85,14 +86,31 @@ pub async fn chat_completions(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    if let Serve::Upstream(up) = &entry.serve {
+        return proxy::chat(&state, &caller, &entry, up, body).await;
+    }
+    answer(&state, &caller, &rid.0, body, &entry, &Lane::Interactive).await
+}
+
+/// A chat request's answer from a model tokenfab's engine runs (an upstream model's is
+/// refused here: [`proxy::chat`] serves those): the JSON, or the stream, with its
+/// rate-limit headers. Without HTTP: the batch runner gets its lines' answers here.
+pub async fn answer(
+    state: &AppState,
+    caller: &Caller,
+    rid: &str,
+    body: Value,
+    entry: &ModelEntry,
+    lane: &Lane,
+) -> Response {
     let model = match &entry.serve {
-        Serve::Upstream(up) => return proxy::chat(&state, &caller, &entry, up, body).await,
         Serve::Local(m) => m.clone(),
-        Serve::Encoder(_) => return crate::routes::embedding_model(&entry),
+        Serve::Encoder(_) => return crate::routes::embedding_model(entry),
+        Serve::Upstream(_) => return crate::routes::upstream_model(entry),
     };
     let (id, limits) = (entry.id.clone(), state.limits.clone());
     let build = move || job::build(body, &id, model, &limits);
-    let started = match local::start(&state, &caller, build, |j| j).await {
+    let started = match local::start(state, caller, lane, build, |j| j).await {
         Ok(s) => s,
         Err(refused) => return refused,
     };
@@ -102,7 +120,7 @@ pub async fn chat_completions(
         fold,
         standing,
     } = started;
-    let id = format!("chatcmpl-{}", rid.0);
+    let id = format!("chatcmpl-{rid}");
     let resp = if job.stream {
         stream_response(job, receivers, id, fold)
     } else {

@@ -13,6 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use serde_json::Value;
 use tokenfab_engine::scheduler::{Event, TokenLogprob as EngineLogprob};
 use tokenfab_engine::tokenizer::Tokenizer;
 use tokenfab_platform::Caller;
@@ -29,8 +30,8 @@ use crate::job::completion::{self, CompletionJob};
 use crate::request_id::RequestId;
 use crate::routes::chat::{FINGERPRINT, finish_reason, token_string};
 use crate::routes::local::{self, Started};
-use crate::routes::{model_request, proxy, sse, sse_response, with_rate_headers};
-use crate::state::{AppState, ModelType, Serve};
+use crate::routes::{Lane, model_request, proxy, sse, sse_response, with_rate_headers};
+use crate::state::{AppState, ModelEntry, ModelType, Serve};
 
 /// A legacy text completion (with fill-in-the-middle `suffix`, `echo`, `best_of`).
 #[utoipa::path(post, path = "/completions", tag = "inference", security(("api_key" = [])),
@@ -49,14 +50,30 @@ pub async fn completions(
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    if let Serve::Upstream(up) = &entry.serve {
+        return proxy::completions(&state, &caller, &entry, up, body).await;
+    }
+    answer(&state, &caller, &rid.0, body, &entry, &Lane::Interactive).await
+}
+
+/// A completions request's answer from a model tokenfab's engine runs, as
+/// [`crate::routes::chat::answer`] gives a chat answer.
+pub async fn answer(
+    state: &AppState,
+    caller: &Caller,
+    rid: &str,
+    body: Value,
+    entry: &ModelEntry,
+    lane: &Lane,
+) -> Response {
     let model = match &entry.serve {
-        Serve::Upstream(up) => return proxy::completions(&state, &caller, &entry, up, body).await,
         Serve::Local(m) => m.clone(),
-        Serve::Encoder(_) => return crate::routes::embedding_model(&entry),
+        Serve::Encoder(_) => return crate::routes::embedding_model(entry),
+        Serve::Upstream(_) => return crate::routes::upstream_model(entry),
     };
     let (id, limits) = (entry.id.clone(), state.limits.clone());
     let build = move || completion::build(body, &id, model, &limits);
-    let started = match local::start(&state, &caller, build, |j: &CompletionJob| &j.job).await {
+    let started = match local::start(state, caller, lane, build, |j: &CompletionJob| &j.job).await {
         Ok(s) => s,
         Err(refused) => return refused,
     };
@@ -66,7 +83,7 @@ pub async fn completions(
         fold,
         standing,
     } = started;
-    let id = format!("cmpl-{}", rid.0);
+    let id = format!("cmpl-{rid}");
     let resp = if job.job.stream {
         stream_response(job, receivers, id, fold)
     } else {

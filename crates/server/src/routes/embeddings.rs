@@ -7,8 +7,6 @@
 //! refused beyond it. Texts are framed as the model's tokenizer frames them; token arrays
 //! are embedded as given.
 
-use std::sync::Arc;
-
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::Value;
@@ -22,7 +20,7 @@ use tokenfab_wire::embeddings::{
 use tokenfab_wire::usage::TokenUsage;
 
 use crate::error::HttpError;
-use crate::routes::{admit, settle, typed, with_rate_headers};
+use crate::routes::{Lane, admit_in, settle, typed, with_rate_headers};
 use crate::state::{AppState, ModelEntry};
 
 /// Inputs per request at most.
@@ -30,11 +28,13 @@ pub const MAX_INPUTS: usize = 2048;
 /// Tokens per request at most, all inputs together.
 pub const MAX_TOKENS: usize = 300_000;
 
-/// Answers an embeddings request for `entry`, served by `encoder`.
+/// Answers an embeddings request for `entry`, served by `encoder`, admitted in `lane`
+/// (the encoder packs every request alike: a batch's lines only pay the batch price).
 pub async fn local(
     state: &AppState,
     caller: &Caller,
-    entry: &Arc<ModelEntry>,
+    lane: &Lane,
+    entry: &ModelEntry,
     encoder: &EncoderHandle,
     body: Value,
 ) -> Response {
@@ -62,11 +62,20 @@ pub async fn local(
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     crate::request_id::note_prompt(tokens as u64);
     let usage = TokenUsage::prompt(tokens as u64);
-    let (vectors, standing) =
-        match billed(state, caller, entry, usage, "input", encoder.embed(inputs)).await {
-            Ok(x) => x,
-            Err(refused) => return refused,
-        };
+    let (vectors, standing) = match billed(
+        state,
+        caller,
+        lane,
+        entry,
+        usage,
+        "input",
+        encoder.embed(inputs),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
     let vectors = vectors
         .into_iter()
         .map(|mut v| {
@@ -131,12 +140,13 @@ fn dimensions(
 pub(crate) async fn billed<T>(
     state: &AppState,
     caller: &Caller,
+    lane: &Lane,
     entry: &ModelEntry,
     usage: TokenUsage,
     param: &str,
     work: impl std::future::Future<Output = Result<T, EmbedError>>,
 ) -> Result<(T, Standing), Response> {
-    let admission = admit(state, caller, &entry.id, usage.prompt, 0).await?;
+    let admission = admit_in(state, caller, lane, &entry.id, usage.prompt, 0).await?;
     let standing = admission.as_ref().map(Admission::standing);
     let used = Used {
         tokens: usage,

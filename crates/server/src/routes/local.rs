@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::error::HttpError;
 use crate::fold::Fold;
 use crate::job::Job;
-use crate::routes::{admit, with_rate_headers};
+use crate::routes::{Lane, admit_in, with_rate_headers};
 use crate::state::AppState;
 
 /// A request whose engine jobs run.
@@ -32,10 +32,12 @@ pub struct Started<J> {
 /// prompts, which would stall every other connection on this runtime worker, so it runs
 /// on the blocking pool), admits it (the rate limits, then the most it can cost held from
 /// the balance: every choice's cap on generated tokens) and submits its engine jobs.
-/// `engine_job` finds the [`Job`] in what `build` made. Any refusal is the answer.
+/// `engine_job` finds the [`Job`] in what `build` made; `lane` says how it is admitted and
+/// at which priority the engine runs it. Any refusal is the answer.
 pub async fn start<J: Send + 'static>(
     state: &AppState,
     caller: &Caller,
+    lane: &Lane,
     build: impl FnOnce() -> Result<J, HttpError> + Send + 'static,
     engine_job: impl Fn(&J) -> &Job,
 ) -> Result<Started<J>, Response> {
@@ -52,7 +54,15 @@ pub async fn start<J: Send + 'static>(
     crate::request_id::note_prompt(job.prompt_tokens as u64);
     tracing::debug!(n = job.choices.len(), stream = job.stream, "generation");
     let most: u64 = job.choices.iter().map(|c| c.max_tokens as u64).sum();
-    let admission = admit(state, caller, &job.model_id, job.prompt_tokens as u64, most).await?;
+    let admission = admit_in(
+        state,
+        caller,
+        lane,
+        &job.model_id,
+        job.prompt_tokens as u64,
+        most,
+    )
+    .await?;
     let standing = admission.as_ref().map(Admission::standing);
     let per_prompt = job.choices.len() / job.prompts.len().max(1);
     let fold = Fold::batch(&job.prompts, per_prompt, admission);
@@ -61,7 +71,8 @@ pub async fn start<J: Send + 'static>(
         None => fold,
     };
     let mut receivers = Vec::with_capacity(job.choices.len());
-    for r in job.choices.iter().cloned() {
+    for mut r in job.choices.iter().cloned() {
+        r.priority = lane.priority();
         // On failure the receivers already taken are dropped, which cancels those jobs.
         match job.model.engine.submit(r) {
             Ok(rx) => receivers.push(rx),

@@ -3,9 +3,11 @@
 //! upstream does the work, the platform does the accounting.
 
 pub mod admin;
+pub mod batch;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod files;
 pub mod local;
 pub mod models;
 pub mod proxy;
@@ -19,6 +21,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use tokenfab_engine::scheduler::Priority;
 use tokenfab_platform::limits::Standing;
 use tokenfab_platform::store::Outcome;
 use tokenfab_platform::{Admission, Caller, Used};
@@ -76,6 +79,16 @@ pub fn model_request(
     kind: ModelType,
 ) -> Result<(Value, Arc<ModelEntry>), HttpError> {
     let v = body_value(body, state.limits.max_body_bytes)?;
+    let entry = model_entry(state, &v, kind)?;
+    Ok((v, entry))
+}
+
+/// The model a request body names, which must be of type `kind`.
+pub fn model_entry(
+    state: &AppState,
+    v: &Value,
+    kind: ModelType,
+) -> Result<Arc<ModelEntry>, HttpError> {
     let id = match v.get("model") {
         Some(Value::String(s)) => s.as_str(),
         None | Some(Value::Null) => {
@@ -104,7 +117,7 @@ pub fn model_request(
             ),
         ));
     }
-    Ok((v, entry))
+    Ok(entry)
 }
 
 /// The answer to a chat or completions request naming an embedding model (a chat entry is
@@ -130,6 +143,41 @@ pub fn day(s: Option<&str>, param: &str, default: i64) -> Result<i64, HttpError>
     }
 }
 
+/// How a request is let in and run: as a client's call, or as one line of a batch, which
+/// the batch runner sends under the line's own ledger id (the batch price, no rate limits,
+/// a hold a restart resumes: [`tokenfab_platform::Platform::admit_batch`]) and which the
+/// engine runs at low priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Lane {
+    #[default]
+    Interactive,
+    Batch {
+        ledger_id: String,
+    },
+}
+
+impl Lane {
+    pub fn priority(&self) -> Priority {
+        match self {
+            Lane::Interactive => Priority::Interactive,
+            Lane::Batch { .. } => Priority::Batch,
+        }
+    }
+}
+
+/// The answer to a request for an upstream model on a path that serves only the models
+/// tokenfab's engine runs (a batch's lines).
+pub fn upstream_model(entry: &ModelEntry) -> Response {
+    HttpError::bad_request(
+        Some("model"),
+        format!(
+            "`{}` is served by an upstream server: a batch runs only models tokenfab's engine runs; send its requests to the API directly",
+            entry.id
+        ),
+    )
+    .into_response()
+}
+
 /// Lets a request in through the platform (rate limits, then the reservation of the most
 /// it can cost), or answers why not. `None` when the server runs without a platform.
 pub async fn admit(
@@ -139,14 +187,26 @@ pub async fn admit(
     prompt: u64,
     most: u64,
 ) -> Result<Option<Admission>, Response> {
-    match &state.platform {
-        Some(p) => p
-            .admit(caller, model, prompt, most)
-            .await
-            .map(Some)
-            .map_err(refusal),
-        None => Ok(None),
-    }
+    admit_in(state, caller, &Lane::Interactive, model, prompt, most).await
+}
+
+/// [`admit`] in the given lane.
+pub async fn admit_in(
+    state: &AppState,
+    caller: &Caller,
+    lane: &Lane,
+    model: &str,
+    prompt: u64,
+    most: u64,
+) -> Result<Option<Admission>, Response> {
+    let Some(p) = &state.platform else {
+        return Ok(None);
+    };
+    let admitted = match lane {
+        Lane::Interactive => p.admit(caller, model, prompt, most).await,
+        Lane::Batch { ledger_id } => p.admit_batch(caller, model, prompt, most, ledger_id).await,
+    };
+    admitted.map(Some).map_err(refusal)
 }
 
 /// Adds the `x-ratelimit-*` headers of an admission to its answer.

@@ -538,7 +538,8 @@ async fn serve(
     match &entry.serve {
         Serve::Upstream(up) => json(state, caller, &entry, up, body, path).await,
         Serve::Encoder(enc) if kind == ModelType::Embedding => {
-            crate::routes::embeddings::local(state, caller, &entry, enc, body).await
+            let lane = crate::routes::Lane::Interactive;
+            crate::routes::embeddings::local(state, caller, &lane, &entry, enc, body).await
         }
         // The type check above refused every other pairing of a local model.
         Serve::Local(_) | Serve::Encoder(_) => HttpError::bad_request(

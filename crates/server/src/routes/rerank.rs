@@ -22,7 +22,7 @@ use tokenfab_wire::usage::TokenUsage;
 use crate::error::HttpError;
 use crate::request_id::RequestId;
 use crate::routes::embeddings::{MAX_TOKENS, Standing, billed};
-use crate::routes::{typed, with_rate_headers};
+use crate::routes::{Lane, typed, with_rate_headers};
 use crate::state::{AppState, ModelEntry};
 
 /// Documents per request at most.
@@ -72,7 +72,17 @@ pub async fn local(
     crate::request_id::note_prompt(pairs.tokens as u64);
     let usage = TokenUsage::prompt(pairs.tokens as u64);
     let work = encoder.score(pairs.pairs);
-    let (scores, standing) = match billed(state, caller, entry, usage, "documents", work).await {
+    let (scores, standing) = match billed(
+        state,
+        caller,
+        &Lane::Interactive,
+        entry,
+        usage,
+        "documents",
+        work,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(refused) => return refused,
     };
@@ -220,11 +230,20 @@ pub async fn judge(
     // work, and the answer says how much of it.
     let usage = TokenUsage::prompt(judged.tokens as u64);
     let work = judge_all(model, judged);
-    let ((scores, cached), standing) =
-        match billed(state, caller, entry, usage, "documents", work).await {
-            Ok(x) => x,
-            Err(refused) => return refused,
-        };
+    let ((scores, cached), standing) = match billed(
+        state,
+        caller,
+        &Lane::Interactive,
+        entry,
+        usage,
+        "documents",
+        work,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
     let usage = TokenUsage { cached, ..usage };
     answer(&req, &documents, scores, usage, rid, standing)
 }
@@ -378,6 +397,7 @@ async fn judge_all(
             split_thought: false,
             constraint: None,
             shown: Vec::new(),
+            priority: Default::default(),
         };
         receivers.push(model.engine.submit(req).map_err(EmbedError::Submit)?);
     }

@@ -9,6 +9,7 @@ pub mod stub;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use tokenfab_testkit::TempPath;
@@ -167,6 +168,51 @@ pub async fn post(server: &Server, body: &serde_json::Value) -> (u16, serde_json
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// Runs the CLI on a ledger; returns stdout.
+pub fn cli(db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args(args)
+        .args(["--database", db])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tokenfab");
+    assert!(
+        out.status.success(),
+        "tokenfab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An account with `balance` and a key for it.
+pub fn account(db: &str, name: &str, balance: &str) -> String {
+    cli(db, &["accounts", "create", name]);
+    if balance != "0" {
+        cli(db, &["accounts", "top-up", name, "--add", balance]);
+    }
+    let key = cli(db, &["keys", "create", "--account", name])
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("sk-") && key.len() > 40, "{key}");
+    key
+}
+
+/// A decimal string of money (`"4.99"`) in micro-units.
+pub fn micros(v: &serde_json::Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"));
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let neg = int.starts_with('-');
+    let whole: i64 = int.trim_start_matches('-').parse().unwrap();
+    let mut f = frac.to_owned();
+    while f.len() < 6 {
+        f.push('0');
+    }
+    let v = whole * 1_000_000 + f.parse::<i64>().unwrap();
+    if neg { -v } else { v }
+}
+
 /// Runs an async test body on a fresh runtime.
 pub fn run<F: std::future::Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_multi_thread()
@@ -175,6 +221,18 @@ pub fn run<F: std::future::Future<Output = ()>>(f: F) {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// Runs an async block on a runtime that is then dropped (its tasks die with it).
+pub fn run_returning<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(f);
+    rt.shutdown_background();
+    out
 }
 
 /// Parses an SSE body into its `data:` payloads.
