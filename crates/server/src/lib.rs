@@ -25,6 +25,7 @@ pub mod batch;
 pub mod console;
 pub mod error;
 pub mod fold;
+pub mod guard;
 pub mod job;
 pub mod metrics;
 pub mod openapi;
@@ -132,7 +133,9 @@ pub async fn serve(
             tracing::debug!(%e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    // Handlers see the client's address (the admin key's guessing guard counts by it).
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

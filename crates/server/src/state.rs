@@ -131,6 +131,8 @@ pub struct AppState {
     pub admin_key_hash: Option<String>,
     /// The batch API's files and runner; off (404) without one ([`AppState::with_batches`]).
     pub batches: Option<Arc<crate::batch::Batches>>,
+    /// Wrong admin keys per client address, to slow guessing.
+    pub admin_guard: crate::guard::Guard,
 }
 
 impl AppState {
@@ -146,6 +148,7 @@ impl AppState {
             platform,
             admin_key_hash,
             batches: None,
+            admin_guard: Default::default(),
         }
     }
 

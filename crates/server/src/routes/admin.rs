@@ -3,12 +3,14 @@
 //! own key (never an API key), and absent unless the operator configures one.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,8 +27,25 @@ use crate::routes::models::{model_health, reasoning};
 use crate::routes::{day, parse_json};
 use crate::state::{AppState, Serve};
 
-/// Lets a request through only with the admin key.
+/// Lets a request through only with the admin key; a client address that sent too many
+/// wrong keys lately is refused with 429 before its key is looked at ([`crate::guard`]).
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = Instant::now();
+    if let Some(wait) = state.admin_guard.locked(addr, now) {
+        metrics::counter!("tokenfab:refusals_total", "status" => "429", "reason" => "admin_key_guesses").increment(1);
+        let mut e = HttpError::bad_request(
+            None,
+            format!("too many wrong admin keys from this address: retry in {wait} s"),
+        );
+        e.status = StatusCode::TOO_MANY_REQUESTS;
+        e.body.code = Some("too_many_admin_failures".into());
+        e.retry_after = Some(wait);
+        return e.into_response();
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -39,6 +58,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
     match (&state.admin_key_hash, given) {
         (Some(want), Some(got)) if keys::same(want, &got) => next.run(req).await,
         _ => {
+            state.admin_guard.failed(addr, now);
             metrics::counter!("tokenfab:refusals_total", "status" => "401", "reason" => "invalid_admin_key").increment(1);
             let mut e = HttpError::bad_request(None, "a valid admin key is required");
             e.status = StatusCode::UNAUTHORIZED;
