@@ -30,8 +30,10 @@ impl Guard {
     pub fn locked(&self, addr: Option<IpAddr>, now: Instant) -> Option<u64> {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let &(start, n) = map.get(&addr)?;
-        let left = WINDOW.checked_sub(now.duration_since(start))?;
-        (n >= MAX_FAILURES).then(|| left.as_secs().max(1))
+        let left = WINDOW
+            .checked_sub(now.duration_since(start))
+            .filter(|l| !l.is_zero())?;
+        (n >= MAX_FAILURES).then(|| left.as_secs_f64().ceil() as u64)
     }
 
     /// Counts a wrong key from `addr`.
