@@ -77,6 +77,9 @@ cargo clippy --release --locked --workspace --all-targets -- -D warnings
 # The opt-in https client for upstreams (the `tls` feature).
 cargo clippy --release --locked -p tokenfab-upstream --features tls --all-targets -- -D warnings
 
+echo "== supply chain (cargo-deny: licences, sources; advisories where RustSec is reachable)"
+scripts/deny.sh
+
 echo "== tests"
 cargo test --release --locked --workspace -- --test-threads=1
 cargo test --release --locked -p tokenfab-upstream --features tls -- --test-threads=1
