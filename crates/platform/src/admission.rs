@@ -190,7 +190,7 @@ impl Platform {
             Caller::Key { key_id, account } => (account.tier.as_str(), Some(*key_id)),
         };
         let rates = self.rates(tier, model);
-        let decision = self
+        let counted = self
             .limiter
             .admit(
                 account_id,
@@ -198,7 +198,15 @@ impl Platform {
                 &rates,
                 prompt_tokens.saturating_add(max_completion),
             )
-            .await?;
+            .await;
+        let decision = match counted {
+            Ok(d) => d,
+            Err(e) if self.cfg.limits_fail_open => {
+                tracing::warn!(%e, "the rate-limit store is unavailable: admitting without rate limits (limits_fail_open)");
+                Decision::unlimited()
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(limit) = decision.refused {
             let limit_value = match limit {
                 Limit::Rpm => rates.rpm,

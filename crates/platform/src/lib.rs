@@ -61,6 +61,11 @@ pub struct PlatformConfig {
     pub tiers: HashMap<String, Rates>,
     /// Per model id (lowercase).
     pub models: HashMap<String, ModelTerms>,
+    /// When the rate-limit store (Redis) cannot be reached: `false` refuses requests with
+    /// 503 (fail closed: no request escapes its limits), `true` admits them without rate
+    /// limits (fail open: an outage of Redis is not an outage of the API). Balances hold
+    /// either way: they are the ledger's, not Redis'.
+    pub limits_fail_open: bool,
 }
 
 /// The per-request face of accounts, keys, prices, balances and limits.

@@ -111,6 +111,20 @@ pub struct Decision {
     pub ticket: Ticket,
 }
 
+impl Decision {
+    /// Admitted without being counted anywhere (the store was unreachable and the operator
+    /// chose to fail open): no standing to report, nothing to correct later.
+    pub fn unlimited() -> Decision {
+        Decision {
+            refused: None,
+            retry_after: 0,
+            requests: None,
+            tokens: None,
+            ticket: Ticket::default(),
+        }
+    }
+}
+
 /// What an admitted request was counted as, so that its token estimate can be corrected.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ticket {

@@ -168,6 +168,7 @@ mod tests {
             cached_input_per_million: None,
         };
         let cfg = PlatformConfig {
+            limits_fail_open: false,
             redis_url: None,
             instance: "test".into(),
             tiers: HashMap::new(),

@@ -363,6 +363,7 @@ mod tests {
         let db = tokenfab_testkit::temp_db("fold");
         let store = Store::open(&db.sqlite_url()).await.unwrap();
         let cfg = PlatformConfig {
+            limits_fail_open: false,
             redis_url: None,
             instance: "fold-test".into(),
             tiers: HashMap::new(),

@@ -12,6 +12,8 @@
 //! cache_dir = "/var/cache/tokenfab"
 //! database_url = "sqlite:///var/lib/tokenfab/tokenfab.db" # or postgres://user@host/db
 //! redis_url = "redis://127.0.0.1:6379/"  # rate-limit counters shared by replicas
+//! rate_limits_fail_open = false # Redis unreachable: true admits without rate limits,
+//!                           # false (default) answers 503
 //! instance = "replica-a"    # this server's name in the ledger (default: host:port)
 //! admin_key = "…"           # turns on the /admin API (better: TOKENFAB_ADMIN_KEY)
 //! files_dir = "/var/lib/tokenfab/files" # the batch API's files (default: the data
@@ -98,6 +100,9 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// Rate-limit counters in Redis instead of this process.
     pub redis_url: Option<String>,
+    /// Admit requests without rate limits while Redis is unreachable (default: refuse them
+    /// with 503).
+    pub rate_limits_fail_open: Option<bool>,
     /// This server's name in reservations.
     pub instance: Option<String>,
     /// Enables `/admin` with this key.

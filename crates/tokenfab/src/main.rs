@@ -352,6 +352,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let terms = terms(&file_cfg, &registry)?;
     let platform_cfg = PlatformConfig {
         redis_url: args.redis.clone().or(file_cfg.redis_url.clone()),
+        limits_fail_open: file_cfg.rate_limits_fail_open.unwrap_or(false),
         instance: args
             .instance
             .clone()
