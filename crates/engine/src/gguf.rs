@@ -22,6 +22,21 @@ use crate::error::EngineError;
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// No writer pads tensors to more than a page or two; a larger value is corruption, and
+/// refusing it keeps the data-start arithmetic far from overflow.
+const MAX_ALIGNMENT: u64 = 1 << 20;
+/// ggml's `GGML_MAX_DIMS`.
+const MAX_DIMS: usize = 4;
+/// Array elements in all the metadata together. Each costs a [`MetaValue`] (32 bytes) on the
+/// heap however few bytes it took in the file, so a file of byte arrays could otherwise ask
+/// for 32 times its size. The largest real vocabularies (262k tokens with scores, types
+/// and merges) hold about 1.5 million.
+const MAX_META_ELEMENTS: usize = 16 << 20;
+/// The fewest bytes a tensor's directory entry takes (name length, no name, n_dims, no
+/// dims, type, offset): the tensor count times this must fit in what is left of the file.
+const MIN_TENSOR_ENTRY: u64 = 8 + 4 + 4 + 8;
+/// The fewest bytes a metadata entry takes (key length, type, a one-byte value).
+const MIN_KV_ENTRY: u64 = 8 + 4 + 1;
 
 /// One metadata value. GGUF arrays may nest, so `Array` holds values of any kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,27 +211,36 @@ impl std::fmt::Display for GgmlType {
             GgmlType::IQ4NL => "IQ4_NL",
             GgmlType::IQ4XS => "IQ4_XS",
             GgmlType::BF16 => "BF16",
-            GgmlType::Other(id) => match id {
-                16 => "IQ2_XXS",
-                17 => "IQ2_XS",
-                18 => "IQ3_XXS",
-                19 => "IQ1_S",
-                21 => "IQ3_S",
-                22 => "IQ2_S",
-                24 => "I8",
-                25 => "I16",
-                26 => "I32",
-                27 => "I64",
-                28 => "F64",
-                29 => "IQ1_M",
-                34 => "TQ1_0",
-                35 => "TQ2_0",
-                39 => "MXFP4",
-                id => return write!(f, "type {id}"),
+            GgmlType::Other(id) => match ggml_only_name(*id) {
+                Some(name) => name,
+                None => return write!(f, "type {id}"),
             },
         };
         f.write_str(name)
     }
+}
+
+/// The types ggml defines that tokenfab has no block layout for. A file may hold them
+/// (the model loader names them in its refusal); any other id means the file is corrupt.
+fn ggml_only_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
 }
 
 /// A tensor's directory entry. `dims[0]` is the fastest-varying (row length) dimension,
@@ -233,9 +257,31 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Cannot overflow: [`GgufFile::open`] refuses tensors whose product does.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
+}
+
+/// The file's bytes: mapped for a model on disk, owned for one built in memory (the fuzz
+/// targets and tests, which must not touch the filesystem per input).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+fn bad(msg: String) -> EngineError {
+    EngineError::BadModel(msg)
 }
 
 /// An open GGUF file. Cheap to query; tensor bytes borrow from the mapping.
@@ -244,7 +290,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
-    mmap: Mmap,
+    bytes: Bytes,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -259,6 +305,22 @@ impl std::fmt::Debug for GgufFile {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements read so far (see [`MAX_META_ELEMENTS`]).
+    elements: usize,
+}
+
+/// The fewest file bytes one metadata value of type `ty` takes.
+fn min_value_size(ty: u32) -> Result<u64, EngineError> {
+    Ok(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        other => {
+            return Err(bad(format!("GGUF metadata has unknown value type {other}")));
+        }
+    })
 }
 
 impl<'a> Cursor<'a> {
@@ -283,16 +345,27 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64, EngineError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
-    fn len(&mut self) -> Result<usize, EngineError> {
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+    /// A count of items each at least `min_size` bytes long: refused before anything is
+    /// allocated for them when they could not fit in the rest of the file.
+    fn count(&mut self, what: &str, min_size: u64) -> Result<usize, EngineError> {
+        let at = self.pos;
         let n = self.u64()?;
-        // Any count larger than the remaining bytes is corrupt; refuse before allocating.
-        if n > (self.buf.len() - self.pos) as u64 {
-            return Err(EngineError::BadModel(format!(
-                "GGUF header declares a length of {n} at byte {}, beyond the end of the file",
-                self.pos
+        if n.checked_mul(min_size)
+            .is_none_or(|bytes| bytes > self.remaining())
+        {
+            return Err(bad(format!(
+                "GGUF header declares {n} {what} at byte {at}, more than the {} bytes left in the \
+                 file can hold (the file is corrupt or truncated)",
+                self.remaining()
             )));
         }
         Ok(n as usize)
+    }
+    fn len(&mut self) -> Result<usize, EngineError> {
+        self.count("bytes", 1)
     }
     fn string(&mut self) -> Result<String, EngineError> {
         let n = self.len()?;
@@ -318,7 +391,14 @@ impl<'a> Cursor<'a> {
                     ));
                 }
                 let elem_ty = self.u32()?;
-                let n = self.len()?;
+                let n = self.count("array elements", min_value_size(elem_ty)?)?;
+                self.elements = self.elements.saturating_add(n);
+                if self.elements > MAX_META_ELEMENTS {
+                    return Err(bad(format!(
+                        "GGUF metadata holds more than {MAX_META_ELEMENTS} array elements \
+                         (the file is corrupt)"
+                    )));
+                }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(elem_ty, depth + 1)?);
@@ -342,49 +422,95 @@ impl GgufFile {
     /// tensor's data lies inside the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, EngineError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path)
-            .map_err(|e| EngineError::BadModel(format!("cannot open {}: {e}", path.display())))?;
+        let file =
+            File::open(&path).map_err(|e| bad(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: the mapping is read-only and the engine never writes model files; a file
         // truncated underneath us by another process is outside what we can defend against.
         let mmap = unsafe { Mmap::map(&file) }
-            .map_err(|e| EngineError::BadModel(format!("cannot map {}: {e}", path.display())))?;
-        let mut c = Cursor { buf: &mmap, pos: 0 };
+            .map_err(|e| bad(format!("cannot map {}: {e}", path.display())))?;
+        Self::parse(path, Bytes::Mapped(mmap))
+    }
+
+    /// [`GgufFile::open`] for a file already in memory; `name` stands for its path in
+    /// messages.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, EngineError> {
+        Self::parse(name.into(), Bytes::Owned(bytes))
+    }
+
+    /// Every count, length, offset and size is checked against the bytes that are really
+    /// there before anything is allocated for it, so a hostile or damaged file costs at
+    /// most a bounded multiple of its own size and ends in a `BadModel` naming the fault.
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<Self, EngineError> {
+        let mut c = Cursor {
+            buf: &bytes,
+            pos: 0,
+            elements: 0,
+        };
         if c.take(4).ok() != Some(GGUF_MAGIC.as_slice()) {
-            return Err(EngineError::BadModel(format!(
+            return Err(bad(format!(
                 "{} is not a GGUF file (bad magic)",
                 path.display()
             )));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(EngineError::BadModel(format!(
+            return Err(bad(format!(
                 "{}: GGUF version {version} is not supported (2 and 3 are)",
                 path.display()
             )));
         }
-        let n_tensors = c.len()?;
-        let n_kv = c.len()?;
+        let n_tensors = c.count("tensors", MIN_TENSOR_ENTRY)?;
+        let n_kv = c.count("metadata entries", MIN_KV_ENTRY)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
             let value = c.value(ty, 0)?;
-            metadata.insert(key, value);
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(bad(format!(
+                    "{}: metadata key {key} appears twice (the file is corrupt)",
+                    path.display()
+                )));
+            }
         }
         let mut tensors = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::HashSet::with_capacity(n_tensors);
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
-            if n_dims > 4 {
-                return Err(EngineError::BadModel(format!(
-                    "tensor {name} has {n_dims} dimensions"
+            if n_dims > MAX_DIMS {
+                return Err(bad(format!(
+                    "tensor {name} has {n_dims} dimensions (at most {MAX_DIMS})"
                 )));
             }
             let dims = (0..n_dims)
                 .map(|_| c.u64())
                 .collect::<Result<Vec<_>, _>>()?;
-            let ty = GgmlType::from_id(c.u32()?);
+            // ggml counts elements in an i64.
+            if dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .is_none_or(|n| n > i64::MAX as u64)
+            {
+                return Err(bad(format!(
+                    "tensor {name} has dimensions {dims:?}, whose product overflows"
+                )));
+            }
+            let id = c.u32()?;
+            let ty = GgmlType::from_id(id);
+            if let GgmlType::Other(id) = ty
+                && ggml_only_name(id).is_none()
+            {
+                return Err(bad(format!(
+                    "tensor {name} has type id {id}, which is no ggml type (the file is corrupt)"
+                )));
+            }
             let offset = c.u64()?;
+            if !names.insert(name.clone()) {
+                return Err(bad(format!(
+                    "tensor {name} appears twice in the tensor directory"
+                )));
+            }
             tensors.push(TensorInfo {
                 name,
                 dims,
@@ -393,44 +519,83 @@ impl GgufFile {
                 size: None,
             });
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(MetaValue::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT)
-            .max(1);
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
+                _ => {
+                    return Err(bad(format!(
+                        "{}: general.alignment is {v:?}; it must be a power of two up to \
+                         {MAX_ALIGNMENT}",
+                        path.display()
+                    )));
+                }
+            },
+        };
+        // Both below 2^20 apart from `pos`, which is at most the file length: no overflow.
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = mmap.len() as u64;
+        let file_len = bytes.len() as u64;
+        let truncated = |name: &str, end: &dyn std::fmt::Display| {
+            bad(format!(
+                "{}: tensor data is truncated (tensor {name} needs bytes up to {end}, the file has \
+                 {file_len}); the download is incomplete, fetch the model again",
+                path.display(),
+            ))
+        };
         for t in &mut tensors {
-            t.offset = data_start.checked_add(t.offset).ok_or_else(|| {
-                EngineError::BadModel(format!("tensor {} has an impossible offset", t.name))
-            })?;
-            if let Some((block, bytes)) = t.ty.block_layout() {
-                let n = t.n_elements();
-                if n % block as u64 != 0 {
-                    return Err(EngineError::BadModel(format!(
-                        "tensor {} has {n} elements, not a multiple of its block size {block}",
-                        t.name
-                    )));
-                }
-                let size = n / block as u64 * bytes as u64;
-                if t.offset.saturating_add(size) > file_len {
-                    return Err(EngineError::BadModel(format!(
-                        "{}: tensor data is truncated (tensor {} needs bytes up to {}, the file has {file_len}); \
-                         the download is incomplete, fetch the model again",
-                        path.display(),
-                        t.name,
-                        t.offset + size
-                    )));
-                }
-                t.size = Some(size);
+            if !t.offset.is_multiple_of(alignment) {
+                return Err(bad(format!(
+                    "tensor {} has offset {}, not a multiple of the file's alignment {alignment}",
+                    t.name, t.offset
+                )));
             }
+            t.offset = data_start
+                .checked_add(t.offset)
+                .ok_or_else(|| bad(format!("tensor {} has an impossible offset", t.name)))?;
+            if t.offset > file_len {
+                return Err(truncated(&t.name, &t.offset));
+            }
+            if let Some((block, bytes)) = t.ty.block_layout() {
+                let (block, bytes) = (block as u64, bytes as u64);
+                let row = t.dims.first().copied().unwrap_or(1);
+                if !row.is_multiple_of(block) {
+                    return Err(bad(format!(
+                        "tensor {} has rows of {row} elements, not a multiple of the {} block \
+                         size {block}",
+                        t.name, t.ty
+                    )));
+                }
+                let size = (t.n_elements() / block).checked_mul(bytes);
+                match size.and_then(|size| t.offset.checked_add(size)) {
+                    Some(end) if end <= file_len => {}
+                    Some(end) => return Err(truncated(&t.name, &end)),
+                    None => return Err(truncated(&t.name, &"beyond 2^64")),
+                }
+                t.size = size;
+            }
+        }
+        // Tensors of known size must not share bytes: a repacked copy of one would silently
+        // be the other's weights.
+        let mut spans: Vec<(u64, u64, &str)> = tensors
+            .iter()
+            .filter_map(|t| Some((t.offset, t.offset + t.size?, t.name.as_str())))
+            .filter(|&(start, end, _)| end > start)
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(bad(format!(
+                "{}: tensors {} and {} overlap in the file (the file is corrupt)",
+                path.display(),
+                w[0].2,
+                w[1].2
+            )));
         }
         Ok(GgufFile {
             path,
             version,
             metadata,
             tensors,
-            mmap,
+            bytes,
         })
     }
 
@@ -462,9 +627,12 @@ impl GgufFile {
     /// The raw bytes of a tensor, or an error naming the tensor if its type is unknown.
     pub fn tensor_data(&self, t: &TensorInfo) -> Result<&[u8], EngineError> {
         let size = t.size.ok_or_else(|| {
-            EngineError::BadModel(format!("tensor {} has unsupported type {:?}", t.name, t.ty))
+            bad(format!(
+                "tensor {} has type {}, which tokenfab cannot read",
+                t.name, t.ty
+            ))
         })?;
-        Ok(&self.mmap[t.offset as usize..(t.offset + size) as usize])
+        Ok(&self.bytes[t.offset as usize..(t.offset + size) as usize])
     }
 }
 
@@ -589,6 +757,177 @@ mod tests {
         let err = GgufFile::open(&p).unwrap_err().to_string();
         assert!(err.contains("not a GGUF"), "{err}");
         std::fs::remove_file(p).ok();
+    }
+
+    /// Hand-assembled GGUF bytes, for files no honest writer makes.
+    struct Raw(Vec<u8>);
+
+    impl Raw {
+        fn new(n_tensors: u64, n_kv: u64) -> Raw {
+            Raw(b"GGUF".to_vec()).u32(3).u64(n_tensors).u64(n_kv)
+        }
+        fn u32(mut self, v: u32) -> Raw {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn u64(mut self, v: u64) -> Raw {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn str(mut self, s: &str) -> Raw {
+            self = self.u64(s.len() as u64);
+            self.0.extend_from_slice(s.as_bytes());
+            self
+        }
+        fn kv_u32(self, key: &str, v: u32) -> Raw {
+            self.str(key).u32(4).u32(v)
+        }
+        fn tensor(self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Raw {
+            let mut r = self.str(name).u32(dims.len() as u32);
+            for &d in dims {
+                r = r.u64(d);
+            }
+            r.u32(ty).u64(offset)
+        }
+        /// Pads to `align` and appends `n` data bytes.
+        fn data(mut self, align: usize, n: usize) -> Raw {
+            while !self.0.len().is_multiple_of(align) {
+                self.0.push(0);
+            }
+            self.0.resize(self.0.len() + n, 0);
+            self
+        }
+        fn err(self) -> String {
+            GgufFile::from_bytes("t.gguf", self.0)
+                .map(|_| ())
+                .expect_err("malformed file accepted")
+                .to_string()
+        }
+    }
+
+    fn assert_mentions(err: String, words: &str) {
+        assert!(err.contains(words), "{err:?} does not say {words:?}");
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let whole = tiny_gguf(16);
+        for len in 0..whole.len() {
+            assert!(
+                GgufFile::from_bytes("t.gguf", whole[..len].to_vec()).is_err(),
+                "accepted the first {len} bytes"
+            );
+        }
+        assert!(GgufFile::from_bytes("t.gguf", whole).is_ok());
+    }
+
+    #[test]
+    fn counts_beyond_the_file_are_refused_before_allocating() {
+        assert_mentions(Raw::new(u64::MAX, 0).err(), "tensors");
+        assert_mentions(Raw::new(1 << 40, 0).err(), "more than the");
+        assert_mentions(Raw::new(0, u64::MAX / 2).err(), "metadata entries");
+        // A string, and arrays of bytes, strings and arrays, each one longer than the file.
+        assert_mentions(Raw::new(0, 1).u64(1 << 50).err(), "bytes");
+        for elem in [0, 8, 9] {
+            let r = Raw::new(0, 1).str("k").u32(9).u32(elem).u64(u64::MAX);
+            assert_mentions(r.err(), "array elements");
+        }
+        // 100 u32s need 400 bytes, not 100.
+        let r = Raw::new(0, 1).str("k").u32(9).u32(4).u64(100).data(1, 200);
+        assert_mentions(r.err(), "array elements");
+        assert_mentions(Raw::new(0, 1).str("k").u32(13).err(), "unknown value type");
+    }
+
+    #[test]
+    fn deeply_nested_arrays_are_refused() {
+        let mut r = Raw::new(0, 1).str("k").u32(9);
+        for _ in 0..8 {
+            r = r.u32(9).u64(1);
+        }
+        assert_mentions(r.u32(4).u64(1).u32(0).err(), "nested");
+    }
+
+    #[test]
+    fn tensor_directory_faults_are_named() {
+        let one = |dims: &[u64], ty: u32, offset: u64, data: usize| {
+            Raw::new(1, 0).tensor("w", dims, ty, offset).data(32, data)
+        };
+        assert!(GgufFile::from_bytes("t.gguf", one(&[4], 0, 0, 16).0).is_ok());
+        assert_mentions(one(&[4], 0, 32, 16).err(), "truncated");
+        assert_mentions(one(&[4], 0, u64::MAX - 31, 16).err(), "impossible offset");
+        assert_mentions(one(&[4], 0, 1 << 40, 16).err(), "truncated");
+        assert_mentions(one(&[4], 0, 4, 64).err(), "alignment");
+        assert_mentions(one(&[1, 1, 1, 1, 1], 0, 0, 16).err(), "dimensions");
+        assert_mentions(one(&[1 << 32, 1 << 32], 0, 0, 16).err(), "overflows");
+        assert_mentions(one(&[u64::MAX], 0, 0, 16).err(), "overflows");
+        // 2^62 F32 elements are 2^64 bytes; 2^40 are merely far more than the file.
+        assert_mentions(one(&[1 << 62], 0, 0, 16).err(), "beyond 2^64");
+        assert_mentions(one(&[1 << 40], 0, 0, 16).err(), "truncated");
+        assert_mentions(one(&[48], 2, 0, 64).err(), "block size 32");
+        assert_mentions(one(&[4], 99, 0, 16).err(), "type id 99");
+        // A type ggml defines but tokenfab cannot read opens, and says so on use.
+        let g = GgufFile::from_bytes("t.gguf", one(&[256], 16, 0, 66).0).unwrap();
+        let err = g.tensor_data(&g.tensors[0]).unwrap_err().to_string();
+        assert_mentions(err, "IQ2_XXS");
+    }
+
+    #[test]
+    fn overlapping_and_duplicate_tensors_are_refused() {
+        let r = Raw::new(2, 0)
+            .tensor("a", &[16], 0, 0)
+            .tensor("b", &[16], 0, 32)
+            .data(32, 128);
+        assert_mentions(r.err(), "tensors a and b overlap");
+        let r = Raw::new(2, 0)
+            .tensor("a", &[8], 0, 0)
+            .tensor("a", &[8], 0, 32)
+            .data(32, 64);
+        assert_mentions(r.err(), "appears twice");
+        let r = Raw::new(0, 2).kv_u32("k", 1).kv_u32("k", 2);
+        assert_mentions(r.err(), "appears twice");
+    }
+
+    #[test]
+    fn alignment_must_be_a_sane_power_of_two() {
+        for bad in [0, 3, 48, 1 << 30] {
+            let r = Raw::new(0, 1).kv_u32("general.alignment", bad);
+            assert_mentions(r.err(), "power of two");
+        }
+        let r = Raw::new(1, 1)
+            .kv_u32("general.alignment", 64)
+            .tensor("w", &[4], 0, 0)
+            .data(64, 16);
+        let g = GgufFile::from_bytes("t.gguf", r.0).unwrap();
+        assert_eq!(g.tensors[0].offset % 64, 0);
+    }
+
+    /// The checks refuse no real file: every GGUF among the test assets (vocabularies of
+    /// many families, a model head) opens, and `TOKENFAB_EXTRA_GGUF_DIRS` (`:`-separated)
+    /// adds more, such as the requantized test models.
+    #[test]
+    fn real_files_open() {
+        let mut dirs = vec![crate::test_assets_dir()];
+        if let Some(extra) = std::env::var_os("TOKENFAB_EXTRA_GGUF_DIRS") {
+            dirs.extend(std::env::split_paths(&extra));
+        }
+        let mut opened = 0;
+        for dir in dirs {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "gguf") {
+                    continue;
+                }
+                match GgufFile::open(&path) {
+                    Ok(_) => opened += 1,
+                    // A model's first 100 MB, kept for its header: refused as truncated.
+                    Err(e) if path.to_string_lossy().ends_with("-head.gguf") => {
+                        assert_mentions(e.to_string(), "truncated")
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert!(opened > 10, "only {opened} GGUF files found");
     }
 
     #[test]

@@ -30,6 +30,8 @@
 pub mod constraint;
 pub mod encoder;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gguf;
 pub mod loader;
 pub mod metrics;

@@ -5,16 +5,59 @@
 //! runs it (`trim_blocks` and `lstrip_blocks` on, Python string methods such as `.strip()`
 //! available, `raise_exception` to refuse a conversation), so the environment here
 //! reproduces those conditions with minijinja and its Python-compatibility callback.
+//!
+//! A template read from a GGUF file is code from whoever made the file. It runs with a fuel
+//! budget (minijinja charges instructions and the bytes it creates), a recursion limit and
+//! a cap on the prompt it writes, so a loop without end or output that doubles fails the
+//! request, or the load, with an error in bounded time and memory.
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::io::Write;
 
 use crate::error::EngineError;
 
 const TEMPLATE_NAME: &str = "chat";
+
+/// Fuel for one render. The 46 reference templates spend at most about 1,900 rendering a
+/// six-turn conversation with a tool call (Nemotron Nano v2's; see
+/// `real_templates_fit_the_budget`), so this leaves room for conversations a thousand
+/// times longer, while a runaway template stops within a second or two and about 64
+/// bytes of data per fuel (the prompt itself is capped sooner, by [`MAX_OUTPUT`]).
+const FUEL: u64 = 5_000_000;
+/// Real templates nest a few macro calls (a tool schema's depth); minijinja's default of
+/// 500 frames is more than the stack of a request thread is sure to hold.
+const RECURSION_LIMIT: usize = 100;
+/// The longest prompt a template may write: far beyond any context window in tokens,
+/// short of a memory problem.
+pub const MAX_OUTPUT: usize = 64 << 20;
+
+/// Collects the rendered prompt and refuses to grow past [`MAX_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a render failed because the template used up its budget (fuel, output,
+/// recursion) rather than because it refused the conversation: the former is the
+/// template's fault whatever the conversation, and fails a load.
+fn exhausted(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::OutOfFuel | ErrorKind::WriteFailure)
+        || e.to_string().contains("recursion limit exceeded")
+}
 
 /// One turn handed to a template. Roles and content are already normalised by the caller
 /// (content parts joined into one string); extra keys such as `reasoning_content` or
@@ -115,6 +158,8 @@ impl ChatTemplate {
             .build()
             .map_err(|e| EngineError::Template(format!("chat template syntax: {e}")))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -123,12 +168,27 @@ impl ChatTemplate {
             .map_err(|e| {
                 EngineError::Template(format!("the chat template does not compile: {e}"))
             })?;
-        Ok(ChatTemplate {
+        let template = ChatTemplate {
             env,
             source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
-        })
+        };
+        // A template that exhausts its budget on a one-line conversation would fail every
+        // request: refuse it now, while the operator is watching the load. Any other
+        // refusal (a template that wants a system message first) is the conversation's.
+        let probe = [TemplateMessage {
+            role: "user".into(),
+            content: "Hello".into(),
+            extra: Map::new(),
+        }];
+        match template.render_raw(&probe, true, &Map::new()) {
+            Err(e) if exhausted(&e) => Err(EngineError::Template(format!(
+                "the chat template cannot render even a one-line conversation: {}",
+                describe(&e)
+            ))),
+            _ => Ok(template),
+        }
     }
 
     /// The Jinja source, for feature detection (think tags, an `enable_thinking` switch).
@@ -144,6 +204,25 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: &Map<String, Value>,
     ) -> Result<String, EngineError> {
+        self.render_raw(messages, add_generation_prompt, extra)
+            .map_err(|e| {
+                let verb = match exhausted(&e) {
+                    true => "failed on",
+                    false => "refused",
+                };
+                EngineError::Template(format!(
+                    "the chat template {verb} the conversation: {}",
+                    describe(&e)
+                ))
+            })
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> Result<String, Error> {
         let mut ctx = Map::new();
         for (k, v) in extra {
             ctx.insert(k.clone(), v.clone());
@@ -158,20 +237,28 @@ impl ChatTemplate {
         );
         ctx.insert("bos_token".into(), Value::String(self.bos_token.clone()));
         ctx.insert("eos_token".into(), Value::String(self.eos_token.clone()));
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| EngineError::Template(e.to_string()))?;
-        tmpl.render(Serde(&ctx)).map_err(|e| {
-            // raise_exception messages are the template author's words to the user.
-            let detail = e
-                .detail()
-                .map(str::to_owned)
-                .unwrap_or_else(|| e.to_string());
-            EngineError::Template(format!(
-                "the chat template refused the conversation: {detail}"
-            ))
-        })
+        let tmpl = self.env.get_template(TEMPLATE_NAME)?;
+        let mut out = Bounded(Vec::new());
+        tmpl.render_captured_to(Serde(&ctx), &mut out)?;
+        // minijinja writes whole `str`s, so the bytes are UTF-8.
+        String::from_utf8(out.0)
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "output is not UTF-8"))
+    }
+}
+
+/// An error in the user's terms: the budget that ran out, or the template's own words
+/// (`raise_exception` messages are the template author's words to the user).
+fn describe(e: &Error) -> String {
+    match e.kind() {
+        ErrorKind::OutOfFuel => format!(
+            "it ran out of its budget of {FUEL} steps (an endless loop, or output that grows \
+             without bound)"
+        ),
+        ErrorKind::WriteFailure => format!("its output exceeds {MAX_OUTPUT} bytes"),
+        _ => e
+            .detail()
+            .map(str::to_owned)
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 
@@ -254,6 +341,100 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_418), (2025, 11, 26));
         assert_eq!(strftime_now("%%x".into()).len(), 3);
+    }
+
+    /// Hostile templates: each must fail, at load or per request, with an error naming the
+    /// budget it broke, and quickly.
+    #[test]
+    fn runaway_templates_fail_in_bounded_time() {
+        let load = |src: &str| {
+            let start = std::time::Instant::now();
+            let err = ChatTemplate::new(src, "", "").unwrap_err().to_string();
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{src}: {:?}",
+                start.elapsed()
+            );
+            err
+        };
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        assert!(load(endless).contains("budget"));
+        let doubling = "{% set s = namespace(v='x') %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}";
+        assert!(load(doubling).contains("budget"));
+        let huge = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        assert!(load(huge).contains("exceeds"));
+        let recursive = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(load(recursive).contains("recursion"));
+        // Harmless on the probe, runaway on a long message: the request fails, not the load.
+        let per_char = "{% for m in messages %}{% for c in m.content %}{% for j in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(per_char, "", "").unwrap();
+        let err = t
+            .render(&[msg("user", &"a".repeat(1000))], true, &Map::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failed on the conversation") && err.contains("budget"),
+            "{err}"
+        );
+    }
+
+    /// Every reference template, rendering a conversation with a tool call, spends under a
+    /// thousandth of [`FUEL`].
+    #[test]
+    fn real_templates_fit_the_budget() {
+        let tools: Value = serde_json::from_str(r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}, "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}}]"#).unwrap();
+        let mut extra = Map::new();
+        extra.insert("tools".into(), tools);
+        let mut call = msg("assistant", "");
+        call.extra.insert(
+            "tool_calls".into(),
+            serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]),
+        );
+        let conversation = [
+            msg("system", "You are helpful."),
+            msg("user", &"What is the weather in Paris? ".repeat(200)),
+            call,
+            msg("tool", "{\"temp\": 21}"),
+            msg("assistant", "It is 21 degrees."),
+            msg("user", "Thanks"),
+        ];
+        let ctx = |t: &ChatTemplate| {
+            let mut ctx = extra.clone();
+            ctx.insert(
+                "messages".into(),
+                serde_json::to_value(&conversation).unwrap(),
+            );
+            ctx.insert("add_generation_prompt".into(), Value::Bool(true));
+            ctx.insert("bos_token".into(), t.bos_token.clone().into());
+            ctx.insert("eos_token".into(), t.eos_token.clone().into());
+            ctx
+        };
+        let dir = crate::test_assets_dir().join("templates");
+        let (mut most, mut rendered) = ((0, String::new()), 0);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let Ok(t) = ChatTemplate::new(&std::fs::read_to_string(&path).unwrap(), "<s>", "</s>")
+            else {
+                continue;
+            };
+            let tmpl = t.env.get_template(TEMPLATE_NAME).unwrap();
+            let Ok(captured) = tmpl.render_captured(Serde(&ctx(&t))) else {
+                continue;
+            };
+            rendered += 1;
+            let (used, _) = captured.state().fuel_levels().unwrap();
+            if used > most.0 {
+                most = (used, name);
+            }
+        }
+        eprintln!(
+            "{rendered} templates rendered; the most fuel: {} ({})",
+            most.0, most.1
+        );
+        assert!(rendered > 20, "only {rendered} templates rendered");
+        assert!(most.0 * 1000 <= FUEL, "{} spends {} fuel", most.1, most.0);
     }
 
     /// The real reference templates llama.cpp ships must compile and render a seed

@@ -34,21 +34,51 @@ pub(crate) fn cached_path(repo: &str, file: &str, revision: Option<&str>) -> Opt
 }
 
 fn cached_path_in(hub: &Path, repo: &str, file: &str, revision: Option<&str>) -> Option<PathBuf> {
+    // The spec parser refuses these already; checked again because a path built from them
+    // must stay inside the cache whoever calls.
+    if !is_relative_inside(repo) || !is_relative_inside(file) {
+        return None;
+    }
     let repo_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
     let revision = revision.unwrap_or("main");
-    let commit = if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let commit = if is_commit(revision) {
         revision.to_owned()
-    } else {
+    } else if is_relative_inside(revision) {
         std::fs::read_to_string(repo_dir.join("refs").join(revision))
             .ok()?
             .trim()
             .to_owned()
+    } else {
+        return None;
     };
-    if commit.is_empty() {
+    // A refs file is data in the cache, not a path: only a commit hash names a snapshot.
+    if !is_commit(&commit) {
         return None;
     }
     let path = repo_dir.join("snapshots").join(commit).join(file);
-    path.is_file().then_some(path)
+    (path.is_file() && inside(hub, &path)).then_some(path)
+}
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A `/`-separated relative path that cannot leave the folder it is joined to on any
+/// platform: no empty, `.` or `..` segment, no root, no backslash, drive colon or NUL.
+pub(crate) fn is_relative_inside(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains(['\\', ':', '\0'])
+        && path.split('/').all(|seg| !matches!(seg, "" | "." | ".."))
+}
+
+/// Whether `path`, with every symlink followed, lies inside `root` (itself resolved): the
+/// hub cache's snapshots are links into its `blobs/`, which is fine; a link out of the
+/// cache is not.
+pub(crate) fn inside(root: &Path, path: &Path) -> bool {
+    match (root.canonicalize(), path.canonicalize()) {
+        (Ok(root), Ok(path)) => path.starts_with(root),
+        _ => false,
+    }
 }
 
 fn spec_string(repo: &str, file: &str, revision: Option<&str>) -> String {
@@ -119,7 +149,18 @@ fn one_file(
         return Ok(path);
     }
     let spec = spec_string(repo, file, revision);
-    download(&spec, repo, file, revision, progress)
+    let path = download(&spec, repo, file, revision, progress)?;
+    if !inside(hub, &path) {
+        return Err(ModelsError::Hf {
+            spec,
+            reason: format!(
+                "the downloaded file resolves to {}, outside the cache {}",
+                path.display(),
+                hub.display()
+            ),
+        });
+    }
+    Ok(path)
 }
 
 #[cfg(not(feature = "hf"))]
@@ -252,6 +293,49 @@ mod tests {
         std::fs::write(snap.join("tokenizer.json"), b"x").unwrap();
         // The optional sentence-transformers files may be missing.
         assert_eq!(get().unwrap(), snap.join("model.safetensors"));
+    }
+
+    /// Nothing from a spec or from the cache's own files leads a lookup out of the cache.
+    #[cfg(unix)]
+    #[test]
+    fn lookups_stay_inside_the_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let hub = root.path().join("hub");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let repo_dir = hub.join("models--org--repo");
+        let snap = repo_dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+        // A secret outside the cache, and the ways a hostile cache or spec could reach it.
+        std::fs::write(root.path().join("secret.gguf"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret.gguf"), snap.join("out.gguf")).unwrap();
+        std::fs::create_dir_all(hub.join("blobs")).unwrap();
+        std::fs::write(hub.join("blobs/abc"), b"x").unwrap();
+        std::os::unix::fs::symlink("../../../blobs/abc", snap.join("in.gguf")).unwrap();
+        std::fs::write(repo_dir.join("refs/evil"), "../../../..").unwrap();
+
+        let get = |repo, file, rev| cached_path_in(&hub, repo, file, rev);
+        assert_eq!(get("org/repo", "in.gguf", None), Some(snap.join("in.gguf")));
+        assert_eq!(get("org/repo", "out.gguf", None), None, "symlink out");
+        assert_eq!(
+            get("org/repo", "secret.gguf", Some("evil")),
+            None,
+            "refs file"
+        );
+        for file in [
+            "../../../../secret.gguf",
+            "/etc/passwd",
+            "a\\..\\b.gguf",
+            "./in.gguf",
+            "",
+        ] {
+            assert_eq!(get("org/repo", file, None), None, "{file}");
+        }
+        for rev in ["../../../..", "/abs", "a//b"] {
+            assert_eq!(get("org/repo", "in.gguf", Some(rev)), None, "{rev}");
+        }
+        assert_eq!(get("../..", "secret.gguf", None), None);
     }
 
     #[test]

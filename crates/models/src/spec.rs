@@ -122,6 +122,16 @@ impl ModelSpec {
             Self::Catalog { entry, .. } => {
                 let path = entry.cache_path(cache_dir);
                 if entry.is_cached(cache_dir) {
+                    if !hf::inside(cache_dir, &path) {
+                        return Err(ModelsError::LocalFile {
+                            path,
+                            reason: format!(
+                                "is a link out of the model cache {}; tokenfab reads cached \
+                                 models only from inside it (pass the file itself with --model)",
+                                cache_dir.display()
+                            ),
+                        });
+                    }
                     tracing::debug!(model = entry.id, path = %path.display(), "using cached model");
                     path
                 } else {
@@ -258,8 +268,16 @@ fn parse_hf(rest: &str) -> Result<ModelSpec, String> {
             }
         }
     };
+    if let Some(rev) = &revision
+        && !hf::is_relative_inside(rev)
+    {
+        return Err(format!(
+            "`{rev}` is not a revision (a branch, tag or commit, without `..` or `\\`)"
+        ));
+    }
     let valid_part = |p: &str| {
         !p.is_empty()
+            && !p.bytes().all(|b| b == b'.')
             && p.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
@@ -269,10 +287,7 @@ fn parse_hf(rest: &str) -> Result<ModelSpec, String> {
             return Err(format!("`{repo}` is not a Hugging Face repo id (ORG/REPO)"));
         }
     }
-    if file.is_empty()
-        || file.starts_with('/')
-        || file.split('/').any(|c| c.is_empty() || c == "..")
-    {
+    if !hf::is_relative_inside(file) {
         return Err(format!("`{file}` is not a file path inside the repo"));
     }
     let lower = file.to_ascii_lowercase();
@@ -385,6 +400,26 @@ mod tests {
         assert!(err("hf:/repo/m.gguf").contains("not a Hugging Face repo id"));
         assert!(err("hf:org/repo:../m.gguf").contains("not a file path"));
         assert!(err("hf:org/repo:").contains("not a file path"));
+        // Nothing that could lead out of the hub cache.
+        for bad in [
+            "hf:org/repo/a/../../m.gguf",
+            "hf:org/repo//m.gguf",
+            "hf:org/repo/./m.gguf",
+            "hf:org/repo/a\\..\\m.gguf",
+            "hf:org/repo:/etc/m.gguf",
+        ] {
+            assert!(err(bad).contains("not a file path"), "{bad}");
+        }
+        for bad in ["hf:../repo/m.gguf", "hf:org/../m.gguf", "hf:./repo/m.gguf"] {
+            assert!(err(bad).contains("not a Hugging Face repo id"), "{bad}");
+        }
+        for bad in [
+            "hf:org/repo/m.gguf@../../x",
+            "hf:org/repo/m.gguf@/abs",
+            "hf:org/repo/m.gguf@a\\b",
+        ] {
+            assert!(err(bad).contains("not a revision"), "{bad}");
+        }
         for e in [err("hf:org/repo"), err("")] {
             assert!(e.contains(ACCEPTED_FORMS), "{e}");
         }
@@ -435,6 +470,33 @@ mod tests {
         // file: never falls through to the catalog.
         let spec: ModelSpec = "file:HuggingFaceTB/SmolLM2-135M-Instruct".parse().unwrap();
         assert!(matches!(spec, ModelSpec::Local { .. }));
+    }
+
+    /// A cached catalog file that is a symlink out of the cache is refused, not read.
+    #[cfg(unix)]
+    #[test]
+    fn catalog_cache_links_out_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let spec: ModelSpec = crate::DEFAULT_MODEL.parse().unwrap();
+        let entry = spec.catalog_entry().unwrap();
+        let path = entry.cache_path(&cache);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for c in entry.companions {
+            std::fs::write(path.parent().unwrap().join(c.file), b"x").unwrap();
+        }
+        let outside = root.path().join("elsewhere.gguf");
+        std::fs::File::create(&outside)
+            .unwrap()
+            .set_len(entry.size)
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert!(entry.is_cached(&cache));
+        let err = spec
+            .resolve_with(&cache, false, &crate::fetch::DirWheels::new(root.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("link out of the model cache"), "{err}");
     }
 
     #[test]

@@ -209,6 +209,10 @@ pub struct Model {
 /// concurrent requests, small next to the weights of the models it serves.
 const KV_POOL_FREE_BYTES: usize = 64 << 20;
 
+/// Far above any real model's widths (the largest are tens of thousands), low enough that
+/// products of two never overflow.
+const MAX_HPARAM: usize = 1 << 24;
+
 struct Loader<'a> {
     g: &'a GgufFile,
     arch: &'a str,
@@ -425,6 +429,28 @@ impl Model {
             None => 0,
         };
         let v_dim = l.meta_opt("attention.value_length").unwrap_or(head_dim);
+        // A hostile header's sizes must fail here, not become allocations (rotary tables,
+        // per-layer lists) or overflowing products before the tensors contradict them.
+        if n_layer > g.tensors.len() {
+            return Err(EngineError::BadModel(format!(
+                "{}: {n_layer} layers declared but the file holds only {} tensors",
+                l.path(),
+                g.tensors.len()
+            )));
+        }
+        for (key, v) in [
+            ("embedding_length", n_embd),
+            ("feed_forward_length", n_ff),
+            ("attention.head_count", n_head),
+            ("attention.key_length", head_dim),
+        ] {
+            if !(1..=MAX_HPARAM).contains(&v) {
+                return Err(EngineError::BadModel(format!(
+                    "{}: {name}.{key} is {v}; it must be between 1 and {MAX_HPARAM}",
+                    l.path()
+                )));
+            }
+        }
         if n_head == 0 || n_head_kv == 0 || head_dim == 0 || n_head % n_head_kv != 0 {
             return Err(EngineError::BadModel(format!(
                 "{}: inconsistent head counts (embedding {n_embd}, heads {n_head}, kv heads {n_head_kv}, head length {head_dim})",
