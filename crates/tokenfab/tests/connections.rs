@@ -251,3 +251,33 @@ fn malformed_framing_is_refused_and_pipelining_answered_in_order() {
     assert!(health < models, "{answer}");
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
 }
+
+/// The load test (scripts/load_test.py), short: 200 streaming clients at once against a
+/// paid model. Every admitted stream ends with [DONE], the rest are 503s with
+/// retry-after, and nothing stays reserved. The full 1,000 is run by hand (README).
+#[test]
+fn a_crowd_of_streams_is_answered_or_shed_and_nothing_stays_reserved() {
+    let python = std::env::var("TOKENFAB_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/load_test.py"
+        ))
+        .args([
+            "--binary",
+            env!("CARGO_BIN_EXE_tokenfab"),
+            "--clients",
+            "200",
+        ])
+        .output()
+        .expect("run scripts/load_test.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["failures"], 0, "{report}");
+    assert!(report["admitted_completed"].as_u64() > Some(0), "{report}");
+}
