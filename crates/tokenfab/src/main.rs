@@ -378,6 +378,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let admin_key = args.admin_key.clone().or(file_cfg.admin_key.clone());
     let limits = limits(&args, &file_cfg)?;
+    warn_if_descriptors_short(limits.max_connections);
 
     let max_running = file_cfg
         .max_running
@@ -483,6 +484,25 @@ fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
         max_header_bytes,
         ..defaults
     })
+}
+
+/// Each connection holds a file descriptor: with fewer allowed than `max_connections`
+/// (plus the models, the ledger and the upstreams' own), accepting fails before the
+/// connection limit answers its clear 503.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<usize>().ok()
+    });
+    if let Some(soft) = soft
+        && soft < max_connections + 64
+    {
+        tracing::warn!(
+            "`ulimit -n` is {soft}, too few for max_connections = {max_connections}: raise it \
+             (`ulimit -n {}`, or LimitNOFILE= in a systemd unit) or lower max_connections",
+            max_connections + 256
+        );
+    }
 }
 
 async fn shutdown_signal() {
