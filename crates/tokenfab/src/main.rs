@@ -490,10 +490,12 @@ fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
 /// (plus the models, the ledger and the upstreams' own), accepting fails before the
 /// connection limit answers its clear 503.
 fn warn_if_descriptors_short(max_connections: usize) {
-    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| {
-        let line = t.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse::<usize>().ok()
-    });
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
     if let Some(soft) = soft
         && soft < max_connections + 64
     {
