@@ -107,6 +107,33 @@ impl HttpError {
         )
     }
 
+    /// 408: the request body stopped arriving.
+    pub fn body_timeout(secs: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+            None,
+            format!("The request body stopped arriving: nothing came for {secs} s"),
+        )
+    }
+
+    /// 503 with `retry-after`: the server holds as many connections as it may.
+    pub fn too_many_connections(max: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("too_many_connections"),
+            None,
+            format!(
+                "The server holds its limit of {max} connections; retry shortly, \
+                 or reuse one connection for several requests"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

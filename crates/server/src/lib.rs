@@ -1,7 +1,9 @@
 //! tokenfab's HTTP server: the OpenAI-compatible API over the engine.
 //!
 //! # Layout
-//! A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
+//! [`connections`] accepts each TCP connection and holds it to the connection limits (how
+//! many, how long a head or a kept-alive wait may take); [`body_timeout`] bounds the wait
+//! for a request's body. A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
 //! `Caller`) → a handler in [`routes`], which finds the model in the registry
 //! ([`state`]). A local model's request goes to [`job`] (validate, render the chat
 //! template, tokenize, check the context) → the platform's admission (rate limits, then
@@ -22,6 +24,8 @@
 
 pub mod auth;
 pub mod batch;
+pub mod body_timeout;
+pub mod connections;
 pub mod console;
 pub mod error;
 pub mod fold;
@@ -62,6 +66,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             error::HttpError::method_not_allowed(m.as_str(), u.path())
         })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.body_read_timeout,
+            body_timeout::layer,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
@@ -117,25 +125,15 @@ fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .merge(console::router())
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then lets in-flight requests finish; connections are
+/// held to `state.limits` ([`connections`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "tokenfab is listening");
-    // Small writes (stream chunks, short answers) leave at once instead of waiting for the
-    // client's acknowledgement of the previous one.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%e, "cannot set TCP_NODELAY");
-        }
-    });
-    // Handlers see the client's address (the admin key's guessing guard counts by it).
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.limits.clone();
+    connections::accept_loop(listener, router(state), &limits, shutdown).await;
 }

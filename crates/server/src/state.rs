@@ -2,6 +2,7 @@
 //! whole on a configuration reload) and the limits every request is held to.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokenfab_engine::encoder::EncoderHandle;
 use tokenfab_engine::scheduler::EngineHandle;
@@ -96,11 +97,26 @@ pub struct ModelEntry {
     pub serve: Serve,
 }
 
-/// Request limits that protect the server from oversized work.
+/// Request and connection limits that protect the server from oversized work and from
+/// clients that hold connections without using them.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Longest silence while a request body is read; the request is then answered 408.
+    /// Between reads rather than in total, so a large upload on a slow link still arrives.
+    pub body_read_timeout: Duration,
+    /// From a connection's opening, or from the first byte of a kept-alive connection's
+    /// next request, until the request's head is complete: a client that trickles its head
+    /// (slowloris) is dropped after this.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub keep_alive_idle: Duration,
+    /// Open connections at most; past it a connection is answered 503 and closed. Each
+    /// holds a file descriptor, so this stays below the process's `ulimit -n`.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger ones are answered 431.
+    pub max_header_bytes: usize,
     /// Largest `n` (choices per request).
     pub max_n: usize,
     /// Operator's ceiling on generated tokens per choice (SiliconFlow caps at 16K). A request
@@ -112,6 +128,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 4 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_idle: Duration::from_secs(60),
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
             max_n: 8,
             max_output_tokens: None,
         }

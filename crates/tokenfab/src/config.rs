@@ -7,6 +7,11 @@
 //! max_running = 16       # sequences stepped together
 //! max_waiting = 64       # queued requests before 503
 //! max_body_bytes = 4194304
+//! max_connections = 1024    # open connections; past it, 503 (keep under `ulimit -n`)
+//! max_header_bytes = 16384  # request line and headers; past it, 431
+//! header_read_timeout_secs = 10 # to send a request's head; slower clients are dropped
+//! body_read_timeout_secs = 30   # longest silence inside a request body; then 408
+//! keep_alive_idle_secs = 60     # a kept-alive connection's wait for its next request
 //! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
 //! prefix_cache_mb = 128     # per model: computed prompt prefixes kept for later requests
 //! cache_dir = "/var/cache/tokenfab"
@@ -92,6 +97,11 @@ pub struct FileConfig {
     pub max_running: Option<usize>,
     pub max_waiting: Option<usize>,
     pub max_body_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub body_read_timeout_secs: Option<u64>,
+    pub keep_alive_idle_secs: Option<u64>,
     pub max_output_tokens: Option<usize>,
     /// MiB per model for reusing computed prompt prefixes across requests (0 disables).
     pub prefix_cache_mb: Option<usize>,

@@ -17,6 +17,7 @@ mod registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -161,6 +162,21 @@ struct ServeArgs {
     /// Turns on the `/admin` API, guarded by this key.
     #[arg(long, env = "TOKENFAB_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Open connections at most; past it, connections are answered 503 (default 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Largest request head, request line and headers, in bytes (default 16384).
+    #[arg(long)]
+    max_header_bytes: Option<usize>,
+    /// Seconds a client has to send a request's head (default 10).
+    #[arg(long)]
+    header_read_timeout_secs: Option<u64>,
+    /// Longest silence, in seconds, inside a request body before a 408 (default 30).
+    #[arg(long)]
+    body_read_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may wait for its next request (default 60).
+    #[arg(long)]
+    keep_alive_idle_secs: Option<u64>,
     /// Serve a non-loopback address although no API key exists (anyone who reaches it
     /// may use it).
     #[arg(long)]
@@ -362,12 +378,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         models: terms.models,
     };
     let admin_key = args.admin_key.clone().or(file_cfg.admin_key.clone());
-    let defaults = Limits::default();
-    let limits = Limits {
-        max_body_bytes: file_cfg.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-        max_output_tokens: args.max_output_tokens.or(file_cfg.max_output_tokens),
-        ..defaults
-    };
+    let limits = limits(&args, &file_cfg)?;
+    warn_if_descriptors_short(limits.max_connections);
 
     let max_running = file_cfg
         .max_running
@@ -419,8 +431,81 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             tracing::warn!("serving on http://{addr}/v1 with no API keys: open to anyone who can reach this address (`tokenfab keys create --account NAME` turns keys on)");
         }
-        tokenfab_server::serve(listener, state, shutdown_signal()).await.context("the server failed")
+        tokenfab_server::serve(listener, state, shutdown_signal()).await;
+        Ok(())
     })
+}
+
+/// The request and connection limits: flags over the file over the defaults.
+fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
+    let defaults = Limits::default();
+    let secs =
+        |flag: Option<u64>, key: Option<u64>, name: &str, default: Duration| match flag.or(key) {
+            Some(0) => anyhow::bail!("`{name}` must be at least 1 second"),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+    let max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(defaults.max_connections);
+    if max_connections == 0 {
+        anyhow::bail!("`max_connections` must be at least 1");
+    }
+    let max_header_bytes = args
+        .max_header_bytes
+        .or(file.max_header_bytes)
+        .unwrap_or(defaults.max_header_bytes);
+    // A browser's or SDK's ordinary head is a few hundred bytes to a few KiB.
+    if max_header_bytes < 1024 {
+        anyhow::bail!("`max_header_bytes` must be at least 1024");
+    }
+    Ok(Limits {
+        max_body_bytes: file.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        max_output_tokens: args.max_output_tokens.or(file.max_output_tokens),
+        body_read_timeout: secs(
+            args.body_read_timeout_secs,
+            file.body_read_timeout_secs,
+            "body_read_timeout_secs",
+            defaults.body_read_timeout,
+        )?,
+        header_read_timeout: secs(
+            args.header_read_timeout_secs,
+            file.header_read_timeout_secs,
+            "header_read_timeout_secs",
+            defaults.header_read_timeout,
+        )?,
+        keep_alive_idle: secs(
+            args.keep_alive_idle_secs,
+            file.keep_alive_idle_secs,
+            "keep_alive_idle_secs",
+            defaults.keep_alive_idle,
+        )?,
+        max_connections,
+        max_header_bytes,
+        ..defaults
+    })
+}
+
+/// Each connection holds a file descriptor: with fewer allowed than `max_connections`
+/// (plus the models, the ledger and the upstreams' own), accepting fails before the
+/// connection limit answers its clear 503.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
+    if let Some(soft) = soft
+        && soft < max_connections + 64
+    {
+        tracing::warn!(
+            "`ulimit -n` is {soft}, too few for max_connections = {max_connections}: raise it \
+             (`ulimit -n {}`, or LimitNOFILE= in a systemd unit) or lower max_connections",
+            max_connections + 256
+        );
+    }
 }
 
 async fn shutdown_signal() {

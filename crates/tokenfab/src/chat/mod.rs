@@ -190,11 +190,11 @@ fn start_local(rt: &tokio::runtime::Runtime, args: &ChatArgs) -> anyhow::Result<
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .context("cannot open a loopback port for the local model")?;
     let addr = listener.local_addr()?;
-    rt.spawn(async move {
-        if let Err(e) = tokenfab_server::serve(listener, state, std::future::pending()).await {
-            tracing::error!(%e, "the local server failed");
-        }
-    });
+    rt.spawn(tokenfab_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
     Ok(format!("http://{addr}/v1"))
 }
 
