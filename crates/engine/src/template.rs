@@ -147,10 +147,75 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Most operators (punctuation, `not`, `and`, `or`) one tag may hold, outside its string
+/// literals. minijinja bounds the nesting of brackets and blocks, but not of a chain of
+/// unary (`not not … x`) or binary (`1+1+…`) operators, whose tree its compiler and
+/// renderer walk recursively: 20,000 of them overflow an 8 MiB stack and abort the
+/// process. Real templates' busiest tags hold a few dozen; 1,000 leaves a tree a small
+/// thread stack (tokio's blocking threads' 2 MiB) walks safely.
+const MAX_TAG_OPERATORS: usize = 1_000;
+
+/// Refuses a template whose tags chain more operators than [`MAX_TAG_OPERATORS`].
+fn shallow(source: &str) -> Result<(), String> {
+    let mut rest = source;
+    while let Some(open) = rest.find(['{']) {
+        rest = &rest[open + 1..];
+        let close = match rest.as_bytes().first() {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => continue,
+        };
+        let mut ops = 0;
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut word = String::new();
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices().skip(1) {
+            if let Some(q) = quote {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    _ if c == q => quote = None,
+                    _ => {}
+                }
+                continue;
+            }
+            if rest[i..].starts_with(close) {
+                end = i + close.len();
+                break;
+            }
+            if c.is_alphanumeric() || c == '_' {
+                word.push(c);
+                continue;
+            }
+            if matches!(word.as_str(), "not" | "and" | "or") {
+                ops += 1;
+            }
+            word.clear();
+            match c {
+                '\'' | '"' => quote = Some(c),
+                c if c.is_whitespace() => {}
+                _ => ops += 1,
+            }
+        }
+        if matches!(word.as_str(), "not" | "and" | "or") {
+            ops += 1;
+        }
+        if ops > MAX_TAG_OPERATORS {
+            return Err(format!(
+                "the chat template has a tag of {ops} operators (at most {MAX_TAG_OPERATORS}): nested this deeply it could exhaust the stack"
+            ));
+        }
+        rest = &rest[end.min(rest.len())..];
+    }
+    Ok(())
+}
+
 impl ChatTemplate {
     /// Compiles a template source. `bos_token`/`eos_token` are the vocabulary's strings,
     /// which many templates print literally.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, EngineError> {
+        shallow(source).map_err(EngineError::Template)?;
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
@@ -265,6 +330,35 @@ fn describe(e: &Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_chains_too_deep_for_the_stack_are_refused() {
+        // Found by the template fuzz target: these overflowed the stack and aborted.
+        for src in [
+            format!("{{{{ {}1 }}}}", "not ".repeat(20_000)),
+            format!("{{{{ {}1 }}}}", "-".repeat(20_000)),
+            format!("{{{{ 1{} }}}}", "+1".repeat(20_000)),
+            format!("{{% set x = 1{} %}}", " and 1".repeat(20_000)),
+        ] {
+            let e = ChatTemplate::new(&src, "<s>", "</s>").expect_err("refused");
+            assert!(e.to_string().contains("operators"), "{e}");
+        }
+        // Operators inside string literals are text, and a chain within the bound renders
+        // on a small stack.
+        let quoted = format!("{{{{ '{}' }}}}", "+".repeat(5_000));
+        assert!(ChatTemplate::new(&quoted, "<s>", "</s>").is_ok());
+        let chain = format!("{{{{ 1{} }}}}", "+1".repeat(400));
+        let t = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let t = ChatTemplate::new(&chain, "<s>", "</s>").unwrap();
+                t.render(&[], false, &Map::new()).unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(t.trim(), "401");
+    }
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
         TemplateMessage {
