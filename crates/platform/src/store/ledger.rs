@@ -360,7 +360,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::temp_store;
+    use crate::store::testing::{pg_store, temp_store};
     use crate::store::{StoreError, UsageTotal};
     use tokenfab_testkit::unique;
 
@@ -668,12 +668,9 @@ mod tests {
     /// On the PostgreSQL of scripts/services.sh (TOKENFAB_TEST_PG); skipped without one.
     #[tokio::test]
     async fn settle_many_matches_one_at_a_time_on_postgres() {
-        let Ok(url) = std::env::var("TOKENFAB_TEST_PG") else {
-            eprintln!("TOKENFAB_TEST_PG is not set: skipped (scripts/services.sh starts one)");
-            return;
-        };
-        let store = Store::open(&url).await.unwrap();
-        settle_many_matches_one_at_a_time(&store).await;
+        if let Some(store) = pg_store().await {
+            settle_many_matches_one_at_a_time(&store).await;
+        }
     }
 
     /// Time and CPU (this process's, the database's worker thread included) per group of

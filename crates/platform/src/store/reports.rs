@@ -154,7 +154,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::temp_store;
+    use crate::store::testing::{pg_store, temp_store};
     use crate::store::{DAY, OPEN_ACCOUNT, Outcome, Settlement, Source, unix_now};
     use tokenfab_testkit::unique;
 
@@ -278,11 +278,8 @@ mod tests {
     /// On the PostgreSQL of scripts/services.sh (TOKENFAB_TEST_PG); skipped without one.
     #[tokio::test]
     async fn reports_keep_accounts_apart_on_postgres() {
-        let Ok(url) = std::env::var("TOKENFAB_TEST_PG") else {
-            eprintln!("TOKENFAB_TEST_PG is not set: skipped (scripts/services.sh starts one)");
-            return;
-        };
-        let store = Store::open(&url).await.unwrap();
-        reports_keep_accounts_apart(&store).await;
+        if let Some(store) = pg_store().await {
+            reports_keep_accounts_apart(&store).await;
+        }
     }
 }
