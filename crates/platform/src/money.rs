@@ -92,10 +92,12 @@ impl Price {
         let cached_price = self
             .cached_input_per_million
             .unwrap_or(self.input_per_million);
-        let total = (t.prompt - cached) as i128 * self.input_per_million.0 as i128
-            + cached as i128 * cached_price.0 as i128
-            + t.completion as i128 * self.output_per_million.0 as i128;
-        let micros = (total + 999_999).div_euclid(1_000_000);
+        // Each product fits an i128 (a u64 times an i64); their sum may not, for counts an
+        // upstream reported: it saturates, and the clamp below keeps the cost in range.
+        let total = ((t.prompt - cached) as i128 * self.input_per_million.0 as i128)
+            .saturating_add(cached as i128 * cached_price.0 as i128)
+            .saturating_add(t.completion as i128 * self.output_per_million.0 as i128);
+        let micros = total.saturating_add(999_999).div_euclid(1_000_000);
         Money(micros.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
     }
 
@@ -205,6 +207,19 @@ mod tests {
         assert!(Price::default().is_free());
         // 120 × 1.33 + 10 × 4 = 199.6 micro-units, rounded up.
         assert_eq!(p.most(120, 10), Money(200));
+        // Counts no request can have (an upstream may report anything) cost the most there
+        // is, without overflowing.
+        let dear = Price {
+            input_per_million: Money(i64::MAX),
+            output_per_million: Money(i64::MAX),
+            cached_input_per_million: None,
+        };
+        let absurd = TokenUsage {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+            ..TokenUsage::default()
+        };
+        assert_eq!(dear.cost(absurd), Money(i64::MAX));
     }
 
     #[test]

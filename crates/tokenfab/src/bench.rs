@@ -415,11 +415,11 @@ async fn stream_request(job: &HttpJob, seed: i64, what: &str) -> anyhow::Result<
         Ok(())
     };
     while let Some(bytes) = body.chunk().await.context("reading the stream")? {
-        for data in events.push(&bytes) {
+        for data in events.push(&bytes)? {
             on_event(data)?;
         }
     }
-    if let Some(data) = events.finish() {
+    if let Some(data) = events.finish()? {
         on_event(data)?;
     }
     sample.total = t0.elapsed();

@@ -20,6 +20,8 @@
 //!   client used, the thought in `reasoning_content` whichever dialect the upstream speaks
 //!   (`reasoning_content`, vLLM's `reasoning`, or `<think>` left inline in `content`), and
 //!   the usage chunk only when the client asked for it.
+//! - [`fuzz`]: the fuzz target's body: a hostile upstream's bytes through the
+//!   response framing, [`sse`] and [`normalize`].
 //!
 //! A request flows: the server admits it (and [`dialect`] rewrites its thinking fields) →
 //! [`client::send_whole`] or
@@ -30,6 +32,7 @@
 
 pub mod client;
 pub mod dialect;
+pub mod fuzz;
 pub mod http;
 pub mod normalize;
 pub mod pool;

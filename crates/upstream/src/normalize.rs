@@ -258,7 +258,9 @@ impl StreamFilter {
                 None => split.content = content,
             }
         }
-        if finished && let Some(s) = self.splitters.get_mut(&index) {
+        // A finished choice's splitter goes: an upstream that says more for the choice
+        // afterwards (none should) has it split afresh instead of fed to a finished one.
+        if finished && let Some(mut s) = self.splitters.remove(&index) {
             let rest = s.finish();
             split.reasoning.push_str(&rest.reasoning);
             split.content.push_str(&rest.content);
@@ -371,6 +373,18 @@ mod tests {
                 "stop"
             );
         }
+    }
+
+    /// Found by the upstream fuzz target: text for a choice after its `finish_reason` went
+    /// to a finished splitter (a debug assertion; dropped in release builds).
+    #[test]
+    fn text_after_a_choice_finished_is_passed_on_not_dropped() {
+        let events = [
+            chunk(json!({ "content": "<think>a</think>b" }), Some("stop")),
+            chunk(json!({ "content": "c" }), None),
+        ];
+        let (thought, answer, _) = run(&events);
+        assert_eq!((thought.as_str(), answer.as_str()), ("a", "bc"));
     }
 
     #[test]

@@ -32,8 +32,9 @@ impl TokenUsage {
         }
     }
 
+    /// Saturating: the counts may come from an upstream's `usage`, which can hold anything.
     pub fn total(&self) -> u64 {
-        self.prompt + self.completion
+        self.prompt.saturating_add(self.completion)
     }
 
     /// A request of several sequences (`n` choices) over one prompt: generated tokens add
@@ -43,8 +44,8 @@ impl TokenUsage {
         TokenUsage {
             prompt,
             cached: self.cached.max(other.cached).min(prompt),
-            completion: self.completion + other.completion,
-            reasoning: self.reasoning + other.reasoning,
+            completion: self.completion.saturating_add(other.completion),
+            reasoning: self.reasoning.saturating_add(other.reasoning),
         }
     }
 
@@ -71,7 +72,9 @@ impl TokenUsage {
                 .unwrap_or(0)
                 .min(prompt),
             completion,
-            reasoning: n(&["completion_tokens_details", "reasoning_tokens"]).unwrap_or(0),
+            reasoning: n(&["completion_tokens_details", "reasoning_tokens"])
+                .unwrap_or(0)
+                .min(completion),
         })
     }
 
@@ -93,8 +96,8 @@ impl std::ops::Add for TokenUsage {
         TokenUsage {
             prompt: self.prompt + other.prompt,
             cached: self.cached + other.cached,
-            completion: self.completion + other.completion,
-            reasoning: self.reasoning + other.reasoning,
+            completion: self.completion.saturating_add(other.completion),
+            reasoning: self.reasoning.saturating_add(other.reasoning),
         }
     }
 }

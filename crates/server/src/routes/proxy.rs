@@ -363,9 +363,20 @@ async fn chat_stream(
                     )));
                 }
                 Ok(Ok(None)) => match events.finish() {
-                    Some(last) => vec![last],
-                    None => break None,
+                    Ok(Some(last)) => Ok(vec![last]),
+                    Ok(None) => break None,
+                    Err(e) => Err(e),
                 },
+            };
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(url = %lease.backend.cfg.url, %e, "upstream stream refused");
+                    break Some(HttpError::bad_gateway(format!(
+                        "the upstream server for `{}` sent a malformed stream",
+                        entry.id
+                    )));
+                }
             };
             let mut failed = None;
             for d in data {

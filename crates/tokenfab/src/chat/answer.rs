@@ -196,11 +196,11 @@ pub async fn stream<W: Write>(
         printer.chunk(&chunk, &mut stats)
     };
     while let Some(bytes) = body.chunk().await.context("reading the answer")? {
-        for data in events.push(&bytes) {
+        for data in events.push(&bytes)? {
             on_event(data, printer)?;
         }
     }
-    if let Some(data) = events.finish() {
+    if let Some(data) = events.finish()? {
         on_event(data, printer)?;
     }
     anyhow::ensure!(done, "the answer ended without `data: [DONE]`");

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::response::{Head, MAX_HEAD, Response, parse_head};
+use super::response::{Head, Response, parse_head};
 #[cfg(feature = "tls")]
 use super::tls;
 use super::{Error, Origin};
@@ -302,13 +302,10 @@ async fn exchange(conn: &mut Conn, msg: &[u8], sent: &mut bool) -> Result<Head, 
     write(&mut conn.stream, msg, sent).await?;
     let mut got_any = false;
     loop {
-        if !conn.buf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.buf)? {
-                return Ok(head);
-            }
-            if conn.buf.len() > MAX_HEAD {
-                return Err(Error::Protocol("the response head is too large".into()));
-            }
+        if !conn.buf.is_empty()
+            && let Some(head) = parse_head(&mut conn.buf)?
+        {
+            return Ok(head);
         }
         match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) if !got_any => {

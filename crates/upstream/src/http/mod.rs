@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub use conn::Client;
 pub use origin::Origin;
+pub(crate) use response::decode;
 pub use response::{Body, Response};
 
 /// What went wrong on the wire. [`Error::sent`] tells whether the server may have

@@ -8,7 +8,7 @@ use super::Error;
 use super::conn::{Client, Conn};
 
 /// The longest response head, and the longest line of chunked framing.
-pub(super) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 4096;
 
 /// The start of an answer; its body is read on demand.
@@ -45,8 +45,24 @@ pub(super) struct Head {
 }
 
 /// Parses a complete head off the front of `buf`, skipping interim `1xx` ones; `None`
-/// while it is incomplete.
+/// while it is incomplete. Refused once `buf` holds more than [`MAX_HEAD`] bytes without
+/// a head: a server sending headers forever. Interim heads are skipped in a loop, not by
+/// recursion: a hostile server can send thousands of them in one read.
 pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    loop {
+        match parse_one(buf)? {
+            Some(head) if (100..200).contains(&head.status) => continue,
+            Some(head) => return Ok(Some(head)),
+            None if buf.len() > MAX_HEAD => {
+                return Err(Error::Protocol("the response head is too large".into()));
+            }
+            None => return Ok(None),
+        }
+    }
+}
+
+/// One head off the front of `buf`, interim or not; `None` while it is incomplete.
+fn parse_one(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut r = httparse::Response::new(&mut headers);
     let n = match r.parse(buf) {
@@ -91,10 +107,6 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         }
     }
     buf.advance(n);
-    if (100..200).contains(&status) {
-        // Interim: the real head follows (each step consumes bytes, so this ends).
-        return parse_head(buf);
-    }
     let framing = if status == 204 || status == 304 {
         Framing::Length(0)
     } else if chunked {
@@ -208,6 +220,36 @@ impl Body {
     }
 }
 
+/// An answer whose bytes arrive in `pieces`, read as [`super::Client`] reads one from a
+/// socket (the same head and framing code, without the socket): its status, and each piece
+/// of its body passed to `body` as it is framed. An answer cut short is [`Error::Closed`].
+/// The fuzz target drives it with hostile bytes.
+pub(crate) fn decode<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    mut body: impl FnMut(Bytes),
+) -> Result<u16, Error> {
+    let mut pieces = pieces.into_iter();
+    let mut buf = BytesMut::new();
+    let head = loop {
+        if let Some(head) = parse_head(&mut buf)? {
+            break head;
+        }
+        buf.extend_from_slice(pieces.next().ok_or(Error::Closed)?);
+    };
+    let mut framing = head.framing;
+    loop {
+        while let Some(piece) = next_piece(&mut framing, &mut buf)? {
+            body(piece);
+        }
+        match (&framing, pieces.next()) {
+            (Framing::Done, _) => return Ok(head.status),
+            (_, Some(piece)) => buf.extend_from_slice(piece),
+            (Framing::Close, None) => return Ok(head.status),
+            (_, None) => return Err(Error::Closed),
+        }
+    }
+}
+
 /// The next piece of body that `buf` already holds, advancing `framing`; `None` when more
 /// bytes must be read first or the body is done.
 fn next_piece(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
@@ -296,7 +338,7 @@ mod tests {
     use super::*;
 
     /// Feeds `wire` to the body framing `framing` in pieces of `step` bytes.
-    fn decode(mut framing: Framing, wire: &[u8], step: usize) -> Result<Vec<u8>, Error> {
+    fn decode_body(mut framing: Framing, wire: &[u8], step: usize) -> Result<Vec<u8>, Error> {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for piece in wire.chunks(step) {
@@ -315,13 +357,33 @@ mod tests {
         let wire =
             b"5;ext=1\r\nhello\r\n1A\r\n, a chunk of 26 bytes.....\r\n0\r\nx-trailer: 1\r\n\r\n";
         for step in 1..wire.len() {
-            let body = decode(Framing::Chunked(Chunk::Size), wire, step).unwrap();
+            let body = decode_body(Framing::Chunked(Chunk::Size), wire, step).unwrap();
             assert_eq!(body, b"hello, a chunk of 26 bytes.....");
         }
         let long = b"3\r\nabcd\r\n0\r\n\r\n";
-        assert!(decode(Framing::Chunked(Chunk::Size), long, 1).is_err());
-        assert!(decode(Framing::Chunked(Chunk::Size), b"zz\r\n", 4).is_err());
-        assert_eq!(decode(Framing::Length(3), b"abc", 1).unwrap(), b"abc");
+        assert!(decode_body(Framing::Chunked(Chunk::Size), long, 1).is_err());
+        assert!(decode_body(Framing::Chunked(Chunk::Size), b"zz\r\n", 4).is_err());
+        assert_eq!(decode_body(Framing::Length(3), b"abc", 1).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn thousands_of_interim_heads_are_skipped_without_recursion() {
+        let mut wire = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(20_000);
+        wire.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let mut body = Vec::new();
+        let status = decode(wire.chunks(1 << 20), |b| body.extend_from_slice(&b)).unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    }
+
+    #[test]
+    fn endless_heads_and_cut_answers_are_errors() {
+        let flood = [b"x-flood: ".as_slice(), &[b'a'; MAX_HEAD]].concat();
+        let wire = [&b"HTTP/1.1 200 OK\r\n"[..], &flood];
+        assert!(matches!(decode(wire, |_| {}), Err(Error::Protocol(_))));
+        let cut = [&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nabc"[..]];
+        assert!(matches!(decode(cut, |_| {}), Err(Error::Closed)));
+        let close = [&b"HTTP/1.1 200 OK\r\n\r\nto the end"[..]];
+        assert_eq!(decode(close, |_| {}).unwrap(), 200);
     }
 
     #[test]
