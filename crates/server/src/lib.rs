@@ -16,6 +16,8 @@
 //! Every crate records its figures through the `metrics` facade; [`metrics`] installs the
 //! Prometheus recorder and serves `/metrics`.
 //! [`console`] serves the web console at `/`, a client of these same routes.
+//! [`fuzz`] is the request fuzz target's body: untrusted bodies through each handler's
+//! checks, up to the work they would start.
 //!
 //! The batch API ([`routes::files`], [`routes::batch`]) keeps its records in the
 //! platform's ledger and its files in a directory; [`batch`]'s runner feeds each line of a
@@ -29,6 +31,7 @@ pub mod connections;
 pub mod console;
 pub mod error;
 pub mod fold;
+pub mod fuzz;
 pub mod guard;
 pub mod job;
 pub mod metrics;

@@ -72,6 +72,16 @@ fn prompt_tokens(
         PromptInput::Text(text) => {
             let Some(suffix) = suffix else {
                 let ids = encode_prompt(tokenizer, &text);
+                if ids.is_empty() {
+                    // The engine has nothing to continue from (found by the request fuzz
+                    // target: it used to reach the engine and fail there).
+                    return Err(bad(
+                        &param,
+                        format!(
+                            "`{param}` is empty, and model `{model_id}` adds no beginning-of-text token: send some text"
+                        ),
+                    ));
+                }
                 return Ok((text, ids));
             };
             let fim = tokenizer.fim().ok_or_else(|| {

@@ -38,21 +38,13 @@ pub async fn local(
     encoder: &EncoderHandle,
     body: Value,
 ) -> Response {
-    let req: EmbeddingsRequest = match typed(body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let format = req.encoding_format.unwrap_or_default();
-    let cut = match dimensions(entry, encoder.config(), req.dimensions) {
-        Ok(cut) => cut,
-        Err(e) => return e.into_response(),
-    };
-    let Some(input) = req.input else {
-        return HttpError::bad_request(Some("input"), "`input` is required").into_response();
-    };
-    let handle = encoder.clone();
-    let inputs = match tokio::task::spawn_blocking(move || tokenize(&handle, input)).await {
-        Ok(Ok(i)) => i,
+    let (handle, id) = (encoder.clone(), entry.id.clone());
+    let Prepared {
+        inputs,
+        cut,
+        format,
+    } = match tokio::task::spawn_blocking(move || prepare(&id, &handle, body)).await {
+        Ok(Ok(p)) => p,
         Ok(Err(e)) => return e.into_response(),
         Err(e) => {
             return HttpError::internal(format!("could not prepare the request: {e}"))
@@ -97,11 +89,39 @@ pub async fn local(
     with_rate_headers(axum::Json(answer).into_response(), standing)
 }
 
+/// A checked request, ready for the encoder.
+pub(crate) struct Prepared {
+    /// Each input's token ids.
+    pub(crate) inputs: Vec<Vec<u32>>,
+    /// The width the vectors are cut to.
+    pub(crate) cut: Option<usize>,
+    pub(crate) format: EncodingFormat,
+}
+
+/// Checks and tokenizes a request body for `encoder`, serving model `id` (blocking: the
+/// inputs may be long).
+pub(crate) fn prepare(
+    id: &str,
+    encoder: &EncoderHandle,
+    body: Value,
+) -> Result<Prepared, HttpError> {
+    let req: EmbeddingsRequest = typed(body)?;
+    let cut = dimensions(id, encoder.config(), req.dimensions)?;
+    let input = req
+        .input
+        .ok_or_else(|| HttpError::bad_request(Some("input"), "`input` is required"))?;
+    Ok(Prepared {
+        inputs: tokenize(encoder, input)?,
+        cut,
+        format: req.encoding_format.unwrap_or_default(),
+    })
+}
+
 /// The size the vectors are cut to, if `dimensions` asks for one below the model's
 /// width: only a model trained to be cut (Matryoshka representation learning) may be,
 /// to any size from 1 up (its trained sizes are the ones that keep the most).
 fn dimensions(
-    entry: &ModelEntry,
+    id: &str,
     config: &tokenfab_engine::encoder::EncoderConfig,
     asked: Option<u64>,
 ) -> Result<Option<usize>, HttpError> {
@@ -112,15 +132,13 @@ fn dimensions(
         Some(_) if config.dimensions.is_empty() => Err(HttpError::bad_request(
             Some("dimensions"),
             format!(
-                "`{}` gives vectors of {width} dimensions and was not trained to be truncated: `dimensions` must be {width} or absent",
-                entry.id
+                "`{id}` gives vectors of {width} dimensions and was not trained to be truncated: `dimensions` must be {width} or absent",
             ),
         )),
         Some(d) if d == 0 || d > width as u64 => Err(HttpError::bad_request(
             Some("dimensions"),
             format!(
-                "`dimensions` must be from 1 to {width} for `{}` (trained sizes: {width}, {})",
-                entry.id,
+                "`dimensions` must be from 1 to {width} for `{id}` (trained sizes: {width}, {})",
                 config
                     .dimensions
                     .iter()

@@ -33,10 +33,10 @@ const DEFAULT_OVERLAP: usize = 80;
 
 /// A request's pairs: every chunk of every document beside the query, and which
 /// document each belongs to.
-struct Pairs {
+pub(crate) struct Pairs {
     pairs: Vec<(Vec<u32>, Vec<u32>)>,
     document: Vec<usize>,
-    tokens: usize,
+    pub(crate) tokens: usize,
 }
 
 /// Answers a rerank request for `entry`, a cross-encoder served by `encoder`.
@@ -48,27 +48,16 @@ pub async fn local(
     body: Value,
     rid: &RequestId,
 ) -> Response {
-    let req: RerankRequest = match typed(body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let (query, documents) = match checked(&req) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
     let handle = encoder.clone();
-    let texts: Vec<String> = documents.iter().map(|d| d.text().to_owned()).collect();
-    let (chunks, overlap) = (req.max_chunks_per_doc, req.overlap_tokens);
-    let built =
-        tokio::task::spawn_blocking(move || pairs(&handle, &query, &texts, chunks, overlap));
-    let pairs = match built.await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return e.into_response(),
-        Err(e) => {
-            return HttpError::internal(format!("could not prepare the request: {e}"))
-                .into_response();
-        }
-    };
+    let (req, documents, pairs) =
+        match tokio::task::spawn_blocking(move || prepare(&handle, body)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return e.into_response(),
+            Err(e) => {
+                return HttpError::internal(format!("could not prepare the request: {e}"))
+                    .into_response();
+            }
+        };
     crate::request_id::note_prompt(pairs.tokens as u64);
     let usage = TokenUsage::prompt(pairs.tokens as u64);
     let work = encoder.score(pairs.pairs);
@@ -94,11 +83,30 @@ pub async fn local(
     answer(&req, &documents, scores, usage, rid, standing)
 }
 
+/// A request body checked and made into pairs for `encoder` (blocking: the documents may
+/// be long): the request, its documents, and their pairs.
+pub(crate) fn prepare(
+    encoder: &EncoderHandle,
+    body: Value,
+) -> Result<(RerankRequest, Vec<RerankDocument>, Pairs), HttpError> {
+    let req: RerankRequest = typed(body)?;
+    let (query, documents) = checked(&req)?;
+    let texts: Vec<&str> = documents.iter().map(|d| d.text()).collect();
+    let pairs = pairs(
+        encoder,
+        &query,
+        &texts,
+        req.max_chunks_per_doc,
+        req.overlap_tokens,
+    )?;
+    Ok((req, documents, pairs))
+}
+
 /// The query beside each document's chunks, checked against the model's context.
 fn pairs(
     encoder: &EncoderHandle,
     query: &str,
-    documents: &[String],
+    documents: &[&str],
     max_chunks: Option<u64>,
     overlap: Option<u64>,
 ) -> Result<Pairs, HttpError> {
