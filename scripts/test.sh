@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches what the tests read (cached after the
 # first run), requantizes the test models into every weight type the engine runs
-# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests, numpy and `tokenizers` for the encoder's reference and Playwright for the web console's browser test in .venv (with Debian's `chromium` when missing), and runs
+# (scripts/requantize.sh, which builds llama.cpp's llama-quantize once), installs the Python `openai` package for the client tests, numpy and `tokenizers` for the encoder's reference, schemathesis for the API's generated tests and Playwright for the web console's browser test in .venv (with Debian's `chromium` when missing), and runs
 # every test. Model-heavy tests run one at a time: two engines on two cores would only
 # measure contention. The platform tests get a PostgreSQL and a Redis of their own
 # (scripts/services.sh), installed from Debian's packages when missing; the /metrics test a
@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40,<3' \
-  'numpy>=1.26,<3' 'tokenizers>=0.19,<1' 'openapi-spec-validator>=0.7,<1' \
+  'numpy>=1.26,<3' 'tokenizers>=0.19,<1' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' \
   'playwright>=1.40,<2'
 export TOKENFAB_TEST_PYTHON="$PWD/.venv/bin/python"
 

@@ -63,18 +63,22 @@ async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
 pub fn router(state: Arc<AppState>) -> Router {
     let (app, doc) = api(&state).split_for_parts();
     let doc = Arc::new(doc);
-    app.route("/openapi.json", get(move || openapi::document(doc.clone())))
-        .fallback(not_found)
-        .method_not_allowed_fallback(|m: Method, u: Uri| async move {
-            error::HttpError::method_not_allowed(m.as_str(), u.path())
-        })
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.limits.body_read_timeout,
-            body_timeout::layer,
-        ))
-        .layer(axum::middleware::from_fn(request_id::layer))
-        .with_state(state)
+    let served = state.clone();
+    app.route(
+        "/openapi.json",
+        get(move || openapi::document(doc.clone(), served.models())),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(|m: Method, u: Uri| async move {
+        error::HttpError::method_not_allowed(m.as_str(), u.path())
+    })
+    .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+    .layer(axum::middleware::from_fn_with_state(
+        state.limits.body_read_timeout,
+        body_timeout::layer,
+    ))
+    .layer(axum::middleware::from_fn(request_id::layer))
+    .with_state(state)
 }
 
 /// The OpenAPI document of the routes `state` serves (the admin API only with an admin key).

@@ -235,6 +235,8 @@ fn streams_match_and_report_usage_and_bad_requests_name_their_field() {
             (json!({"model": MODEL, "prompt": [1, "a"]}), "prompt"),
             (json!({"model": MODEL, "prompt": []}), "prompt"),
             (json!({"model": MODEL, "prompt": [[]]}), "prompt[0]"),
+            // SmolLM2 adds no beginning-of-text token: nothing to continue from.
+            (json!({"model": MODEL, "prompt": ""}), "prompt[0]"),
             (json!({"model": MODEL, "prompt": [99999999]}), "prompt[0]"),
             (
                 json!({"model": MODEL, "prompt": "a", "suffix": "b"}),

@@ -288,6 +288,11 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         };
         let msgs = json!([{"role": "user", "content": "hi"}]);
         check(raw("{not json".into()).await, 400, None);
+        // A lone surrogate is not text: JSON's parser refuses it before anything else.
+        let lone = format!(
+            r#"{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "a\ud800b"}}]}}"#
+        );
+        check(raw(lone).await, 400, None);
         check(
             raw(json!({"model": MODEL, "messages": msgs, "temperature": "hot"}).to_string()).await,
             400,
@@ -598,5 +603,43 @@ fn requests_arriving_together_compute_a_shared_prompt_once() {
         );
         let text = |a: &Value| a["choices"][0]["message"]["content"].clone();
         assert!(answers.iter().all(|a| text(a) == text(&answers[0])));
+    });
+}
+
+/// A token that is one byte of a multi-byte character, forced at every step by
+/// `logit_bias`: the bytes never make a character. Each that a following byte proves
+/// invalid is one U+FFFD; the last, cut by `max_tokens`, is half a character and is
+/// dropped (as vLLM's incremental detokenizer drops it); streamed and whole agree.
+#[test]
+fn bytes_that_never_make_a_character_arrive_as_replacement_characters_or_not_at_all() {
+    let g = tokenfab_engine::gguf::GgufFile::open(common::cached(MODEL)).unwrap();
+    let tok = tokenfab_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    // GPT-2's byte-level alphabet writes byte 0xE4 (a UTF-8 lead byte) as `ä`.
+    let lead = (0..tok.vocab_size() as u32)
+        .find(|&i| tok.token_text(i) == Some("\u{e4}"))
+        .expect("the byte token 0xE4");
+    let s = Server::start(&[]);
+    run(async {
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                          "max_tokens": 6, "temperature": 0,
+                          "logit_bias": {lead.to_string(): 100}});
+        let (status, r) = post(&s, &body).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], 6, "{r}");
+        assert_eq!(
+            r["choices"][0]["message"]["content"],
+            "\u{fffd}".repeat(5),
+            "{r}"
+        );
+        let streamed: String = stream_chunks(&s, &body)
+            .await
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(streamed, "\u{fffd}".repeat(5));
     });
 }
