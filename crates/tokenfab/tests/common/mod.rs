@@ -2,6 +2,9 @@
 //! and stops it when the guard drops. Model-heavy: test binaries that use it run their
 //! tests one at a time (`--test-threads=1` in scripts/test.sh), so two engines never fight
 //! over the two cores.
+//!
+//! Beside it: [`ledger`], a server of paid and free models with the admin API, and the
+//! balances and costs the billing tests check; [`stub`], scripted upstreams for the proxy.
 
 #![allow(dead_code)]
 
