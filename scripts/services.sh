@@ -2,6 +2,8 @@
 # platform tests (the ledger shared by two servers, rate limits shared through Redis).
 # Installs Debian's packages when they are missing, starts both on free ports in a temp
 # directory, exports TOKENFAB_TEST_PG and TOKENFAB_TEST_REDIS, and stops them on exit.
+# TOKENFAB_TEST_PG_CTL is a pg_ctl bound to that PostgreSQL (its data directory, its
+# user), for the fault tests that restart it mid-load (`$TOKENFAB_TEST_PG_CTL restart`).
 
 services_dir=""
 
@@ -58,6 +60,12 @@ services_start() {
     -o "-p $pg_port -k $services_dir/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
   as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres tokenfab_test
   export TOKENFAB_TEST_PG="postgres://postgres@127.0.0.1:$pg_port/tokenfab_test"
+  local as_user=""
+  [ "$(id -u)" = 0 ] && as_user="runuser -u postgres --"
+  printf '#!/bin/sh\nexec %s %q -D %q "$@"\n' "$as_user" "$pg_bin/pg_ctl" "$services_dir/pg" \
+    >"$services_dir/pg_ctl"
+  chmod 755 "$services_dir/pg_ctl"
+  export TOKENFAB_TEST_PG_CTL="$services_dir/pg_ctl"
 
   redis_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \

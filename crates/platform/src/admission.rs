@@ -97,6 +97,9 @@ pub struct Admission {
     /// unsettled after generating.
     used: Option<Used>,
     settled: bool,
+    /// Counted in the platform's requests in flight until dropped (a client's request; a
+    /// batch line is not: a restart resumes it).
+    counted: bool,
 }
 
 impl Platform {
@@ -243,7 +246,9 @@ impl Platform {
             decision,
             used: None,
             settled: false,
+            counted: true,
         };
+        self.in_flight.send_modify(|n| *n += 1);
         if let Caller::Key { account, .. } = caller
             && !price.is_free()
         {
@@ -313,6 +318,7 @@ impl Platform {
             },
             used: None,
             settled: false,
+            counted: false,
         };
         if account_id == OPEN_ACCOUNT
             || price.is_free()
@@ -351,6 +357,16 @@ impl Platform {
     /// them to the batch runner, which resumes their lines.
     pub fn batch_instance(&self) -> String {
         format!("{}#batch", self.cfg.instance)
+    }
+
+    /// Waits until every client's request admitted so far has settled and the ledger has
+    /// committed every settlement queued: a shutdown calls it once its connections are
+    /// closed, so that the requests it cut are recorded before the process exits. The
+    /// caller bounds the wait (a ledger that cannot be written keeps its settlements
+    /// queued).
+    pub async fn quiesce(&self) {
+        let _ = self.in_flight.subscribe().wait_for(|&n| n == 0).await;
+        self.settler.flush().await;
     }
 
     /// The caller's account, fresh from the ledger.
@@ -427,9 +443,17 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.settled {
-            return;
+        if !self.settled {
+            self.settle_dropped();
         }
+        if self.counted {
+            self.platform.in_flight.send_modify(|n| *n -= 1);
+        }
+    }
+}
+
+impl Admission {
+    fn settle_dropped(&mut self) {
         // A path that lost its admission (a dropped handler, a panic): the reservation is
         // released; what was generated until then is billed as `client_gone`, and a
         // request that generated nothing is recorded as an error, not charged.

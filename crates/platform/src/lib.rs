@@ -24,7 +24,10 @@
 //! - `settler`: the group-commit writer every settlement goes through: one task commits
 //!   all the settlements queued meanwhile in one transaction, so that under load one sync
 //!   serves many requests. A settlement that moves money is acknowledged once committed;
-//!   a free one is not waited for.
+//!   a free one is not waited for. One the ledger cannot take for now (a full disk, a
+//!   database restarting) is kept and retried until it can. [`Platform::quiesce`] waits
+//!   for the clients' requests in flight to settle and for the writer to commit them, for
+//!   a shutdown.
 
 pub mod days;
 pub mod keys;
@@ -82,6 +85,9 @@ pub struct Platform {
     /// whatever request ids clients send.
     started: u64,
     seq: AtomicU64,
+    /// Clients' requests admitted and not yet settled, which a shutdown waits for
+    /// ([`Platform::quiesce`]).
+    in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 impl Platform {
@@ -120,6 +126,7 @@ impl Platform {
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0),
             seq: AtomicU64::new(0),
+            in_flight: tokio::sync::watch::Sender::new(0),
         }))
     }
 }

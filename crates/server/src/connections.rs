@@ -17,6 +17,14 @@
 //!
 //! The request body's read timeout is a router layer ([`crate::body_timeout`]), where the
 //! 408 it answers is logged and counted like every response.
+//!
+//! On shutdown the listener is closed at once (a new connection is refused: nothing was
+//! sent, so any client or load balancer may retry it elsewhere, as with nginx), and the
+//! requests being answered are let finish for up to [`Limits::shutdown_grace`]; a request
+//! that arrives meanwhile on a connection kept alive from before is answered 503 by
+//! [`crate::drain`]. Once none is being answered, idle connections are closed; when the
+//! grace runs out first, the connections still open are cut, which cancels their requests
+//! as a client's hang-up does (billed for what was generated).
 
 use std::convert::Infallible;
 use std::io;
@@ -34,7 +42,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::error::HttpError;
@@ -49,8 +58,9 @@ const TURNING_AWAY: usize = 64;
 /// request unread sends a reset, which can destroy the 503 before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Accepts connections until `shutdown` resolves, then waits for those open to finish
-/// their requests.
+/// Accepts connections until `shutdown` resolves, then lets the requests being answered
+/// finish within [`Limits::shutdown_grace`] and closes every connection (see the module's
+/// doc).
 pub async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -68,6 +78,8 @@ pub async fn accept_loop(
     let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
     let open = metrics::gauge!("tokenfab:connections_open");
+    let answering = watch::Sender::new(0usize);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -78,6 +90,8 @@ pub async fn accept_loop(
                     continue;
                 }
             },
+            // Ended connections are reaped as they go, so the set holds the open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = &mut shutdown => break,
         };
         // Small writes (stream chunks, short answers) leave at once instead of waiting for
@@ -94,13 +108,28 @@ pub async fn accept_loop(
         open.increment(1.0);
         let conn = Connection {
             clock: Arc::new(Clock::new(limits)),
+            answering: answering.clone(),
             _slot: slot,
         };
         let served = conn.serve(tcp, peer, router.clone(), http.clone(), graceful.watcher());
-        tokio::spawn(served);
+        connections.spawn(served);
     }
     drop(listener);
-    graceful.shutdown().await;
+    let in_flight = *answering.borrow();
+    tracing::info!(in_flight, grace = ?limits.shutdown_grace, "draining: no new connections; letting the requests in flight finish");
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        let _ = answering.subscribe().wait_for(|&n| n == 0).await;
+        graceful.shutdown().await;
+    })
+    .await;
+    if drained.is_err() {
+        let cut = *answering.borrow();
+        tracing::warn!(
+            cut,
+            "the shutdown grace is over: cutting the requests still in flight"
+        );
+    }
+    connections.shutdown().await;
 }
 
 /// As `axum::serve` does: a connection that failed before it was accepted is the client's
@@ -160,7 +189,27 @@ async fn turn_away(
 /// One admitted connection; its slot under `max_connections` is freed when it drops.
 struct Connection {
     clock: Arc<Clock>,
+    /// How many requests of every connection are being answered, which a shutdown waits
+    /// to fall to zero.
+    answering: watch::Sender<usize>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// Counts one request in [`Connection::answering`] from its arrival until its answer is
+/// over or dropped (a handler cancelled by its client's hang-up included).
+struct Answering(watch::Sender<usize>);
+
+impl Answering {
+    fn new(count: &watch::Sender<usize>) -> Answering {
+        count.send_modify(|n| *n += 1);
+        Answering(count.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Connection {
@@ -173,8 +222,10 @@ impl Connection {
         watcher: hyper_util::server::graceful::Watcher,
     ) {
         let clock = self.clock.clone();
+        let answering = self.answering.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             clock.set(Phase::Answering);
+            let busy = Answering::new(&answering);
             // Handlers see the client's address (the admin key's guessing guard counts by
             // it), as axum's `ConnectInfo`.
             req.extensions_mut()
@@ -186,7 +237,7 @@ impl Connection {
                 let resp = answer.await.unwrap_or_else(|e: Infallible| match e {});
                 Ok::<_, Infallible>(resp.map(|body| Answer {
                     body,
-                    clock: Some(clock),
+                    end: Some((clock, busy)),
                 }))
             }
         });
@@ -333,16 +384,17 @@ impl AsyncWrite for Heard {
     }
 }
 
-/// A response body that tells the connection's [`Clock`] when the answer is over: at its
-/// end, or when hyper drops it unread (a `HEAD`, a 204, a client gone).
+/// A response body that tells the connection's [`Clock`] when the answer is over, and
+/// ends its count among those being answered: at its end, or when hyper drops it unread
+/// (a `HEAD`, a 204, a client gone).
 struct Answer {
     body: axum::body::Body,
-    clock: Option<Arc<Clock>>,
+    end: Option<(Arc<Clock>, Answering)>,
 }
 
 impl Answer {
     fn over(&mut self) {
-        if let Some(clock) = self.clock.take() {
+        if let Some((clock, _answering)) = self.end.take() {
             clock.answered();
         }
     }

@@ -134,6 +134,21 @@ impl HttpError {
         e
     }
 
+    /// 503 with `retry-after`: the server is shutting down and takes no new request
+    /// ([`crate::drain`]).
+    pub fn shutting_down() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("shutting_down"),
+            None,
+            "The server is shutting down and takes no new requests; retry shortly \
+             (another replica, or this one once restarted, will answer)",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! [`connections`] accepts each TCP connection and holds it to the connection limits (how
-//! many, how long a head or a kept-alive wait may take); [`body_timeout`] bounds the wait
-//! for a request's body. A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
+//! many, how long a head or a kept-alive wait may take), and drains them on shutdown
+//! ([`drain`] refuses new requests meanwhile); [`body_timeout`] bounds the wait for a
+//! request's body. A request flows: [`request_id`] (id + log span) → [`auth`] (the bearer key becomes a
 //! `Caller`) → a handler in [`routes`], which finds the model in the registry
 //! ([`state`]). A local model's request goes to [`job`] (validate, render the chat
 //! template, tokenize, check the context) → the platform's admission (rate limits, then
@@ -29,6 +30,7 @@ pub mod batch;
 pub mod body_timeout;
 pub mod connections;
 pub mod console;
+pub mod drain;
 pub mod error;
 pub mod fold;
 pub mod fuzz;
@@ -76,6 +78,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     .layer(axum::middleware::from_fn_with_state(
         state.limits.body_read_timeout,
         body_timeout::layer,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        drain::layer,
     ))
     .layer(axum::middleware::from_fn(request_id::layer))
     .with_state(state)
@@ -132,8 +138,9 @@ fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .merge(console::router())
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish; connections are
-/// held to `state.limits` ([`connections`]).
+/// Serves until `shutdown` resolves, then drains: new requests are refused ([`drain`]) and
+/// those in flight finish, within `state.limits.shutdown_grace`; connections are held to
+/// `state.limits` ([`connections`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -142,5 +149,10 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "tokenfab is listening");
     let limits = state.limits.clone();
+    let draining = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.draining.begin();
+    };
     connections::accept_loop(listener, router(state), &limits, shutdown).await;
 }

@@ -122,6 +122,10 @@ pub struct Limits {
     /// Operator's ceiling on generated tokens per choice (SiliconFlow caps at 16K). A request
     /// asking for more, or for nothing, gets at most this many and `finish_reason: "length"`.
     pub max_output_tokens: Option<usize>,
+    /// How long a shutdown waits for the requests in flight to finish; those still running
+    /// then are cut (and settled as cut), so that a 10-minute stream cannot hold a SIGTERM
+    /// up for its length. Below an orchestrator's own kill timeout (Kubernetes' is 30 s).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -135,6 +139,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_n: 8,
             max_output_tokens: None,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct AppState {
     pub batches: Option<Arc<crate::batch::Batches>>,
     /// Wrong admin keys per client address, to slow guessing.
     pub admin_guard: crate::guard::Guard,
+    /// Set when the server begins to shut down: new requests are then refused.
+    pub draining: crate::drain::Draining,
 }
 
 impl AppState {
@@ -170,6 +177,7 @@ impl AppState {
             admin_key_hash,
             batches: None,
             admin_guard: Default::default(),
+            draining: Default::default(),
         }
     }
 

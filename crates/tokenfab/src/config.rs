@@ -12,6 +12,7 @@
 //! header_read_timeout_secs = 10 # to send a request's head; slower clients are dropped
 //! body_read_timeout_secs = 30   # longest silence inside a request body; then 408
 //! keep_alive_idle_secs = 60     # a kept-alive connection's wait for its next request
+//! shutdown_grace_secs = 20      # SIGTERM: requests in flight may finish this long, then cut
 //! max_output_tokens = 16384 # ceiling on generated tokens per choice (default: the context)
 //! prefix_cache_mb = 128     # per model: computed prompt prefixes kept for later requests
 //! cache_dir = "/var/cache/tokenfab"
@@ -102,6 +103,8 @@ pub struct FileConfig {
     pub header_read_timeout_secs: Option<u64>,
     pub body_read_timeout_secs: Option<u64>,
     pub keep_alive_idle_secs: Option<u64>,
+    /// How long a shutdown lets the requests in flight finish before it cuts them.
+    pub shutdown_grace_secs: Option<u64>,
     pub max_output_tokens: Option<usize>,
     /// MiB per model for reusing computed prompt prefixes across requests (0 disables).
     pub prefix_cache_mb: Option<usize>,

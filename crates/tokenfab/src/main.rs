@@ -177,6 +177,10 @@ struct ServeArgs {
     /// Seconds a kept-alive connection may wait for its next request (default 60).
     #[arg(long)]
     keep_alive_idle_secs: Option<u64>,
+    /// Seconds a shutdown (SIGTERM) lets the requests in flight finish before it cuts
+    /// them (default 20).
+    #[arg(long)]
+    shutdown_grace_secs: Option<u64>,
     /// Serve a non-loopback address although no API key exists (anyone who reaches it
     /// may use it).
     #[arg(long)]
@@ -413,7 +417,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             AppState::new(
                 registry.iter().map(|(_, e)| e.clone()).collect(),
                 limits,
-                Some(platform),
+                Some(platform.clone()),
                 admin_key.as_deref().map(tokenfab_platform::keys::hash),
             )
             .with_batches(batches),
@@ -432,9 +436,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!("serving on http://{addr}/v1 with no API keys: open to anyone who can reach this address (`tokenfab keys create --account NAME` turns keys on)");
         }
         tokenfab_server::serve(listener, state, shutdown_signal()).await;
+        // The requests the drain cut settle as their handlers notice; what they and the
+        // finished ones queued is committed before the process exits.
+        if tokio::time::timeout(SETTLE_AT_EXIT, platform.quiesce()).await.is_err() {
+            tracing::error!("the ledger did not record every settlement in {SETTLE_AT_EXIT:?}; the holds left are released, uncharged, when this instance next starts");
+        }
+        tracing::info!("stopped");
         Ok(())
     })
 }
+
+/// How long a stopping server waits, after its connections are closed, for the ledger to
+/// record the last settlements.
+const SETTLE_AT_EXIT: Duration = Duration::from_secs(10);
 
 /// The request and connection limits: flags over the file over the defaults.
 fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
@@ -480,6 +494,12 @@ fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
             file.keep_alive_idle_secs,
             "keep_alive_idle_secs",
             defaults.keep_alive_idle,
+        )?,
+        shutdown_grace: secs(
+            args.shutdown_grace_secs,
+            file.shutdown_grace_secs,
+            "shutdown_grace_secs",
+            defaults.shutdown_grace,
         )?,
         max_connections,
         max_header_bytes,

@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, read_response};
 
 /// Far above every configured timeout here: a server that never closes fails, a slow
 /// machine does not.
@@ -41,28 +41,6 @@ fn read_to_close(c: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads one response whose body has a `content-length`, leaving the connection open.
-fn read_response(c: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1];
-    while !out.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut buf).unwrap(), 1, "closed inside a head");
-        out.push(buf[0]);
-    }
-    let head = String::from_utf8(out).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .expect("a content-length");
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
 }
 
 /// How long the server took to close `c`, which sends `tick` (if any) every 200 ms.

@@ -8,114 +8,16 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::ledger::{
+    ADMIN, IN, OUT, admin_get, balance, body, chat, client, config, cost, long_body, serve,
+    services, settled, stream_usage,
+};
 use common::{Server, account, cli, micros, run, run_returning};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokenfab_testkit::{TempPath, temp_db, temp_path, unique};
-
-const ADMIN: &str = "test-admin-key-0123456789";
-/// 1000 per million prompt tokens and 2000 per million generated ones: 1000 and 2000
-/// micro-units per token.
-const IN: i64 = 1000;
-const OUT: i64 = 2000;
-
-fn config(extra: &str) -> TempPath {
-    let path = temp_path("config", "toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[[models]]
-id = "test/paid"
-source = "{model}"
-input_per_million = "1000"
-output_per_million = 2000
-
-[[models]]
-id = "test/free"
-source = "{model}"
-[models.limits.default]
-rpm = 3
-{extra}
-"#,
-            model = common::MODEL
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// A server of the paid and free test models on the ledger at `db`, with the admin API
-/// and `extra` flags.
-fn serve(db: &str, config: &std::path::Path, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--database",
-        db,
-        "--config",
-        config.to_str().unwrap(),
-        "--admin-key",
-        ADMIN,
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn chat(s: &Server, key: Option<&str>, body: Value) -> reqwest::Response {
-    let mut r = client().post(s.url("/v1/chat/completions")).json(&body);
-    if let Some(k) = key {
-        r = r.bearer_auth(k);
-    }
-    r.send().await.unwrap()
-}
-
-fn body(model: &str, max_tokens: u32) -> Value {
-    json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "Name three colours."}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    })
-}
-
-async fn admin_get(s: &Server, path: &str) -> Value {
-    let r = client()
-        .get(s.url(path))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
-}
-
-/// (balance, reserved) of an account, in micro-units.
-async fn balance(s: &Server, name: &str) -> (i64, i64) {
-    let a = admin_get(s, &format!("/admin/accounts/{name}")).await;
-    (micros(&a["balance"]), micros(&a["reserved"]))
-}
-
-fn cost(usage: &Value) -> i64 {
-    usage["prompt_tokens"].as_i64().unwrap() * IN
-        + usage["completion_tokens"].as_i64().unwrap() * OUT
-}
-
-/// Waits until nothing is reserved on the account any more.
-async fn settled(s: &Server, name: &str) -> (i64, i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = balance(s, name).await;
-        if b.1 == 0 || Instant::now() > deadline {
-            return b;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use tokenfab_testkit::{temp_db, unique};
 
 #[test]
 fn keys_prices_balances_and_limits_on_sqlite() {
@@ -301,17 +203,6 @@ fn keys_prices_balances_and_limits_on_sqlite() {
     drop(s);
 }
 
-/// The usage chunk of a streamed answer.
-fn stream_usage(text: &str) -> Value {
-    common::sse_events(text)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .find(|c| c["usage"].is_object())
-        .expect("a usage chunk")["usage"]
-        .clone()
-}
-
 /// Fires `n` concurrent paid requests, every other one streamed; returns (statuses, sum of
 /// the answered ones' exact costs from their usage).
 async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Vec<u16>, i64) {
@@ -378,14 +269,6 @@ fn no_overdraw_under_50_concurrent_requests() {
         );
     });
     drop(s);
-}
-
-fn services() -> (String, String) {
-    let pg = std::env::var("TOKENFAB_TEST_PG")
-        .expect("TOKENFAB_TEST_PG is not set: run scripts/test.sh, which starts PostgreSQL");
-    let redis = std::env::var("TOKENFAB_TEST_REDIS")
-        .expect("TOKENFAB_TEST_REDIS is not set: run scripts/test.sh, which starts Redis");
-    (pg, redis)
 }
 
 #[test]
@@ -639,9 +522,7 @@ fn a_client_that_hangs_up_on_a_plain_answer_pays_for_what_was_generated() {
         // A long non-streamed answer; the client gives up before it is done. The greedy
         // answer to `body`'s question is 123 tokens, which an idle machine generates within
         // the client's patience; this one runs to all 400 (about 1.7 s).
-        let mut long = body("test/paid", 400);
-        long["messages"][0]["content"] =
-            json!("Write a long story about a dragon who learns to count, with many chapters.");
+        let long = long_body("test/paid", 400);
         let r = client()
             .post(s.url("/v1/chat/completions"))
             .bearer_auth(&key)

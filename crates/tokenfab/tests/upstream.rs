@@ -1087,21 +1087,13 @@ fn completions_are_proxied_and_billed_like_chat() {
 
 // ---- reload ----
 
-fn hangup(s: &Server) {
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-}
-
 /// A server whose models come from flags has nothing to reload: SIGHUP leaves it serving
 /// (a signal's default action would end it).
 #[test]
 fn a_hangup_without_a_config_file_is_ignored() {
     let s = Server::start(&[]);
     run(async {
-        hangup(&s);
+        s.signal("HUP");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (status, v) = chat(&s, &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})).await;
         assert_eq!(status, 200, "{v}");
@@ -1122,7 +1114,7 @@ fn sighup_reloads_models_and_running_streams_finish() {
         }
 
         write_config(&config, &on(&stub, "up/two", "plain"));
-        hangup(&s);
+        s.signal("HUP");
         eventually(
             "the reloaded model list",
             Duration::from_secs(5),

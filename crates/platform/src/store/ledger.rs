@@ -109,6 +109,9 @@ impl Store {
         .rows_affected()
             == 1;
         if !held {
+            // Ended here rather than on drop, so that the connection goes back to the pool
+            // outside any transaction (`Store::open` closes one released inside one).
+            tx.rollback().await?;
             return Ok(false);
         }
         sqlx::query(

@@ -41,7 +41,7 @@ pub use ledger::{Outcome, Reservation, Settlement, Source};
 pub use reports::{DailyUsage, UsageRecord, UsageTotal};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 /// What can go wrong with the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,10 @@ pub enum StoreError {
     BadUrl(String),
     #[error("could not record a settlement: {0}")]
     Settle(String),
+    /// The ledger could not be written for a passing reason (a full disk, a database
+    /// restarting): the settlement is not recorded yet, and is kept and retried until it is.
+    #[error("the ledger cannot be written now ({0}); the settlement is kept and retried")]
+    Kept(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -101,6 +105,16 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
+        // A connection released inside a transaction (one that failed, rolled back on drop)
+        // is closed, not pooled again. A commit that fails on a full disk can leave SQLite
+        // having rolled the transaction back on its own while sqlx still counts it open (its
+        // ROLLBACK then fails and the count stays): that connection's next "transaction"
+        // is a savepoint, whose failed commit leaves a real transaction open, holding the
+        // write lock (every other connection: "database is locked") and swallowing every
+        // later write on it, never committed. Commits and explicit rollbacks leave the
+        // count at zero, so only failed transactions cost a reconnection.
+        let pooled = AnyPoolOptions::new()
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }));
         let pool = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') || url.contains(":memory:") {
@@ -108,7 +122,7 @@ impl Store {
                 } else {
                     format!("{url}?mode=rwc")
                 };
-                AnyPoolOptions::new()
+                pooled
                     .max_connections(4)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -124,12 +138,7 @@ impl Store {
                     .connect(&url)
                     .await?
             }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .connect(url)
-                    .await?
-            }
+            Backend::Postgres => pooled.max_connections(8).connect(url).await?,
         };
         schema::migrator(backend).run(&pool).await?;
         Ok(Store { pool, backend })

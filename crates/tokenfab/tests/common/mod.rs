@@ -2,9 +2,13 @@
 //! and stops it when the guard drops. Model-heavy: test binaries that use it run their
 //! tests one at a time (`--test-threads=1` in scripts/test.sh), so two engines never fight
 //! over the two cores.
+//!
+//! Beside it: [`ledger`], a server of paid and free models with the admin API, and the
+//! balances and costs the billing tests check; [`stub`], scripted upstreams for the proxy.
 
 #![allow(dead_code)]
 
+pub mod ledger;
 pub mod stub;
 
 use std::net::TcpListener;
@@ -49,18 +53,38 @@ impl Server {
 
     /// As [`Server::start`], on a given port (a restart under the same instance name).
     pub fn start_on(port: u16, extra: &[&str]) -> Server {
-        Self::start_with(port, extra, None)
+        Self::start_with(port, extra, None, &[])
     }
 
     /// As [`Server::start`], with the server's log at `info` written to `log`, for tests
     /// that check what it reports.
     pub fn start_logged(extra: &[&str], log: &std::path::Path) -> Server {
-        Self::start_with(free_port(), extra, Some(log))
+        Self::start_with(free_port(), extra, Some(log), &[])
     }
 
-    fn start_with(port: u16, extra: &[&str], log: Option<&std::path::Path>) -> Server {
+    /// As [`Server::start_logged`], the server run by `launcher`: a command line that ends
+    /// by running the command it is given after it (`unshare … sh -c '… exec "$@"'`), in
+    /// the same process, so that [`Server::pid`] is the server's.
+    pub fn start_in(launcher: &[String], extra: &[&str], log: &std::path::Path) -> Server {
+        Self::start_with(free_port(), extra, Some(log), launcher)
+    }
+
+    fn start_with(
+        port: u16,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+        launcher: &[String],
+    ) -> Server {
         let own_db = (!extra.contains(&"--database")).then(|| temp_db("server"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
+        let binary = env!("CARGO_BIN_EXE_tokenfab");
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.args(["serve", "--port", &port.to_string(), "--threads", "2"])
             .args(extra)
             .env_remove("TOKENFAB_DATABASE_URL")
@@ -115,6 +139,36 @@ impl Server {
     pub fn kill(self) {
         // Dropping sends SIGKILL (`Child::kill`) and waits.
         drop(self);
+    }
+
+    /// Sends the server a signal (`"HUP"`, `"TERM"`).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the server to exit on its own; fails if it is still running after
+    /// `within`, or already exited for a signal.
+    pub fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tokenfab still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the server process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 }
 
@@ -195,6 +249,45 @@ pub fn account(db: &str, name: &str, balance: &str) -> String {
         .to_owned();
     assert!(key.starts_with("sk-") && key.len() > 40, "{key}");
     key
+}
+
+/// An account's (balance, reserved) in micro-units, read with the CLI (`accounts show`),
+/// which needs no server.
+pub fn account_state(db: &str, name: &str) -> (i64, i64) {
+    let line = cli(db, &["accounts", "show", name]);
+    let after = |word: &str| {
+        let v = line
+            .split_whitespace()
+            .skip_while(|w| *w != word)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {word} in {line}"));
+        micros(&serde_json::Value::String(v.to_owned()))
+    };
+    (after("balance"), after("reserved"))
+}
+
+/// Reads one response whose body has a `content-length` from a raw connection, leaving
+/// the connection open; the head and the body as text.
+pub fn read_response(c: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut buf).unwrap(), 1, "closed inside a head");
+        out.push(buf[0]);
+    }
+    let head = String::from_utf8(out).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
 }
 
 /// A decimal string of money (`"4.99"`) in micro-units.

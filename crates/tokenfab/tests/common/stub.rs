@@ -8,6 +8,8 @@
 //! `fail-mid`, `status-500`, `status-400`, `status-429` (with `retry-after: 7`), `hang`,
 //! `silent-500` (an error's head, then nothing of the body it promised) (any other name
 //! answers as `plain`).
+//!
+//! [`Resetter`] is another upstream, whose every answer breaks off with a TCP reset.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -44,23 +46,25 @@ struct Shared {
     unhealthy: AtomicBool,
 }
 
-/// The running stub; stops when dropped.
-pub struct Stub {
+/// A server on a free loopback port, run on a thread and tokio runtime of its own; stops
+/// when dropped, its open connections and sleeping handlers with it.
+struct Background {
     addr: SocketAddr,
-    shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Stub {
-    /// Listens before returning, so the base URL answers at once.
-    pub fn start() -> Stub {
+impl Background {
+    /// Listens before returning, so the server answers at once; `serve` runs it.
+    fn start<F, Fut>(serve: F) -> Background
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -68,26 +72,58 @@ impl Stub {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().fallback(handle).with_state(state);
                 tokio::select! {
-                    r = axum::serve(listener, app) => r.unwrap(),
+                    _ = serve(listener) => {}
                     _ = stopped => {}
                 }
             });
-            // Open connections and sleeping handlers (`hang`) die with the runtime.
             rt.shutdown_background();
         });
-        Stub {
+        Background {
             addr,
-            shared,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
     /// The OpenAI base URL: `http://127.0.0.1:PORT/v1`.
-    pub fn base(&self) -> String {
+    fn base(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The running stub; stops when dropped.
+pub struct Stub {
+    shared: Arc<Shared>,
+    server: Background,
+}
+
+impl Stub {
+    /// Listens before returning, so the base URL answers at once.
+    pub fn start() -> Stub {
+        let shared = Arc::new(Shared::default());
+        let state = shared.clone();
+        let server = Background::start(|listener| async move {
+            let app = axum::Router::new().fallback(handle).with_state(state);
+            axum::serve(listener, app).await.unwrap();
+        });
+        Stub { shared, server }
+    }
+
+    /// The OpenAI base URL: `http://127.0.0.1:PORT/v1`.
+    pub fn base(&self) -> String {
+        self.server.base()
     }
 
     /// Every request so far, health probes included, oldest first.
@@ -111,17 +147,6 @@ impl Stub {
     /// Unhealthy: every route answers 503 before any byte.
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.unhealthy.store(!healthy, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -430,4 +455,107 @@ fn rerank(req: &Value) -> Response {
         "tokens": {"input_tokens": 9, "output_tokens": 0},
     }))
     .into_response()
+}
+
+/// An upstream whose answers break off with a TCP reset (`SO_LINGER` 0, then close), as
+/// a crashing server or a middlebox cutting connections does: a stream after its first
+/// two events, a whole answer halfway through the body its head promised. `GET`s (the
+/// health probes, the model list) are answered, on connections kept alive. Raw HTTP/1.1
+/// on the socket: no server library lets a handler reset its own connection.
+pub struct Resetter {
+    server: Background,
+}
+
+impl Resetter {
+    pub fn start() -> Resetter {
+        let server = Background::start(|listener| async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(reset_after_answering(tcp));
+            }
+        });
+        Resetter { server }
+    }
+
+    pub fn base(&self) -> String {
+        self.server.base()
+    }
+}
+
+/// Serves one connection of the [`Resetter`].
+async fn reset_after_answering(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = Vec::new();
+    while let Some((head, body)) = read_request(&mut tcp, &mut buf).await {
+        if head.starts_with("GET ") {
+            let data = json!({"object": "list", "data": [
+                {"id": "reset-mid", "object": "model", "created": 0, "owned_by": "stub"}
+            ]})
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{data}",
+                data.len()
+            );
+            if tcp.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let part = if body["stream"] == true {
+            let mut out =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_owned();
+            for text in ["one ", "two "] {
+                let chunk = json!({"id": "chatcmpl-reset", "object": "chat.completion.chunk",
+                    "created": 1700000000, "model": "reset-mid",
+                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+                let event = format!("data: {chunk}\n\n");
+                out += &format!("{:x}\r\n{event}\r\n", event.len());
+            }
+            out
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"id\": \"chatcmpl-reset\", \"object\": \"chat.completion\", \"choices\": [".to_owned()
+        };
+        let _ = tcp.write_all(part.as_bytes()).await;
+        // Let the client have what was sent before the reset destroys what is unread.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tcp.set_zero_linger();
+        return;
+    }
+}
+
+/// The next request on a connection: its head and its JSON body (`Null` for none);
+/// `None` once the client closes. `buf` keeps what was read past it.
+async fn read_request(
+    tcp: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Value)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = serde_json::from_slice(&buf[end..end + len]).unwrap_or(Value::Null);
+    buf.drain(..end + len);
+    Some((head, body))
 }
