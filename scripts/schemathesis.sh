@@ -13,11 +13,15 @@
 # it) or $TOKENFAB_TEST_PYTHON's environment.
 set -euo pipefail
 base=$1 user=$2 admin=$3 examples=${4:-25}
-python=${TOKENFAB_TEST_PYTHON:-"$(dirname "$0")/../.venv/bin/python"}
+python=${TOKENFAB_TEST_PYTHON:-"$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"}
 st=("$python" -m schemathesis.cli run "$base/openapi.json"
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,negative_data_rejection
     --max-examples "$examples" --seed 20261206 --workers 2 --request-timeout 60
     --suppress-health-check all --no-color)
+# schemathesis keeps its example database in the working directory: a throwaway one.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
 echo "== schemathesis: user routes"
 "${st[@]}" --exclude-tag admin -H "Authorization: Bearer $user"
 echo "== schemathesis: admin API"
