@@ -8,18 +8,15 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, account, cli, micros, run, run_returning};
+use common::{
+    ADMIN, IN, OUT, Server, account, admin_get, balance, cli, cost, micros, run, run_returning,
+    settled, stream_usage,
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokenfab_testkit::{TempPath, temp_db, temp_path, unique};
-
-const ADMIN: &str = "test-admin-key-0123456789";
-/// 1000 per million prompt tokens and 2000 per million generated ones: 1000 and 2000
-/// micro-units per token.
-const IN: i64 = 1000;
-const OUT: i64 = 2000;
 
 fn config(extra: &str) -> TempPath {
     let path = temp_path("config", "toml");
@@ -81,40 +78,6 @@ fn body(model: &str, max_tokens: u32) -> Value {
         "max_tokens": max_tokens,
         "temperature": 0,
     })
-}
-
-async fn admin_get(s: &Server, path: &str) -> Value {
-    let r = client()
-        .get(s.url(path))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
-}
-
-/// (balance, reserved) of an account, in micro-units.
-async fn balance(s: &Server, name: &str) -> (i64, i64) {
-    let a = admin_get(s, &format!("/admin/accounts/{name}")).await;
-    (micros(&a["balance"]), micros(&a["reserved"]))
-}
-
-fn cost(usage: &Value) -> i64 {
-    usage["prompt_tokens"].as_i64().unwrap() * IN
-        + usage["completion_tokens"].as_i64().unwrap() * OUT
-}
-
-/// Waits until nothing is reserved on the account any more.
-async fn settled(s: &Server, name: &str) -> (i64, i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = balance(s, name).await;
-        if b.1 == 0 || Instant::now() > deadline {
-            return b;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[test]
@@ -299,17 +262,6 @@ fn keys_prices_balances_and_limits_on_sqlite() {
         "{usage}"
     );
     drop(s);
-}
-
-/// The usage chunk of a streamed answer.
-fn stream_usage(text: &str) -> Value {
-    common::sse_events(text)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .find(|c| c["usage"].is_object())
-        .expect("a usage chunk")["usage"]
-        .clone()
 }
 
 /// Fires `n` concurrent paid requests, every other one streamed; returns (statuses, sum of

@@ -18,6 +18,14 @@ pub use tokenfab_testkit::temp_db;
 
 pub const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
+/// The admin key of the servers the platform tests start (`--admin-key`).
+pub const ADMIN: &str = "test-admin-key-0123456789";
+/// The platform tests' price of a paid model: 1000 per million prompt tokens and 2000 per
+/// million generated ones (`input_per_million = "1000"`, `output_per_million = 2000`), so
+/// 1000 and 2000 micro-units per token and every cost exact.
+pub const IN: i64 = 1000;
+pub const OUT: i64 = 2000;
+
 pub struct Server {
     child: Child,
     pub base: String,
@@ -322,4 +330,53 @@ pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         }
     }
     found
+}
+
+/// What an answer with this `usage` costs at the test price ([`IN`], [`OUT`]), in
+/// micro-units.
+pub fn cost(usage: &serde_json::Value) -> i64 {
+    usage["prompt_tokens"].as_i64().unwrap() * IN
+        + usage["completion_tokens"].as_i64().unwrap() * OUT
+}
+
+/// GETs an admin route with [`ADMIN`]; its JSON, after checking it answered 200.
+pub async fn admin_get(s: &Server, path: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .get(s.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+/// (balance, reserved) of an account, in micro-units.
+pub async fn balance(s: &Server, name: &str) -> (i64, i64) {
+    let a = admin_get(s, &format!("/admin/accounts/{name}")).await;
+    (micros(&a["balance"]), micros(&a["reserved"]))
+}
+
+/// Waits (up to 20 s) until nothing is reserved on the account any more; its (balance,
+/// reserved) then, or at the deadline.
+pub async fn settled(s: &Server, name: &str) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = balance(s, name).await;
+        if b.1 == 0 || Instant::now() > deadline {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The usage chunk of a streamed answer's body.
+pub fn stream_usage(text: &str) -> serde_json::Value {
+    sse_events(text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .find(|c| c["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone()
 }
