@@ -41,10 +41,12 @@ const MODELS: [&str; 3] = [PAID, FREE, THINK];
 const STALL: Duration = Duration::from_secs(120);
 /// Clients sending at once.
 const CLIENTS: u64 = 6;
-/// What the accounts start with: `soak` pays for the answers read whole, `cancel` for the
-/// requests given up on (what they cost is known only to the server), `poor` runs out.
-const SOAK_CREDIT: &str = "1000.00";
-const CANCEL_CREDIT: &str = "1000.00";
+/// What the accounts `soak` (the answers read whole) and `cancel` (the requests given up
+/// on, whose cost only the server knows) start with per second of traffic: on the 2-core
+/// machine `soak` spends about 1.5 a second and `cancel` about 0.5, and neither may run
+/// out (a 402 on them fails the soak).
+const CREDIT_PER_SECOND: u64 = 10;
+/// What `poor` starts with: a few requests' worth, then 402s.
 const POOR_CREDIT: &str = "0.50";
 
 /// An R1-style template on the default model: the prompt opens the thought, so the model
@@ -735,9 +737,11 @@ fn duration() -> Duration {
 fn mixed_traffic_leaves_nothing_behind() {
     let ledger = temp_db("soak");
     let db = ledger.sqlite_url();
+    let length = duration();
+    let credit = format!("{}.00", CREDIT_PER_SECOND * length.as_secs().max(1));
     let keys = Keys {
-        soak: account(&db, "soak", SOAK_CREDIT),
-        cancel: account(&db, "cancel", CANCEL_CREDIT),
+        soak: account(&db, "soak", &credit),
+        cancel: account(&db, "cancel", &credit),
         poor: account(&db, "poor", POOR_CREDIT),
         free: account(&db, "free", "0"),
     };
@@ -751,7 +755,6 @@ fn mixed_traffic_leaves_nothing_behind() {
         "--admin-key",
         common::ADMIN,
     ]);
-    let length = duration();
     let warm_up = (length / 3).min(Duration::from_secs(300));
     let first_day = unix_now().div_euclid(86_400);
     run(async {
@@ -895,8 +898,8 @@ fn mixed_traffic_leaves_nothing_behind() {
         );
         // The answers read whole: charged exactly what their usage says, and no other
         // request charged to those accounts.
-        let credit = |c: &str| micros(&json!(c));
-        for (name, initial) in [("soak", credit(SOAK_CREDIT)), ("poor", credit(POOR_CREDIT))] {
+        let credit = micros(&json!(credit));
+        for (name, initial) in [("soak", credit), ("poor", micros(&json!(POOR_CREDIT)))] {
             let spent = t.spent.get(name).copied().unwrap_or_default();
             let ledger = charged.get(name).copied().unwrap_or_default();
             assert_eq!(
@@ -917,11 +920,7 @@ fn mixed_traffic_leaves_nothing_behind() {
         );
         assert_eq!(gone[3], gone[1] * IN + gone[2] * OUT, "cancel's charges");
         assert!(gone[2] >= t.dropped_deltas, "{gone:?}");
-        assert_eq!(
-            credit(CANCEL_CREDIT) - accounts["cancel"].0,
-            gone[3],
-            "cancel's balance"
-        );
+        assert_eq!(credit - accounts["cancel"].0, gone[3], "cancel's balance");
         // The free model costs nothing: its answers are in the ledger, uncharged.
         let free = t.spent.get("free").copied().unwrap_or_default();
         let ledger = charged.get("free").copied().unwrap_or_default();
