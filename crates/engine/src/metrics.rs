@@ -37,6 +37,9 @@ pub(crate) struct EngineMetrics {
     pub prefix_hits: Counter,
     pub kv_used: Gauge,
     pub kv_free: Gauge,
+    /// Blocks the prefix cache keeps: of `kv_used`, those no sequence needs. An idle
+    /// engine holds these and no others, so the two differing at rest is a leak.
+    pub prefix_blocks: Gauge,
     pub iteration_tokens: Histogram,
     pub batch_size: Histogram,
     stop: Counter,
@@ -73,6 +76,7 @@ impl EngineMetrics {
             prefix_hits: counter!("tokenfab:prefix_cache_hits_total", "model_name" => m.clone()),
             kv_used: gauge!("tokenfab:kv_blocks_used", "model_name" => m.clone()),
             kv_free: gauge!("tokenfab:kv_blocks_free", "model_name" => m.clone()),
+            prefix_blocks: gauge!("tokenfab:prefix_cache_blocks", "model_name" => m.clone()),
             iteration_tokens: histogram!(ITERATION_TOKENS, "model_name" => m.clone()),
             batch_size: histogram!(BATCH_SIZE, "model_name" => m.clone()),
             stop: finished("stop"),

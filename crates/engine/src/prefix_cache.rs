@@ -214,6 +214,13 @@ impl PrefixCache {
     pub fn used_bytes(&self) -> usize {
         self.used_bytes
     }
+
+    /// Blocks held, one per node: a node's block is never another node's (a sequence that
+    /// goes on writing into a shared block copies it first), so this is also the number
+    /// of distinct blocks the cache keeps alive.
+    pub fn blocks(&self) -> usize {
+        self.nodes.len()
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +281,29 @@ mod tests {
         assert_eq!(hit.len(), 2 * B);
         assert!(Arc::ptr_eq(&hit.blocks()[0], &a.blocks()[0]));
         assert!(Arc::ptr_eq(&hit.blocks()[1], &a.blocks()[1]));
+    }
+
+    #[test]
+    fn blocks_counts_the_distinct_blocks_kept() {
+        let mut pc = PrefixCache::new(1 << 20);
+        let first = seq(1, B + 5);
+        pc.insert(&first, &kv(&first));
+        // A conversation that goes on from inside the first's tail block: it copies that
+        // block before writing into it, so the cache then keeps three blocks, not two.
+        let mut next = seq(1, B + 3);
+        next.extend([900, 901, 902]);
+        let mut c = pc.lookup(&next, empty());
+        let start = c.len();
+        assert_eq!(start, B + 3);
+        c.reserve(next.len() - start);
+        for (pos, &t) in next.iter().enumerate().skip(start) {
+            c.write(0, pos, &[pos as f32, t as f32], &[t as f32, pos as f32]);
+        }
+        c.len = next.len();
+        pc.insert(&next, &c);
+        let distinct: std::collections::HashSet<*const KvBlock> =
+            pc.nodes.values().map(|n| Arc::as_ptr(&n.block)).collect();
+        assert_eq!((pc.blocks(), distinct.len()), (3, 3));
     }
 
     #[test]

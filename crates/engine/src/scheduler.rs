@@ -456,6 +456,7 @@ impl Scheduler {
         let (used, free) = self.model.kv_blocks();
         m.kv_used.set(used as f64);
         m.kv_free.set(free as f64);
+        m.prefix_blocks.set(self.prefix.blocks() as f64);
         if let Some(sp) = &self.speculation {
             m.draft_tokens
                 .absolute(sp.counters.proposed.load(Ordering::Relaxed) as u64);

@@ -350,6 +350,18 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The reservations still held, how many and their total: at rest, once every request
+    /// has settled, none (the soak's check that no path leaks a hold).
+    pub async fn holds(&self) -> Result<(i64, Money)> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s \
+             FROM reservations",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, Money(row.try_get("s")?)))
+    }
+
     /// What a request still holds, if it holds anything.
     pub async fn reserved(&self, request_id: &str) -> Result<Option<Money>> {
         let row = sqlx::query("SELECT amount FROM reservations WHERE request_id = $1")
@@ -460,6 +472,7 @@ mod tests {
         assert!(!store.reserve(&r("r3", 1), "me").await.unwrap());
         let acc = store.account("a").await.unwrap();
         assert_eq!((acc.balance, acc.reserved), (Money(100), Money(100)));
+        assert_eq!(store.holds().await.unwrap(), (2, Money(100)));
         // r1 costs 25 of its 60; a second settlement of it changes nothing.
         assert!(store.settle(&settlement("r1", a.id, 25, 60)).await.unwrap());
         assert!(!store.settle(&settlement("r1", a.id, 25, 60)).await.unwrap());
@@ -471,6 +484,7 @@ mod tests {
         assert_eq!(store.recover("me", 86_400).await.unwrap(), 1);
         let acc = store.account("a").await.unwrap();
         assert_eq!((acc.balance, acc.reserved), (Money(75), Money(0)));
+        assert_eq!(store.holds().await.unwrap(), (0, Money(0)));
         let (_, cost, status) = store.usage_row("r2").await.unwrap().unwrap();
         assert_eq!((cost, status.as_str()), (Money(0), "interrupted"));
         // A late settlement of the released request is refused: charged once, never twice.
