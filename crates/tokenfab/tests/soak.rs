@@ -44,7 +44,7 @@ const STALL: Duration = Duration::from_secs(120);
 const CLIENTS: u64 = 6;
 /// What the accounts `soak` (the answers read whole) and `cancel` (the requests given up
 /// on, whose cost only the server knows) start with per second of traffic: on the 2-core
-/// machine `soak` spends about 1.5 a second and `cancel` about 0.5, and neither may run
+/// machine `soak` spends up to about 1.5 a second and `cancel` less, and neither may run
 /// out (a 402 on them fails the soak).
 const CREDIT_PER_SECOND: u64 = 10;
 /// What `poor` starts with: a few requests' worth, then 402s.
