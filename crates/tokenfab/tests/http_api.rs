@@ -631,15 +631,7 @@ fn bytes_that_never_make_a_character_arrive_as_replacement_characters_or_not_at_
             "\u{fffd}".repeat(5),
             "{r}"
         );
-        let streamed: String = stream_chunks(&s, &body)
-            .await
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
+        let streamed = common::streamed_content(&stream_chunks(&s, &body).await);
         assert_eq!(streamed, "\u{fffd}".repeat(5));
     });
 }

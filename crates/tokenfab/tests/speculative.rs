@@ -53,15 +53,7 @@ fn a_served_draft_changes_no_answer() {
             drafted["choices"][0]["message"]
         );
         assert_eq!(alone["usage"], drafted["usage"]);
-        let streamed: String = stream_chunks(&s, &ask("drafted"))
-            .await
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
+        let streamed = common::streamed_content(&stream_chunks(&s, &ask("drafted")).await);
         assert_eq!(
             streamed,
             alone["choices"][0]["message"]["content"].as_str().unwrap()

@@ -387,6 +387,14 @@ pub async fn stream_chunks(server: &Server, body: &serde_json::Value) -> Vec<ser
         .collect()
 }
 
+/// The first choice's answer text of a stream, its content deltas joined.
+pub fn streamed_content(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
 /// The cached file of a catalog model (scripts/test.sh fetches the test models); a missing
 /// one fails with the command that fetches it.
 pub fn cached(id: &str) -> std::path::PathBuf {
