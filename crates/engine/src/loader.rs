@@ -60,6 +60,12 @@ impl ReasoningSpec {
         })
     }
 
+    /// The smallest budget the engine can keep: one token of thought and the tag it
+    /// appends to close it. A smaller budget would be overrun by the tag itself.
+    pub fn min_budget(&self) -> usize {
+        self.close_tokens.len() + 1
+    }
+
     /// Whether `prompt` ends inside an opened thought (R1 distills' templates end with
     /// `<think>\n`): generation then starts in the thought.
     pub fn opens_thought(&self, tokenizer: &Tokenizer, prompt: &[u32]) -> bool {
@@ -135,7 +141,8 @@ impl LoadedModel {
     }
 
     /// Applies the operator's reasoning settings: `enabled` overrides detection, `tags`
-    /// replaces `<think>`/`</think>`, `budget` the default thinking budget.
+    /// replaces `<think>`/`</think>`, `budget` the default thinking budget (held to
+    /// [`ReasoningSpec::min_budget`] at least).
     pub fn set_reasoning(
         &mut self,
         enabled: Option<bool>,
@@ -149,7 +156,7 @@ impl LoadedModel {
             tags.unwrap_or_default(),
         )
         .map(|spec| ReasoningSpec {
-            budget: budget.map_or(spec.budget, |b| b.max(1)),
+            budget: budget.map_or(spec.budget, |b| b.max(spec.min_budget())),
             ..spec
         });
     }

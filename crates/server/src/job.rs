@@ -439,12 +439,22 @@ fn thinking(
             ),
         ));
     }
+    // The engine closes a spent thought by appending the end tag, which counts against the
+    // budget: a budget the tag alone would overrun cannot be kept.
+    let least = reasoning.map_or(1, ReasoningSpec::min_budget);
     let budget = match req.thinking_budget {
-        Some(b) if b < 1 || b as usize >= context_length => {
+        Some(b) if b < least as i64 || b as usize >= context_length => {
+            let why = match reasoning {
+                Some(r) if b >= 1 && b < least as i64 => format!(
+                    ": the tag that closes a thought takes {} of model `{model_id}`'s tokens",
+                    r.close_tokens.len()
+                ),
+                _ => String::new(),
+            };
             return Err(bad(
                 "thinking_budget",
                 format!(
-                    "`thinking_budget` must be between 1 and {}, got {b}",
+                    "`thinking_budget` must be between {least} and {}, got {b}{why}",
                     context_length - 1
                 ),
             ));
@@ -799,6 +809,15 @@ mod tests {
         );
         let (_, b) = think(json!({"thinking_budget": 999}), Some(&always)).unwrap();
         assert_eq!(b, Some(999));
+        // The closing tag (two tokens here) counts against the budget: less than a token
+        // of thought and the tag cannot be kept.
+        let e = think(json!({"thinking_budget": 2}), Some(&always)).unwrap_err();
+        assert!(e.body.message.contains("between 3 and 999"), "{e:?}");
+        assert_eq!(param(e), "thinking_budget");
+        let (_, b) = think(json!({"thinking_budget": 3}), Some(&always)).unwrap();
+        assert_eq!(b, Some(3));
+        let (_, b) = think(json!({"thinking_budget": 2}), None).unwrap();
+        assert_eq!(b, Some(2));
         // Off: a 400 for a model that always thinks, named after the field that asked.
         for (body, field) in [
             (json!({"enable_thinking": false}), "enable_thinking"),

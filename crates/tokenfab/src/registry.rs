@@ -184,6 +184,15 @@ fn load_local(
     {
         loaded.set_reasoning(m.reasoning, Some(think_tags(m)), m.thinking_budget);
     }
+    if let (Some(r), Some(b)) = (&loaded.reasoning, m.thinking_budget)
+        && b < r.min_budget()
+    {
+        anyhow::bail!(
+            "model `{id}`: thinking_budget = {b} is below {}: the tag that closes a thought takes {} of its tokens",
+            r.min_budget(),
+            r.close_tokens.len()
+        );
+    }
     if let Some(r) = &loaded.reasoning {
         tracing::info!(%id, start = %r.tags.start, end = %r.tags.end, switchable = r.switchable, "reasoning model");
     }

@@ -227,6 +227,8 @@ fn budget_and_max_tokens() {
         // Bad values and a switch the template does not have.
         for (field, value, param) in [
             ("thinking_budget", json!(0), "thinking_budget"),
+            // Less than a token of thought and the tag that closes it.
+            ("thinking_budget", json!(2), "thinking_budget"),
             ("enable_thinking", json!(false), "enable_thinking"),
             (
                 "chat_template_kwargs",

@@ -450,7 +450,7 @@ impl Soak {
 
     /// The thinking model with a budget of its own: the thought is at most that long.
     /// Budgets start at 8: the tag that closes a thought is 6 of SmolLM2's tokens
-    /// (`\n</think>\n\n`), and a smaller budget is overrun by the tag itself.
+    /// (`\n</think>\n\n`), and the server refuses a budget smaller than 7.
     async fn think(&self, rng: &mut Rng, stream: bool) {
         let budget = rng.range(8, 16);
         let mut b = chat(THINK, ask(rng), rng.range(8, 40), stream, rng);
