@@ -261,6 +261,10 @@ impl Platform {
                 amount: needed,
                 prompt_tokens,
             };
+            // Held before it is known to be: should the reservation fail with its outcome
+            // unknown, the admission's drop settles it as holding `needed`, which releases
+            // a hold that was committed (and nothing otherwise).
+            admission.held = needed;
             if !self.store.reserve(&r, &self.cfg.instance).await? {
                 // Not run: the token estimate goes back to the limits.
                 admission.settled = true;
@@ -272,7 +276,6 @@ impl Platform {
                     .map_or(Money(0), |a| a.available());
                 return Err(Refusal::InsufficientQuota { needed, available });
             }
-            admission.held = needed;
         }
         Ok(admission)
     }
@@ -339,6 +342,8 @@ impl Platform {
             amount: needed,
             prompt_tokens,
         };
+        // As in `admit`: held before it is known to be.
+        admission.held = needed;
         if !self.store.reserve(&r, &self.batch_instance()).await? {
             admission.settled = true;
             let available = self
@@ -348,7 +353,6 @@ impl Platform {
                 .map_or(Money(0), |a| a.available());
             return Err(Refusal::InsufficientQuota { needed, available });
         }
-        admission.held = needed;
         Ok(admission)
     }
 
@@ -477,5 +481,40 @@ impl Admission {
                 let _ = platform.limiter.correct(&ticket, total).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::Refusal;
+    use crate::money::Money;
+    use crate::testing::paid_platform;
+
+    /// A reservation whose COMMIT went through but whose reply was lost: the client got a
+    /// store error, while the hold stands in the ledger. The refused request's settlement
+    /// releases it, uncharged, without a restart.
+    #[tokio::test]
+    async fn a_hold_whose_commit_reply_was_lost_is_released() {
+        let (p, caller, _db) = paid_platform("lost-reply").await;
+        let before = p.store.account("a").await.unwrap();
+        p.store.lose_commit_reply.store(true, Ordering::SeqCst);
+        let refused = p.admit(&caller, "m", 10, 5).await;
+        assert!(
+            matches!(refused, Err(Refusal::Store(_))),
+            "{:?}",
+            refused.err()
+        );
+        p.quiesce().await;
+        assert_eq!(p.store.holds().await.unwrap(), (0, Money(0)));
+        let after = p.store.account("a").await.unwrap();
+        assert_eq!((after.balance, after.reserved), (before.balance, Money(0)));
+        // The next request is held and charged as usual.
+        let admitted = p.admit(&caller, "m", 10, 5).await.unwrap();
+        assert_eq!(p.store.holds().await.unwrap().0, 1);
+        drop(admitted);
+        p.quiesce().await;
+        assert_eq!(p.store.holds().await.unwrap(), (0, Money(0)));
     }
 }

@@ -28,6 +28,7 @@
 //!   database restarting) is kept and retried until it can. [`Platform::quiesce`] waits
 //!   for the clients' requests in flight to settle and for the writer to commit them, for
 //!   a shutdown.
+//! - `testing` (tests only): a platform on a throwaway ledger, with a paid model and a key.
 
 pub mod days;
 pub mod keys;
@@ -38,6 +39,8 @@ pub mod store;
 mod admission;
 mod settler;
 mod terms;
+#[cfg(test)]
+mod testing;
 
 pub use admission::{Admission, Caller, Refusal, Used};
 pub use terms::{ModelTerms, Terms};

@@ -281,48 +281,17 @@ async fn write_settlements(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::time::Instant;
 
-    use crate::money::{Money, Price};
-    use crate::store::{self, Outcome, Source, Store};
-    use crate::{ModelTerms, Platform, PlatformConfig, Used};
+    use crate::Used;
+    use crate::money::Money;
+    use crate::store::{self, Outcome, Source};
+    use crate::testing::paid_platform;
     use tokenfab_wire::usage::TokenUsage;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_settlements_commit_together_and_add_up() {
-        let db = tokenfab_testkit::temp_db("group");
-        let price = Price {
-            input_per_million: "1000".parse().unwrap(),
-            output_per_million: "2000".parse().unwrap(),
-            cached_input_per_million: None,
-        };
-        let cfg = PlatformConfig {
-            limits_fail_open: false,
-            redis_url: None,
-            instance: "test".into(),
-            tiers: HashMap::new(),
-            models: HashMap::from([(
-                "m".to_owned(),
-                ModelTerms {
-                    price,
-                    limits: HashMap::new(),
-                    batch_discount: Default::default(),
-                },
-            )]),
-        };
-        let store = Store::open(&db.sqlite_url()).await.unwrap();
-        let p = Platform::open(store, cfg).await.unwrap();
-        p.store.create_account("a", "default").await.unwrap();
-        p.store
-            .credit("a", "10.00".parse().unwrap(), "test")
-            .await
-            .unwrap();
-        let (secret, _) = p.store.create_key("a").await.unwrap();
-        let caller = p
-            .authenticate(Some(&format!("Bearer {secret}")))
-            .await
-            .unwrap();
+        let (p, caller, _db) = paid_platform("group").await;
         let t = Instant::now();
         let tasks: Vec<_> = (0..200)
             .map(|_| {

@@ -96,7 +96,10 @@ const CHUNK: usize = 64;
 
 impl Store {
     /// Holds `r.amount` of the account's money for a request about to run, recorded under
-    /// `instance`. False when the account cannot cover it (nothing is held then).
+    /// `instance`. False when the account cannot cover it (nothing is held then). An error
+    /// leaves it unknown whether the hold was committed (a connection lost before the
+    /// COMMIT's reply): the caller settles the request as holding it, which releases the
+    /// hold if it exists and nothing if not.
     pub async fn reserve(&self, r: &Reservation, instance: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query(
@@ -129,6 +132,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        #[cfg(test)]
+        if self
+            .lose_commit_reply
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            return Err(sqlx::Error::Io(lost).into());
+        }
         Ok(true)
     }
 

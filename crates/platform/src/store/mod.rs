@@ -91,6 +91,10 @@ const DAY: i64 = 86_400;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Tests only: the next reservation commits, then fails as if the connection dropped
+    /// between the COMMIT and its reply (which a test cannot time on a real database).
+    #[cfg(test)]
+    pub(crate) lose_commit_reply: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -141,6 +145,11 @@ impl Store {
             Backend::Postgres => pooled.max_connections(8).connect(url).await?,
         };
         schema::migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            #[cfg(test)]
+            lose_commit_reply: Default::default(),
+        })
     }
 }
