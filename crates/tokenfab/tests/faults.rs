@@ -46,8 +46,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ledger::{
-    IN, OUT, admin_get, args, balance, body, chat, client, config, cost, held, long_body,
-    open_account, serve, services, settled, stream_usage,
+    IN, OUT, Seen, admin_get, args, balance, body, chat, client, config, cost, held, long_body,
+    open_account, send, serve, services, settled,
 };
 use common::stub::{Resetter, Stub};
 use common::{
@@ -61,60 +61,6 @@ use tokenfab_testkit::{temp_db, temp_dir, temp_path, unique};
 /// Far above anything here takes on a loaded machine: only "does not hang" is checked
 /// against it.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// A paid request as its client saw it.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    /// The answer's cost from its own usage; 0 for anything but a complete answer.
-    cost: i64,
-    /// The OpenAI error's code, for an error.
-    code: Option<String>,
-}
-
-/// Sends `body` to `url` with `key`, streamed or not, and reads the whole answer. A 200
-/// must be complete: a stream ends with its usage and `[DONE]`, a whole answer has its
-/// usage and finish reasons.
-async fn send(url: String, key: String, mut body: Value, streamed: bool) -> Seen {
-    if streamed {
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-    }
-    let r = client()
-        .post(url)
-        .bearer_auth(key)
-        .timeout(BOUND)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    if status != 200 {
-        let e: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
-        assert!(e["error"]["message"].is_string(), "{status}: {e}");
-        let code = e["error"]["code"].as_str().map(str::to_owned);
-        return Seen {
-            status,
-            cost: 0,
-            code,
-        };
-    }
-    let cost = if streamed {
-        let events = sse_events(&text);
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
-        cost(&stream_usage(&text))
-    } else {
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert!(v["choices"][0]["finish_reason"].is_string(), "{v}");
-        cost(&v["usage"])
-    };
-    Seen {
-        status,
-        cost,
-        code: None,
-    }
-}
 
 /// The prompt tokens of [`long_body`] on `test/paid`, learned from a one-token answer,
 /// and that answer's cost.

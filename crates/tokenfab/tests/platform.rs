@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::ledger::{
-    ADMIN, IN, OUT, admin_get, balance, body, chat, client, config, cost, long_body, serve,
+    ADMIN, IN, OUT, admin_get, balance, body, chat, client, config, cost, long_body, send, serve,
     services, settled, stream_usage,
 };
 use common::{Server, account, cli, micros, run, run_returning};
@@ -209,38 +209,21 @@ async fn burst(servers: &[&Server], key: &str, n: usize, max_tokens: u32) -> (Ve
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let url = servers[i % servers.len()].url("/v1/chat/completions");
-            let key = key.to_owned();
-            tokio::spawn(async move {
-                let mut req = body("test/paid", max_tokens);
-                let streamed = i % 2 == 1;
-                if streamed {
-                    req["stream"] = json!(true);
-                    req["stream_options"] = json!({"include_usage": true});
-                }
-                let r = client()
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&req)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap();
-                let c = match (status, streamed) {
-                    (200, true) => cost(&stream_usage(&text)),
-                    (200, false) => cost(&serde_json::from_str::<Value>(&text).unwrap()["usage"]),
-                    _ => 0,
-                };
-                (status, c)
-            })
+            let streamed = i % 2 == 1;
+            tokio::spawn(send(
+                url,
+                key.to_owned(),
+                body("test/paid", max_tokens),
+                streamed,
+            ))
         })
         .collect();
     let mut statuses = Vec::new();
     let mut total = 0;
     for t in tasks {
-        let (s, c) = t.await.unwrap();
-        statuses.push(s);
-        total += c;
+        let seen = t.await.unwrap();
+        statuses.push(seen.status);
+        total += seen.cost;
     }
     (statuses, total)
 }

@@ -188,3 +188,58 @@ pub async fn held(s: &Server, name: &str, amount: i64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A paid request as its client saw it.
+#[derive(Debug)]
+pub struct Seen {
+    pub status: u16,
+    /// The answer's cost from its own usage; 0 for anything but a complete answer.
+    pub cost: i64,
+    /// The OpenAI error's code, for an error.
+    pub code: Option<String>,
+}
+
+/// Sends `body` to `url` with `key`, streamed or not, and reads the whole answer. A 200
+/// must be complete: a stream ends with its usage and `[DONE]`, a whole answer has its
+/// usage and finish reasons; any other status, an OpenAI-shaped error. Waits a minute at
+/// most: far above anything here takes on a loaded machine.
+pub async fn send(url: String, key: String, mut body: Value, streamed: bool) -> Seen {
+    if streamed {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let r = client()
+        .post(url)
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    if status != 200 {
+        let e: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(e["error"]["message"].is_string(), "{status}: {e}");
+        let code = e["error"]["code"].as_str().map(str::to_owned);
+        return Seen {
+            status,
+            cost: 0,
+            code,
+        };
+    }
+    let cost = if streamed {
+        let events = super::sse_events(&text);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+        cost(&stream_usage(&text))
+    } else {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v["choices"][0]["finish_reason"].is_string(), "{v}");
+        cost(&v["usage"])
+    };
+    Seen {
+        status,
+        cost,
+        code: None,
+    }
+}
