@@ -151,25 +151,24 @@ pub fn services() -> (String, String) {
 
 /// Opens an account with `amount` through the admin API; returns a key for it.
 pub async fn open_account(s: &Server, name: &str, amount: &str) -> String {
-    let post = |path: String, body: Value| async move {
-        let r = client()
-            .post(s.url(&path))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json::<Value>().await.unwrap()
-    };
-    post("/admin/accounts".into(), json!({"name": name})).await;
-    post(
-        format!("/admin/accounts/{name}/credit"),
-        json!({"amount": amount}),
-    )
-    .await;
-    let k = post("/admin/keys".into(), json!({"account": name})).await;
+    admin_post(s, "/admin/accounts", json!({"name": name})).await;
+    let credit = format!("/admin/accounts/{name}/credit");
+    admin_post(s, &credit, json!({"amount": amount})).await;
+    let k = admin_post(s, "/admin/keys", json!({"account": name})).await;
     k["key"].as_str().unwrap().to_owned()
+}
+
+/// POSTs `body` to an admin route with [`ADMIN`]; the answer must be a success.
+pub async fn admin_post(s: &Server, path: &str, body: Value) -> Value {
+    let r = client()
+        .post(s.url(path))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
 }
 
 /// Waits until the account holds exactly `amount` (micro-units): the requests that hold
