@@ -82,4 +82,7 @@ scripts/deny.sh
 
 echo "== tests"
 cargo test --release --locked --workspace -- --test-threads=1
+# The vendored minijinja's unit tests, with those of our patch to it (vendor/README.md).
+cargo test --release --locked --manifest-path vendor/minijinja/Cargo.toml --target-dir target/vendor \
+  --features serde,json,fuel --lib
 cargo test --release --locked -p tokenfab-upstream --features tls -- --test-threads=1

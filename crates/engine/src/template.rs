@@ -7,12 +7,14 @@
 //! reproduces those conditions with minijinja and its Python-compatibility callback.
 //!
 //! A template read from a GGUF file is code from whoever made the file. It runs with a fuel
-//! budget (minijinja charges instructions and the bytes it creates), a recursion limit and
-//! a cap on the prompt it writes, so a loop without end or output that doubles fails the
-//! request, or the load, with an error in bounded time and memory.
+//! budget (minijinja charges instructions and the bytes it creates), a recursion limit,
+//! a cap on the prompt it writes and bounds on its walks over values (printing, comparing,
+//! serializing: our patch to minijinja, vendor/README.md), on a stack of its own, so a loop
+//! without end, output that doubles or a value that holds itself fails the request, or the
+//! load, with an error in bounded time and memory.
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::Serde;
+use minijinja::value::{Serde, WalkLimits, with_walk_limits};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -39,6 +41,22 @@ const RECURSION_LIMIT: usize = 100;
 /// short of a memory problem.
 pub const MAX_OUTPUT: usize = if cfg!(fuzzing) { 640 << 10 } else { 64 << 20 };
 
+/// The deepest nesting of values a template may print, serialize, compare or hash
+/// (minijinja's walks over values, bounded by our patch to it: vendor/README.md). A
+/// request's JSON nests at most 128 deep (serde_json's limit), and templates add a few
+/// levels of their own.
+const MAX_WALK_DEPTH: usize = 1_000;
+/// The stack a render runs on, reserved and touched only as deep as the render goes.
+/// Dropping a value recurses through its nesting, which the walk limits do not bound:
+/// a template nests as deep as its [`FUEL`] lets it, and the worst nestings measured
+/// (`namespace(a=x)` or `x|batch(1)` in a loop until the fuel runs out) drop within
+/// 128 MiB, so this leaves a factor of four. Mapping and unmapping it costs about 15 µs
+/// a render (a render itself takes 3 to 6 µs).
+const RENDER_STACK: usize = 512 << 20;
+/// Why a render that went past the walk limits failed (its output means nothing).
+const WALKED_TOO_FAR: &str = "it printed, compared or serialized a value nested or shared \
+     beyond the limits (a namespace that holds itself, or a list doubled in a loop)";
+
 /// Collects the rendered prompt and refuses to grow past [`MAX_OUTPUT`].
 struct Bounded(Vec<u8>);
 
@@ -61,6 +79,7 @@ impl Write for Bounded {
 fn exhausted(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::OutOfFuel | ErrorKind::WriteFailure)
         || e.to_string().contains("recursion limit exceeded")
+        || e.detail() == Some(WALKED_TOO_FAR)
 }
 
 /// One turn handed to a template. Roles and content are already normalised by the caller
@@ -308,7 +327,19 @@ impl ChatTemplate {
         ctx.insert("eos_token".into(), Value::String(self.eos_token.clone()));
         let tmpl = self.env.get_template(TEMPLATE_NAME)?;
         let mut out = Bounded(Vec::new());
-        tmpl.render_captured_to(Serde(&ctx), &mut out)?;
+        let walks = WalkLimits {
+            max_depth: MAX_WALK_DEPTH,
+            max_steps: FUEL,
+        };
+        let (rendered, walked_too_far) = with_walk_limits(walks, || {
+            stacker::grow(RENDER_STACK, || {
+                tmpl.render_captured_to(Serde(&ctx), &mut out).map(drop)
+            })
+        });
+        if walked_too_far {
+            return Err(Error::new(ErrorKind::InvalidOperation, WALKED_TOO_FAR));
+        }
+        rendered?;
         // minijinja writes whole `str`s, so the bytes are UTF-8.
         String::from_utf8(out.0)
             .map_err(|_| Error::new(ErrorKind::InvalidOperation, "output is not UTF-8"))
@@ -475,6 +506,69 @@ mod tests {
             err.contains("failed on the conversation") && err.contains("budget"),
             "{err}"
         );
+    }
+
+    /// Values whose walks never end (a namespace holding itself), take exponential time (a
+    /// list doubled in a loop: shared 2^40 ways, a few hundred bytes in memory) or nest a
+    /// million deep: printed, serialized, compared or hashed, or only dropped, each took
+    /// the process down (stack overflow) or hung it and filled memory before minijinja's
+    /// walks were bounded. Each must fail its load with the limit it broke, and a
+    /// conversation that triggers one fails its request.
+    #[test]
+    fn values_that_walk_forever_or_nest_deep_fail_the_render_not_the_process() {
+        // Each setup makes two equal but distinct values, `ns` and `other`.
+        let cyclic = "{% set ns = namespace() %}{% set ns.me = ns %}{% set other = namespace() %}{% set other.me = other %}";
+        let shared = "{% set ns = namespace(x=[1]) %}{% set other = namespace(x=[1]) %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% set other.x = [other.x, other.x] %}{% endfor %}";
+        for setup in [cyclic, shared] {
+            for walk in [
+                "{{ ns }}",
+                "{{ ns|tojson }}",
+                "{{ ns ~ '' }}",
+                "{{ ns|string }}",
+                "{{ ns|pprint }}",
+                "{{ [ns]|join(',') }}",
+                "{{ ns == other }}",
+                "{{ ns in [other] }}",
+                "{{ [ns, other]|unique|list|length }}",
+                "{{ {ns: 1}|length }}",
+            ] {
+                let src = format!("{setup}{walk}");
+                let Err(err) = ChatTemplate::new(&src, "", "") else {
+                    panic!("{src} loads");
+                };
+                let err = err.to_string();
+                assert!(
+                    err.contains("cannot render") && err.contains("beyond the limits"),
+                    "{src}: {err}"
+                );
+            }
+        }
+        // A million levels of nesting that nothing walks: dropping it recursed off the
+        // stack. Now the fuel runs out first, and the nest drops on the render's stack.
+        let batches = "|batch(1)".repeat(100);
+        let deep = format!(
+            "{{% set ns = namespace(x=[1]) %}}{{% for i in range(100000) %}}{{% set ns.x = ns.x{batches} %}}{{% endfor %}}"
+        );
+        let err = ChatTemplate::new(&deep, "", "").unwrap_err().to_string();
+        assert!(err.contains("budget"), "{err}");
+        // `x + x` copies the list whole once its lazy chain is deep: 2^40 items.
+        let doubled = "{% set ns = namespace(x=[1]) %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}{% endfor %}";
+        let err = ChatTemplate::new(doubled, "", "").unwrap_err().to_string();
+        assert!(err.contains("budget"), "{err}");
+        // Harmless on the probe, triggered by a message: the request fails, not the load.
+        let trigger = format!(
+            "{cyclic}{{% for m in messages %}}{{% if m.content == 'boom' %}}{{{{ ns }}}}{{% endif %}}{{% endfor %}}ok"
+        );
+        let t = ChatTemplate::new(&trigger, "", "").unwrap();
+        assert_eq!(
+            t.render(&[msg("user", "hi")], true, &Map::new()).unwrap(),
+            "ok"
+        );
+        let err = t
+            .render(&[msg("user", "boom")], true, &Map::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed on the conversation"), "{err}");
     }
 
     /// Every reference template, rendering a conversation with a tool call, spends under a

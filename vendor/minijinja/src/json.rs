@@ -48,6 +48,12 @@ struct JsonWriter {
 
 impl JsonWriter {
     fn write_value(&mut self, value: &Value) -> Result<(), Error> {
+        let Some(_visit) = crate::value::walk::visit() else {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                crate::value::walk::STOPPED,
+            ));
+        };
         match value.0 {
             ValueRepr::None | ValueRepr::Undefined(..) => self.out.push_str("null"),
             ValueRepr::Invalid(ref err) => return Err(err.internal_clone()),

@@ -131,6 +131,9 @@ impl<'de> Deserializer<'de> for Value {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let Some(_visit) = crate::value::walk::visit() else {
+            return Err(de::Error::custom(crate::value::walk::STOPPED));
+        };
         match self.0 {
             ValueRepr::Invalid(ref error) => Err(de::Error::custom(error)),
             ValueRepr::Bool(v) => visitor.visit_bool(v),

@@ -265,8 +265,10 @@ pub(crate) mod ops;
 
 mod serialize;
 mod tuple;
+pub(crate) mod walk;
 
 pub use self::tuple::Tuple;
+pub use self::walk::{with_walk_limits, WalkLimits};
 
 /// Converts between a Rust type and a template value through Serde.
 ///
@@ -677,6 +679,9 @@ impl fmt::Debug for ValueRepr {
 
 impl Hash for Value {
     fn hash<H: Hasher>(&self, state: &mut H) {
+        let Some(_visit) = walk::visit() else {
+            return;
+        };
         match self.0 {
             ValueRepr::None | ValueRepr::Undefined(..) => 0u8.hash(state),
             ValueRepr::String(ref s, _) => s.hash(state),
@@ -709,6 +714,9 @@ pub struct Value(pub(crate) ValueRepr);
 
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
+        let Some(_visit) = walk::visit() else {
+            return false;
+        };
         match (&self.0, &other.0) {
             (&ValueRepr::None, &ValueRepr::None) => true,
             (&ValueRepr::Undefined(..), &ValueRepr::Undefined(..)) => true,
@@ -893,6 +901,9 @@ fn cmp_uncoercible_numbers(left: &Value, right: &Value) -> Ordering {
 
 impl Ord for Value {
     fn cmp(&self, other: &Self) -> Ordering {
+        let Some(_visit) = walk::visit() else {
+            return Ordering::Equal;
+        };
         match (&self.0, &other.0) {
             (&ValueRepr::Bool(a), _) if other.is_number() => {
                 return Value::from(a as i64).cmp(other)
@@ -976,12 +987,26 @@ impl Ord for Value {
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> Result<(), std::fmt::Error> {
+        // A stopped walk writes nothing rather than fail: `to_string` and `format!`
+        // panic on a formatting error, and the walk's flag fails the computation.
+        let visit = match f.alternate() {
+            true => walk::visit_indented(),
+            false => walk::visit(),
+        };
+        let Some(_visit) = visit else {
+            return Ok(());
+        };
         fmt::Debug::fmt(&self.0, f)
     }
 }
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A stopped walk writes nothing rather than fail: `to_string` and `format!`
+        // panic on a formatting error, and the walk's flag fails the computation.
+        let Some(_visit) = walk::visit() else {
+            return Ok(());
+        };
         match self.0 {
             ValueRepr::Undefined(..) => Ok(()),
             ValueRepr::Bool(val) => f.write_str(if val { "True" } else { "False" }),
@@ -2032,6 +2057,9 @@ impl serde::Serialize for Value {
     where
         S: serde::ser::Serializer,
     {
+        let Some(_visit) = walk::visit() else {
+            return Err(serde::ser::Error::custom(walk::STOPPED));
+        };
         // enable round tripping of values
         if serializing_for_value() {
             let handle = LAST_VALUE_HANDLE.with(|x| {

@@ -901,6 +901,11 @@ pub(crate) fn binop_alloc_estimate(op: &str, lhs: &Value, rhs: &Value) -> u64 {
             _ if lhs.is_tuple() && rhs.is_tuple() => (lhs.len().unwrap_or(0) as u64)
                 .saturating_add(rhs.len().unwrap_or(0) as u64)
                 .saturating_mul(SLOT_COST),
+            // tokenfab's patch: a concatenation of sequences stays lazy until it is
+            // deep, then `add` copies it whole, so `x = x + x` in a loop doubles the
+            // memory it takes each time.  Refuse a result longer than the fuel left.
+            _ if op == "add" => seq_concat_len(lhs, rhs)
+                .map_or(0, |len| (len as u64).saturating_mul(SLOT_COST)),
             _ => 0,
         },
         _ => 0,
