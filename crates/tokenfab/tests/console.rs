@@ -12,11 +12,11 @@ mod common;
 
 use std::process::Command;
 
+use common::ledger::{ADMIN, admin_post};
 use common::{MODEL, Server, run};
 use serde_json::{Value, json};
 use tokenfab_testkit::TempPath;
 
-const ADMIN: &str = "console-admin-key-0123456789";
 /// SmolLM2 made to think: its template opens the thought unless `enable_thinking` is
 /// false (so the switch is offered), and the budget closes it, so a thought always comes.
 const THINK: &str = "smol/think";
@@ -70,18 +70,6 @@ async fn get(s: &Server, path: &str, key: Option<&str>) -> (u16, Value) {
     }
     let r = r.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
-}
-
-async fn admin_post(s: &Server, path: &str, body: Value) -> Value {
-    let r = client()
-        .post(s.url(path))
-        .bearer_auth(ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
 }
 
 /// An account with money and a key for it.
